@@ -1,0 +1,197 @@
+"""``status``, ``down``, ``logs``, ``events``, ``gateway-key`` and ``quickstart``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mlxctl.cli.common import FileOpt, Output, OutputOpt, PathArg, emit_json, err, paths, targets
+from mlxctl.errors import ExitCode, MlxctlError, NotFoundError
+
+
+def status(path: PathArg = None, files: FileOpt = None, output: OutputOpt = Output.text) -> int:
+    """Per tier and gateway: health, desired vs running (Synced/OutOfSync), PID, port, uptime."""
+    from mlxctl import report
+    from mlxctl.engine import load_stack, observe_state, real_context, resolve
+    from mlxctl.status import build_status, status_json
+
+    ctx = real_context(paths())
+    desired = None
+    try:
+        desired = resolve(ctx, load_stack(targets(path, files)))
+    except MlxctlError as exc:
+        err(f"warning: stack files not usable, sync unknown: {str(exc).splitlines()[0]}")
+    rows = build_status(desired, observe_state(ctx, desired))
+    if output is Output.json:
+        emit_json(status_json(rows))
+    elif rows:
+        print(report.status_text(rows))
+    else:
+        print("nothing is running and no stack is defined")
+    return int(ExitCode.OK)
+
+
+def down(
+    output: OutputOpt = Output.text,
+) -> int:
+    """Stop everything mlxctl owns (the gateway and every tier)."""
+    from mlxctl import report
+    from mlxctl.desired import DesiredState
+    from mlxctl.engine import real_context, run_pass
+    from mlxctl.lock import StateLock
+    from mlxctl.planner import PlanOptions
+
+    ctx = real_context(paths())
+    with StateLock(ctx.paths.lock):
+        result = run_pass(
+            ctx, DesiredState(tiers=(), gateway=None), options=PlanOptions(allow_empty=True), verify=False
+        )
+    failed = [o for o in result.outcomes if not o.ok]
+    if output is Output.json:
+        emit_json(report.version_record())
+        for outcome in result.outcomes:
+            emit_json(report.outcome_record(outcome))
+        code = ExitCode.APPLY_FAILED if failed else ExitCode.OK
+        emit_json(report.summary_record(result.plan, result.outcomes, int(code), not failed))
+    else:
+        for outcome in result.outcomes:
+            print(report.outcome_line(outcome))
+        if not result.outcomes:
+            print("nothing to stop")
+    return int(ExitCode.APPLY_FAILED if failed else ExitCode.OK)
+
+
+def logs(
+    tier: Annotated[str, typer.Argument(help="A tier name, or 'gateway'.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    tail_lines: Annotated[int, typer.Option("--tail", "-n", help="Lines to show first.")] = 50,
+) -> int:
+    """Print a service's log (its server's stdout and stderr)."""
+    from mlxctl.logfiles import tail
+
+    log = paths().logs / f"{tier}.log"
+    if not log.exists():
+        known = sorted(p.stem for p in paths().logs.glob("*.log")) if paths().logs.exists() else []
+        hint = f" (known: {', '.join(known)})" if known else ""
+        raise NotFoundError(f"no log for '{tier}'{hint}")
+    for line in tail(log, tail_lines):
+        print(line)
+    if follow:
+        _follow(log)
+    return int(ExitCode.OK)
+
+
+def _follow(log: Path) -> None:
+    """Print lines appended to ``log``, reopening it when it is rotated."""
+    handle = open(log, "rb")  # noqa: SIM115 - reopened on rotation
+    handle.seek(0, os.SEEK_END)
+    inode = os.fstat(handle.fileno()).st_ino
+    try:
+        while True:
+            chunk = handle.read()
+            if chunk:
+                sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+                sys.stdout.flush()
+                continue
+            try:
+                if os.stat(log).st_ino != inode:
+                    handle.close()
+                    handle = open(log, "rb")  # noqa: SIM115
+                    inode = os.fstat(handle.fileno()).st_ino
+                    continue
+            except FileNotFoundError:
+                pass
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        handle.close()
+
+
+def events(
+    tail_n: Annotated[int, typer.Option("--tail", "-n", help="How many recent events.")] = 50,
+    output: OutputOpt = Output.text,
+) -> int:
+    """Recent actions with their causes and results."""
+    from mlxctl.events import read_events
+    from mlxctl.report import event_line
+
+    found = read_events(paths().events, tail_n)
+    for event in found:
+        if output is Output.json:
+            emit_json(event.to_json())
+        else:
+            print(event_line(event))
+    if not found and output is Output.text:
+        print("no events yet")
+    return int(ExitCode.OK)
+
+
+def gateway_key(path: PathArg = None, files: FileOpt = None) -> int:
+    """Print the gateway's API key (to use as the Bearer token)."""
+    from mlxctl import secrets
+    from mlxctl.desired import master_key_ref
+    from mlxctl.engine import load_stack
+
+    stack = load_stack(targets(path, files))
+    ref = master_key_ref(stack, paths().state)
+    print(secrets.resolve(ref, os.environ, where="gateway key"))
+    return int(ExitCode.OK)
+
+
+def quickstart(
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Startup timeout, seconds.")] = None,
+) -> int:
+    """Install the demo stack into your stacks directory, converge it, and show how to call it."""
+    from mlxctl import secrets
+    from mlxctl.cli.stack_cmds import reconcile
+    from mlxctl.desired import master_key_ref
+    from mlxctl.engine import load_stack
+
+    stacks = paths().stacks
+    stacks.mkdir(parents=True, exist_ok=True)
+    target = stacks / "demo.yaml"
+    if not target.exists():
+        shutil.copyfile(bundled_stack("demo.yaml"), target)
+        err(f"installed the demo stack at {target}")
+    code = reconcile(path=stacks, once=True, timeout=timeout)
+    if code != ExitCode.OK:
+        return code
+    stack = load_stack([stacks])
+    key = secrets.resolve(master_key_ref(stack, paths().state), os.environ, where="gateway key")
+    tier = stack.tiers[0].spec.name
+    port = stack.gateway.port
+    print()
+    print("Ask the gateway (OpenAI-compatible):")
+    print(
+        f"curl -s http://127.0.0.1:{port}/v1/chat/completions -H 'Authorization: Bearer {key}' "
+        f"-H 'Content-Type: application/json' -d '{{\"model\": \"{tier}\", \"messages\": "
+        f'[{{"role": "user", "content": "What is the capital of France?"}}], "max_tokens": 30}}\''
+    )
+    return int(ExitCode.OK)
+
+
+def bundled_stack(name: str) -> Path:
+    """A stack file shipped with mlxctl (in the wheel, or the repository's stacks/)."""
+    import mlxctl
+
+    here = Path(mlxctl.__file__).parent
+    for candidate in (here / "_stacks" / name, here.parent.parent / "stacks" / name):
+        if candidate.exists():
+            return candidate
+    raise NotFoundError(f"bundled stack {name} not found")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(status)
+    app.command()(down)
+    app.command()(logs)
+    app.command()(events)
+    app.command("gateway-key")(gateway_key)
+    app.command()(quickstart)

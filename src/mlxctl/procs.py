@@ -1,0 +1,161 @@
+"""Real process control: start servers in their own process group, check and stop them.
+
+Servers outlive the mlxctl command that started them (``reconcile --once`` returns
+while they keep serving), so each one is a session leader with its own log file.
+Nothing is signalled unless its identity matches the inventory: the leader by PID,
+start time and command line; other members of its group by the instance marker
+every process of the group inherits in its environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import psutil
+
+from mlxctl.interfaces import Identity, ProcessStatus, Spawned, StopResult
+from mlxctl.logfiles import open_log
+
+INSTANCE_ENV = "MLXCTL_INSTANCE"
+START_TIME_TOLERANCE = 0.05
+POLL_INTERVAL = 0.05
+KILL_WAIT = 5.0
+
+
+class RealProcessControl:
+    """psutil and POSIX signals; keeps its own children to reap them and read exit codes."""
+
+    def __init__(self) -> None:
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._exit_codes: dict[int, int] = {}
+        # The controller's poller and the executor's threads share this object.
+        self._lock = threading.Lock()
+
+    def spawn(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> Spawned:
+        with open_log(log_path, argv) as log:
+            child = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                start_new_session=True,
+                close_fds=True,
+            )
+        with self._lock:
+            self._children[child.pid] = child
+            self._exit_codes.pop(child.pid, None)
+        try:
+            proc = psutil.Process(child.pid)
+            with proc.oneshot():
+                create_time, cmdline = proc.create_time(), tuple(proc.cmdline())
+        except psutil.Error:
+            # It died already; the identity we know is enough to report it.
+            create_time, cmdline = 0.0, tuple(argv)
+        return Spawned(pid=child.pid, pgid=child.pid, create_time=create_time, cmdline=cmdline)
+
+    def _reap(self, pid: int) -> int | None:
+        with self._lock:
+            child = self._children.get(pid)
+            if child is None:
+                return self._exit_codes.get(pid)
+            code = child.poll()
+            if code is not None:
+                del self._children[pid]
+                self._exit_codes[pid] = code
+            return code
+
+    def status(self, ident: Identity) -> ProcessStatus:
+        code = self._reap(ident.pid)
+        if code is not None:
+            return ProcessStatus(alive=False, exit_code=code)
+        try:
+            proc = psutil.Process(ident.pid)
+            with proc.oneshot():
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    return ProcessStatus(alive=False)
+                if abs(proc.create_time() - ident.create_time) > START_TIME_TOLERANCE:
+                    return ProcessStatus(alive=False, foreign=True)
+                if tuple(proc.cmdline()) != ident.cmdline:
+                    return ProcessStatus(alive=False, foreign=True)
+        except psutil.NoSuchProcess:
+            return ProcessStatus(alive=False)
+        except psutil.AccessDenied:
+            return ProcessStatus(alive=False, foreign=True)
+        return ProcessStatus(alive=True)
+
+    def _members(self, ident: Identity, leader_ok: bool) -> list[psutil.Process]:
+        """Every live process of the service's group that provably belongs to it."""
+        members: list[psutil.Process] = []
+        for proc in psutil.process_iter():
+            try:
+                if os.getpgid(proc.pid) != ident.pgid or proc.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                if proc.pid == ident.pid and leader_ok:
+                    members.append(proc)
+                elif proc.environ().get(INSTANCE_ENV) == ident.instance:
+                    members.append(proc)
+            except (psutil.Error, ProcessLookupError, PermissionError):
+                continue
+        return members
+
+    def stop(self, ident: Identity, grace: float) -> StopResult:
+        leader_ok = self.status(ident).alive
+        members = self._members(ident, leader_ok)
+        if not members:
+            return StopResult(signalled=False, forced=False, detail="no process left")
+        self._signal(members, signal.SIGTERM)
+        survivors = self._wait_gone(members, grace)
+        forced = bool(survivors)
+        if survivors:
+            self._signal(survivors, signal.SIGKILL)
+            survivors = self._wait_gone(survivors, KILL_WAIT)
+        if survivors:
+            pids = ", ".join(str(p.pid) for p in survivors)
+            return StopResult(True, forced, f"processes {pids} survived SIGKILL")
+        return StopResult(True, forced, "killed after grace period" if forced else "")
+
+    def _signal(self, procs: Sequence[psutil.Process], sig: signal.Signals) -> None:
+        for proc in procs:
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                proc.send_signal(sig)
+
+    def _wait_gone(self, procs: Sequence[psutil.Process], timeout: float) -> list[psutil.Process]:
+        deadline = time.monotonic() + timeout
+        alive = list(procs)
+        while alive:
+            for proc in alive:
+                self._reap(proc.pid)
+            alive = [p for p in alive if _running(p)]
+            if not alive or time.monotonic() >= deadline:
+                break
+            time.sleep(POLL_INTERVAL)
+        return alive
+
+    def port_owner(self, port: int) -> str | None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return None
+        with contextlib.suppress(psutil.Error, OSError):
+            for conn in psutil.net_connections(kind="tcp"):
+                if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
+                    if conn.pid:
+                        proc = psutil.Process(conn.pid)
+                        return f"pid {conn.pid} ({' '.join(proc.cmdline())[:80]})"
+        return "another process"
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -1,0 +1,62 @@
+"""Secret references: secrets stay out of stack files, logs, events and renders.
+
+``${env:NAME}`` takes a variable from mlxctl's environment; ``${file:PATH}`` takes the
+contents of a file (stripped), which is how the generated gateway key (mode 0600)
+reaches LiteLLM. A reference is resolved only when a process is launched. Everything
+mlxctl prints or stores keeps the reference text; the desired-state hash takes a
+digest of the resolved value, so rotating a secret restarts what uses it without
+revealing it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from mlxctl.errors import MlxctlError
+
+ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+ANY_REF = re.compile(r"\$\{(env|file):([^}]+)\}")
+
+
+def find_refs(text: str) -> list[str]:
+    """The references (``env:NAME`` or ``file:PATH``) in ``text``."""
+    return [f"{kind}:{name}" for kind, name in ANY_REF.findall(text)]
+
+
+class MissingSecretError(MlxctlError):
+    """A referenced environment variable or file is missing."""
+
+
+def _read_secret_file(path: str) -> str:
+    return Path(path).expanduser().read_text(encoding="utf-8").strip()
+
+
+def resolve(
+    text: str,
+    environ: Mapping[str, str],
+    *,
+    where: str,
+    read_file: Callable[[str], str] = _read_secret_file,
+) -> str:
+    """Replace every reference in ``text`` with its value."""
+
+    def sub(match: re.Match[str]) -> str:
+        kind, name = match.group(1), match.group(2)
+        if kind == "env":
+            if name not in environ:
+                raise MissingSecretError(f"{where}: environment variable {name} is not set")
+            return environ[name]
+        try:
+            return read_file(name)
+        except OSError as exc:
+            raise MissingSecretError(f"{where}: cannot read secret file {name}: {exc}") from None
+
+    return ANY_REF.sub(sub, text)
+
+
+def digest(value: str) -> str:
+    """A short digest that identifies a secret value without revealing it."""
+    return hashlib.sha256(value.encode()).hexdigest()[:16]

@@ -1,0 +1,153 @@
+"""In-memory fakes of the effect interfaces, for unit tests that never sleep or spawn.
+
+They model just enough of reality to be honest: a spawned process stays alive until
+stopped or crashed, a stopped or crashed PID can be reused by a foreign process, a
+probe answers what the test says, and the clock only moves when told to (or when
+something sleeps on it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from mlxctl.desired import ModelRef
+from mlxctl.interfaces import Identity, ProbeResult, ProcessStatus, Spawned, StopResult
+from mlxctl.runtimes import ProbeSpec
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+        self.slept: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += max(seconds, 0.0)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class FakeProcess:
+    pid: int
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    log: Path
+    create_time: float
+    alive: bool = True
+    exit_code: int | None = None
+    # A foreign process that took over this PID after ours died.
+    foreign: bool = False
+
+
+@dataclass
+class FakeProcs:
+    clock: FakeClock
+    next_pid: int = 1000
+    procs: dict[int, FakeProcess] = field(default_factory=dict)
+    signalled: list[int] = field(default_factory=list)
+    busy_ports: dict[int, str] = field(default_factory=dict)
+    # argv[0] substrings whose processes exit right after spawning (a broken server).
+    crash_on_start: set[str] = field(default_factory=set)
+
+    def spawn(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> Spawned:
+        pid = self.next_pid
+        self.next_pid += 1
+        proc = FakeProcess(pid, tuple(argv), dict(env), log_path, self.clock.time())
+        if any(s in " ".join(argv) for s in self.crash_on_start):
+            proc.alive, proc.exit_code = False, 1
+        self.procs[pid] = proc
+        return Spawned(pid, pid, proc.create_time, proc.argv)
+
+    def _matches(self, ident: Identity) -> FakeProcess | None:
+        proc = self.procs.get(ident.pid)
+        if proc is None or proc.foreign:
+            return None
+        if proc.create_time != ident.create_time or proc.argv != ident.cmdline:
+            return None
+        return proc
+
+    def status(self, ident: Identity) -> ProcessStatus:
+        proc = self.procs.get(ident.pid)
+        if proc is not None and proc.foreign:
+            return ProcessStatus(alive=False, foreign=True)
+        mine = self._matches(ident)
+        if mine is None:
+            return ProcessStatus(alive=False)
+        return ProcessStatus(alive=mine.alive, exit_code=None if mine.alive else mine.exit_code)
+
+    def stop(self, ident: Identity, grace: float) -> StopResult:
+        mine = self._matches(ident)
+        if mine is None or not mine.alive:
+            return StopResult(signalled=False, forced=False, detail="no process left")
+        self.signalled.append(mine.pid)
+        mine.alive, mine.exit_code = False, -15
+        return StopResult(signalled=True, forced=False)
+
+    def port_owner(self, port: int) -> str | None:
+        for proc in self.procs.values():
+            if proc.alive and not proc.foreign and "--port" in proc.argv:
+                if proc.argv[proc.argv.index("--port") + 1] == str(port):
+                    return f"pid {proc.pid}"
+        return self.busy_ports.get(port)
+
+    # -- test controls ----------------------------------------------------------
+
+    def crash(self, pid: int, code: int = -9) -> None:
+        self.procs[pid].alive = False
+        self.procs[pid].exit_code = code
+
+    def reuse_pid(self, pid: int) -> None:
+        """A foreign process now holds ``pid`` (ours died earlier)."""
+        self.procs[pid].alive = False
+        self.procs[pid].foreign = True
+
+    def running(self) -> list[FakeProcess]:
+        return [p for p in self.procs.values() if p.alive and not p.foreign]
+
+
+@dataclass
+class FakeProber:
+    """Probes answer by port: ready unless the port is listed as failing."""
+
+    failing: dict[int, str] = field(default_factory=dict)
+    # Ports whose probe fails this many more times before succeeding.
+    slow: dict[int, int] = field(default_factory=dict)
+    calls: list[tuple[int, str]] = field(default_factory=list)
+
+    def probe(self, spec: ProbeSpec, mode: Literal["ready", "live"], timeout: float) -> ProbeResult:
+        self.calls.append((spec.port, mode))
+        if spec.port in self.failing:
+            return ProbeResult(False, self.failing[spec.port])
+        remaining = self.slow.get(spec.port, 0)
+        if remaining > 0:
+            self.slow[spec.port] = remaining - 1
+            return ProbeResult(False, "loading")
+        return ProbeResult(True, "ok")
+
+
+@dataclass
+class FakeStore:
+    present_ids: set[str] = field(default_factory=set)
+    prepared: list[str] = field(default_factory=list)
+    fail_prepare: bool = False
+
+    def present(self, model: ModelRef) -> bool:
+        return model.identity in self.present_ids
+
+    def prepare(self, model: ModelRef) -> Path:
+        if self.fail_prepare:
+            raise RuntimeError("conversion failed")
+        self.prepared.append(model.identity)
+        self.present_ids.add(model.identity)
+        return model.directory

@@ -1,0 +1,74 @@
+"""A fake machine for reconciler unit tests: real files, fake processes, probes, store and clock."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from mlxctl.desired import DesiredState
+from mlxctl.engine import Context, PassResult, load_stack, resolve, run_pass
+from mlxctl.loader import SourcedTier
+from mlxctl.modelstore import path_ref
+from mlxctl.paths import Paths
+from mlxctl.planner import Plan, PlanOptions, plan
+from mlxctl.testing.fakes import FakeClock, FakeProber, FakeProcs, FakeStore
+
+
+class World:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.stacks = root / "stacks"
+        self.stacks.mkdir(parents=True, exist_ok=True)
+        self.models = root / "models"
+        self.clock = FakeClock()
+        self.procs = FakeProcs(self.clock)
+        self.prober = FakeProber()
+        self.store = FakeStore()
+        self.environ: dict[str, str] = {"GATEWAY_KEY": "sk-test"}
+        self.ctx = Context(
+            paths=Paths(config=root / "config", state=root / "state"),
+            environ=self.environ,
+            clock=self.clock,
+            procs=self.procs,
+            prober=self.prober,
+            store=self.store,
+            python=Path("/opt/py/bin/python"),
+            model_resolver=self._resolve_model,
+        )
+
+    def _resolve_model(self, tier: SourcedTier) -> object:
+        ref = path_ref(tier)
+        self.store.present_ids.add(ref.identity) if ref.directory.name != "missing" else None
+        return ref
+
+    def write(self, text: str, name: str = "stack.yaml") -> Path:
+        path = self.stacks / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    def desired(self) -> DesiredState:
+        return resolve(self.ctx, load_stack([self.stacks]))
+
+    def plan(self, **opts: bool) -> Plan:
+        from mlxctl.engine import observe_state
+
+        desired = self.desired()
+        return plan(desired, observe_state(self.ctx, desired), PlanOptions(**opts))
+
+    def apply(self, **opts: bool) -> PassResult:
+        return run_pass(self.ctx, self.desired(), options=PlanOptions(**opts))
+
+    def record(self, name: str):  # type: ignore[no-untyped-def]
+        return self.ctx.inventory.load()[name]
+
+
+def tiers_yaml(*tiers: str, gateway: str = "{port: 4000}") -> str:
+    body = "\n".join(textwrap.indent(textwrap.dedent(t).strip(), "    ") for t in tiers)
+    return (
+        "apiVersion: mlxctl/v1\nkind: Stack\nmetadata: {name: test}\nspec:\n"
+        f"  gateway: {gateway}\n  tiers:\n{body}\n"
+    )
+
+
+def tier(name: str, port: int, *, runtime: str = "mlx-lm", args: str = "{}", model: str = "/models/tiny") -> str:
+    return f"- name: {name}\n  runtime: {runtime}\n  model: {{path: {model}}}\n  port: {port}\n  args: {args}\n"
