@@ -1,4 +1,4 @@
-"""The controller: ``mlxctl reconcile`` keeps the machine matched while files change and processes die.
+"""The controller: ``mlxctl reconcile`` keeps the machine matched as files change and servers die.
 
 Level-triggered: file events, process exits, backoff expiries and the periodic
 resync only enqueue "reconcile now" with a reason; each pass re-reads everything
@@ -75,11 +75,15 @@ class Controller:
     def run(self) -> None:
         threads = [threading.Thread(target=self._poll_processes, name="mlxctl-poll", daemon=True)]
         if self.watch:
-            threads.append(threading.Thread(target=self._watch_files, name="mlxctl-watch", daemon=True))
+            threads.append(
+                threading.Thread(target=self._watch_files, name="mlxctl-watch", daemon=True)
+            )
         for thread in threads:
             thread.start()
-        self.log(f"controller: watching {', '.join(str(t) for t in self.targets) or '(nothing)'}; "
-                 f"resync every {self.interval:.0f}s")
+        self.log(
+            f"controller: watching {', '.join(str(t) for t in self.targets) or '(nothing)'}; "
+            f"resync every {self.interval:.0f}s"
+        )
         self.trigger("controller started")
         next_resync = self.ctx.clock.monotonic() + self.interval
         try:
@@ -137,14 +141,26 @@ class Controller:
             on_plan=lambda p: self._show_plan(reason, p),
         )
         self._failures = {
-            name: seen.probe_failures for name, seen in result.observed.services.items() if seen.probe_failures
+            name: seen.probe_failures
+            for name, seen in result.observed.services.items()
+            if seen.probe_failures
         }
-        waits = [a.not_before for a in result.plan.actions if a.kind == "wait" and a.not_before is not None]
+        waits = [
+            a.not_before
+            for a in result.plan.actions
+            if a.kind == "wait" and a.not_before is not None
+        ]
         waits += [
-            o.action.not_before for o in result.outcomes if o.action.not_before is not None and not o.ok
+            o.action.not_before
+            for o in result.outcomes
+            if o.action.not_before is not None and not o.ok
         ]
         records = self.ctx.inventory.load()
-        waits += [r.not_before for r in records.values() if r.not_before is not None and r.died_at is not None]
+        waits += [
+            r.not_before
+            for r in records.values()
+            if r.not_before is not None and r.died_at is not None
+        ]
         future = [w for w in waits if w > self.ctx.clock.time()]
         self._wake_at = min(future) if future else None
         if result.plan.refused:
@@ -171,13 +187,18 @@ class Controller:
                 if key in known_dead or record.died_at is not None:
                     continue
                 status = self.ctx.procs.status(identity_of(record))
-                if status.alive:
+                if status.alive or status.stopped:
                     continue
                 known_dead.add(key)
                 code = f" with code {status.exit_code}" if status.exit_code is not None else ""
-                self.log(f"noticed: {name} (pid {record.pid}) exited{code}")
                 self.ctx.event_log().emit(
-                    Event(self.ctx.clock.time(), "exit", name, f"pid {record.pid} exited{code}", "noticed")
+                    Event(
+                        self.ctx.clock.time(),
+                        "exit",
+                        name,
+                        f"pid {record.pid} exited{code}",
+                        "noticed",
+                    )
                 )
                 self.trigger(f"{name} exited")
 
@@ -211,5 +232,5 @@ class Controller:
             recursive=False,
             yield_on_timeout=False,
         ):
-            names = sorted({Path(path).name for _, path in changes})
-            self.trigger(f"changed: {', '.join(names)}")
+            changed = sorted({Path(path).name for _, path in changes})
+            self.trigger(f"changed: {', '.join(changed)}")

@@ -26,8 +26,8 @@ from mlxctl.runtimes import (
     gateway_argv,
     probe_for,
     render_args,
-    server_argv,
     served_model_name,
+    server_argv,
 )
 
 HASH_VERSION = "v1"
@@ -108,7 +108,9 @@ class ResolveContext:
     read_secret: Callable[[str], str] | None = None
 
 
-def spec_hash(argv: Sequence[str], env: Mapping[str, str], files: Mapping[str, str], model: str) -> str:
+def spec_hash(
+    argv: Sequence[str], env: Mapping[str, str], files: Mapping[str, str], model: str
+) -> str:
     """The versioned hash of everything that makes a launch different."""
     payload = json.dumps(
         {"argv": list(argv), "env": dict(sorted(env.items())), "files": files, "model": model},

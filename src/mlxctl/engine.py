@@ -19,7 +19,7 @@ from mlxctl.desired import DesiredState, ModelResolver, ResolveContext, resolve_
 from mlxctl.errors import ExitCode
 from mlxctl.events import EventLog, Listener
 from mlxctl.executor import Executor, ExecutorSettings, Outcome
-from mlxctl.interfaces import Clock, ModelStore, ProcessControl, Prober
+from mlxctl.interfaces import Clock, ModelStore, Prober, ProcessControl
 from mlxctl.inventory import Inventory, write_atomic
 from mlxctl.loader import StackSet, load_stack_set
 from mlxctl.observe import ObserveOptions, observe

@@ -25,7 +25,7 @@ from mlxctl import secrets
 from mlxctl.backoff import DEFAULT_BACKOFF, BackoffPolicy
 from mlxctl.desired import DesiredService, DesiredState
 from mlxctl.events import Event, EventLog
-from mlxctl.interfaces import Clock, Identity, ModelStore, ProbeResult, ProcessControl, Prober
+from mlxctl.interfaces import Clock, Identity, ModelStore, Prober, ProbeResult, ProcessControl
 from mlxctl.inventory import Inventory, Record, write_atomic
 from mlxctl.logfiles import tail
 from mlxctl.planner import Action, Plan
@@ -89,7 +89,9 @@ class Executor:
 
     # -- public ---------------------------------------------------------------
 
-    def apply(self, plan: Plan, desired: DesiredState, *, wait_starting: bool = True) -> list[Outcome]:
+    def apply(
+        self, plan: Plan, desired: DesiredState, *, wait_starting: bool = True
+    ) -> list[Outcome]:
         """Apply ``plan``; with ``wait_starting``, also wait for services still starting."""
         if plan.refused:
             return []
@@ -98,7 +100,11 @@ class Executor:
         records = self.inventory.load()
         failed_prepare: set[str] = set()
 
-        stops = [a for a in ordered if a.kind in ("stop", "restart") or (a.kind == "crash" and a.stop_process)]
+        stops = [
+            a
+            for a in ordered
+            if a.kind in ("stop", "restart") or (a.kind == "crash" and a.stop_process)
+        ]
         outcomes += self._parallel(stops, lambda a: self._stop(a, records.get(a.target)))
         for action in ordered:
             if action.kind in ("forget", "crash", "rehash"):
@@ -143,7 +149,9 @@ class Executor:
         with ThreadPoolExecutor(max_workers=len(items)) as pool:
             return list(pool.map(fn, items))
 
-    def _emit(self, action: Action, result: str, message: str = "", duration: float | None = None) -> None:
+    def _emit(
+        self, action: Action, result: str, message: str = "", duration: float | None = None
+    ) -> None:
         self.events.emit(
             Event(
                 ts=self.clock.time(),
@@ -270,14 +278,20 @@ class Executor:
         service = desired.get(action.target)
         assert service is not None
         timeout = self.settings.startup_timeout or service.startup_timeout
-        deadline = record.started_at + timeout if action.kind == "wait" else self.clock.time() + timeout
+        deadline = (
+            record.started_at + timeout if action.kind == "wait" else self.clock.time() + timeout
+        )
         started = self.clock.monotonic()
         try:
             detail = self.wait_ready(record, service, deadline)
         except StartFailed as exc:
             return self._start_failed(action, record, str(exc), started)
         duration = self.clock.monotonic() - started
-        self._put(record.evolve(ready_at=self.clock.time(), last_error=None, died_at=None, not_before=None))
+        self._put(
+            record.evolve(
+                ready_at=self.clock.time(), last_error=None, died_at=None, not_before=None
+            )
+        )
         self._emit(action, "ok", f"ready ({detail})", duration)
         return Outcome(action, True, "ready", duration)
 
@@ -291,7 +305,9 @@ class Executor:
             if not status.alive:
                 code = f" with code {status.exit_code}" if status.exit_code is not None else ""
                 lines = tail(Path(record.log), 15)
-                raise StartFailed(f"exited{code} while starting; last log lines:\n" + "\n".join(lines))
+                raise StartFailed(
+                    f"exited{code} while starting; last log lines:\n" + "\n".join(lines)
+                )
             remaining = max(deadline - self.clock.time(), 0.1)
             last[0] = self.prober.probe(service.probe, "ready", min(PROBE_TIMEOUT, remaining))
             return last[0].ok
@@ -309,10 +325,14 @@ class Executor:
             raise StartFailed(f"not ready before the startup timeout: {last[0].detail}") from None
         return last[0].detail
 
-    def _start_failed(self, action: Action, record: Record, message: str, started: float) -> Outcome:
+    def _start_failed(
+        self, action: Action, record: Record, message: str, started: float
+    ) -> Outcome:
         self.procs.stop(identity_of(record), self.settings.grace)
         now = self.clock.time()
-        crashes = self.settings.backoff.count_after_crash(record.consecutive_crashes, now - record.started_at)
+        crashes = self.settings.backoff.count_after_crash(
+            record.consecutive_crashes, now - record.started_at
+        )
         self._put(
             record.evolve(
                 died_at=now,

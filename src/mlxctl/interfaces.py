@@ -44,6 +44,8 @@ class ProcessStatus:
     exit_code: int | None = None
     # True when the PID is alive but is not our process (reused PID).
     foreign: bool = False
+    # True when it exited because this mlxctl process stopped it (not a crash).
+    stopped: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,7 @@ class Clock(Protocol):
 
 
 class ProcessControl(Protocol):
-    def spawn(
-        self, argv: Sequence[str], env: Mapping[str, str], log_path: Path
-    ) -> Spawned: ...
+    def spawn(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> Spawned: ...
 
     def status(self, ident: Identity) -> ProcessStatus: ...
 

@@ -152,9 +152,7 @@ def _is_losing_union_branch(loc: tuple[int | str, ...], errors: Sequence[Any]) -
     if not loc or loc[-1] != "str":
         return False
     prefix = loc[:-1]
-    return any(
-        tuple(e["loc"])[: len(prefix)] == prefix and tuple(e["loc"]) != loc for e in errors
-    )
+    return any(tuple(e["loc"])[: len(prefix)] == prefix and tuple(e["loc"]) != loc for e in errors)
 
 
 def _locate(
@@ -237,15 +235,14 @@ def _merge(
     gateway: tuple[Path, GatewaySpec] | None = None
     memory: tuple[Path, MemorySpec] | None = None
     for path, doc, node in docs:
-        seq = node["spec"].get("tiers") or []
+        seq: Any = node["spec"].get("tiers")
         for index, tier in enumerate(doc.spec.tiers):
-            line = seq.lc.data[index][0] + 1 if index < len(seq) else 1
+            line = seq.lc.data[index][0] + 1 if seq is not None and index < len(seq) else 1
             sourced = SourcedTier(tier, path, line)
             if tier.name in by_name:
                 other = by_name[tier.name]
-                problems.append(
-                    f"{path}:{line}:1: tier '{tier.name}' is also defined at {other.file}:{other.line}"
-                )
+                where = f"{other.file}:{other.line}"
+                problems.append(f"{path}:{line}:1: tier '{tier.name}' is also defined at {where}")
                 continue
             by_name[tier.name] = sourced
             tiers.append(sourced)

@@ -25,7 +25,9 @@ def path_ref(tier: SourcedTier) -> ModelRef:
     raw = Path(tier.spec.model.path).expanduser()
     directory = raw if raw.is_absolute() else (tier.file.parent / raw)
     directory = Path(str(directory.resolve()))
-    return ModelRef(source="path", identity=f"path:{directory}", directory=directory, display=str(directory))
+    return ModelRef(
+        source="path", identity=f"path:{directory}", directory=directory, display=str(directory)
+    )
 
 
 def make_resolver(paths: Paths) -> ModelResolver:

@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
 from mlxctl.desired import DesiredState
 from mlxctl.executor import identity_of
-from mlxctl.interfaces import Clock, ModelStore, ProcessControl, Prober
+from mlxctl.interfaces import Clock, ModelStore, Prober, ProcessControl
 from mlxctl.inventory import Record
 from mlxctl.observed import ObservedService, ObservedState
-from mlxctl.runtimes import ProbeSpec
+from mlxctl.runtimes import MLX_LM_DEFAULT_MODEL, ProbeKind, ProbeSpec
 
 PROBE_TIMEOUT = 5.0
 
@@ -49,7 +50,7 @@ def observe(
         if not opts.probe:
             return ObservedService(record, alive=True)
         spec = ProbeSpec(kind=_kind(record), port=record.port, model=_model(record))
-        mode = "live" if record.ready_at is not None else "ready"
+        mode: Literal["ready", "live"] = "live" if record.ready_at is not None else "ready"
         result = prober.probe(spec, mode, opts.probe_timeout)
         return ObservedService(
             record,
@@ -77,12 +78,17 @@ def observe(
     )
 
 
-def _kind(record: Record) -> str:  # the runtime recorded at launch decides the probe
-    runtime = str(record.launch.get("runtime", "mlx-lm"))
-    return runtime if runtime in ("mlx-lm", "vllm-mlx", "litellm") else "mlx-lm"
+def _kind(record: Record) -> ProbeKind:
+    """The runtime recorded at launch decides the probe."""
+    runtime = record.launch.get("runtime")
+    if runtime == "vllm-mlx":
+        return "vllm-mlx"
+    if runtime == "litellm" or record.role == "gateway":
+        return "litellm"
+    return "mlx-lm"
 
 
 def _model(record: Record) -> str:
     if record.role == "gateway":
         return ""
-    return "default_model" if record.launch.get("runtime") == "mlx-lm" else record.name
+    return MLX_LM_DEFAULT_MODEL if record.launch.get("runtime") == "mlx-lm" else record.name

@@ -26,7 +26,16 @@ ActionKind = Literal[
     "rehash",  # the hash recipe changed but the launch did not: update the record only
 ]
 # The order in which an executor applies action kinds: stops free memory before starts.
-PHASES: tuple[ActionKind, ...] = ("stop", "forget", "crash", "rehash", "prepare", "restart", "start", "wait")
+PHASES: tuple[ActionKind, ...] = (
+    "stop",
+    "forget",
+    "crash",
+    "rehash",
+    "prepare",
+    "restart",
+    "start",
+    "wait",
+)
 
 
 @dataclass(frozen=True)
@@ -67,11 +76,15 @@ class Plan:
 @dataclass(frozen=True)
 class PlanOptions:
     allow_empty: bool = False
+    # The cause given for stopping services that are no longer desired.
+    prune_cause: str = "removed from the stack"
     liveness_threshold: int = 3
     backoff: BackoffPolicy = DEFAULT_BACKOFF
 
 
-def plan(desired: DesiredState, observed: ObservedState, options: PlanOptions | None = None) -> Plan:
+def plan(
+    desired: DesiredState, observed: ObservedState, options: PlanOptions | None = None
+) -> Plan:
     """Decide what to do to make ``observed`` match ``desired``."""
     opts = options or PlanOptions()
     refused = _refusal(desired, observed, opts)
@@ -84,9 +97,9 @@ def plan(desired: DesiredState, observed: ObservedState, options: PlanOptions | 
     for name, seen in sorted(observed.services.items()):
         if desired.get(name) is None:
             if seen.alive:
-                actions.append(Action("stop", name, "removed from the stack"))
+                actions.append(Action("stop", name, opts.prune_cause))
             else:
-                actions.append(Action("forget", name, "removed from the stack (already exited)"))
+                actions.append(Action("forget", name, f"{opts.prune_cause} (already exited)"))
     return Plan(actions=tuple(actions), blocked=blocked)
 
 
@@ -145,7 +158,8 @@ def _plan_service(
                 Action(
                     "wait",
                     name,
-                    f"crash-loop backoff: restart in {wait:.0f}s (crash #{rec.consecutive_crashes})",
+                    f"crash-loop backoff: restart in {wait:.0f}s "
+                    f"(crash #{rec.consecutive_crashes})",
                     not_before=rec.not_before,
                 )
             )
@@ -160,7 +174,9 @@ def _plan_service(
     if rec.ready_at is None:
         deadline = rec.started_at + service.startup_timeout
         if observed.now < deadline:
-            actions.append(Action("wait", name, "starting: waiting until ready", not_before=deadline))
+            actions.append(
+                Action("wait", name, "starting: waiting until ready", not_before=deadline)
+            )
         else:
             detail = f": {seen.detail}" if seen.detail else ""
             cause = f"not ready {service.startup_timeout:.0f}s after start{detail}"

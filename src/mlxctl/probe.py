@@ -51,16 +51,21 @@ class HttpProber:
             except ValueError:
                 return ProbeResult(False, f"/health answered {status} without JSON")
             loaded = status == 200 and data.get("model_loaded") is True
-            return ProbeResult(loaded, f"/health: status={data.get('status')} model_loaded={data.get('model_loaded')}")
+            return ProbeResult(
+                loaded,
+                f"/health: status={data.get('status')} model_loaded={data.get('model_loaded')}",
+            )
         # mlx-lm: /health is 200 even while loading; only a completion proves readiness.
         if mode == "live":
             status, _ = _request(spec, "GET", "/health", timeout)
             return ProbeResult(status == 200, f"/health answered {status}")
-        body = {"model": spec.model, **READY_PROMPT}
-        status, raw = _request(spec, "POST", "/v1/chat/completions", timeout, body)
+        request = {"model": spec.model, **READY_PROMPT}
+        status, raw = _request(spec, "POST", "/v1/chat/completions", timeout, request)
         if status == 200:
             return ProbeResult(True, "1-token completion answered")
-        return ProbeResult(False, f"completion answered {status}: {raw[:200].decode(errors='replace')}")
+        return ProbeResult(
+            False, f"completion answered {status}: {raw[:200].decode(errors='replace')}"
+        )
 
 
 def _short(exc: BaseException) -> str:

@@ -36,6 +36,7 @@ class RealProcessControl:
     def __init__(self) -> None:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._exit_codes: dict[int, int] = {}
+        self._stopped: set[int] = set()
         # The controller's poller and the executor's threads share this object.
         self._lock = threading.Lock()
 
@@ -53,13 +54,7 @@ class RealProcessControl:
         with self._lock:
             self._children[child.pid] = child
             self._exit_codes.pop(child.pid, None)
-        try:
-            proc = psutil.Process(child.pid)
-            with proc.oneshot():
-                create_time, cmdline = proc.create_time(), tuple(proc.cmdline())
-        except psutil.Error:
-            # It died already; the identity we know is enough to report it.
-            create_time, cmdline = 0.0, tuple(argv)
+        create_time, cmdline = _identity(child.pid, argv)
         return Spawned(pid=child.pid, pgid=child.pid, create_time=create_time, cmdline=cmdline)
 
     def _reap(self, pid: int) -> int | None:
@@ -76,18 +71,18 @@ class RealProcessControl:
     def status(self, ident: Identity) -> ProcessStatus:
         code = self._reap(ident.pid)
         if code is not None:
-            return ProcessStatus(alive=False, exit_code=code)
+            return ProcessStatus(alive=False, exit_code=code, stopped=ident.pid in self._stopped)
         try:
             proc = psutil.Process(ident.pid)
             with proc.oneshot():
                 if proc.status() == psutil.STATUS_ZOMBIE:
-                    return ProcessStatus(alive=False)
+                    return ProcessStatus(alive=False, stopped=ident.pid in self._stopped)
                 if abs(proc.create_time() - ident.create_time) > START_TIME_TOLERANCE:
                     return ProcessStatus(alive=False, foreign=True)
                 if tuple(proc.cmdline()) != ident.cmdline:
                     return ProcessStatus(alive=False, foreign=True)
         except psutil.NoSuchProcess:
-            return ProcessStatus(alive=False)
+            return ProcessStatus(alive=False, stopped=ident.pid in self._stopped)
         except psutil.AccessDenied:
             return ProcessStatus(alive=False, foreign=True)
         return ProcessStatus(alive=True)
@@ -99,9 +94,8 @@ class RealProcessControl:
             try:
                 if os.getpgid(proc.pid) != ident.pgid or proc.status() == psutil.STATUS_ZOMBIE:
                     continue
-                if proc.pid == ident.pid and leader_ok:
-                    members.append(proc)
-                elif proc.environ().get(INSTANCE_ENV) == ident.instance:
+                is_leader = proc.pid == ident.pid and leader_ok
+                if is_leader or proc.environ().get(INSTANCE_ENV) == ident.instance:
                     members.append(proc)
             except (psutil.Error, ProcessLookupError, PermissionError):
                 continue
@@ -112,6 +106,8 @@ class RealProcessControl:
         members = self._members(ident, leader_ok)
         if not members:
             return StopResult(signalled=False, forced=False, detail="no process left")
+        with self._lock:
+            self._stopped.add(ident.pid)
         self._signal(members, signal.SIGTERM)
         survivors = self._wait_gone(members, grace)
         forced = bool(survivors)
@@ -147,11 +143,31 @@ class RealProcessControl:
                 return None
         with contextlib.suppress(psutil.Error, OSError):
             for conn in psutil.net_connections(kind="tcp"):
-                if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
-                    if conn.pid:
-                        proc = psutil.Process(conn.pid)
-                        return f"pid {conn.pid} ({' '.join(proc.cmdline())[:80]})"
+                listening = conn.status == psutil.CONN_LISTEN
+                if conn.laddr and conn.laddr.port == port and listening and conn.pid:
+                    proc = psutil.Process(conn.pid)
+                    return f"pid {conn.pid} ({' '.join(proc.cmdline())[:80]})"
         return "another process"
+
+
+def _identity(pid: int, argv: Sequence[str]) -> tuple[float, tuple[str, ...]]:
+    """Start time and command line of a just-spawned process.
+
+    Right after ``exec`` of a script the kernel may briefly show an empty command
+    line; it settles within milliseconds, so read it again until it does.
+    """
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                create_time, cmdline = proc.create_time(), tuple(proc.cmdline())
+        except psutil.Error:
+            # It died already; the identity we know is enough to report it.
+            return 0.0, tuple(argv)
+        if cmdline or time.monotonic() >= deadline:
+            return create_time, cmdline
+        time.sleep(0.005)
 
 
 def _running(proc: psutil.Process) -> bool:

@@ -75,7 +75,12 @@ def version_record() -> dict[str, Any]:
 
 
 def action_record(action: Action, kind: str = "planned") -> dict[str, Any]:
-    data: dict[str, Any] = {"type": kind, "action": action.kind, "target": action.target, "cause": action.cause}
+    data: dict[str, Any] = {
+        "type": kind,
+        "action": action.kind,
+        "target": action.target,
+        "cause": action.cause,
+    }
     if action.not_before is not None:
         data["not_before"] = action.not_before
     return data
@@ -83,7 +88,11 @@ def action_record(action: Action, kind: str = "planned") -> dict[str, Any]:
 
 def outcome_record(outcome: Outcome) -> dict[str, Any]:
     data = action_record(outcome.action, "applied")
-    data.update(result="ok" if outcome.ok else "failed", message=outcome.message, duration=round(outcome.duration, 3))
+    data.update(
+        result="ok" if outcome.ok else "failed",
+        message=outcome.message,
+        duration=round(outcome.duration, 3),
+    )
     return data
 
 
@@ -95,7 +104,9 @@ def plan_stream(plan: Plan) -> list[dict[str, Any]]:
     return records
 
 
-def summary_record(plan: Plan, outcomes: Sequence[Outcome], exit_code: int, converged: bool | None) -> dict[str, Any]:
+def summary_record(
+    plan: Plan, outcomes: Sequence[Outcome], exit_code: int, converged: bool | None
+) -> dict[str, Any]:
     return {
         "type": "summary",
         "changes": sum(1 for a in plan.actions if a.changes),
@@ -127,7 +138,9 @@ def event_line(event: Event) -> str:
     stamp = _dt.datetime.fromtimestamp(event.ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
     took = f" {event.duration:.1f}s" if event.duration else ""
     msg = f" - {event.message.splitlines()[0]}" if event.message else ""
-    return f"{stamp}  {event.target:<12} {event.kind:<8} {event.result:<8}{took}  {event.cause}{msg}"
+    return (
+        f"{stamp}  {event.target:<12} {event.kind:<8} {event.result:<8}{took}  {event.cause}{msg}"
+    )
 
 
 def _uptime(seconds: float | None) -> str:
@@ -141,11 +154,21 @@ def _uptime(seconds: float | None) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
-STATUS_COLUMNS = ("NAME", "RUNTIME", "HEALTH", "SYNC", "PID", "PORT", "UPTIME", "RESTARTS", "MODEL / LAST ERROR")
+STATUS_COLUMNS = (
+    "NAME",
+    "RUNTIME",
+    "HEALTH",
+    "SYNC",
+    "PID",
+    "PORT",
+    "UPTIME",
+    "RESTARTS",
+    "MODEL / LAST ERROR",
+)
 
 
 def status_cells(rows: Iterable[ServiceStatus]) -> list[tuple[str, ...]]:
-    cells = []
+    cells: list[tuple[str, ...]] = []
     for r in rows:
         note = r.last_error if r.last_error and r.health != "ready" else (r.model or "")
         cells.append(
@@ -169,5 +192,7 @@ def status_text(rows: Sequence[ServiceStatus]) -> str:
     widths = [max(len(c[i]) for c in cells) for i in range(len(STATUS_COLUMNS) - 1)]
     out = []
     for c in cells:
-        out.append("  ".join(v.ljust(w) for v, w in zip(c[:-1], widths, strict=True)) + "  " + c[-1])
+        out.append(
+            "  ".join(v.ljust(w) for v, w in zip(c[:-1], widths, strict=True)) + "  " + c[-1]
+        )
     return "\n".join(line.rstrip() for line in out)

@@ -77,7 +77,15 @@ def served_model_name(runtime: str, tier: str) -> str:
 
 
 def gateway_argv(*, python: Path, config: Path, port: int) -> tuple[str, ...]:
-    return (str(python.parent / "litellm"), "--config", str(config), "--host", HOST, "--port", str(port))
+    return (
+        str(python.parent / "litellm"),
+        "--config",
+        str(config),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+    )
 
 
 def probe_for(runtime: str, port: int, served_name: str) -> ProbeSpec:

@@ -93,7 +93,9 @@ class TierSpec(_Strict):
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise ValueError(f"'{key}' is not a valid environment variable name")
             if "${" in raw and not find_refs(raw):
-                raise ValueError(f"env.{key}: references are written ${{env:NAME}} or ${{file:PATH}}")
+                raise ValueError(
+                    f"env.{key}: references are written ${{env:NAME}} or ${{file:PATH}}"
+                )
         return value
 
 

@@ -52,7 +52,9 @@ def health_of(seen: ObservedService | None, now: float) -> HealthState:
 def build_status(desired: DesiredState | None, observed: ObservedState) -> list[ServiceStatus]:
     """One row per desired or recorded service: tiers first (stack order), then the gateway."""
     names: list[str] = [s.name for s in desired.tiers] if desired else []
-    names += sorted(n for n, s in observed.services.items() if s.record.role == "tier" and n not in names)
+    names += sorted(
+        n for n, s in observed.services.items() if s.record.role == "tier" and n not in names
+    )
     names.append("gateway")
     rows: list[ServiceStatus] = []
     for name in names:
@@ -72,8 +74,10 @@ def build_status(desired: DesiredState | None, observed: ObservedState) -> list[
             sync = "Synced" if rec is not None and rec.spec_hash == want.spec_hash else "OutOfSync"
         alive = bool(seen and seen.alive)
         runtime = want.runtime if want else str(rec.launch.get("runtime", "")) if rec else ""
-        model = want.model.display if want and want.model else (
-            str(rec.launch.get("model")) if rec and rec.launch.get("model") else None
+        model = (
+            want.model.display
+            if want and want.model
+            else (str(rec.launch.get("model")) if rec and rec.launch.get("model") else None)
         )
         rows.append(
             ServiceStatus(

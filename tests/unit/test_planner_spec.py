@@ -59,7 +59,9 @@ def test_edit_to_another_file_restarts_nothing_here(world: World) -> None:
     world.write(tiers_yaml(tier("fast", 8001)), "a.yaml")
     world.write(tiers_yaml(tier("slow", 8002), gateway="{port: 4000}"), "b.yaml")
     assert world.apply().converged
-    world.write(tiers_yaml(tier("slow", 8002, args="{max-tokens: 9}"), gateway="{port: 4000}"), "b.yaml")
+    world.write(
+        tiers_yaml(tier("slow", 8002, args="{max-tokens: 9}"), gateway="{port: 4000}"), "b.yaml"
+    )
     assert kinds(world.plan()) == [("restart", "slow")]
 
 
@@ -109,15 +111,22 @@ def test_tier_port_clashing_with_gateway_is_an_error(world: World) -> None:
 
 
 def test_unpinned_ports_are_assigned_once_and_kept(world: World) -> None:
-    world.write(tiers_yaml("- {name: a, runtime: mlx-lm, model: {path: /m}}", "- {name: b, runtime: mlx-lm, model: {path: /m}}"))
+    world.write(
+        tiers_yaml(
+            "- {name: a, runtime: mlx-lm, model: {path: /m}}",
+            "- {name: b, runtime: mlx-lm, model: {path: /m}}",
+        )
+    )
     converge(world, (world.stacks / "stack.yaml").read_text())
     assert (world.record("a").port, world.record("b").port) == (8001, 8002)
     # Adding a tier before them in the file keeps their ports.
-    world.write(tiers_yaml(
-        "- {name: z, runtime: mlx-lm, model: {path: /m}}",
-        "- {name: a, runtime: mlx-lm, model: {path: /m}}",
-        "- {name: b, runtime: mlx-lm, model: {path: /m}}",
-    ))
+    world.write(
+        tiers_yaml(
+            "- {name: z, runtime: mlx-lm, model: {path: /m}}",
+            "- {name: a, runtime: mlx-lm, model: {path: /m}}",
+            "- {name: b, runtime: mlx-lm, model: {path: /m}}",
+        )
+    )
     plan = world.plan()
     assert ("start", "z") in kinds(plan) and ("restart", "a") not in kinds(plan)
     assert world.desired().ports == {"z": 8003, "a": 8001, "b": 8002}
@@ -228,7 +237,7 @@ def test_hung_server_is_restarted_after_liveness_threshold(world: World) -> None
         assert plan(desired, observed).actions == ()
     observed = observe_state(world.ctx, desired, probe_failures=failures)
     actions = plan(desired, observed).actions
-    assert [(a.kind, a.stop_process) for a in actions][0] == ("crash", True)
+    assert (actions[0].kind, actions[0].stop_process) == ("crash", True)
     assert "liveness failed 3 times" in actions[0].cause
 
 

@@ -70,5 +70,10 @@ def tiers_yaml(*tiers: str, gateway: str = "{port: 4000}") -> str:
     )
 
 
-def tier(name: str, port: int, *, runtime: str = "mlx-lm", args: str = "{}", model: str = "/models/tiny") -> str:
-    return f"- name: {name}\n  runtime: {runtime}\n  model: {{path: {model}}}\n  port: {port}\n  args: {args}\n"
+def tier(
+    name: str, port: int, *, runtime: str = "mlx-lm", args: str = "{}", model: str = "/models/tiny"
+) -> str:
+    return (
+        f"- name: {name}\n  runtime: {runtime}\n  model: {{path: {model}}}\n"
+        f"  port: {port}\n  args: {args}\n"
+    )

@@ -15,7 +15,8 @@ from mlxctl.errors import ExitCode, MlxctlError, SpecError
 
 app = typer.Typer(
     name="mlxctl",
-    help="Declarative controller for local LLM model servers (mlx-lm, vllm-mlx) behind a LiteLLM gateway.",
+    help="Declarative controller for local LLM model servers (mlx-lm, vllm-mlx) "
+    "behind a LiteLLM gateway.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

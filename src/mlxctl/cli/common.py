@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,14 +13,17 @@ import typer
 from mlxctl.paths import Paths, default_paths
 
 
-class Output(str, Enum):
+class Output(StrEnum):
     text = "text"
     json = "json"
 
 
 PathArg = Annotated[
     Path | None,
-    typer.Argument(help="Stack file or directory (default: ~/.config/mlxctl/stacks, or $MLXCTL_HOME/config/stacks)."),
+    typer.Argument(
+        help="Stack file or directory (default: ~/.config/mlxctl/stacks, "
+        "or $MLXCTL_HOME/config/stacks)."
+    ),
 ]
 FileOpt = Annotated[
     list[Path] | None,

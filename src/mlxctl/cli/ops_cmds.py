@@ -50,7 +50,10 @@ def down(
     ctx = real_context(paths())
     with StateLock(ctx.paths.lock):
         result = run_pass(
-            ctx, DesiredState(tiers=(), gateway=None), options=PlanOptions(allow_empty=True), verify=False
+            ctx,
+            DesiredState(tiers=(), gateway=None),
+            options=PlanOptions(allow_empty=True, prune_cause="mlxctl down"),
+            verify=False,
         )
     failed = [o for o in result.outcomes if not o.ok]
     if output is Output.json:
@@ -69,7 +72,9 @@ def down(
 
 def logs(
     tier: Annotated[str, typer.Argument(help="A tier name, or 'gateway'.")],
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
     tail_lines: Annotated[int, typer.Option("--tail", "-n", help="Lines to show first.")] = 50,
 ) -> int:
     """Print a service's log (its server's stdout and stderr)."""
@@ -146,7 +151,9 @@ def gateway_key(path: PathArg = None, files: FileOpt = None) -> int:
 
 
 def quickstart(
-    timeout: Annotated[float | None, typer.Option("--timeout", help="Startup timeout, seconds.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Startup timeout, seconds.")
+    ] = None,
 ) -> int:
     """Install the demo stack into your stacks directory, converge it, and show how to call it."""
     from mlxctl import secrets
@@ -171,7 +178,7 @@ def quickstart(
     print("Ask the gateway (OpenAI-compatible):")
     print(
         f"curl -s http://127.0.0.1:{port}/v1/chat/completions -H 'Authorization: Bearer {key}' "
-        f"-H 'Content-Type: application/json' -d '{{\"model\": \"{tier}\", \"messages\": "
+        f'-H \'Content-Type: application/json\' -d \'{{"model": "{tier}", "messages": '
         f'[{{"role": "user", "content": "What is the capital of France?"}}], "max_tokens": 30}}\''
     )
     return int(ExitCode.OK)

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mlxctl.cli.common import FileOpt, Output, OutputOpt, PathArg, emit_json, err, is_tty, paths, targets
+from mlxctl.cli.common import FileOpt, Output, OutputOpt, PathArg, emit_json, err, paths, targets
 from mlxctl.errors import ExitCode
-from mlxctl.planner import Plan
+from mlxctl.planner import Plan, PlanOptions
+
+if TYPE_CHECKING:
+    from mlxctl.engine import Context
+    from mlxctl.events import Event, Listener
+    from mlxctl.loader import StackSet
 
 
 def validate(path: PathArg = None, files: FileOpt = None) -> int:
@@ -40,12 +46,13 @@ def diff(
     path: PathArg = None,
     files: FileOpt = None,
     output: OutputOpt = Output.text,
-    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Plan stops even if the stack is empty.")] = False,
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="Plan stops even if the stack is empty.")
+    ] = False,
 ) -> int:
     """Show what reconcile would do, with causes. Exit 0: no changes, 1: changes, >=2: error."""
     from mlxctl import report
     from mlxctl.engine import real_context, resolve, run_pass
-    from mlxctl.planner import PlanOptions
 
     ctx = real_context(paths())
     desired = resolve(ctx, _load(path, files))
@@ -55,7 +62,11 @@ def diff(
         emit_json(report.version_record())
         for record in report.plan_stream(the_plan):
             emit_json(record)
-        code = result.refusal_code() if the_plan.refused else _diff_code(the_plan.has_changes or bool(the_plan.blocked))
+        code = (
+            result.refusal_code()
+            if the_plan.refused
+            else _diff_code(the_plan.has_changes or bool(the_plan.blocked))
+        )
         emit_json(report.summary_record(the_plan, (), int(code), None))
         return int(code)
     for line in report.plan_lines(the_plan):
@@ -69,7 +80,7 @@ def _diff_code(changes: bool) -> ExitCode:
     return ExitCode.CHANGES if changes else ExitCode.OK
 
 
-def _load(path: Path | None, files: list[Path] | None):  # type: ignore[no-untyped-def]
+def _load(path: Path | None, files: list[Path] | None) -> StackSet:
     from mlxctl.engine import load_stack
 
     return load_stack(targets(path, files))
@@ -78,25 +89,32 @@ def _load(path: Path | None, files: list[Path] | None):  # type: ignore[no-untyp
 def reconcile(
     path: PathArg = None,
     files: FileOpt = None,
-    once: Annotated[bool, typer.Option("--once", help="One pass, then exit (for scripts and cron).")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and print; act on nothing.")] = False,
+    once: Annotated[
+        bool, typer.Option("--once", help="One pass, then exit (for scripts and cron).")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Plan and print; act on nothing.")
+    ] = False,
     allow_empty: Annotated[
         bool, typer.Option("--allow-empty", help="Allow an empty desired state to stop everything.")
     ] = False,
     timeout: Annotated[
-        float | None, typer.Option("--timeout", help="Startup timeout in seconds for every service.")
+        float | None,
+        typer.Option("--timeout", help="Startup timeout in seconds for every service."),
     ] = None,
-    interval: Annotated[float, typer.Option("--interval", help="Controller: full resync period, seconds.")] = 30.0,
+    interval: Annotated[
+        float, typer.Option("--interval", help="Controller: full resync period, seconds.")
+    ] = 30.0,
     output: OutputOpt = Output.text,
 ) -> int:
     """Make the machine match the stack: once (--once), or continuously, watching the files."""
     from mlxctl.engine import real_context
     from mlxctl.executor import ExecutorSettings
     from mlxctl.lock import StateLock
-    from mlxctl.planner import PlanOptions
 
     json_out = output is Output.json
-    listeners = [] if json_out else [_progress_listener()]
+    controller_mode = not (once or dry_run)
+    listeners = [] if json_out else [_progress_listener(_stamped if controller_mode else err)]
     ctx = real_context(paths(), listeners=listeners)
     ctx.settings = ExecutorSettings(startup_timeout=timeout)
     options = PlanOptions(allow_empty=allow_empty)
@@ -107,34 +125,46 @@ def reconcile(
     from mlxctl.controller import Controller
 
     with StateLock(ctx.paths.lock):
-        controller = Controller(ctx, the_targets, options, interval=interval, log=err)
+        controller = Controller(ctx, the_targets, options, interval=interval, log=_stamped)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: controller.stop())
         controller.run()
     return int(ExitCode.OK)
 
 
-def _progress_listener():  # type: ignore[no-untyped-def]
+def _stamped(line: str) -> None:
+    import datetime as _dt
+
+    err(f"{_dt.datetime.now().strftime('%H:%M:%S')} {line}")
+
+
+def _progress_listener(out: Callable[[str], None]) -> Listener:
     from mlxctl.report import SYMBOLS
 
-    def listen(event) -> None:  # type: ignore[no-untyped-def]
+    def listen(event: Event) -> None:
+        if event.kind == "reconcile":
+            return  # the controller prints refused passes in full itself
         symbol = SYMBOLS.get(event.kind, " ")
         took = f" in {event.duration:.1f}s" if event.duration else ""
         message = event.message.splitlines()[0] if event.message else ""
         extra = f" ({message})" if message else ""
         if event.result == "failed" and event.message and "\n" in event.message:
             extra += "\n" + "\n".join("      " + line for line in event.message.splitlines()[1:])
-        err(f"{symbol:>3} {event.target}: {event.kind} {event.result}{took}{extra}")
+        if event.result in ("noticed", "refused"):
+            extra = f": {event.cause}"
+        out(f"{symbol:>3} {event.target}: {event.kind} {event.result}{took}{extra}")
 
     return listen
 
 
-def _once(ctx, the_targets, options, *, dry_run: bool, json_out: bool) -> int:  # type: ignore[no-untyped-def]
+def _once(
+    ctx: Context, the_targets: list[Path], options: PlanOptions, *, dry_run: bool, json_out: bool
+) -> int:
     from mlxctl import report
-    from mlxctl.engine import resolve, run_pass
+    from mlxctl.engine import load_stack, resolve, run_pass
     from mlxctl.status import build_status
 
-    desired = resolve(ctx, _load_targets(the_targets))
+    desired = resolve(ctx, load_stack(the_targets))
     if json_out:
         emit_json(report.version_record())
 
@@ -165,18 +195,15 @@ def _once(ctx, the_targets, options, *, dry_run: bool, json_out: bool) -> int:  
         err("converged: every service is running and ready.")
     else:
         for outcome in result.failed:
-            err(f"error: {outcome.action.target}: {outcome.message.splitlines()[0] if outcome.message else outcome.action.kind}")
-        for name, why in (result.final_plan.blocked if result.final_plan else result.plan.blocked).items():
+            first = outcome.message.splitlines()[0] if outcome.message else outcome.action.kind
+            err(f"error: {outcome.action.target}: {first}")
+        for name, why in (
+            result.final_plan.blocked if result.final_plan else result.plan.blocked
+        ).items():
             err(f"error: {name}: {why}")
         if not result.failed:
             err("error: not converged (see mlxctl status)")
     return int(code)
-
-
-def _load_targets(the_targets: list[Path]):  # type: ignore[no-untyped-def]
-    from mlxctl.engine import load_stack
-
-    return load_stack(the_targets)
 
 
 def register(app: typer.Typer) -> None:
@@ -184,4 +211,3 @@ def register(app: typer.Typer) -> None:
     app.command()(render)
     app.command()(diff)
     app.command()(reconcile)
-    _ = is_tty

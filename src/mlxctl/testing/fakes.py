@@ -46,6 +46,7 @@ class FakeProcess:
     create_time: float
     alive: bool = True
     exit_code: int | None = None
+    stopped: bool = False
     # A foreign process that took over this PID after ours died.
     foreign: bool = False
 
@@ -84,21 +85,23 @@ class FakeProcs:
         mine = self._matches(ident)
         if mine is None:
             return ProcessStatus(alive=False)
-        return ProcessStatus(alive=mine.alive, exit_code=None if mine.alive else mine.exit_code)
+        if mine.alive:
+            return ProcessStatus(alive=True)
+        return ProcessStatus(alive=False, exit_code=mine.exit_code, stopped=mine.stopped)
 
     def stop(self, ident: Identity, grace: float) -> StopResult:
         mine = self._matches(ident)
         if mine is None or not mine.alive:
             return StopResult(signalled=False, forced=False, detail="no process left")
         self.signalled.append(mine.pid)
-        mine.alive, mine.exit_code = False, -15
+        mine.alive, mine.exit_code, mine.stopped = False, -15, True
         return StopResult(signalled=True, forced=False)
 
     def port_owner(self, port: int) -> str | None:
         for proc in self.procs.values():
-            if proc.alive and not proc.foreign and "--port" in proc.argv:
-                if proc.argv[proc.argv.index("--port") + 1] == str(port):
-                    return f"pid {proc.pid}"
+            serving = proc.alive and not proc.foreign and "--port" in proc.argv
+            if serving and proc.argv[proc.argv.index("--port") + 1] == str(port):
+                return f"pid {proc.pid}"
         return self.busy_ports.get(port)
 
     # -- test controls ----------------------------------------------------------

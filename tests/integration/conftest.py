@@ -1,0 +1,149 @@
+"""Real-process fixtures: a tiny model built by the tests, the mlxctl CLI as a subprocess,
+and a cleanup that stops, by PID, every process the test (or mlxctl for it) started."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+MLXCTL = [sys.executable, "-m", "mlxctl"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mlxctl.testing.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_ports(n: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < n:
+        ports.add(free_port())
+    return sorted(ports)
+
+
+@dataclass
+class Mlxctl:
+    """Runs the real CLI against its own MLXCTL_HOME and cleans up after itself."""
+
+    home: Path
+    stacks: Path
+    background: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "MLXCTL_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*MLXCTL, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def start(self, *args: str, log: Path) -> subprocess.Popen[str]:
+        handle = open(log, "w")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [*MLXCTL, *args], env=self.env, stdout=handle, stderr=subprocess.STDOUT, text=True
+        )
+        self.background.append(proc)
+        return proc
+
+    def status(self) -> dict[str, Any]:
+        result = self.run("status", str(self.stacks), "-o", "json")
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+    def tier(self, name: str) -> dict[str, Any]:
+        return next(t for t in self.status()["tiers"] if t["name"] == name)
+
+    def inventory(self) -> dict[str, Any]:
+        path = self.home / "state" / "inventory.json"
+        return dict(json.loads(path.read_text())["services"]) if path.exists() else {}
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.stacks / name
+        path.write_text(text)
+        return path
+
+    def cleanup(self) -> None:
+        for proc in self.background:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.run("down", timeout=120)
+        for record in self.inventory().values():
+            kill_group_if_ours(record)
+
+
+def kill_group_if_ours(record: dict[str, Any]) -> None:
+    """SIGKILL a recorded process group, only if its leader is still the recorded process."""
+    try:
+        proc = psutil.Process(record["pid"])
+        if abs(proc.create_time() - record["create_time"]) < 0.05:
+            os.killpg(record["pgid"], signal.SIGKILL)
+    except (psutil.Error, ProcessLookupError):
+        pass
+
+
+@pytest.fixture
+def mlxctl(tmp_path: Path) -> Iterator[Mlxctl]:
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    ctl = Mlxctl(home=tmp_path / "home", stacks=stacks)
+    try:
+        yield ctl
+    finally:
+        ctl.cleanup()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.2) -> Any:
+    """Poll ``predicate`` until it returns something truthy (real processes take real time)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def stack_yaml(tiers: list[dict[str, Any]], *, gateway: dict[str, Any] | None = None) -> str:
+    """A stack file (JSON is valid YAML)."""
+    spec: dict[str, Any] = {"gateway": gateway or {"enabled": False}, "tiers": tiers}
+    doc = {"apiVersion": "mlxctl/v1", "kind": "Stack", "metadata": {"name": "it"}, "spec": spec}
+    return json.dumps(doc, indent=2) + "\n"
