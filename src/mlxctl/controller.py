@@ -30,7 +30,6 @@ from mlxctl import report
 from mlxctl.engine import Context, load_stack, resolve, run_pass
 from mlxctl.errors import MlxctlError
 from mlxctl.events import Event
-from mlxctl.executor import identity_of
 from mlxctl.loader import STACK_SUFFIXES
 from mlxctl.planner import Plan, PlanOptions
 
@@ -186,7 +185,7 @@ class Controller:
                 key = (name, record.pid)
                 if key in known_dead or record.died_at is not None:
                     continue
-                status = self.ctx.procs.status(identity_of(record))
+                status = self.ctx.procs.status(record.identity())
                 if status.alive or status.stopped:
                     continue
                 known_dead.add(key)

@@ -25,7 +25,7 @@ from mlxctl import secrets
 from mlxctl.backoff import DEFAULT_BACKOFF, BackoffPolicy
 from mlxctl.desired import DesiredService, DesiredState
 from mlxctl.events import Event, EventLog
-from mlxctl.interfaces import Clock, Identity, ModelStore, Prober, ProbeResult, ProcessControl
+from mlxctl.interfaces import Clock, ModelStore, Prober, ProbeResult, ProcessControl
 from mlxctl.inventory import Inventory, Record, write_atomic
 from mlxctl.logfiles import tail
 from mlxctl.planner import Action, Plan
@@ -34,6 +34,7 @@ from mlxctl.procs import INSTANCE_ENV
 SERVICE_ENV = "MLXCTL_SERVICE"
 _T = TypeVar("_T")
 PROBE_TIMEOUT = 30.0
+PORT_RELEASE_WAIT = 5.0
 FAST_POLL = 0.05
 MAX_POLL = 1.0
 
@@ -56,10 +57,6 @@ class ExecutorSettings:
 
 class StartFailed(Exception):
     """A service exited or never became ready while starting."""
-
-
-def identity_of(record: Record) -> Identity:
-    return Identity(record.pid, record.pgid, record.create_time, record.cmdline, record.instance)
 
 
 class Executor:
@@ -176,7 +173,7 @@ class Executor:
         started = self.clock.monotonic()
         if record is None:
             return Outcome(action, True, "nothing to stop")
-        result = self.procs.stop(identity_of(record), self.settings.grace)
+        result = self.procs.stop(record.identity(), self.settings.grace)
         duration = self.clock.monotonic() - started
         if result.signalled and "survived" in result.detail:
             self._emit(action, "failed", result.detail, duration)
@@ -232,7 +229,7 @@ class Executor:
     def _launch(self, action: Action, service: DesiredService) -> Record | Outcome:
         previous = self.inventory.load().get(service.name)
         try:
-            owner = self.procs.port_owner(service.port)
+            owner = self._wait_port_free(service.port)
             if owner is not None:
                 raise StartFailed(f"port {service.port} is already in use by {owner}")
             self._write_files(service)
@@ -264,6 +261,19 @@ class Executor:
         self._put(record)
         self._emit(action, "started", f"pid {spawned.pid}, port {service.port}")
         return record
+
+    def _wait_port_free(self, port: int) -> str | None:
+        """Who holds ``port``, after giving a just-stopped server a moment to release it.
+
+        A multi-threaded server's socket can outlive its main thread by a few
+        milliseconds, so a restart on the same port polls briefly before failing.
+        """
+        deadline = self.clock.monotonic() + PORT_RELEASE_WAIT
+        while True:
+            owner = self.procs.port_owner(port)
+            if owner is None or self.clock.monotonic() >= deadline:
+                return owner
+            self.clock.sleep(FAST_POLL)
 
     def _write_files(self, service: DesiredService) -> None:
         for path, content in service.files:
@@ -297,7 +307,7 @@ class Executor:
 
     def wait_ready(self, record: Record, service: DesiredService, deadline: float) -> str:
         """Poll until ``service`` is ready; raise :class:`StartFailed` when it dies or times out."""
-        ident = identity_of(record)
+        ident = record.identity()
         last: list[ProbeResult] = [ProbeResult(False, "not probed yet")]
 
         def attempt() -> bool:
@@ -328,7 +338,7 @@ class Executor:
     def _start_failed(
         self, action: Action, record: Record, message: str, started: float
     ) -> Outcome:
-        self.procs.stop(identity_of(record), self.settings.grace)
+        self.procs.stop(record.identity(), self.settings.grace)
         now = self.clock.time()
         crashes = self.settings.backoff.count_after_crash(
             record.consecutive_crashes, now - record.started_at

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from mlxctl.desired import ModelRef
-from mlxctl.runtimes import ProbeSpec
+if TYPE_CHECKING:
+    from mlxctl.desired import ModelRef
+    from mlxctl.runtimes import ProbeSpec
 
 
 @dataclass(frozen=True)

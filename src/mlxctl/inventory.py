@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mlxctl.interfaces import Identity
+
 INVENTORY_VERSION = 1
 
 
@@ -59,6 +61,10 @@ class Record:
 
     def evolve(self, **changes: Any) -> Record:
         return replace(self, **changes)
+
+    def identity(self) -> Identity:
+        """What must match before this record's processes may be signalled."""
+        return Identity(self.pid, self.pgid, self.create_time, self.cmdline, self.instance)
 
 
 class Inventory:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlxctl.desired import ModelRef, ModelResolver
-from mlxctl.errors import SpecError
+from mlxctl.errors import MlxctlError, SpecError
 from mlxctl.loader import SourcedTier
 from mlxctl.paths import Paths
 from mlxctl.stackfile import PathSource
@@ -91,14 +91,17 @@ class DiskModelStore:
 
     def present(self, model: ModelRef) -> bool:
         if model.source == "pypi-gguf":
-            from mlxctl.models.demo import is_converted
+            from mlxctl.models.demo import is_demo_model_current
 
-            return is_converted(model.directory)
+            return is_demo_model_current(model.directory)
         return (model.directory / "config.json").is_file()
 
     def prepare(self, model: ModelRef) -> Path:
-        if model.prepare != PYPI_GGUF:
-            raise SpecError([f"mlxctl cannot produce {model.display}; put it at {model.directory}"])
-        from mlxctl.models.demo import ensure_demo_model
+        from mlxctl.models.demo import DEMO_GGUF_SHA256, DEMO_MODEL_ID, ensure_demo_model
 
+        demo = f"pypi-gguf:{DEMO_GGUF_SHA256}"
+        if model.prepare != PYPI_GGUF or model.identity != demo:
+            raise MlxctlError(f"mlxctl cannot produce {model.display}; put it at {model.directory}")
+        if model.directory.name != DEMO_MODEL_ID:
+            raise MlxctlError(f"the demo model must live in a directory named {DEMO_MODEL_ID}")
         return ensure_demo_model(model.directory.parent)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mlxctl.desired import DesiredState
-from mlxctl.executor import identity_of
 from mlxctl.interfaces import Clock, ModelStore, Prober, ProcessControl
 from mlxctl.inventory import Record
 from mlxctl.observed import ObservedService, ObservedState
@@ -43,7 +42,7 @@ def observe(
     failures = probe_failures or {}
 
     def one(record: Record) -> ObservedService:
-        status = procs.status(identity_of(record))
+        status = procs.status(record.identity())
         if not status.alive:
             detail = "PID now belongs to another process" if status.foreign else "not running"
             return ObservedService(record, alive=False, detail=detail, exit_code=status.exit_code)

@@ -130,7 +130,7 @@ class RealProcessControl:
         while alive:
             for proc in alive:
                 self._reap(proc.pid)
-            alive = [p for p in alive if _running(p)]
+            alive = [p for p in alive if p.pid in self._children or _running(p)]
             if not alive or time.monotonic() >= deadline:
                 break
             time.sleep(POLL_INTERVAL)

@@ -179,7 +179,7 @@ def quickstart(
     print(
         f"curl -s http://127.0.0.1:{port}/v1/chat/completions -H 'Authorization: Bearer {key}' "
         f'-H \'Content-Type: application/json\' -d \'{{"model": "{tier}", "messages": '
-        f'[{{"role": "user", "content": "What is the capital of France?"}}], "max_tokens": 30}}\''
+        f'[{{"role": "user", "content": "What is the capital of France?"}}], "max_tokens": 30, "temperature": 0}}\''
     )
     return int(ExitCode.OK)
 

@@ -12,9 +12,9 @@ import typer
 
 from mlxctl.cli.common import FileOpt, Output, OutputOpt, PathArg, emit_json, err, paths, targets
 from mlxctl.errors import ExitCode
-from mlxctl.planner import Plan, PlanOptions
 
 if TYPE_CHECKING:
+    from mlxctl.planner import Plan, PlanOptions
     from mlxctl.engine import Context
     from mlxctl.events import Event, Listener
     from mlxctl.loader import StackSet
@@ -56,6 +56,8 @@ def diff(
 
     ctx = real_context(paths())
     desired = resolve(ctx, _load(path, files))
+    from mlxctl.planner import PlanOptions
+
     result = run_pass(ctx, desired, options=PlanOptions(allow_empty=allow_empty), dry_run=True)
     the_plan = result.plan
     if output is Output.json:
@@ -117,6 +119,8 @@ def reconcile(
     listeners = [] if json_out else [_progress_listener(_stamped if controller_mode else err)]
     ctx = real_context(paths(), listeners=listeners)
     ctx.settings = ExecutorSettings(startup_timeout=timeout)
+    from mlxctl.planner import PlanOptions
+
     options = PlanOptions(allow_empty=allow_empty)
     the_targets = targets(path, files)
     if once or dry_run:

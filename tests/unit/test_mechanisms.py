@@ -1,0 +1,118 @@
+"""Small mechanisms: arg rendering, gateway config, secrets, inventory, lock, logs, events."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlxctl import secrets
+from mlxctl.backoff import BackoffPolicy
+from mlxctl.errors import LockHeldError
+from mlxctl.events import Event, EventLog, read_events
+from mlxctl.gateway import Route, render_config
+from mlxctl.inventory import Inventory, Record, write_atomic
+from mlxctl.lock import StateLock
+from mlxctl.logfiles import open_log, rotate, tail
+from mlxctl.paths import default_paths
+from mlxctl.runtimes import render_args
+
+
+def test_args_render_sorted_with_bare_and_omitted_flags() -> None:
+    args = {"trust-remote-code": True, "max-tokens": 4096, "draft": None, "quiet": False}
+    assert render_args(args) == ["--max-tokens", "4096", "--trust-remote-code"]
+
+
+def test_gateway_config_pins_each_name_to_its_tier_and_holds_no_secret() -> None:
+    config = json.loads(render_config([Route("b", 8002, "b"), Route("a", 8001, "default_model")]))
+    assert [m["model_name"] for m in config["model_list"]] == ["a", "b"]
+    assert config["model_list"][0]["litellm_params"] == {
+        "model": "openai/default_model",
+        "api_base": "http://127.0.0.1:8001/v1",
+        "api_key": "none",
+    }
+    assert config["general_settings"]["master_key"] == "os.environ/LITELLM_MASTER_KEY"
+    assert "fallbacks" not in config["general_settings"]
+
+
+def test_secret_references_resolve_and_report_missing() -> None:
+    assert secrets.resolve("a-${env:X}-b", {"X": "1"}, where="w") == "a-1-b"
+    assert secrets.resolve("${file:/k}", {}, where="w", read_file=lambda p: "s3") == "s3"
+    with pytest.raises(secrets.MissingSecretError, match="w: environment variable Y is not set"):
+        secrets.resolve("${env:Y}", {}, where="w")
+    assert secrets.digest("s3") == secrets.digest("s3") != secrets.digest("s4")
+
+
+def test_backoff_schedule_is_data() -> None:
+    policy = BackoffPolicy()
+    assert [policy.delay(n) for n in range(1, 9)] == [0, 10, 20, 40, 80, 160, 300, 300]
+    assert policy.count_after_crash(5, uptime=599) == 6
+    assert policy.count_after_crash(5, uptime=600) == 1
+
+
+def test_inventory_round_trip_and_atomic_replace(tmp_path: Path) -> None:
+    inv = Inventory(tmp_path / "inventory.json")
+    assert inv.load() == {}
+    rec = Record("fast", "tier", 10, 10, 1.5, ("python", "-m"), "abc", "v1:x", 8001, "/l", 2.0)
+    inv.put(rec)
+    assert inv.load() == {"fast": rec}
+    inv.remove("fast")
+    assert inv.load() == {}
+    assert [p.name for p in tmp_path.iterdir()] == ["inventory.json"]
+
+
+def test_write_atomic_sets_mode(tmp_path: Path) -> None:
+    target = tmp_path / "k"
+    write_atomic(target, "x", mode=0o600)
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_lock_names_its_holder_and_is_released(tmp_path: Path) -> None:
+    path = tmp_path / "reconcile.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys,time; from pathlib import Path; from mlxctl.lock import StateLock;"
+         f"l=StateLock(Path({str(path)!r}), 'mlxctl reconcile'); l.acquire(); print('held', flush=True);"
+         "sys.stdin.readline()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockHeldError, match=f"pid {holder.pid} \\(mlxctl reconcile\\) since"):
+            StateLock(path).acquire()
+    finally:
+        holder.communicate("\n", timeout=30)
+    with StateLock(path):
+        pass
+
+
+def test_logs_rotate_by_size_and_tail(tmp_path: Path) -> None:
+    log = tmp_path / "fast.log"
+    log.write_bytes(b"x" * 100)
+    assert not rotate(log, max_bytes=200)
+    assert rotate(log, max_bytes=50, keep=2)
+    assert not log.exists() and (tmp_path / "fast.log.1").exists()
+    with open_log(log, ["srv", "--port", "1"]) as handle:
+        handle.write(b"one\ntwo\n")
+    assert tail(log, 2) == ["one", "two"]
+    assert tail(log, 5)[0].startswith("--- mlxctl ") and "srv --port 1" in tail(log, 5)[0]
+
+
+def test_events_append_and_read_back_newest_last(tmp_path: Path) -> None:
+    seen: list[Event] = []
+    log = EventLog(tmp_path / "events.jsonl", [seen.append])
+    for i in range(3):
+        log.emit(Event(float(i), "start", f"t{i}", "new tier", "ok"))
+    assert [e.target for e in read_events(tmp_path / "events.jsonl", 2)] == ["t1", "t2"]
+    assert len(seen) == 3
+
+
+def test_paths_follow_mlxctl_home_then_xdg() -> None:
+    assert default_paths({"MLXCTL_HOME": "/h"}).stacks == Path("/h/config/stacks")
+    xdg = default_paths({"HOME": "/u", "XDG_STATE_HOME": "/s"})
+    assert xdg.stacks == Path("/u/.config/mlxctl/stacks") and xdg.state == Path("/s/mlxctl")
+    assert os.sep == "/"
