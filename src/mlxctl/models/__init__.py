@@ -1,0 +1,1 @@
+"""Models mlxctl builds itself: GGUF conversion and the offline demo model."""
