@@ -1,0 +1,190 @@
+"""``mlxctl catalog ls|show``: browse the model catalog."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from mlxctl.catalog import Catalog, CatalogModel, filter_models, load_catalog
+from mlxctl.cli.common import Output, OutputOpt, emit_json, err
+from mlxctl.errors import MlxctlError
+from mlxctl.hardware import HardwareProfile, detect_hardware
+from mlxctl.memory import (
+    budget_bytes,
+    estimate_catalog_variant,
+    gib,
+)
+
+CatalogLoader = Callable[[], Catalog]
+Detector = Callable[[], HardwareProfile]
+
+
+def register(
+    app: typer.Typer,
+    *,
+    load: CatalogLoader = load_catalog,
+    detect: Detector = detect_hardware,
+) -> None:
+    """Add ``catalog ls`` and ``catalog show`` to ``app``."""
+    group = typer.Typer(
+        help="The model catalog: real repos, sourced numbers.", no_args_is_help=True
+    )
+
+    @group.command("ls")
+    def ls(
+        family: Annotated[str | None, typer.Option(help="Only this family (e.g. qwen3.5).")] = None,
+        tag: Annotated[str | None, typer.Option(help="Only models with this tag.")] = None,
+        fits: Annotated[
+            bool,
+            typer.Option(
+                "--fits",
+                help="Only models whose smallest variant fits this machine's default budget.",
+            ),
+        ] = False,
+        output: OutputOpt = Output.text,
+    ) -> None:
+        """List catalog models."""
+        try:
+            catalog = load()
+            check = None
+            if fits:
+                budget = budget_bytes(detect().model_memory_bytes, None)
+
+                def check(model: CatalogModel) -> bool:
+                    return _smallest(model) <= budget
+
+            models = filter_models(catalog, family=family, tag=tag, fits=check)
+        except MlxctlError as exc:
+            _fail(exc)
+        if output == Output.json:
+            emit_json([_summary(m) for m in models])
+            return
+        rows: list[tuple[str, ...]] = [
+            ("ID", "FAMILY", "PARAMS", "CONTEXT", "VARIANTS", "MIN MEMORY", "TOOLS", "TAGS")
+        ]
+        for m in models:
+            s = _summary(m)
+            tools = s["tool_call_parser"] or ("yes" if s["tool_calling"] else "-")
+            rows.append(
+                (
+                    m.id, m.family, f"{m.parameters_b:g}B", str(m.context_length.value),
+                    ",".join(m.variants), gib(s["min_memory_bytes"]), tools, ",".join(m.tags),
+                )
+            )  # fmt: skip
+        _table(rows)
+
+    @group.command("show")
+    def show(
+        model_id: Annotated[str, typer.Argument(help="A catalog id, e.g. qwen3-8b.")],
+        output: OutputOpt = Output.text,
+    ) -> None:
+        """Show one model: variants, capabilities, measured numbers and their sources."""
+        try:
+            model = load().get(model_id)
+        except MlxctlError as exc:
+            _fail(exc)
+        if output == Output.json:
+            data: dict[str, Any] = model.model_dump(mode="json")
+            data["memory_estimates"] = {
+                k: estimate_catalog_variant(model, k).to_dict() for k in model.variants
+            }
+            emit_json(data)
+            return
+        typer.echo(_describe(model))
+
+    app.add_typer(group, name="catalog")
+
+
+def _smallest(model: CatalogModel) -> int:
+    return min(estimate_catalog_variant(model, k).total for k in model.variants)
+
+
+def _summary(model: CatalogModel) -> dict[str, Any]:
+    caps = model.capabilities
+    return {
+        "id": model.id,
+        "name": model.name,
+        "family": model.family,
+        "parameters": model.parameters.value,
+        "context_length": model.context_length.value,
+        "variants": list(model.variants),
+        "default_variant": model.default_variant,
+        "min_memory_bytes": _smallest(model),
+        "tool_calling": caps.tool_calling,
+        "tool_call_parser": caps.tool_call_parser,
+        "reasoning_parser": caps.reasoning_parser,
+        "vision": caps.vision,
+        "measured": model.measured,
+        "tags": list(model.tags),
+    }
+
+
+def _describe(model: CatalogModel) -> str:
+    caps = model.capabilities
+    att = model.attention
+    lines = [
+        f"{model.id}: {model.name} ({model.family}, {model.architecture})",
+        f"  upstream      {model.upstream}",
+        f"  parameters    {model.parameters_b:g}B [{_origin(model.parameters)}]",
+        f"  context       {model.context_length.value} tokens [{_origin(model.context_length)}]",
+        f"  kv cache      {att.full_layers} full-attention layers x {att.kv_heads} KV heads x "
+        f"head_dim {att.head_dim}"
+        + (f", {att.sliding_layers} sliding ({att.sliding_window})" if att.sliding_layers else "")
+        + f" [{_origin(att)}]",
+        f"  tools         {'yes' if caps.tool_calling else 'no'}"
+        + (f", vllm-mlx parser {caps.tool_call_parser}" if caps.tool_call_parser else ""),
+        f"  reasoning     {caps.reasoning_parser or '-'}",
+        f"  vision        {'yes' if caps.vision else 'no'}",
+    ]
+    if model.quality is not None:
+        q = model.quality
+        cats = ", ".join(f"{k} {v:g}" for k, v in q.by_category.items())
+        lines.append(f"  quality       pass rate {q.overall_pass_rate:g} ({cats}) [{_origin(q)}]")
+    lines.append(f"  tags          {', '.join(model.tags) or '-'}")
+    lines.append("  variants:")
+    for key, variant in model.variants.items():
+        where = variant.repo or (
+            f"pypi {variant.source.pypi_gguf.package}=={variant.source.pypi_gguf.version}"
+            if variant.source
+            else "?"
+        )
+        default = " (default)" if key == model.default_variant else ""
+        lines.append(f"    {key}{default}: {where}")
+        lines.append(
+            f"      disk        {gib(variant.disk_bytes.value)} [{_origin(variant.disk_bytes)}]"
+        )
+        lines.append(f"      memory      {estimate_catalog_variant(model, key).describe()}")
+        for profile, bench in variant.benchmarks.items():
+            lines.append(
+                f"      {profile:<11} {bench.generation_tps:g} tok/s generation, "
+                f"{bench.prompt_tps:g} tok/s prompt, peak {bench.peak_memory_gib:g} GiB"
+            )
+        if not variant.benchmarks:
+            lines.append("      no measurements")
+    if model.notes:
+        lines.append(f"  notes         {model.notes}")
+    sources = sorted(
+        {b.source for v in model.variants.values() for b in v.benchmarks.values() if b.source}
+    )
+    if sources:
+        lines.append(f"  measured by   {'; '.join(sources)}")
+    return "\n".join(lines)
+
+
+def _origin(item: Any) -> str:
+    if item.provenance == "estimated":
+        return f"estimated: {item.formula}"
+    return f"{item.provenance}: {item.source}"
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _fail(exc: MlxctlError) -> NoReturn:
+    err(f"error: {exc}")
+    raise typer.Exit(code=int(exc.exit_code))

@@ -1,0 +1,56 @@
+"""``mlxctl hardware``: what this machine is, as mlxctl sees it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import typer
+
+from mlxctl.cli.common import Output, OutputOpt, emit_json, err
+from mlxctl.errors import ExitCode
+from mlxctl.hardware import HardwareProfile, detect_hardware
+from mlxctl.memory import default_budget_bytes, gib
+
+Detector = Callable[[], HardwareProfile]
+
+
+def register(app: typer.Typer, *, detect: Detector = detect_hardware) -> None:
+    """Add ``hardware`` to ``app``."""
+
+    @app.command("hardware")
+    def hardware(output: OutputOpt = Output.text) -> None:
+        """Show the chip, memory, GPU and memory bandwidth, and the default memory budget."""
+        try:
+            profile = detect()
+        except OSError as exc:
+            err(f"error: cannot detect the hardware: {exc}")
+            raise typer.Exit(code=int(ExitCode.APPLY_FAILED)) from None
+        budget = default_budget_bytes(profile.model_memory_bytes)
+        if output == Output.json:
+            data = profile.to_dict()
+            data["default_budget_bytes"] = budget
+            emit_json(data)
+            return
+        bandwidth = (
+            f"{profile.bandwidth_gbps:g} GB/s"
+            + (" (estimate)" if profile.bandwidth_estimated else "")
+            if profile.bandwidth_gbps
+            else "unknown"
+        )
+        lines = [
+            f"profile      {profile.profile_id}",
+            f"chip         {profile.chip}",
+            f"os           {profile.os}",
+            f"accelerator  {profile.accelerator}",
+            f"memory       {gib(profile.memory_bytes)}",
+        ]
+        if profile.gpu_cores is not None:
+            lines.append(f"gpu cores    {profile.gpu_cores}")
+        if profile.gpu_name:
+            lines.append(f"gpu          {profile.gpu_name}, {gib(profile.gpu_memory_bytes or 0)}")
+        if profile.cpu_cores is not None:
+            lines.append(f"cpu cores    {profile.cpu_cores}")
+        lines.append(f"bandwidth    {bandwidth}")
+        lines.append(f"budget       {gib(budget)} by default (all but max(4 GiB, 25%))")
+        lines.extend(f"note         {n}" for n in profile.notes)
+        typer.echo("\n".join(lines))

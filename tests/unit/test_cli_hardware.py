@@ -1,0 +1,59 @@
+"""``mlxctl hardware`` with an injected detector."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from typer.testing import CliRunner
+
+from mlxctl.cli import hardware_cmd
+from mlxctl.hardware import GIB, HardwareProfile, parse_macos
+
+runner = CliRunner()
+M4_PRO = parse_macos("Apple M4 Pro", str(48 * GIB), "Total Number of Cores: 20")
+
+
+def app(profile: HardwareProfile) -> typer.Typer:
+    local = typer.Typer()
+    hardware_cmd.register(local, detect=lambda: profile)
+
+    @local.callback()
+    def main() -> None:
+        """Keep 'hardware' a sub-command."""
+
+    return local
+
+
+def test_hardware_text() -> None:
+    result = runner.invoke(app(M4_PRO), ["hardware"])
+    assert result.exit_code == 0
+    assert "m4-pro-48" in result.output
+    assert "273 GB/s" in result.output
+    assert "36.0 GiB by default" in result.output
+
+
+def test_hardware_json() -> None:
+    result = runner.invoke(app(M4_PRO), ["hardware", "--output", "json"])
+    data = json.loads(result.output)
+    assert data["profile_id"] == "m4-pro-48"
+    assert data["bandwidth_gbps"] == 273
+    assert data["bandwidth_estimated"] is False
+    assert data["gpu_cores"] == 20
+    assert data["default_budget_bytes"] == 36 * GIB
+
+
+def test_hardware_detection_failure() -> None:
+    def broken() -> HardwareProfile:
+        raise OSError("sysctl missing")
+
+    local = typer.Typer()
+    hardware_cmd.register(local, detect=broken)
+
+    @local.callback()
+    def main() -> None:
+        """Keep 'hardware' a sub-command."""
+
+    result = runner.invoke(local, ["hardware"])
+    assert result.exit_code == 4
+    assert result.output.strip() == "error: cannot detect the hardware: sysctl missing"

@@ -1,0 +1,76 @@
+"""``mlxctl init`` with an injected catalog and machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from ruamel.yaml import YAML
+from typer.testing import CliRunner
+
+from mlxctl.catalog import load_catalog
+from mlxctl.cli import init_cmd
+from mlxctl.hardware import GIB, HardwareProfile, parse_macos
+from mlxctl.stackfile import StackDocument
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+M4_PRO = parse_macos("Apple M4 Pro", str(48 * GIB), "Total Number of Cores: 20")
+
+
+def app(profile: HardwareProfile = M4_PRO) -> typer.Typer:
+    local = typer.Typer()
+    init_cmd.register(local, load=lambda: load_catalog(ROOT / "catalog"), detect=lambda: profile)
+
+    @local.callback()
+    def main() -> None:
+        """Keep 'init' a sub-command."""
+
+    return local
+
+
+def test_init_prints_a_valid_stack_for_this_machine() -> None:
+    result = runner.invoke(app(), ["init"])
+    assert result.exit_code == 0
+    assert result.output.startswith("# mlxctl init --intent balanced: Apple M4 Pro, m4-pro-48")
+    doc = YAML(typ="safe").load(result.output)
+    StackDocument.model_validate(doc)
+    assert doc["metadata"]["name"] == "m4-pro-48"
+
+
+def test_init_for_a_stated_memory_size_writes_the_file(tmp_path: Path) -> None:
+    out = tmp_path / "stack.yaml"
+    result = runner.invoke(
+        app(), ["init", "--memory", "24", "--intent", "agents", "--output", str(out)]
+    )
+    assert result.exit_code == 0
+    assert f"wrote {out}" in result.output
+    doc = YAML(typ="safe").load(out.read_text())
+    assert doc["metadata"]["name"] == "mac-24gb"
+    assert {t["runtime"] for t in doc["spec"]["tiers"]} == {"vllm-mlx"}
+
+
+def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "stack.yaml"
+    out.write_text("keep me")
+    result = runner.invoke(app(), ["init", "--output", str(out)])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {out} exists; pass --force to overwrite it"
+    assert out.read_text() == "keep me"
+    assert runner.invoke(app(), ["init", "--output", str(out), "--force"]).exit_code == 0
+
+
+def test_init_budget_forms() -> None:
+    share = YAML(typ="safe").load(runner.invoke(app(), ["init", "--budget", "0.5"]).output)
+    assert share["spec"]["memory"] == {"budget": 0.5}
+    size = YAML(typ="safe").load(runner.invoke(app(), ["init", "--budget", "20GB"]).output)
+    assert size["spec"]["memory"] == {"budget": "20GB"}
+
+
+def test_init_bad_budget_and_impossible_budget() -> None:
+    bad = runner.invoke(app(), ["init", "--budget", "lots"])
+    assert bad.exit_code == 3
+    assert bad.output.startswith("error: memory size 'lots'")
+    tiny = runner.invoke(app(), ["init", "--budget", "1GiB"])
+    assert tiny.exit_code == 8
+    assert tiny.output.startswith("error: no measured catalog model fits")
