@@ -21,6 +21,7 @@ from mlxctl import secrets
 from mlxctl.errors import SpecError
 from mlxctl.gateway import GATEWAY_ENV, MASTER_KEY_ENV, Route, render_config
 from mlxctl.loader import SourcedTier, StackSet
+from mlxctl.memory import MemoryEstimate
 from mlxctl.runtimes import (
     ProbeSpec,
     gateway_argv,
@@ -71,7 +72,8 @@ class DesiredService:
     probe: ProbeSpec
     startup_timeout: float
     source: str
-    memory_bytes: int | None = None
+    # Estimated memory (see mlxctl.admission); None when it cannot be estimated.
+    memory: MemoryEstimate | None = None
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,12 @@ class DesiredState:
     files: tuple[Path, ...] = ()
     empty_files: tuple[Path, ...] = ()
     ports: Mapping[str, int] = field(default_factory=dict)
+    # The memory budget every tier's estimate must fit into, together.
     budget_bytes: int | None = None
+    # Smaller variants per tier, for the refusal message (label, estimate).
+    memory_alternatives: Mapping[str, tuple[tuple[str, MemoryEstimate], ...]] = field(
+        default_factory=dict
+    )
 
     @property
     def services(self) -> tuple[DesiredService, ...]:

@@ -43,6 +43,7 @@ class Context:
     settings: ExecutorSettings = field(default_factory=ExecutorSettings)
     # None: the real resolver (local paths and the catalog).
     model_resolver: ModelResolver | None = None
+    memory_bytes: Callable[[], int] = field(default_factory=lambda: _system_memory)
 
     @property
     def inventory(self) -> Inventory:
@@ -63,6 +64,12 @@ class Context:
             environ=self.environ,
             settings=self.settings,
         )
+
+
+def _system_memory() -> int:
+    from mlxctl.admission import system_memory
+
+    return system_memory()
 
 
 def real_context(paths: Paths, *, listeners: list[Listener] | None = None) -> Context:
@@ -113,7 +120,7 @@ def resolve(ctx: Context, stack: StackSet) -> DesiredState:
     desired = resolve_desired(stack, rctx)
     from mlxctl.admission import with_budget
 
-    return with_budget(desired, stack, ctx.environ)
+    return with_budget(desired, stack, ctx.memory_bytes)
 
 
 def observe_state(

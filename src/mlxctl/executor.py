@@ -320,6 +320,11 @@ class Executor:
                 )
             remaining = max(deadline - self.clock.time(), 0.1)
             last[0] = self.prober.probe(service.probe, "ready", min(PROBE_TIMEOUT, remaining))
+            if last[0].fatal:
+                lines = tail(Path(record.log), 15)
+                raise StartFailed(
+                    f"cannot become ready ({last[0].detail}); last log lines:\n" + "\n".join(lines)
+                )
             return last[0].ok
 
         retrying = Retrying(

@@ -60,6 +60,8 @@ class StopResult:
 class ProbeResult:
     ok: bool
     detail: str = ""
+    # The server answered, and its answer means it will never become ready.
+    fatal: bool = False
 
 
 class Clock(Protocol):

@@ -9,6 +9,8 @@ its own model store.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from mlxctl.desired import ModelRef, ModelResolver
@@ -64,23 +66,43 @@ def catalog_ref(tier: SourcedTier, paths: Paths) -> ModelRef:
     return ModelRef(
         source="hf",
         identity=f"hf:{resolved.repo}",
-        directory=hf_snapshot(resolved.repo) or hf_expected(resolved.repo),
+        directory=hf_snapshot(resolved.repo),
         display=f"{display} {resolved.repo}",
     )
 
 
-def hf_snapshot(repo: str) -> Path | None:
-    """The cached snapshot directory of ``repo`` in the shared Hugging Face cache."""
-    from huggingface_hub import try_to_load_from_cache
+def hub_cache(environ: Mapping[str, str] | None = None) -> Path:
+    """The Hugging Face hub cache directory, resolved as huggingface_hub does.
 
-    found = try_to_load_from_cache(repo, "config.json")
-    return Path(found).parent if isinstance(found, str) else None
+    Written out (a few environment variables) rather than imported, because
+    importing huggingface_hub costs ~0.45 s (measured here) on the ``status`` path.
+    """
+    env = os.environ if environ is None else environ
+    explicit = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    home = env.get("HF_HOME")
+    if home:
+        return Path(home).expanduser() / "hub"
+    cache = Path(env.get("XDG_CACHE_HOME") or Path(env.get("HOME", "~")) / ".cache").expanduser()
+    return cache / "huggingface" / "hub"
 
 
-def hf_expected(repo: str) -> Path:
-    from huggingface_hub import constants
+def hf_snapshot(
+    repo: str, revision: str = "main", environ: Mapping[str, str] | None = None
+) -> Path:
+    """The snapshot directory of ``repo`` at ``revision`` in the shared cache.
 
-    return Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+    The cache keeps ``models--ORG--NAME/refs/REVISION`` (a commit hash) and
+    ``snapshots/COMMIT/``; when the ref is not there yet, the repo's directory is
+    returned, which holds no ``config.json``, so the model counts as absent.
+    """
+    base = hub_cache(environ) / f"models--{repo.replace('/', '--')}"
+    try:
+        commit = (base / "refs" / revision).read_text(encoding="utf-8").strip()
+    except OSError:
+        return base
+    return base / "snapshots" / commit
 
 
 class DiskModelStore:

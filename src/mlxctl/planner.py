@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from mlxctl.backoff import DEFAULT_BACKOFF, BackoffPolicy
 from mlxctl.desired import HASH_VERSION, DesiredService, DesiredState
+from mlxctl.memory import check_budget
 from mlxctl.observed import ObservedService, ObservedState
 
 ActionKind = Literal[
@@ -104,6 +105,14 @@ def plan(
 
 
 def _refusal(desired: DesiredState, observed: ObservedState, opts: PlanOptions) -> str | None:
+    """Why the whole plan must not be applied, if it must not."""
+    if desired.budget_bytes is not None:
+        estimated = [(t.name, t.memory) for t in desired.tiers if t.memory is not None]
+        check = check_budget(
+            estimated, desired.budget_bytes, alternatives=desired.memory_alternatives
+        )
+        if not check.fits:
+            return check.message
     if opts.allow_empty:
         return None
     if desired.empty_files:

@@ -63,9 +63,11 @@ class HttpProber:
         status, raw = _request(spec, "POST", "/v1/chat/completions", timeout, request)
         if status == 200:
             return ProbeResult(True, "1-token completion answered")
-        return ProbeResult(
-            False, f"completion answered {status}: {raw[:200].decode(errors='replace')}"
-        )
+        text = raw[:300].decode(errors="replace")
+        # mlx_lm.server keeps running when its model fails to load ("generation thread
+        # died") and answers every completion 404 {"error": ...}: that never recovers.
+        fatal = status == 404 and text.startswith("{")
+        return ProbeResult(False, f"completion answered {status}: {text}", fatal=fatal)
 
 
 def _short(exc: BaseException) -> str:

@@ -6,7 +6,6 @@ import json
 import re
 
 import httpx
-
 from tests.integration.conftest import Mlxctl
 
 

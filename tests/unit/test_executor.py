@@ -15,7 +15,9 @@ def world(tmp_path: Path) -> World:
     return World(tmp_path)
 
 
-def test_a_server_that_exits_while_starting_fails_at_once_not_after_the_timeout(world: World) -> None:
+def test_a_server_that_exits_while_starting_fails_at_once_not_after_the_timeout(
+    world: World,
+) -> None:
     world.write(tiers_yaml(tier("fast", 8001)))
     world.procs.crash_on_start.add("--port 8001")
     (world.ctx.paths.logs).mkdir(parents=True)
@@ -118,3 +120,14 @@ def test_user_master_key_comes_from_the_environment(world: World) -> None:
     assert gateway.env["LITELLM_MASTER_KEY"] == "sk-test"
     config = (world.ctx.paths.state / "gateway" / "config.yaml").read_text()
     assert "sk-test" not in config and "os.environ/LITELLM_MASTER_KEY" in config
+
+
+def test_a_server_that_says_it_can_never_be_ready_fails_at_once(world: World) -> None:
+    world.write(tiers_yaml(tier("fast", 8001), gateway="{enabled: false}"))
+    world.prober.fatal[8001] = 'completion answered 404: {"error": "No safetensors"}'
+    started = world.clock.now
+    result = world.apply()
+    assert result.exit_code() == 4
+    assert "cannot become ready" in result.failed[0].message
+    assert world.clock.now - started < 1
+    assert world.procs.running() == []

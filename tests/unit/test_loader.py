@@ -26,35 +26,44 @@ def problems(path: Path) -> list[str]:
 
 
 def test_unknown_key_points_at_the_key_with_a_suggestion(tmp_path: Path) -> None:
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
       tiers:
         - name: fast
           runtime: mlx-lm
           model: {path: /m}
           argz: {max-tokens: 1}
-    """)
+    """,
+    )
     assert problems(path) == [
         f"{path}:9:7: spec.tiers[0].argz: unknown key 'argz' (did you mean 'args'?)"
     ]
 
 
 def test_bad_value_points_at_the_value(tmp_path: Path) -> None:
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
       tiers:
         - name: fast
           runtime: mlx-llm
           model: {path: /m}
-    """)
+    """,
+    )
     [problem] = problems(path)
     assert problem.startswith(f"{path}:7:16: spec.tiers[0].runtime: ")
     assert "'mlx-lm' or 'vllm-mlx'" in problem and "got 'mlx-llm'" in problem
 
 
 def test_model_mapping_typo_reports_only_the_mapping_branch(tmp_path: Path) -> None:
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
       tiers:
         - {name: fast, runtime: mlx-lm, model: {paht: /m}}
-    """)
+    """,
+    )
     found = problems(path)
     assert any("unknown key 'paht' (did you mean 'path'?)" in p for p in found)
     assert not any("valid string" in p for p in found)
@@ -70,14 +79,17 @@ def test_missing_key_and_yaml_syntax_errors(tmp_path: Path) -> None:
 
 
 def test_reserved_name_secrets_in_args_and_managed_flags_are_rejected(tmp_path: Path) -> None:
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
       tiers:
         - {name: gateway, runtime: mlx-lm, model: {path: /m}}
         - {name: a, runtime: mlx-lm, model: {path: /m}, args: {api-key: "${env:KEY}"}}
         - {name: b, runtime: mlx-lm, model: {path: /m}, args: {port: 9}}
         - {name: c, runtime: mlx-lm, model: {path: /m}, env: {"1X": y}}
       gateway: {masterKey: sk-literal}
-    """)
+    """,
+    )
     text = "\n".join(problems(path))
     assert "reserved" in text
     assert "secrets go in env" in text
@@ -102,7 +114,7 @@ def test_dot_files_and_other_suffixes_are_ignored(tmp_path: Path) -> None:
 def test_gateway_set_differently_in_two_files_is_an_error(tmp_path: Path) -> None:
     write(tmp_path, "gateway: {port: 4000}\n", "a.yaml")
     write(tmp_path, "gateway: {port: 4001}\n", "b.yaml")
-    with pytest.raises(SpecError, match="spec.gateway differs"):
+    with pytest.raises(SpecError, match=r"spec\.gateway differs"):
         load_stack_set([tmp_path])
 
 

@@ -74,11 +74,16 @@ def test_write_atomic_sets_mode(tmp_path: Path) -> None:
 def test_lock_names_its_holder_and_is_released(tmp_path: Path) -> None:
     path = tmp_path / "reconcile.lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys,time; from pathlib import Path; from mlxctl.lock import StateLock;"
-         f"l=StateLock(Path({str(path)!r}), 'mlxctl reconcile'); l.acquire(); print('held', flush=True);"
-         "sys.stdin.readline()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from mlxctl.lock import StateLock;"
+            f"l=StateLock(Path({str(path)!r}), 'mlxctl reconcile'); l.acquire();"
+            "print('held', flush=True); sys.stdin.readline()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
@@ -116,3 +121,17 @@ def test_paths_follow_mlxctl_home_then_xdg() -> None:
     xdg = default_paths({"HOME": "/u", "XDG_STATE_HOME": "/s"})
     assert xdg.stacks == Path("/u/.config/mlxctl/stacks") and xdg.state == Path("/s/mlxctl")
     assert os.sep == "/"
+
+
+def test_hub_snapshot_follows_the_cache_layout(tmp_path: Path) -> None:
+    from mlxctl.modelstore import hf_snapshot, hub_cache
+
+    assert hub_cache({"HF_HOME": "/hf"}) == Path("/hf/hub")
+    assert hub_cache({"HF_HUB_CACHE": "/c", "HF_HOME": "/hf"}) == Path("/c")
+    assert hub_cache({"HOME": "/u"}) == Path("/u/.cache/huggingface/hub")
+    env = {"HF_HUB_CACHE": str(tmp_path)}
+    repo = tmp_path / "models--mlx-community--Qwen3-8B-4bit"
+    assert hf_snapshot("mlx-community/Qwen3-8B-4bit", environ=env) == repo
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123\n")
+    assert hf_snapshot("mlx-community/Qwen3-8B-4bit", environ=env) == repo / "snapshots" / "abc123"

@@ -260,3 +260,37 @@ def test_rotating_a_secret_restarts_what_uses_it(world: World) -> None:
     plan = world.plan()
     assert kinds(plan) == [("restart", "fast")]
     assert "secret" in plan.actions[0].cause
+
+
+def test_a_stack_over_the_memory_budget_is_refused_before_anything_starts(world: World) -> None:
+    from mlxctl.memory import GIB, MemoryEstimate
+
+    converge(world, tiers_yaml(tier("small", 8001)))
+    world.write(tiers_yaml(tier("small", 8001), tier("big", 8002), tier("huge", 8003)))
+    sizes = {"small": 2, "big": 8, "huge": 12}
+
+    def estimated(desired):  # type: ignore[no-untyped-def]
+        import dataclasses
+
+        tiers = tuple(
+            dataclasses.replace(t, memory=MemoryEstimate.of(sizes[t.name] * GIB, 0, 0))
+            for t in desired.tiers
+        )
+        return dataclasses.replace(desired, tiers=tiers, budget_bytes=18 * GIB)
+
+    from mlxctl.engine import observe_state
+    from mlxctl.planner import PlanOptions, plan
+
+    desired = estimated(world.desired())
+    the_plan = plan(desired, observe_state(world.ctx, desired), PlanOptions(allow_empty=True))
+    assert the_plan.actions == () and the_plan.refused is not None
+    message = the_plan.refused
+    # Names every tier with its estimate, the sum, the budget and what to drop.
+    for line in ("small", "big", "huge", "22.0 GiB", "18.0 GiB", "drop 'huge'"):
+        assert line in message, message
+    # The running tier is left alone: nothing was started or stopped.
+    assert [p.argv[-1] for p in world.procs.running()] != []
+    # Without the largest tier it fits, and the plan goes ahead.
+    world.write(tiers_yaml(tier("small", 8001), tier("big", 8002)))
+    desired = estimated(world.desired())
+    assert plan(desired, observe_state(world.ctx, desired)).refused is None

@@ -33,10 +33,19 @@ def test_plan_text_uses_terraform_symbols_and_a_summary() -> None:
 
 def test_json_stream_is_versioned_and_self_describing() -> None:
     plan = Plan(actions=(Action("start", "fast", "new tier"),))
-    records = [report.version_record(), *report.plan_stream(plan), report.summary_record(plan, (), 1, None)]
+    records = [
+        report.version_record(),
+        *report.plan_stream(plan),
+        report.summary_record(plan, (), 1, None),
+    ]
     assert [r["type"] for r in records] == ["version", "planned", "summary"]
     assert records[0]["schema"] == "mlxctl.plan/v1"
-    assert records[1] == {"type": "planned", "action": "start", "target": "fast", "cause": "new tier"}
+    assert records[1] == {
+        "type": "planned",
+        "action": "start",
+        "target": "fast",
+        "cause": "new tier",
+    }
     assert records[2]["changes"] == 1 and records[2]["exit_code"] == 1
     assert all(json.loads(report.dumps(r)) == r for r in records)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
+from typer.exceptions import TyperException
 
 from mlxctl.errors import ExitCode, MlxctlError, SpecError
 
@@ -25,16 +25,10 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from mlxctl.cli import ops_cmds, stack_cmds
+    from mlxctl.cli import catalog_cmd, hardware_cmd, init_cmd, ops_cmds, stack_cmds
 
-    stack_cmds.register(app)
-    ops_cmds.register(app)
-    for module in ("catalog_cmd", "hardware_cmd", "init_cmd"):
-        try:
-            mod = __import__(f"mlxctl.cli.{module}", fromlist=["register"])
-        except ModuleNotFoundError:
-            continue
-        mod.register(app)
+    for module in (stack_cmds, ops_cmds, catalog_cmd, hardware_cmd, init_cmd):
+        module.register(app)
 
 
 def report_error(exc: MlxctlError) -> None:
@@ -53,13 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     except MlxctlError as exc:
         report_error(exc)
         return int(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("aborted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return int(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
+    except TyperException as exc:  # usage errors: typer shows them like click does
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
         return int(ExitCode.USAGE)
     except KeyboardInterrupt:
         return int(ExitCode.INTERRUPTED)

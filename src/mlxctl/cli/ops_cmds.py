@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -176,10 +177,17 @@ def quickstart(
     port = stack.gateway.port
     print()
     print("Ask the gateway (OpenAI-compatible):")
+    body = json.dumps(
+        {
+            "model": tier,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "max_tokens": 30,
+            "temperature": 0,
+        }
+    )
     print(
         f"curl -s http://127.0.0.1:{port}/v1/chat/completions -H 'Authorization: Bearer {key}' "
-        f'-H \'Content-Type: application/json\' -d \'{{"model": "{tier}", "messages": '
-        f'[{{"role": "user", "content": "What is the capital of France?"}}], "max_tokens": 30, "temperature": 0}}\''
+        f"-H 'Content-Type: application/json' -d '{body}'"
     )
     return int(ExitCode.OK)
 

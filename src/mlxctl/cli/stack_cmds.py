@@ -14,10 +14,10 @@ from mlxctl.cli.common import FileOpt, Output, OutputOpt, PathArg, emit_json, er
 from mlxctl.errors import ExitCode
 
 if TYPE_CHECKING:
-    from mlxctl.planner import Plan, PlanOptions
     from mlxctl.engine import Context
     from mlxctl.events import Event, Listener
     from mlxctl.loader import StackSet
+    from mlxctl.planner import Plan, PlanOptions
 
 
 def validate(path: PathArg = None, files: FileOpt = None) -> int:

@@ -124,12 +124,16 @@ class FakeProber:
     """Probes answer by port: ready unless the port is listed as failing."""
 
     failing: dict[int, str] = field(default_factory=dict)
+    # Ports whose server answers that it will never be ready (a model that failed to load).
+    fatal: dict[int, str] = field(default_factory=dict)
     # Ports whose probe fails this many more times before succeeding.
     slow: dict[int, int] = field(default_factory=dict)
     calls: list[tuple[int, str]] = field(default_factory=list)
 
     def probe(self, spec: ProbeSpec, mode: Literal["ready", "live"], timeout: float) -> ProbeResult:
         self.calls.append((spec.port, mode))
+        if spec.port in self.fatal:
+            return ProbeResult(False, self.fatal[spec.port], fatal=True)
         if spec.port in self.failing:
             return ProbeResult(False, self.failing[spec.port])
         remaining = self.slow.get(spec.port, 0)

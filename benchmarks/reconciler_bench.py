@@ -1,0 +1,273 @@
+"""Measure the reconciler against real servers: how fast mlxctl notices, reports and answers.
+
+Run: ``uv run python benchmarks/reconciler_bench.py [--runs 5] [--json out.json]``
+
+Everything runs on 127.0.0.1 with a tiny random Llama the script builds itself, in a
+throw-away MLXCTL_HOME; every process started is stopped by PID at the end. Prints a
+table of medians (with min and max) and writes the raw samples as JSON on request.
+
+Measured:
+- ``status``: wall time of ``mlxctl status -o json`` with one ready tier (CLI start
+  included), against ``python -c pass`` as the interpreter's floor.
+- ``noop``: ``mlxctl reconcile --once`` on a converged stack (observe + plan + verify).
+- ``crash noticed`` / ``crash healed``: ``kill -9`` of a tier under the controller to
+  its ``exit noticed`` event, and to the restarted tier being ready again.
+- ``failed start reported``: a server that dies while loading, to the non-zero exit of
+  ``reconcile --once`` (its startup timeout is 600 s).
+- ``health lies``: for mlx_lm.server, the time between ``/health`` first answering 200
+  and a completion first succeeding (why mlxctl probes with a completion).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+MLXCTL = [sys.executable, "-m", "mlxctl"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Bench:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.home = root / "home"
+        self.stacks = root / "stacks"
+        self.stacks.mkdir(parents=True)
+        self.env = {**os.environ, "MLXCTL_HOME": str(self.home)}
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)  # measure the CLI as users run it
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([*MLXCTL, *args], env=self.env, capture_output=True, text=True)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"mlxctl {' '.join(args)} -> {result.returncode}: {result.stderr}")
+        return result
+
+    def inventory(self) -> dict[str, Any]:
+        path = self.home / "state" / "inventory.json"
+        return dict(json.loads(path.read_text())["services"]) if path.exists() else {}
+
+    def events(self) -> list[dict[str, Any]]:
+        path = self.home / "state" / "events.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def write_stack(self, name: str, tiers: list[dict[str, Any]]) -> None:
+        doc = {
+            "apiVersion": "mlxctl/v1",
+            "kind": "Stack",
+            "metadata": {"name": "bench"},
+            "spec": {"gateway": {"enabled": False}, "tiers": tiers},
+        }
+        (self.stacks / name).write_text(json.dumps(doc))
+
+    def cleanup(self) -> None:
+        for proc in self.started:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+        self.run("down", check=False)
+        for rec in self.inventory().values():
+            try:
+                if abs(psutil.Process(rec["pid"]).create_time() - rec["create_time"]) < 0.05:
+                    os.killpg(rec["pgid"], signal.SIGKILL)
+            except (psutil.Error, ProcessLookupError):
+                pass
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise TimeoutError("condition not met")
+
+
+def bench_status_and_noop(b: Bench, model: Path, runs: int) -> dict[str, list[float]]:
+    b.write_stack(
+        "a.yaml",
+        [{"name": "fast", "runtime": "mlx-lm", "model": {"path": str(model)}, "port": free_port()}],
+    )
+    b.run("reconcile", "--once", str(b.stacks))
+    floor = [
+        timed(lambda: subprocess.run([sys.executable, "-c", "pass"], env=b.env, check=True))
+        for _ in range(runs)
+    ]
+    status = [timed(lambda: b.run("status", str(b.stacks), "-o", "json")) for _ in range(runs)]
+    noop = [timed(lambda: b.run("reconcile", "--once", str(b.stacks))) for _ in range(runs)]
+    b.run("down")
+    return {
+        "python -c pass (floor)": floor,
+        "status -o json": status,
+        "reconcile --once (no-op)": noop,
+    }
+
+
+def bench_crash(b: Bench, model: Path, runs: int) -> dict[str, list[float]]:
+    """Each run: a fresh controller and tier (so every crash is a first crash, healed at
+    once), then ``kill -9`` and time to the event and to ready again."""
+    port = free_port()
+    b.write_stack(
+        "a.yaml",
+        [{"name": "fast", "runtime": "mlx-lm", "model": {"path": str(model)}, "port": port}],
+    )
+
+    def ready_pid(other: int | None = None) -> int | None:
+        rec = b.inventory().get("fast")
+        if rec and rec.get("ready_at") and rec["pid"] != other:
+            return int(rec["pid"])
+        return None
+
+    noticed, healed = [], []
+    for run in range(runs):
+        log = open(b.root / f"controller-{run}.log", "wb")  # noqa: SIM115
+        controller = subprocess.Popen(
+            [*MLXCTL, "reconcile", str(b.stacks)], env=b.env, stdout=log, stderr=log
+        )
+        b.started.append(controller)
+        pid = wait_for(ready_pid, 120)
+        time.sleep(0.5)
+        seen = len(b.events())
+        killed_at = time.time()
+        os.kill(pid, signal.SIGKILL)
+        event = wait_for(
+            lambda seen=seen: next((e for e in b.events()[seen:] if e["kind"] == "exit"), None),
+            30,
+        )
+        noticed.append(event["ts"] - killed_at)
+        wait_for(lambda pid=pid: ready_pid(pid), 120)
+        healed.append(b.inventory()["fast"]["ready_at"] - killed_at)
+        controller.send_signal(signal.SIGTERM)
+        controller.wait(30)
+        log.close()
+        b.run("down")
+    return {"crash noticed (kill -9 -> event)": noticed, "crash healed (kill -9 -> ready)": healed}
+
+
+def bench_failed_start(b: Bench, runs: int) -> dict[str, list[float]]:
+    broken = b.root / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    samples = []
+    for _ in range(runs):
+        b.write_stack(
+            "a.yaml",
+            [
+                {
+                    "name": "broken",
+                    "runtime": "mlx-lm",
+                    "model": {"path": str(broken)},
+                    "port": free_port(),
+                    "startupTimeout": 600,
+                }
+            ],
+        )
+        samples.append(timed(lambda: b.run("reconcile", "--once", str(b.stacks), check=False)))
+        b.run("down")
+    return {"failed start reported (timeout 600 s)": samples}
+
+
+def bench_health_lies(model: Path, runs: int) -> dict[str, list[float]]:
+    gaps = []
+    for _ in range(runs):
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlx_lm", "server", "--model", str(model), "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            health_at = wait_for(
+                lambda port=port: _ok(port, "GET", "/health") and time.monotonic(), 120
+            )
+            ready_at = wait_for(
+                lambda port=port: _ok(port, "POST", "/v1/chat/completions") and time.monotonic(),
+                120,
+            )
+            gaps.append(ready_at - health_at)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return {"mlx-lm /health 200 -> first completion": gaps}
+
+
+def _ok(port: int, method: str, path: str) -> bool:
+    body = (
+        json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+        if method == "POST"
+        else None
+    )
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="write the raw samples here")
+    opts = parser.parse_args()
+    from mlxctl.testing.tiny_model import build_tiny_model
+
+    results: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model = build_tiny_model(root / "tiny")
+        for name, fn in (
+            ("status", lambda b: bench_status_and_noop(b, model, opts.runs)),
+            ("crash", lambda b: bench_crash(b, model, opts.runs)),
+            ("failed", lambda b: bench_failed_start(b, min(opts.runs, 3))),
+        ):
+            bench = Bench(root / name)
+            try:
+                results.update(fn(bench))
+            finally:
+                bench.cleanup()
+        results.update(bench_health_lies(model, min(opts.runs, 3)))
+    print(f"{'measure':<42} {'n':>3} {'median':>9} {'min':>9} {'max':>9}")
+    for name, samples in results.items():
+        print(
+            f"{name:<42} {len(samples):>3} {statistics.median(samples):>8.3f}s "
+            f"{min(samples):>8.3f}s {max(samples):>8.3f}s"
+        )
+    if opts.json:
+        meta = {
+            "python": sys.version.split()[0],
+            "cpus": os.cpu_count(),
+            "when": time.strftime("%Y-%m-%d"),
+        }
+        opts.json.write_text(json.dumps({"meta": meta, "samples": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

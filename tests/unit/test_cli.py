@@ -1,0 +1,138 @@
+"""The command line in-process: exit codes, one-line errors, render and diff output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mlxctl.cli import main
+
+STACK = """\
+apiVersion: mlxctl/v1
+kind: Stack
+metadata: {name: laptop}
+spec:
+  tiers:
+    - name: fast
+      runtime: mlx-lm
+      model: {path: /models/tiny}
+      args: {max-tokens: 4096}
+      env: {HF_TOKEN: "${env:HF_TOKEN}"}
+    - name: agent
+      runtime: vllm-mlx
+      model: {path: /models/tiny}
+      port: 8010
+"""
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Path:
+    model = tmp_path / "models" / "tiny"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    path = tmp_path / "stacks" / "laptop.yaml"
+    path.parent.mkdir()
+    # fast's model exists; agent's does not.
+    path.write_text(STACK.replace("/models/tiny}\n      args", f"{model}}}\n      args"))
+    return path
+
+
+def test_validate_ok_and_invalid(stack: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(stack)]) == 0
+    assert "valid: 1 file(s), 2 tier(s)" in capsys.readouterr().out
+    stack.write_text(STACK.replace("runtime: mlx-lm", "runtim: mlx-lm"))
+    assert main(["validate", str(stack)]) == 3
+    err = capsys.readouterr().err
+    assert (
+        f"error: {stack}:7:7: spec.tiers[0].runtim: unknown key 'runtim' (did you mean 'runtime'?)"
+        in err
+    )
+    assert "Traceback" not in err
+
+
+def test_render_applies_defaults_assigns_ports_and_keeps_secret_references(
+    stack: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    assert main(["render", str(stack), "-o", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    fast, agent = data["spec"]["tiers"]
+    assert (fast["port"], agent["port"]) == (8001, 8010)
+    assert fast["env"] == {"HF_TOKEN": "${env:HF_TOKEN}"}
+    assert data["spec"]["gateway"]["port"] == 4000 and data["spec"]["gateway"]["enabled"] is True
+    assert main(["render", str(stack)]) == 0
+    text = capsys.readouterr().out
+    assert "hf_secret_value" not in text and "apiVersion: mlxctl/v1" in text
+
+
+def test_diff_exit_codes_and_missing_secret(
+    stack: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    assert main(["diff", str(stack)]) == 3
+    assert "environment variable HF_TOKEN is not set" in capsys.readouterr().err
+    monkeypatch.setenv("HF_TOKEN", "x")
+    assert main(["diff", str(stack)]) == 1
+    out = capsys.readouterr().out
+    assert "+ fast" in out and "+ gateway" in out
+    assert "x agent" in out and "is not present at /models/tiny" in out
+    assert main(["diff", str(stack), "-o", "json"]) == 1
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert records[0]["type"] == "version" and records[-1]["type"] == "summary"
+    assert {r["target"] for r in records if r["type"] == "blocked"} == {"agent"}
+
+
+def test_reconcile_dry_run_acts_on_nothing(stack: Path, mlxctl_home: Path) -> None:
+    stack.write_text(stack.read_text().replace('env: {HF_TOKEN: "${env:HF_TOKEN}"}', ""))
+    assert main(["reconcile", "--once", "--dry-run", str(stack)]) == 0
+    assert not (mlxctl_home / "state" / "inventory.json").exists()
+
+
+def test_logs_of_an_unknown_tier_is_not_found(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["logs", "nope"]) == 7
+    assert capsys.readouterr().err.startswith("error: no log for 'nope'")
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["diff", "--no-such-flag"]) == 2
+    assert main(["events", "-o", "json"]) == 0
+
+
+def test_an_over_budget_stack_is_refused_with_exit_8(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = tmp_path / "big.yaml"
+    stack.write_text(
+        "apiVersion: mlxctl/v1\nkind: Stack\nmetadata: {name: big}\nspec:\n"
+        "  memory: {budget: 8GB}\n  tiers:\n"
+        "    - {name: a, runtime: mlx-lm, model: qwen3-8b, quant: 8bit}\n"
+        "    - {name: b, runtime: mlx-lm, model: qwen3-8b, quant: 4bit}\n"
+    )
+    assert main(["diff", str(stack)]) == 8
+    out = capsys.readouterr().out
+    assert "over the memory budget of 7.5 GiB" in out and "use 4bit for 'a'" in out
+    assert main(["reconcile", "--once", str(stack)]) == 8
+    assert "nothing was started" in capsys.readouterr().err
+
+
+def test_every_command_is_registered(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in (
+        "validate",
+        "render",
+        "diff",
+        "reconcile",
+        "status",
+        "down",
+        "logs",
+        "events",
+        "gateway-key",
+        "quickstart",
+        "catalog",
+        "hardware",
+        "init",
+    ):
+        assert command in out
