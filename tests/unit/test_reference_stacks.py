@@ -38,3 +38,12 @@ def test_a_reference_stack_is_refused_on_a_smaller_machine(tmp_path: Path) -> No
     desired = resolve(world.ctx, load_stack([STACKS[0].parent / "mac-64gb.yaml"]))
     refused = plan(desired, observe_state(world.ctx, desired)).refused
     assert refused is not None and "over the memory budget of 12.0 GiB" in refused
+
+
+EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_examples_validate(path: Path) -> None:
+    stack = load_stack([path])
+    assert stack.tiers
