@@ -67,9 +67,9 @@ def _estimate(
         except (OSError, ValueError, KeyError):
             return None, ()
         return estimate, ()
-    from mlxctl.catalog import load_catalog
+    from mlxctl.catalog import load_entry
 
-    model = load_catalog().get(spec.model)
+    model = load_entry(spec.model)
     estimate = estimate_catalog_variant(
         model, spec.quant, context=spec.context, concurrency=spec.concurrency
     )

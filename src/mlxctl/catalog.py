@@ -248,7 +248,11 @@ def resolve_model(catalog: Catalog, model_id: str, quant: str | None) -> Resolve
     Raises :class:`~mlxctl.errors.NotFoundError` naming the closest ids or the
     available variants.
     """
-    model = catalog.get(model_id)
+    return resolve_variant(catalog.get(model_id), quant)
+
+
+def resolve_variant(model: CatalogModel, quant: str | None) -> ResolvedCatalogModel:
+    """The second half of :func:`resolve_model`, for a model already looked up."""
     key = model.default_variant if quant is None else quant
     variant = model.variants.get(key)
     if variant is None:
@@ -355,6 +359,35 @@ def _load_dir(directory: str) -> Catalog:
     if problems:
         raise SpecError(problems)
     return parse_catalog(documents)
+
+
+def load_entry(model_id: str, directory: Path | None = None) -> CatalogModel:
+    """Read and validate only ``<catalog>/<model_id>.yaml``.
+
+    Resolving a tier's catalog id needs one entry, not the whole catalog: this keeps
+    ``status`` and ``diff`` from parsing every file (files are named by id, which
+    :func:`parse_catalog` enforces). An unknown id gets a "did you mean" from the
+    file names.
+    """
+    root = directory if directory is not None else catalog_dir()
+    path = root / f"{model_id}.yaml"
+    if "/" in model_id or not path.is_file():
+        known = sorted(p.stem for p in root.glob("*.yaml"))
+        raise NotFoundError(_unknown("catalog model", model_id, known) + _LIST_HINT)
+    return _load_file(str(path))
+
+
+@functools.lru_cache(maxsize=64)
+def _load_file(path: str) -> CatalogModel:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        document = YAML(typ="safe").load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, YAMLError) as exc:
+        raise SpecError([f"{path}: {exc}"]) from None
+    [model] = parse_catalog({Path(path).name: document}).models
+    return model
 
 
 def _unknown(what: str, value: str, known: Iterable[str]) -> str:

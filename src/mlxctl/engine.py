@@ -13,12 +13,13 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlxctl.clock import SystemClock
 from mlxctl.desired import DesiredState, ModelResolver, ResolveContext, resolve_desired
 from mlxctl.errors import ExitCode
 from mlxctl.events import EventLog, Listener
-from mlxctl.executor import Executor, ExecutorSettings, Outcome
+from mlxctl.executor import ExecutorSettings
 from mlxctl.interfaces import Clock, ModelStore, Prober, ProcessControl
 from mlxctl.inventory import Inventory, write_atomic
 from mlxctl.loader import StackSet, load_stack_set
@@ -26,6 +27,9 @@ from mlxctl.observe import ObserveOptions, observe
 from mlxctl.observed import ObservedState
 from mlxctl.paths import Paths
 from mlxctl.planner import Plan, PlanOptions, plan
+
+if TYPE_CHECKING:
+    from mlxctl.executor import Executor, Outcome
 
 
 @dataclass
@@ -53,6 +57,8 @@ class Context:
         return EventLog(self.paths.events, self.listeners)
 
     def executor(self) -> Executor:
+        from mlxctl.executor import Executor
+
         return Executor(
             procs=self.procs,
             prober=self.prober,
@@ -172,13 +178,14 @@ class PassResult:
             return self.refusal_code()
         if self.converged:
             return ExitCode.OK
-        if any("startup timeout" in o.message for o in self.failed):
+        if any(o.timed_out for o in self.failed):
             return ExitCode.HEALTH_TIMEOUT
         return ExitCode.APPLY_FAILED
 
     def refusal_code(self) -> ExitCode:
-        refused = self.plan.refused or ""
-        return ExitCode.ADMISSION_REFUSED if "memory budget" in refused else ExitCode.INVALID_SPEC
+        if self.plan.refusal == "budget":
+            return ExitCode.ADMISSION_REFUSED
+        return ExitCode.INVALID_SPEC
 
 
 def run_pass(

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from tenacity import RetryError, Retrying, retry_if_result, wait_exponential
-
 from mlxctl import secrets
 from mlxctl.backoff import DEFAULT_BACKOFF, BackoffPolicy
 from mlxctl.desired import DesiredService, DesiredState
@@ -45,6 +43,8 @@ class Outcome:
     ok: bool
     message: str = ""
     duration: float = 0.0
+    # The service was still not ready when its startup timeout ran out.
+    timed_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,10 @@ class ExecutorSettings:
 
 class StartFailed(Exception):
     """A service exited or never became ready while starting."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 class Executor:
@@ -119,7 +123,7 @@ class Executor:
             and a.target not in failed_prepare
             and not any(o.action.target == a.target and not o.ok for o in outcomes)
         ]
-        waits = [a for a in ordered if a.kind == "wait" and a.cause.startswith("starting")]
+        waits = [a for a in ordered if a.kind == "wait" and a.starting]
         launched: list[tuple[Action, Record]] = []
         for action in starts:
             service = desired.get(action.target)
@@ -295,7 +299,7 @@ class Executor:
         try:
             detail = self.wait_ready(record, service, deadline)
         except StartFailed as exc:
-            return self._start_failed(action, record, str(exc), started)
+            return self._start_failed(action, record, exc, started)
         duration = self.clock.monotonic() - started
         self._put(
             record.evolve(
@@ -307,6 +311,8 @@ class Executor:
 
     def wait_ready(self, record: Record, service: DesiredService, deadline: float) -> str:
         """Poll until ``service`` is ready; raise :class:`StartFailed` when it dies or times out."""
+        from tenacity import RetryError, Retrying, retry_if_result, wait_exponential
+
         ident = record.identity()
         last: list[ProbeResult] = [ProbeResult(False, "not probed yet")]
 
@@ -337,12 +343,14 @@ class Executor:
         try:
             retrying(attempt)
         except RetryError:
-            raise StartFailed(f"not ready before the startup timeout: {last[0].detail}") from None
+            message = f"not ready before the startup timeout: {last[0].detail}"
+            raise StartFailed(message, timed_out=True) from None
         return last[0].detail
 
     def _start_failed(
-        self, action: Action, record: Record, message: str, started: float
+        self, action: Action, record: Record, exc: StartFailed, started: float
     ) -> Outcome:
+        message = str(exc)
         self.procs.stop(record.identity(), self.settings.grace)
         now = self.clock.time()
         crashes = self.settings.backoff.count_after_crash(
@@ -358,7 +366,7 @@ class Executor:
         )
         duration = self.clock.monotonic() - started
         self._emit(action, "failed", message, duration)
-        return Outcome(action, False, message, duration)
+        return Outcome(action, False, message, duration, timed_out=exc.timed_out)
 
 
 def ensure_generated_key(path: Path) -> None:

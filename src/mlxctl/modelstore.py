@@ -44,12 +44,12 @@ def make_resolver(paths: Paths) -> ModelResolver:
 
 
 def catalog_ref(tier: SourcedTier, paths: Paths) -> ModelRef:
-    from mlxctl.catalog import load_catalog, resolve_model
+    from mlxctl.catalog import load_entry, resolve_variant
     from mlxctl.errors import NotFoundError
 
     model_id = str(tier.spec.model)
     try:
-        resolved = resolve_model(load_catalog(), model_id, tier.spec.quant)
+        resolved = resolve_variant(load_entry(model_id), tier.spec.quant)
     except NotFoundError as exc:
         raise SpecError([f"{tier.file}:{tier.line}: tier '{tier.spec.name}': {exc}"]) from None
     display = f"{resolved.model_id} ({resolved.quant})"

@@ -48,11 +48,16 @@ class Action:
     crashes: int = 0
     not_before: float | None = None
     stop_process: bool = False
+    # For "wait": the service is starting (wait for readiness), not backing off.
+    starting: bool = False
 
     @property
     def changes(self) -> bool:
         """Whether applying this action changes what runs."""
         return self.kind not in ("wait", "rehash")
+
+
+RefusalKind = Literal["budget", "empty"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class Plan:
     blocked: Mapping[str, str] = field(default_factory=dict)
     # When set, the whole plan is refused and nothing may be applied.
     refused: str | None = None
+    refusal: RefusalKind | None = None
 
     @property
     def has_changes(self) -> bool:
@@ -88,9 +94,9 @@ def plan(
 ) -> Plan:
     """Decide what to do to make ``observed`` match ``desired``."""
     opts = options or PlanOptions()
-    refused = _refusal(desired, observed, opts)
-    if refused:
-        return Plan(refused=refused)
+    refusal = _refusal(desired, observed, opts)
+    if refusal:
+        return Plan(refused=refusal[1], refusal=refusal[0])
     actions: list[Action] = []
     blocked: dict[str, str] = {}
     for service in desired.services:
@@ -104,7 +110,9 @@ def plan(
     return Plan(actions=tuple(actions), blocked=blocked)
 
 
-def _refusal(desired: DesiredState, observed: ObservedState, opts: PlanOptions) -> str | None:
+def _refusal(
+    desired: DesiredState, observed: ObservedState, opts: PlanOptions
+) -> tuple[RefusalKind, str] | None:
     """Why the whole plan must not be applied, if it must not."""
     if desired.budget_bytes is not None:
         estimated = [(t.name, t.memory) for t in desired.tiers if t.memory is not None]
@@ -112,18 +120,18 @@ def _refusal(desired: DesiredState, observed: ObservedState, opts: PlanOptions) 
             estimated, desired.budget_bytes, alternatives=desired.memory_alternatives
         )
         if not check.fits:
-            return check.message
+            return "budget", check.message
     if opts.allow_empty:
         return None
     if desired.empty_files:
         names = ", ".join(str(p) for p in desired.empty_files)
-        return (
+        return "empty", (
             f"stack file {names} is empty: not applied (a save in progress?); delete the file "
             "to remove its tiers, or pass --allow-empty"
         )
     running = [n for n, s in observed.services.items() if s.alive and s.record.role == "tier"]
     if not desired.tiers and running:
-        return (
+        return "empty", (
             f"the desired state is empty: refusing to stop {len(running)} running tier(s) "
             f"({', '.join(sorted(running))}) without --allow-empty"
         )
@@ -184,7 +192,13 @@ def _plan_service(
         deadline = rec.started_at + service.startup_timeout
         if observed.now < deadline:
             actions.append(
-                Action("wait", name, "starting: waiting until ready", not_before=deadline)
+                Action(
+                    "wait",
+                    name,
+                    "starting: waiting until ready",
+                    not_before=deadline,
+                    starting=True,
+                )
             )
         else:
             detail = f": {seen.detail}" if seen.detail else ""

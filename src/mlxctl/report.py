@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlxctl import __version__
-from mlxctl.events import Event
-from mlxctl.executor import Outcome
-from mlxctl.planner import Action, Plan
-from mlxctl.status import ServiceStatus
+
+if TYPE_CHECKING:
+    from mlxctl.events import Event
+    from mlxctl.executor import Outcome
+    from mlxctl.planner import Action, Plan
+    from mlxctl.status import ServiceStatus
 
 PLAN_SCHEMA = "mlxctl.plan/v1"
 SYMBOLS = {

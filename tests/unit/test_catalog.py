@@ -232,3 +232,14 @@ def test_catalog_dir_falls_back_to_the_checkout() -> None:
 def test_missing_catalog_dir_is_a_spec_error(tmp_path: Path) -> None:
     with pytest.raises(SpecError):
         load_catalog(tmp_path / "nope")
+
+
+def test_load_entry_reads_one_file_and_suggests_close_ids() -> None:
+    from mlxctl.catalog import load_catalog, load_entry
+    from mlxctl.errors import NotFoundError
+
+    assert load_entry("qwen3-8b") == load_catalog().get("qwen3-8b")
+    with pytest.raises(NotFoundError, match="did you mean qwen3-8b"):
+        load_entry("qwen3-8bb")
+    with pytest.raises(NotFoundError):
+        load_entry("../stacks/demo")

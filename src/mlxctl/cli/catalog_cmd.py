@@ -3,31 +3,44 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from mlxctl.catalog import Catalog, CatalogModel, filter_models, load_catalog
 from mlxctl.cli.common import Output, OutputOpt, emit_json, err
 from mlxctl.errors import MlxctlError
-from mlxctl.hardware import HardwareProfile, detect_hardware
-from mlxctl.memory import (
-    budget_bytes,
-    estimate_catalog_variant,
-    gib,
-)
 
-CatalogLoader = Callable[[], Catalog]
-Detector = Callable[[], HardwareProfile]
+if TYPE_CHECKING:
+    from mlxctl.catalog import Catalog, CatalogModel
+    from mlxctl.hardware import HardwareProfile
+
+    CatalogLoader = Callable[[], Catalog]
+    Detector = Callable[[], HardwareProfile]
+
+
+def _load_catalog() -> Catalog:
+    from mlxctl.catalog import load_catalog
+
+    return load_catalog()
+
+
+def _detect() -> HardwareProfile:
+    from mlxctl.hardware import detect_hardware
+
+    return detect_hardware()
 
 
 def register(
     app: typer.Typer,
     *,
-    load: CatalogLoader = load_catalog,
-    detect: Detector = detect_hardware,
+    load: CatalogLoader = _load_catalog,
+    detect: Detector = _detect,
 ) -> None:
-    """Add ``catalog ls`` and ``catalog show`` to ``app``."""
+    """Add ``catalog ls`` and ``catalog show`` to ``app``.
+
+    The catalog, hardware and memory modules are imported when a command runs, not
+    when it is registered: every other command's start-up stays fast.
+    """
     group = typer.Typer(
         help="The model catalog: real repos, sourced numbers.", no_args_is_help=True
     )
@@ -46,6 +59,9 @@ def register(
         output: OutputOpt = Output.text,
     ) -> None:
         """List catalog models."""
+        from mlxctl.catalog import filter_models
+        from mlxctl.memory import budget_bytes, gib
+
         try:
             catalog = load()
             check = None
@@ -81,6 +97,8 @@ def register(
         output: OutputOpt = Output.text,
     ) -> None:
         """Show one model: variants, capabilities, measured numbers and their sources."""
+        from mlxctl.memory import estimate_catalog_variant
+
         try:
             model = load().get(model_id)
         except MlxctlError as exc:
@@ -98,6 +116,8 @@ def register(
 
 
 def _smallest(model: CatalogModel) -> int:
+    from mlxctl.memory import estimate_catalog_variant
+
     return min(estimate_catalog_variant(model, k).total for k in model.variants)
 
 
@@ -122,6 +142,8 @@ def _summary(model: CatalogModel) -> dict[str, Any]:
 
 
 def _describe(model: CatalogModel) -> str:
+    from mlxctl.memory import estimate_catalog_variant, gib
+
     caps = model.capabilities
     att = model.attention
     lines = [

@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import typer
 
 from mlxctl.cli.common import Output, OutputOpt, emit_json, err
 from mlxctl.errors import ExitCode
-from mlxctl.hardware import HardwareProfile, detect_hardware
-from mlxctl.memory import default_budget_bytes, gib
 
-Detector = Callable[[], HardwareProfile]
+if TYPE_CHECKING:
+    from mlxctl.hardware import HardwareProfile
+
+    Detector = Callable[[], HardwareProfile]
 
 
-def register(app: typer.Typer, *, detect: Detector = detect_hardware) -> None:
-    """Add ``hardware`` to ``app``."""
+def _detect() -> HardwareProfile:
+    from mlxctl.hardware import detect_hardware
+
+    return detect_hardware()
+
+
+def register(app: typer.Typer, *, detect: Detector = _detect) -> None:
+    """Add ``hardware`` to ``app`` (its modules load when it runs)."""
 
     @app.command("hardware")
     def hardware(output: OutputOpt = Output.text) -> None:
         """Show the chip, memory, GPU and memory bandwidth, and the default memory budget."""
+        from mlxctl.memory import default_budget_bytes, gib
+
         try:
             profile = detect()
         except OSError as exc:

@@ -5,18 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mlxctl.catalog import Catalog, load_catalog
+from mlxctl.cli.catalog_cmd import _detect, _load_catalog
 from mlxctl.cli.common import err
 from mlxctl.errors import ExitCode, MlxctlError
-from mlxctl.hardware import HardwareProfile, detect_hardware
-from mlxctl.init_stack import generate_stack, render_stack_yaml
 
-CatalogLoader = Callable[[], Catalog]
-Detector = Callable[[], HardwareProfile]
+if TYPE_CHECKING:
+    from mlxctl.catalog import Catalog
+    from mlxctl.hardware import HardwareProfile
+
+    CatalogLoader = Callable[[], Catalog]
+    Detector = Callable[[], HardwareProfile]
 
 
 class IntentOpt(StrEnum):
@@ -38,10 +40,10 @@ def parse_budget(text: str | None) -> float | str | None:
 def register(
     app: typer.Typer,
     *,
-    load: CatalogLoader = load_catalog,
-    detect: Detector = detect_hardware,
+    load: CatalogLoader = _load_catalog,
+    detect: Detector = _detect,
 ) -> None:
-    """Add ``init`` to ``app``."""
+    """Add ``init`` to ``app`` (its modules load when it runs)."""
 
     @app.command("init")
     def init(
@@ -73,6 +75,8 @@ def register(
         ] = False,
     ) -> None:
         """Choose tiers for this machine (or --memory) and write a commented stack file."""
+        from mlxctl.init_stack import generate_stack, render_stack_yaml
+
         try:
             if output is not None and output.exists() and not force:
                 raise MlxctlError(
