@@ -20,6 +20,7 @@ outlive a stopped Kubernetes controller: ``mlxctl down`` stops them.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import random
 import threading
@@ -61,12 +62,16 @@ class Controller:
         self._failures: dict[str, int] = {}
         self._wake_at: float | None = None
         self.passes = 0
+        if ctx.settings.cancel is None:
+            ctx.settings = dataclasses.replace(ctx.settings, cancel=threading.Event())
 
     # -- lifecycle ------------------------------------------------------------
 
     def stop(self) -> None:
         self._stop.set()
         self._queue.put("stop")
+        if self.ctx.settings.cancel is not None:
+            self.ctx.settings.cancel.set()
 
     def trigger(self, reason: str) -> None:
         self._queue.put(reason)
@@ -100,7 +105,16 @@ class Controller:
                 reasons = [reason, *self._drain()]
                 if self._stop.is_set():
                     break
-                self.run_pass(", ".join(dict.fromkeys(reasons)))
+                try:
+                    self.run_pass(", ".join(dict.fromkeys(reasons)))
+                except Exception as exc:  # a daemon survives a failed pass; the next one retries
+                    self.log(f"reconcile failed: {exc!r}; retrying at the next trigger")
+                    self.ctx.event_log().emit(
+                        Event(
+                            self.ctx.clock.time(), "reconcile", "stack", "pass", "failed", repr(exc)
+                        )
+                    )
+                    self._wake_at = self.ctx.clock.time() + self.interval / 6
                 if "periodic resync" in reasons:
                     jitter = random.uniform(-0.1, 0.1) * self.interval
                     next_resync = self.ctx.clock.monotonic() + self.interval + jitter

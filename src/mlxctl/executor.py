@@ -53,6 +53,13 @@ class ExecutorSettings:
     backoff: BackoffPolicy = DEFAULT_BACKOFF
     # Overrides every service's startup timeout (the CLI's --timeout).
     startup_timeout: float | None = None
+    # Set by the controller when it is asked to stop: readiness waits end at once and
+    # leave the starting server running (the next controller waits for it).
+    cancel: threading.Event | None = None
+
+
+class Interrupted(Exception):
+    """The wait was cancelled (the controller is stopping)."""
 
 
 class StartFailed(Exception):
@@ -300,6 +307,9 @@ class Executor:
             detail = self.wait_ready(record, service, deadline)
         except StartFailed as exc:
             return self._start_failed(action, record, exc, started)
+        except Interrupted as exc:
+            self._emit(action, "interrupted", str(exc))
+            return Outcome(action, False, f"interrupted: {exc}")
         duration = self.clock.monotonic() - started
         self._put(
             record.evolve(
@@ -333,16 +343,29 @@ class Executor:
                 )
             return last[0].ok
 
+        cancel = self.settings.cancel
+
+        def cancelled() -> bool:
+            return cancel is not None and cancel.is_set()
+
+        def sleep(seconds: float) -> None:
+            if cancel is None:
+                self.clock.sleep(seconds)
+            else:
+                cancel.wait(seconds)
+
         retrying = Retrying(
             retry=retry_if_result(lambda ok: ok is not True),
             wait=wait_exponential(multiplier=FAST_POLL, min=FAST_POLL, max=MAX_POLL),
-            stop=lambda _state: self.clock.time() >= deadline,
-            sleep=self.clock.sleep,
+            stop=lambda _state: cancelled() or self.clock.time() >= deadline,
+            sleep=sleep,
             reraise=True,
         )
         try:
             retrying(attempt)
         except RetryError:
+            if cancelled():
+                raise Interrupted(f"still starting: {last[0].detail}") from None
             message = f"not ready before the startup timeout: {last[0].detail}"
             raise StartFailed(message, timed_out=True) from None
         return last[0].detail

@@ -187,6 +187,8 @@ def _plan_service(
     if rec.spec_hash != service.spec_hash:
         actions.append(Action("rehash", name, "hash recipe changed; launch unchanged"))
     if seen.health == "ready":
+        if rec.ready_at is None:  # became ready while nobody was waiting: record it
+            actions.append(Action("wait", name, "starting: ready now", starting=True))
         return
     if rec.ready_at is None:
         deadline = rec.started_at + service.startup_timeout

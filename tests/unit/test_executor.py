@@ -131,3 +131,23 @@ def test_a_server_that_says_it_can_never_be_ready_fails_at_once(world: World) ->
     assert "cannot become ready" in result.failed[0].message
     assert world.clock.now - started < 1
     assert world.procs.running() == []
+
+
+def test_a_cancelled_wait_leaves_the_starting_server_running(world: World) -> None:
+    import threading
+
+    world.write(tiers_yaml(tier("fast", 8001), gateway="{enabled: false}"))
+    world.prober.failing[8001] = "loading"
+    cancel = threading.Event()
+    cancel.set()
+    world.ctx.settings = ExecutorSettings(cancel=cancel)
+    result = world.apply()
+    assert result.failed[0].message.startswith("interrupted: still starting")
+    assert len(world.procs.running()) == 1
+    record = world.record("fast")
+    assert record.died_at is None and record.ready_at is None
+    # The next pass waits for it instead of restarting it.
+    world.ctx.settings = ExecutorSettings()
+    del world.prober.failing[8001]
+    assert [a.kind for a in world.plan().actions] == ["wait"]
+    assert world.apply().converged and world.record("fast").pid == record.pid

@@ -128,6 +128,9 @@ def reconcile(
             return _once(ctx, the_targets, options, dry_run=dry_run, json_out=json_out)
     from mlxctl.controller import Controller
 
+    if not path and not files:
+        ctx.paths.stacks.mkdir(parents=True, exist_ok=True)  # watch it even while empty
+        the_targets = [ctx.paths.stacks]
     with StateLock(ctx.paths.lock):
         controller = Controller(ctx, the_targets, options, interval=interval, log=_stamped)
         for sig in (signal.SIGINT, signal.SIGTERM):
