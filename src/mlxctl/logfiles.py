@@ -1,9 +1,10 @@
 """Per-service log files: appended to, rotated by size, and read back for errors.
 
-A server writes straight into its log file (opened in append mode, so the file is
-never sparse and no line is lost to a copy-and-truncate). The file is rotated by
-size when the service (re)starts: ``name.log`` becomes ``name.log.1`` and so on,
-keeping ``KEEP`` generations.
+A server's output goes through a pipe to its log pump (:mod:`mlxctl.logpump`), which
+appends to ``name.log`` and rotates it by size while the server runs: ``name.log``
+becomes ``name.log.1`` and so on, keeping ``KEEP`` generations. The file is also
+rotated, if due, when the service (re)starts. Nothing is ever truncated, so no line
+is lost and no file is sparse.
 """
 
 from __future__ import annotations

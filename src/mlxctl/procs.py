@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -37,28 +38,54 @@ class RealProcessControl:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._exit_codes: dict[int, int] = {}
         self._stopped: set[int] = set()
+        # Log pumps: reaped whenever they have exited, so none lingers as a zombie.
+        self._helpers: list[subprocess.Popen[bytes]] = []
         # The controller's poller and the executor's threads share this object.
         self._lock = threading.Lock()
 
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> Spawned:
-        with open_log(log_path, argv) as log:
-            child = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+        """Start ``argv`` as a process-group leader whose output a log pump writes to ``log_path``.
+
+        The server gets a process group of its own (so a Ctrl-C or hang-up meant for
+        the shell's foreground job never reaches it, and it outlives mlxctl); the pump
+        (``python -m mlxctl.logpump``) joins that group and carries the same instance
+        marker, so stopping the service stops both. Both stay in mlxctl's session,
+        because a process may only join a group of its own session.
+        """
+        with open_log(log_path, argv):
+            pass  # rotate if due, write the start banner
+        child = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            process_group=0,
+            close_fds=True,
+        )
+        assert child.stdout is not None
+        try:
+            pump = subprocess.Popen(
+                [sys.executable, "-m", "mlxctl.logpump", str(log_path)],
+                stdin=child.stdout,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
                 env=dict(env),
-                start_new_session=True,
+                process_group=child.pid,
                 close_fds=True,
             )
+        finally:
+            child.stdout.close()  # the pump holds the read end now
         with self._lock:
             self._children[child.pid] = child
+            self._helpers.append(pump)
             self._exit_codes.pop(child.pid, None)
         create_time, cmdline = _identity(child.pid, argv)
         return Spawned(pid=child.pid, pgid=child.pid, create_time=create_time, cmdline=cmdline)
 
     def _reap(self, pid: int) -> int | None:
         with self._lock:
+            self._helpers = [h for h in self._helpers if h.poll() is None]
             child = self._children.get(pid)
             if child is None:
                 return self._exit_codes.get(pid)

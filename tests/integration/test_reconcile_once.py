@@ -6,8 +6,18 @@ import json
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from tests.integration.conftest import Mlxctl, free_ports, pid_alive, stack_yaml
+
+
+def leftovers(home: Path) -> list[str]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if str(home) in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(cmdline)
+    return found
 
 
 def tiers(model: Path, ports: list[int], max_tokens: int = 64) -> list[dict[str, object]]:
@@ -65,10 +75,16 @@ def test_converge_edit_invalid_edit_and_down(mlxctl: Mlxctl, tiny_model: Path) -
     assert all(pid_alive(pid) for pid in after.values())
     assert mlxctl.inventory()["fast"]["pid"] == after["fast"]
 
+    # Each server's output reaches its log through the log pump.
+    logs = mlxctl.run("logs", "fast", "--tail", "200")
+    assert logs.returncode == 0 and "Starting httpd" in logs.stdout
+
     down = mlxctl.run("down")
     assert down.returncode == 0, down.stderr
     assert not any(pid_alive(pid) for pid in after.values())
     assert mlxctl.inventory() == {}
+    # Nothing of ours is left: neither servers nor their log pumps.
+    assert leftovers(mlxctl.home) == []
 
 
 @pytest.mark.parametrize("runtime", ["mlx-lm", "vllm-mlx"])

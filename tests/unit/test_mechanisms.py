@@ -135,3 +135,22 @@ def test_hub_snapshot_follows_the_cache_layout(tmp_path: Path) -> None:
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("abc123\n")
     assert hf_snapshot("mlx-community/Qwen3-8B-4bit", environ=env) == repo / "snapshots" / "abc123"
+
+
+def test_log_pump_rotates_by_size_and_loses_no_line(tmp_path: Path) -> None:
+    from mlxctl.logpump import pump
+
+    log = tmp_path / "fast.log"
+    read, write = os.pipe()
+    lines = [f"line {i:04d} {'x' * 40}\n".encode() for i in range(400)]
+    with os.fdopen(write, "wb") as writer:
+        # Written up front; the pipe buffer holds it all (400 x 51 bytes < 64 KiB).
+        writer.write(b"".join(lines))
+    pump(read, log, max_bytes=4096, keep=3)
+    os.close(read)
+    files = [tmp_path / "fast.log.3", tmp_path / "fast.log.2", tmp_path / "fast.log.1", log]
+    assert all(f.exists() for f in files)
+    kept = b"".join(f.read_bytes() for f in files)
+    assert kept.endswith(b"".join(lines[-40:]))  # the newest lines, in order, none lost
+    assert all(f.stat().st_size <= 4096 + len(lines[0]) for f in files)
+    assert not (tmp_path / "fast.log.4").exists()
