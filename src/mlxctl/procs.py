@@ -74,6 +74,11 @@ class RealProcessControl:
                 process_group=child.pid,
                 close_fds=True,
             )
+        except BaseException:
+            # Not recorded yet: nothing else would ever stop this server.
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            raise
         finally:
             child.stdout.close()  # the pump holds the read end now
         with self._lock:

@@ -1,0 +1,85 @@
+"""Real process control on small real processes: identity, groups, pumps, stop."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mlxctl.interfaces import Identity
+from mlxctl.procs import INSTANCE_ENV, RealProcessControl
+
+# A "server" that starts a child of its own (as vllm-mlx and LiteLLM workers do),
+# prints, and ignores nothing.
+SERVER = (
+    "import subprocess, sys, time; "
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+    "print('serving', flush=True); time.sleep(60)"
+)
+
+
+def spawn(pc: RealProcessControl, tmp_path: Path) -> Identity:
+    instance = uuid.uuid4().hex
+    env = {"PATH": "/usr/bin:/bin", INSTANCE_ENV: instance}
+    spawned = pc.spawn([sys.executable, "-c", SERVER], env, tmp_path / "srv.log")
+    return Identity(spawned.pid, spawned.pgid, spawned.create_time, spawned.cmdline, instance)
+
+
+def group(pgid: int) -> list[psutil.Process]:
+    members = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and psutil.os.getpgid(proc.pid) == pgid:
+                members.append(proc)
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return members
+
+
+def test_stop_ends_the_whole_group_server_child_and_log_pump(tmp_path: Path) -> None:
+    pc = RealProcessControl()
+    ident = spawn(pc, tmp_path)
+    try:
+        deadline = time.monotonic() + 20
+        while "serving" not in (tmp_path / "srv.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "serving" in (tmp_path / "srv.log").read_text()
+        while len(group(ident.pgid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(group(ident.pgid)) == 3  # server, its child, the log pump
+        assert pc.status(ident).alive
+        # A record whose start time does not match is someone else's process; without
+        # the record's instance marker in their environment, its group is not touched.
+        stranger = dataclasses.replace(
+            ident, create_time=ident.create_time - 100, instance=uuid.uuid4().hex
+        )
+        assert pc.status(stranger).foreign
+        assert not pc.stop(stranger, grace=1).signalled
+        assert pc.status(ident).alive
+        result = pc.stop(ident, grace=5)
+        assert result.signalled and "survived" not in result.detail
+        assert group(ident.pgid) == []
+        status = pc.status(ident)
+        assert not status.alive and status.stopped
+    finally:
+        for proc in group(ident.pgid):
+            proc.kill()
+
+
+def test_a_failed_pump_start_leaves_no_server_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pc = RealProcessControl()
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    before = {p.pid for p in psutil.process_iter()}
+    with pytest.raises(FileNotFoundError):
+        pc.spawn(["/bin/sleep", "30"], {"PATH": "/usr/bin:/bin"}, tmp_path / "srv.log")
+    new = [p for p in psutil.process_iter(["cmdline", "status"]) if p.pid not in before]
+    assert not [
+        p for p in new if p.info["cmdline"] == ["/bin/sleep", "30"] and p.info["status"] != "zombie"
+    ]
