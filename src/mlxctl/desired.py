@@ -26,7 +26,6 @@ from mlxctl.runtimes import (
     ProbeSpec,
     gateway_argv,
     probe_for,
-    render_args,
     served_model_name,
     server_argv,
 )
@@ -283,7 +282,3 @@ def _gateway_service(
         startup_timeout=DEFAULT_STARTUP_TIMEOUT["litellm"],
         source=where,
     )
-
-
-def describe_args(args: Mapping[str, Any]) -> str:
-    return " ".join(render_args(args))

@@ -7,7 +7,7 @@ and every action can be explained. Time arrives as ``observed.now``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -308,10 +308,3 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
     return f"{seconds / 3600:.1f}h"
-
-
-def summarize(actions: Sequence[Action]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for action in actions:
-        counts[action.kind] = counts.get(action.kind, 0) + 1
-    return counts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -21,6 +22,13 @@ def one_tier(model: Path, port: int, max_tokens: int) -> str:
             },
         ]
     )
+
+
+def restarts(ctl: Mlxctl) -> int:
+    """How many restarts the controller has launched (from its event log)."""
+    lines = (ctl.home / "state" / "events.jsonl").read_text().splitlines()
+    events = [json.loads(line) for line in lines]
+    return sum(1 for e in events if e["kind"] == "restart" and e["result"] == "started")
 
 
 def ready_pid(ctl: Mlxctl, other_than: int | None = None) -> int | None:
@@ -55,12 +63,14 @@ def test_controller_heals_follows_saves_and_ignores_invalid_edits(
     os.replace(tmp, stack)
     edited = wait_for(lambda: ready_pid(mlxctl, other_than=healed), 60, "the edit to be applied")
     assert mlxctl.inventory()["fast"]["launch"]["args"] == {"max-tokens": 128}
+    assert restarts(mlxctl) == 1  # one save, one reconcile, one restart
 
     # A save by truncate-and-write: applied once, with the final content.
     with open(stack, "w") as handle:
         handle.write(one_tier(tiny_model, port, 256))
     wait_for(lambda: ready_pid(mlxctl, other_than=edited), 60, "the second edit to be applied")
     assert mlxctl.inventory()["fast"]["launch"]["args"] == {"max-tokens": 256}
+    assert restarts(mlxctl) == 2
     current = mlxctl.inventory()["fast"]["pid"]
 
     # An invalid edit is reported and changes nothing.

@@ -52,7 +52,3 @@ def emit_json(record: dict[str, Any] | list[Any]) -> None:
 
 def err(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def is_tty() -> bool:
-    return sys.stderr.isatty()
