@@ -1,23 +1,25 @@
-"""``mlxctl catalog ls|show`` through typer's CliRunner on a local app."""
+"""``mlxctl catalog ls|show`` through click's CliRunner on a local group."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import typer
-from typer.testing import CliRunner
+import click
+import pytest
+from click.testing import CliRunner
 
 from mlxctl.catalog import load_catalog
 from mlxctl.cli import catalog_cmd
 from mlxctl.hardware import GIB, profile_for_memory
+from tests.unit.cli_errors import reported
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
-def app(memory_gib: float = 16) -> typer.Typer:
-    local = typer.Typer()
+def app(memory_gib: float = 16) -> click.Group:
+    local = click.Group()
     catalog_cmd.register(
         local,
         load=lambda: load_catalog(ROOT / "catalog"),
@@ -70,9 +72,10 @@ def test_show_json() -> None:
     assert data["memory_estimates"]["q4_1"]["total"] > 0
 
 
-def test_show_unknown_id_is_one_line_and_exit_7() -> None:
+def test_show_unknown_id_is_one_line_and_exit_7(capsys: pytest.CaptureFixture[str]) -> None:
     result = runner.invoke(app(), ["catalog", "show", "qwen3-7b"])
-    assert result.exit_code == 7
-    lines = result.output.strip().splitlines()
+    code, stderr = reported(result, capsys)
+    assert code == 7
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("error: unknown catalog model 'qwen3-7b'; did you mean qwen3-8b")

@@ -4,24 +4,21 @@ from __future__ import annotations
 
 import json
 
-import typer
-from typer.testing import CliRunner
+import click
+import pytest
+from click.testing import CliRunner
 
 from mlxctl.cli import hardware_cmd
 from mlxctl.hardware import GIB, HardwareProfile, parse_macos
+from tests.unit.cli_errors import reported
 
 runner = CliRunner()
 M4_PRO = parse_macos("Apple M4 Pro", str(48 * GIB), "Total Number of Cores: 20")
 
 
-def app(profile: HardwareProfile) -> typer.Typer:
-    local = typer.Typer()
+def app(profile: HardwareProfile) -> click.Group:
+    local = click.Group()
     hardware_cmd.register(local, detect=lambda: profile)
-
-    @local.callback()
-    def main() -> None:
-        """Keep 'hardware' a sub-command."""
-
     return local
 
 
@@ -43,17 +40,14 @@ def test_hardware_json() -> None:
     assert data["default_budget_bytes"] == 36 * GIB
 
 
-def test_hardware_detection_failure() -> None:
+def test_hardware_detection_failure(capsys: pytest.CaptureFixture[str]) -> None:
     def broken() -> HardwareProfile:
         raise OSError("sysctl missing")
 
-    local = typer.Typer()
+    local = click.Group()
     hardware_cmd.register(local, detect=broken)
 
-    @local.callback()
-    def main() -> None:
-        """Keep 'hardware' a sub-command."""
-
     result = runner.invoke(local, ["hardware"])
-    assert result.exit_code == 4
-    assert result.output.strip() == "error: cannot detect the hardware: sysctl missing"
+    code, stderr = reported(result, capsys)
+    assert code == 4
+    assert stderr.strip() == "error: cannot detect the hardware: sysctl missing"

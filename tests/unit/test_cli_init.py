@@ -4,29 +4,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import typer
+import click
+import pytest
+from click.testing import CliRunner
 from ruamel.yaml import YAML
-from typer.testing import CliRunner
 
 from mlxctl.catalog import load_catalog
 from mlxctl.cli import init_cmd
 from mlxctl.hardware import GIB, HardwareProfile, parse_macos
+from mlxctl.init_stack import INTENTS
 from mlxctl.stackfile import StackDocument
+from tests.unit.cli_errors import reported
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 M4_PRO = parse_macos("Apple M4 Pro", str(48 * GIB), "Total Number of Cores: 20")
 
 
-def app(profile: HardwareProfile = M4_PRO) -> typer.Typer:
-    local = typer.Typer()
+def app(profile: HardwareProfile = M4_PRO) -> click.Group:
+    local = click.Group()
     init_cmd.register(local, load=lambda: load_catalog(ROOT / "catalog"), detect=lambda: profile)
-
-    @local.callback()
-    def main() -> None:
-        """Keep 'init' a sub-command."""
-
     return local
+
+
+def test_intent_choices_match_the_planner() -> None:
+    assert init_cmd.INTENTS == INTENTS
 
 
 def test_init_prints_a_valid_stack_for_this_machine() -> None:
@@ -50,12 +52,15 @@ def test_init_for_a_stated_memory_size_writes_the_file(tmp_path: Path) -> None:
     assert {t["runtime"] for t in doc["spec"]["tiers"]} == {"vllm-mlx"}
 
 
-def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+def test_init_refuses_to_overwrite_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "stack.yaml"
     out.write_text("keep me")
     result = runner.invoke(app(), ["init", "--output", str(out)])
-    assert result.exit_code == 2
-    assert result.output.strip() == f"error: {out} exists; pass --force to overwrite it"
+    code, stderr = reported(result, capsys)
+    assert code == 2
+    assert stderr.strip() == f"error: {out} exists; pass --force to overwrite it"
     assert out.read_text() == "keep me"
     assert runner.invoke(app(), ["init", "--output", str(out), "--force"]).exit_code == 0
 
@@ -67,10 +72,10 @@ def test_init_budget_forms() -> None:
     assert size["spec"]["memory"] == {"budget": "20GB"}
 
 
-def test_init_bad_budget_and_impossible_budget() -> None:
-    bad = runner.invoke(app(), ["init", "--budget", "lots"])
-    assert bad.exit_code == 3
-    assert bad.output.startswith("error: memory size 'lots'")
-    tiny = runner.invoke(app(), ["init", "--budget", "1GiB"])
-    assert tiny.exit_code == 8
-    assert tiny.output.startswith("error: no measured catalog model fits")
+def test_init_bad_budget_and_impossible_budget(capsys: pytest.CaptureFixture[str]) -> None:
+    code, stderr = reported(runner.invoke(app(), ["init", "--budget", "lots"]), capsys)
+    assert code == 3
+    assert stderr.startswith("error: memory size 'lots'")
+    code, stderr = reported(runner.invoke(app(), ["init", "--budget", "1GiB"]), capsys)
+    assert code == 8
+    assert stderr.startswith("error: no measured catalog model fits")

@@ -2,26 +2,27 @@
 
 Expected failures (:class:`~mlxctl.errors.MlxctlError`) print one line, ``error: ...``,
 and exit with their documented code (``docs/exit-codes.md``); a traceback means a bug.
+Commands return their exit code.
 """
 
 from __future__ import annotations
 
 import sys
 
-import typer
-from typer.exceptions import TyperException
+import click
 
+from mlxctl import __version__
 from mlxctl.errors import ExitCode, MlxctlError, SpecError
 
-app = typer.Typer(
+
+@click.group(
     name="mlxctl",
-    help="Declarative controller for local LLM model servers (mlx-lm, vllm-mlx) "
-    "behind a LiteLLM gateway.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
+@click.version_option(__version__, prog_name="mlxctl")
+def app() -> None:
+    """Declarative controller for local LLM model servers (mlx-lm, vllm-mlx) behind a
+    LiteLLM gateway."""
 
 
 def _register() -> None:
@@ -40,22 +41,20 @@ def report_error(exc: MlxctlError) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mlxctl`` console script."""
+    """Entry point of the ``mlxctl`` console script; returns the exit code."""
     _register()
     try:
-        result = app(args=argv, standalone_mode=False)
+        result = app.main(args=argv, prog_name="mlxctl", standalone_mode=False)
     except MlxctlError as exc:
         report_error(exc)
         return int(exc.exit_code)
-    except typer.Abort:
+    except click.exceptions.Abort:
         print("aborted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
-    except typer.Exit as exc:
+    except click.exceptions.Exit as exc:
         return int(exc.exit_code)
-    except TyperException as exc:  # usage errors: typer shows them like click does
-        show = getattr(exc, "show", None)
-        if callable(show):
-            show()
+    except click.ClickException as exc:
+        exc.show()
         return int(ExitCode.USAGE)
     except KeyboardInterrupt:
         return int(ExitCode.INTERRUPTED)

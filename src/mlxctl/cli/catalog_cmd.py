@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-import typer
+import click
 
-from mlxctl.cli.common import Output, OutputOpt, emit_json, err
-from mlxctl.errors import MlxctlError
+from mlxctl.cli.common import emit_json, output_option
 
 if TYPE_CHECKING:
     from mlxctl.catalog import Catalog, CatalogModel
@@ -31,7 +30,7 @@ def _detect() -> HardwareProfile:
 
 
 def register(
-    app: typer.Typer,
+    app: click.Group,
     *,
     load: CatalogLoader = _load_catalog,
     detect: Detector = _detect,
@@ -41,40 +40,36 @@ def register(
     The catalog, hardware and memory modules are imported when a command runs, not
     when it is registered: every other command's start-up stays fast.
     """
-    group = typer.Typer(
-        help="The model catalog: real repos, sourced numbers.", no_args_is_help=True
-    )
+
+    @app.group("catalog", no_args_is_help=True)
+    def group() -> None:
+        """The model catalog: real repos, sourced numbers."""
 
     @group.command("ls")
-    def ls(
-        family: Annotated[str | None, typer.Option(help="Only this family (e.g. qwen3.5).")] = None,
-        tag: Annotated[str | None, typer.Option(help="Only models with this tag.")] = None,
-        fits: Annotated[
-            bool,
-            typer.Option(
-                "--fits",
-                help="Only models whose smallest variant fits this machine's default budget.",
-            ),
-        ] = False,
-        output: OutputOpt = Output.text,
-    ) -> None:
+    @click.option("--family", default=None, help="Only this family (e.g. qwen3.5).")
+    @click.option("--tag", default=None, help="Only models with this tag.")
+    @click.option(
+        "--fits",
+        is_flag=True,
+        default=False,
+        help="Only models whose smallest variant fits this machine's default budget.",
+    )
+    @output_option
+    def ls(family: str | None, tag: str | None, fits: bool, output: str) -> None:
         """List catalog models."""
         from mlxctl.catalog import filter_models
         from mlxctl.memory import budget_bytes, gib
 
-        try:
-            catalog = load()
-            check = None
-            if fits:
-                budget = budget_bytes(detect().model_memory_bytes, None)
+        catalog = load()
+        check = None
+        if fits:
+            budget = budget_bytes(detect().model_memory_bytes, None)
 
-                def check(model: CatalogModel) -> bool:
-                    return _smallest(model) <= budget
+            def check(model: CatalogModel) -> bool:
+                return _smallest(model) <= budget
 
-            models = filter_models(catalog, family=family, tag=tag, fits=check)
-        except MlxctlError as exc:
-            _fail(exc)
-        if output == Output.json:
+        models = filter_models(catalog, family=family, tag=tag, fits=check)
+        if output == "json":
             emit_json([_summary(m) for m in models])
             return
         rows: list[tuple[str, ...]] = [
@@ -92,27 +87,24 @@ def register(
         _table(rows)
 
     @group.command("show")
-    def show(
-        model_id: Annotated[str, typer.Argument(help="A catalog id, e.g. qwen3-8b.")],
-        output: OutputOpt = Output.text,
-    ) -> None:
-        """Show one model: variants, capabilities, measured numbers and their sources."""
+    @click.argument("model_id")
+    @output_option
+    def show(model_id: str, output: str) -> None:
+        """Show one model: variants, capabilities, measured numbers and their sources.
+
+        MODEL_ID is a catalog id, e.g. qwen3-8b.
+        """
         from mlxctl.memory import estimate_catalog_variant
 
-        try:
-            model = load().get(model_id)
-        except MlxctlError as exc:
-            _fail(exc)
-        if output == Output.json:
+        model = load().get(model_id)
+        if output == "json":
             data: dict[str, Any] = model.model_dump(mode="json")
             data["memory_estimates"] = {
                 k: estimate_catalog_variant(model, k).to_dict() for k in model.variants
             }
             emit_json(data)
             return
-        typer.echo(_describe(model))
-
-    app.add_typer(group, name="catalog")
+        click.echo(_describe(model))
 
 
 def _smallest(model: CatalogModel) -> int:
@@ -204,9 +196,4 @@ def _origin(item: Any) -> str:
 def _table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _fail(exc: MlxctlError) -> NoReturn:
-    err(f"error: {exc}")
-    raise typer.Exit(code=int(exc.exit_code))
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import typer
+import click
 
-from mlxctl.cli.common import Output, OutputOpt, emit_json, err
-from mlxctl.errors import ExitCode
+from mlxctl.cli.common import emit_json, output_option
+from mlxctl.errors import ExitCode, MlxctlError
 
 if TYPE_CHECKING:
     from mlxctl.hardware import HardwareProfile
@@ -22,21 +22,23 @@ def _detect() -> HardwareProfile:
     return detect_hardware()
 
 
-def register(app: typer.Typer, *, detect: Detector = _detect) -> None:
+def register(app: click.Group, *, detect: Detector = _detect) -> None:
     """Add ``hardware`` to ``app`` (its modules load when it runs)."""
 
     @app.command("hardware")
-    def hardware(output: OutputOpt = Output.text) -> None:
+    @output_option
+    def hardware(output: str) -> None:
         """Show the chip, memory, GPU and memory bandwidth, and the default memory budget."""
         from mlxctl.memory import default_budget_bytes, gib
 
         try:
             profile = detect()
         except OSError as exc:
-            err(f"error: cannot detect the hardware: {exc}")
-            raise typer.Exit(code=int(ExitCode.APPLY_FAILED)) from None
+            raise MlxctlError(
+                f"cannot detect the hardware: {exc}", exit_code=ExitCode.APPLY_FAILED
+            ) from exc
         budget = default_budget_bytes(profile.model_memory_bytes)
-        if output == Output.json:
+        if output == "json":
             data = profile.to_dict()
             data["default_budget_bytes"] = budget
             emit_json(data)
@@ -63,4 +65,4 @@ def register(app: typer.Typer, *, detect: Detector = _detect) -> None:
         lines.append(f"bandwidth    {bandwidth}")
         lines.append(f"budget       {gib(budget)} by default (all but max(4 GiB, 25%))")
         lines.extend(f"note         {n}" for n in profile.notes)
-        typer.echo("\n".join(lines))
+        click.echo("\n".join(lines))

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 
 from mlxctl.cli.catalog_cmd import _detect, _load_catalog
 from mlxctl.cli.common import err
@@ -20,11 +19,8 @@ if TYPE_CHECKING:
     CatalogLoader = Callable[[], Catalog]
     Detector = Callable[[], HardwareProfile]
 
-
-class IntentOpt(StrEnum):
-    balanced = "balanced"
-    agents = "agents"
-    coding = "coding"
+# The choices of ``--intent``; ``mlxctl.init_stack.INTENTS`` (not imported at start-up).
+INTENTS = ("balanced", "agents", "coding")
 
 
 def parse_budget(text: str | None) -> float | str | None:
@@ -38,7 +34,7 @@ def parse_budget(text: str | None) -> float | str | None:
 
 
 def register(
-    app: typer.Typer,
+    app: click.Group,
     *,
     load: CatalogLoader = _load_catalog,
     detect: Detector = _detect,
@@ -46,53 +42,58 @@ def register(
     """Add ``init`` to ``app`` (its modules load when it runs)."""
 
     @app.command("init")
+    @click.option(
+        "--intent",
+        type=click.Choice(INTENTS),
+        default="balanced",
+        show_default=True,
+        help="What the tiers are for.",
+    )
+    @click.option(
+        "--budget",
+        default=None,
+        help="Memory budget: a share of memory (0.6) or a size (18GB); "
+        "default: all but max(4 GiB, 25%).",
+    )
+    @click.option(
+        "--memory",
+        type=click.FloatRange(min=1),
+        default=None,
+        help="Plan for a Mac with this much memory in GB, as Apple counts "
+        "(24 = 24 GiB), instead of this machine.",
+    )
+    @click.option(
+        "--output",
+        "-o",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Write the stack here (default: print it).",
+    )
+    @click.option("--force", is_flag=True, default=False, help="Overwrite --output if it exists.")
     def init(
-        intent: Annotated[
-            IntentOpt, typer.Option(help="What the tiers are for.")
-        ] = IntentOpt.balanced,
-        budget: Annotated[
-            str | None,
-            typer.Option(
-                help="Memory budget: a share of memory (0.6) or a size (18GB); "
-                "default: all but max(4 GiB, 25%)."
-            ),
-        ] = None,
-        memory: Annotated[
-            float | None,
-            typer.Option(
-                "--memory",
-                min=1,
-                help="Plan for a Mac with this much memory in GB, as Apple counts "
-                "(24 = 24 GiB), instead of this machine.",
-            ),
-        ] = None,
-        output: Annotated[
-            Path | None,
-            typer.Option("--output", "-o", help="Write the stack here (default: print it)."),
-        ] = None,
-        force: Annotated[
-            bool, typer.Option("--force", help="Overwrite --output if it exists.")
-        ] = False,
+        intent: str, budget: str | None, memory: float | None, output: Path | None, force: bool
     ) -> None:
         """Choose tiers for this machine (or --memory) and write a commented stack file."""
         from mlxctl.init_stack import generate_stack, render_stack_yaml
 
-        try:
-            if output is not None and output.exists() and not force:
+        if output is not None and output.exists() and not force:
+            raise MlxctlError(
+                f"{output} exists; pass --force to overwrite it", exit_code=ExitCode.USAGE
+            )
+        machine: HardwareProfile | float
+        if memory is not None:
+            machine = memory
+        else:
+            try:
+                machine = detect()
+            except OSError as exc:
                 raise MlxctlError(
-                    f"{output} exists; pass --force to overwrite it", exit_code=ExitCode.USAGE
-                )
-            machine: HardwareProfile | float = memory if memory is not None else detect()
-            generated = generate_stack(machine, intent.value, parse_budget(budget), catalog=load())
-            text = render_stack_yaml(generated)
-        except MlxctlError as exc:
-            err(f"error: {exc}")
-            raise typer.Exit(code=int(exc.exit_code)) from None
-        except OSError as exc:
-            err(f"error: cannot detect the hardware: {exc}")
-            raise typer.Exit(code=int(ExitCode.APPLY_FAILED)) from None
+                    f"cannot detect the hardware: {exc}", exit_code=ExitCode.APPLY_FAILED
+                ) from exc
+        generated = generate_stack(machine, intent, parse_budget(budget), catalog=load())
+        text = render_stack_yaml(generated)
         if output is None:
-            typer.echo(text, nl=False)
+            click.echo(text, nl=False)
             return
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text, encoding="utf-8")

@@ -8,15 +8,14 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
 
-import typer
+import click
 
-from mlxctl.cli.common import FileOpt, Output, OutputOpt, PathArg, emit_json, err, paths, targets
+from mlxctl.cli.common import emit_json, err, output_option, paths, stack_selection, targets
 from mlxctl.errors import ExitCode, MlxctlError, NotFoundError
 
 
-def status(path: PathArg = None, files: FileOpt = None, output: OutputOpt = Output.text) -> int:
+def status(path: Path | None = None, files: tuple[Path, ...] = (), output: str = "text") -> int:
     """Per tier and gateway: health, desired vs running (Synced/OutOfSync), PID, port, uptime."""
     from mlxctl import report
     from mlxctl.engine import load_stack, observe_state, real_context, resolve
@@ -29,7 +28,7 @@ def status(path: PathArg = None, files: FileOpt = None, output: OutputOpt = Outp
     except MlxctlError as exc:
         err(f"warning: stack files not usable, sync unknown: {str(exc).splitlines()[0]}")
     rows = build_status(desired, observe_state(ctx, desired))
-    if output is Output.json:
+    if output == "json":
         emit_json(status_json(rows))
     elif rows:
         print(report.status_text(rows))
@@ -38,9 +37,7 @@ def status(path: PathArg = None, files: FileOpt = None, output: OutputOpt = Outp
     return int(ExitCode.OK)
 
 
-def down(
-    output: OutputOpt = Output.text,
-) -> int:
+def down(output: str = "text") -> int:
     """Stop everything mlxctl owns (the gateway and every tier)."""
     from mlxctl import report
     from mlxctl.desired import DesiredState
@@ -57,7 +54,7 @@ def down(
             verify=False,
         )
     failed = [o for o in result.outcomes if not o.ok]
-    if output is Output.json:
+    if output == "json":
         emit_json(report.version_record())
         for outcome in result.outcomes:
             emit_json(report.outcome_record(outcome))
@@ -71,14 +68,8 @@ def down(
     return int(ExitCode.APPLY_FAILED if failed else ExitCode.OK)
 
 
-def logs(
-    tier: Annotated[str, typer.Argument(help="A tier name, or 'gateway'.")],
-    follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
-    ] = False,
-    tail_lines: Annotated[int, typer.Option("--tail", "-n", help="Lines to show first.")] = 50,
-) -> int:
-    """Print a service's log (its server's stdout and stderr)."""
+def logs(tier: str, follow: bool = False, tail_lines: int = 50) -> int:
+    """Print a service's log (TIER: a tier name, or 'gateway')."""
     from mlxctl.logfiles import tail
 
     log = paths().logs / f"{tier}.log"
@@ -120,26 +111,23 @@ def _follow(log: Path) -> None:
         handle.close()
 
 
-def events(
-    tail_n: Annotated[int, typer.Option("--tail", "-n", help="How many recent events.")] = 50,
-    output: OutputOpt = Output.text,
-) -> int:
+def events(tail_n: int = 50, output: str = "text") -> int:
     """Recent actions with their causes and results."""
     from mlxctl.events import read_events
     from mlxctl.report import event_line
 
     found = read_events(paths().events, tail_n)
     for event in found:
-        if output is Output.json:
+        if output == "json":
             emit_json(event.to_json())
         else:
             print(event_line(event))
-    if not found and output is Output.text:
+    if not found and output == "text":
         print("no events yet")
     return int(ExitCode.OK)
 
 
-def gateway_key(path: PathArg = None, files: FileOpt = None) -> int:
+def gateway_key(path: Path | None = None, files: tuple[Path, ...] = ()) -> int:
     """Print the gateway's API key (to use as the Bearer token)."""
     from mlxctl import secrets
     from mlxctl.desired import master_key_ref
@@ -151,11 +139,7 @@ def gateway_key(path: PathArg = None, files: FileOpt = None) -> int:
     return int(ExitCode.OK)
 
 
-def quickstart(
-    timeout: Annotated[
-        float | None, typer.Option("--timeout", help="Startup timeout, seconds.")
-    ] = None,
-) -> int:
+def quickstart(timeout: float | None = None) -> int:
     """Install the demo stack into your stacks directory, converge it, and show how to call it."""
     from mlxctl import secrets
     from mlxctl.cli.stack_cmds import reconcile
@@ -203,10 +187,28 @@ def bundled_stack(name: str) -> Path:
     raise NotFoundError(f"bundled stack {name} not found")
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(status)
-    app.command()(down)
-    app.command()(logs)
-    app.command()(events)
-    app.command("gateway-key")(gateway_key)
-    app.command()(quickstart)
+def register(app: click.Group) -> None:
+    app.command("status")(stack_selection(output_option(status)))
+    app.command("down")(output_option(down))
+    logs_command = click.argument("tier")(
+        click.option("--follow", "-f", is_flag=True, help="Keep printing new lines.")(
+            click.option(
+                "--tail",
+                "-n",
+                "tail_lines",
+                default=50,
+                show_default=True,
+                help="Lines to show first.",
+            )(logs)
+        )
+    )
+    app.command("logs")(logs_command)
+    app.command("events")(
+        click.option(
+            "--tail", "-n", "tail_n", default=50, show_default=True, help="How many recent events."
+        )(output_option(events))
+    )
+    app.command("gateway-key")(stack_selection(gateway_key))
+    app.command("quickstart")(
+        click.option("--timeout", type=float, help="Startup timeout, seconds.")(quickstart)
+    )

@@ -6,11 +6,11 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 
-from mlxctl.cli.common import FileOpt, Output, OutputOpt, PathArg, emit_json, err, paths, targets
+from mlxctl.cli.common import emit_json, err, output_option, paths, stack_selection, targets
 from mlxctl.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -20,7 +20,10 @@ if TYPE_CHECKING:
     from mlxctl.planner import Plan, PlanOptions
 
 
-def validate(path: PathArg = None, files: FileOpt = None) -> int:
+Files = tuple[Path, ...]
+
+
+def validate(path: Path | None = None, files: Files = ()) -> int:
     """Check stack files; print every problem as file:line:column: path: message."""
     from mlxctl.engine import load_stack
 
@@ -29,13 +32,13 @@ def validate(path: PathArg = None, files: FileOpt = None) -> int:
     return int(ExitCode.OK)
 
 
-def render(path: PathArg = None, files: FileOpt = None, output: OutputOpt = Output.text) -> int:
+def render(path: Path | None = None, files: Files = (), output: str = "text") -> int:
     """Print the canonical desired state: files merged, defaults applied, ports assigned."""
     from mlxctl.engine import load_stack, read_ports
     from mlxctl.render import canonical, to_yaml
 
     data = canonical(load_stack(targets(path, files)), read_ports(paths()))
-    if output is Output.json:
+    if output == "json":
         emit_json(data)
     else:
         sys.stdout.write(to_yaml(data))
@@ -43,12 +46,7 @@ def render(path: PathArg = None, files: FileOpt = None, output: OutputOpt = Outp
 
 
 def diff(
-    path: PathArg = None,
-    files: FileOpt = None,
-    output: OutputOpt = Output.text,
-    allow_empty: Annotated[
-        bool, typer.Option("--allow-empty", help="Plan stops even if the stack is empty.")
-    ] = False,
+    path: Path | None = None, files: Files = (), output: str = "text", allow_empty: bool = False
 ) -> int:
     """Show what reconcile would do, with causes. Exit 0: no changes, 1: changes, >=2: error."""
     from mlxctl import report
@@ -60,7 +58,7 @@ def diff(
 
     result = run_pass(ctx, desired, options=PlanOptions(allow_empty=allow_empty), dry_run=True)
     the_plan = result.plan
-    if output is Output.json:
+    if output == "json":
         emit_json(report.version_record())
         for record in report.plan_stream(the_plan):
             emit_json(record)
@@ -82,39 +80,28 @@ def _diff_code(changes: bool) -> ExitCode:
     return ExitCode.CHANGES if changes else ExitCode.OK
 
 
-def _load(path: Path | None, files: list[Path] | None) -> StackSet:
+def _load(path: Path | None, files: Files) -> StackSet:
     from mlxctl.engine import load_stack
 
     return load_stack(targets(path, files))
 
 
 def reconcile(
-    path: PathArg = None,
-    files: FileOpt = None,
-    once: Annotated[
-        bool, typer.Option("--once", help="One pass, then exit (for scripts and cron).")
-    ] = False,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Plan and print; act on nothing.")
-    ] = False,
-    allow_empty: Annotated[
-        bool, typer.Option("--allow-empty", help="Allow an empty desired state to stop everything.")
-    ] = False,
-    timeout: Annotated[
-        float | None,
-        typer.Option("--timeout", help="Startup timeout in seconds for every service."),
-    ] = None,
-    interval: Annotated[
-        float, typer.Option("--interval", help="Controller: full resync period, seconds.")
-    ] = 30.0,
-    output: OutputOpt = Output.text,
+    path: Path | None = None,
+    files: Files = (),
+    once: bool = False,
+    dry_run: bool = False,
+    allow_empty: bool = False,
+    timeout: float | None = None,
+    interval: float = 30.0,
+    output: str = "text",
 ) -> int:
     """Make the machine match the stack: once (--once), or continuously, watching the files."""
     from mlxctl.engine import real_context
     from mlxctl.executor import ExecutorSettings
     from mlxctl.lock import StateLock
 
-    json_out = output is Output.json
+    json_out = output == "json"
     controller_mode = not (once or dry_run)
     listeners = [] if json_out else [_progress_listener(_stamped if controller_mode else err)]
     ctx = real_context(paths(), listeners=listeners)
@@ -213,8 +200,29 @@ def _once(
     return int(code)
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(validate)
-    app.command()(render)
-    app.command()(diff)
-    app.command()(reconcile)
+def register(app: click.Group) -> None:
+    allow_empty = click.option(
+        "--allow-empty", is_flag=True, help="Allow an empty desired state to stop everything."
+    )
+    app.command("validate")(stack_selection(validate))
+    app.command("render")(stack_selection(output_option(render)))
+    app.command("diff")(stack_selection(output_option(allow_empty(diff))))
+    options = [
+        click.option("--once", is_flag=True, help="One pass, then exit (for scripts and cron)."),
+        click.option("--dry-run", is_flag=True, help="Plan and print; act on nothing."),
+        allow_empty,
+        click.option("--timeout", type=float, help="Startup timeout in seconds for every service."),
+        click.option(
+            "--interval",
+            type=float,
+            default=30.0,
+            show_default=True,
+            help="Controller: full resync period, seconds.",
+        ),
+        output_option,
+        stack_selection,
+    ]
+    command = reconcile
+    for option in options:
+        command = option(command)
+    app.command("reconcile")(command)
