@@ -136,3 +136,15 @@ def test_every_command_is_registered(capsys: pytest.CaptureFixture[str]) -> None
         "init",
     ):
         assert command in out
+
+
+def test_quickstart_installs_the_bundled_demo_stack_once_and_keeps_edits(tmp_path: Path) -> None:
+    from mlxctl.cli.ops_cmds import bundled_stack, install_demo_stack
+
+    stacks = tmp_path / "config" / "stacks"
+    installed = install_demo_stack(stacks)
+    assert installed == stacks / "demo.yaml"
+    assert installed.read_text() == bundled_stack("demo.yaml").read_text()
+    installed.write_text(installed.read_text().replace("port: 4000", "port: 4100"))
+    assert install_demo_stack(stacks) is None
+    assert "port: 4100" in installed.read_text()

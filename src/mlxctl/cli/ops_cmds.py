@@ -147,11 +147,9 @@ def quickstart(timeout: float | None = None) -> int:
     from mlxctl.engine import load_stack
 
     stacks = paths().stacks
-    stacks.mkdir(parents=True, exist_ok=True)
-    target = stacks / "demo.yaml"
-    if not target.exists():
-        shutil.copyfile(bundled_stack("demo.yaml"), target)
-        err(f"installed the demo stack at {target}")
+    installed = install_demo_stack(stacks)
+    if installed is not None:
+        err(f"installed the demo stack at {installed}")
     code = reconcile(path=stacks, once=True, timeout=timeout)
     if code != ExitCode.OK:
         return code
@@ -174,6 +172,19 @@ def quickstart(timeout: float | None = None) -> int:
         f"-H 'Content-Type: application/json' -d '{body}'"
     )
     return int(ExitCode.OK)
+
+
+def install_demo_stack(stacks: Path) -> Path | None:
+    """Copy the bundled demo stack into ``stacks``; None when a ``demo.yaml`` is already there.
+
+    An existing file is the user's (they may have edited ports or args): it is kept.
+    """
+    stacks.mkdir(parents=True, exist_ok=True)
+    target = stacks / "demo.yaml"
+    if target.exists():
+        return None
+    shutil.copyfile(bundled_stack("demo.yaml"), target)
+    return target
 
 
 def bundled_stack(name: str) -> Path:
