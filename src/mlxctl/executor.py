@@ -106,7 +106,6 @@ class Executor:
         ordered = plan.ordered()
         outcomes: list[Outcome] = []
         records = self.inventory.load()
-        failed_prepare: set[str] = set()
 
         stops = [
             a
@@ -114,22 +113,32 @@ class Executor:
             if a.kind in ("stop", "restart") or (a.kind == "crash" and a.stop_process)
         ]
         outcomes += self._parallel(stops, lambda a: self._stop(a, records.get(a.target)))
+        # A service whose old process survived its stop must not be started a second time.
+        unstopped = {o.action.target for o in outcomes if not o.ok}
         for action in ordered:
             if action.kind in ("forget", "crash", "rehash"):
                 outcomes.append(self._bookkeeping(action, records.get(action.target), desired))
+        # Identities of models whose preparation failed: no tier using one may start.
+        failed_models: set[str] = set()
         for action in ordered:
             if action.kind == "prepare":
                 outcome = self._prepare(action, desired)
                 outcomes.append(outcome)
-                if not outcome.ok:
-                    failed_prepare.add(action.target)
-        starts = [
-            a
-            for a in ordered
-            if a.kind in ("start", "restart")
-            and a.target not in failed_prepare
-            and not any(o.action.target == a.target and not o.ok for o in outcomes)
-        ]
+                model = _model_identity(desired, action.target)
+                if not outcome.ok and model is not None:
+                    failed_models.add(model)
+        starts: list[Action] = []
+        for action in ordered:
+            if action.kind not in ("start", "restart"):
+                continue
+            if action.target in unstopped:
+                continue
+            if _model_identity(desired, action.target) in failed_models:
+                message = "not started: its model could not be prepared"
+                self._emit(action, "failed", message)
+                outcomes.append(Outcome(action, False, message))
+                continue
+            starts.append(action)
         waits = [a for a in ordered if a.kind == "wait" and a.starting]
         launched: list[tuple[Action, Record]] = []
         for action in starts:
@@ -390,6 +399,11 @@ class Executor:
         duration = self.clock.monotonic() - started
         self._emit(action, "failed", message, duration)
         return Outcome(action, False, message, duration, timed_out=exc.timed_out)
+
+
+def _model_identity(desired: DesiredState, name: str) -> str | None:
+    service = desired.get(name)
+    return service.model.identity if service is not None and service.model is not None else None
 
 
 def ensure_generated_key(path: Path) -> None:

@@ -101,6 +101,7 @@ def plan(
     blocked: dict[str, str] = {}
     for service in desired.services:
         _plan_service(service, observed, opts, actions, blocked)
+    actions = _one_prepare_per_model(desired, actions)
     for name, seen in sorted(observed.services.items()):
         if desired.get(name) is None:
             if seen.alive:
@@ -108,6 +109,20 @@ def plan(
             else:
                 actions.append(Action("forget", name, f"{opts.prune_cause} (already exited)"))
     return Plan(actions=tuple(actions), blocked=blocked)
+
+
+def _one_prepare_per_model(desired: DesiredState, actions: list[Action]) -> list[Action]:
+    """Keep the first ``prepare`` of each model: tiers that share a model share its preparation."""
+    seen: set[str] = set()
+    kept: list[Action] = []
+    for action in actions:
+        service = desired.get(action.target) if action.kind == "prepare" else None
+        if service is not None and service.model is not None:
+            if service.model.identity in seen:
+                continue
+            seen.add(service.model.identity)
+        kept.append(action)
+    return kept
 
 
 def _refusal(

@@ -59,14 +59,39 @@ def test_port_held_by_a_stranger_is_a_clear_failure(world: World) -> None:
     assert result.exit_code() == 4
 
 
-def test_failed_prepare_blocks_only_that_tier(world: World) -> None:
-    world.write(tiers_yaml(tier("fast", 8001), gateway="{enabled: false}"))
+def test_a_shared_model_is_prepared_once_for_all_its_tiers(world: World) -> None:
+    world.write(tiers_yaml(tier("chat", 8001), tier("chat-vllm", 8002, runtime="vllm-mlx")))
+    world.ctx.model_resolver = _prepared_ref
+    world.store.present_ids.clear()
+    prepares = [a for a in world.plan().actions if a.kind == "prepare"]
+    assert [a.target for a in prepares] == ["chat"]
+    assert world.apply().converged
+    assert world.store.prepared == ["pypi-gguf:abc"]
+
+
+def test_failed_prepare_blocks_only_the_tiers_of_that_model(world: World) -> None:
+    world.write(
+        tiers_yaml(
+            tier("chat", 8001),
+            tier("chat-vllm", 8002, runtime="vllm-mlx"),
+            tier("other", 8003, model="/models/other"),
+            gateway="{enabled: false}",
+        )
+    )
     world.store.present_ids.clear()
     world.store.fail_prepare = True
-    world.ctx.model_resolver = lambda t: _prepared_ref(t)
+    world.ctx.model_resolver = lambda t: (
+        world._resolve_model(t) if t.spec.name == "other" else _prepared_ref(t)
+    )
     result = world.apply()
-    assert [o.action.kind for o in result.failed] == ["prepare"]
-    assert world.procs.procs == {}
+    assert [(o.action.kind, o.action.target) for o in result.failed] == [
+        ("prepare", "chat"),
+        ("start", "chat"),
+        ("start", "chat-vllm"),
+    ]
+    assert "could not be prepared" in result.failed[-1].message
+    assert [r.name for r in world.ctx.inventory.load().values()] == ["other"]
+    assert result.exit_code() == 4
 
 
 def _prepared_ref(tier):  # type: ignore[no-untyped-def]
