@@ -60,6 +60,7 @@ _TOP_MODULES: dict[str, str] = {
     "output": "lm_head",
 }
 _PARAMS = frozenset({"weight", "scales", "biases"})
+_NO_ADVISORY = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
 
 # GGUF token types (llama.cpp ``llama_token_type``).
 TOKEN_TYPE_NORMAL = 1
@@ -321,6 +322,26 @@ def read_source_marker(model_dir: Path) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------- conversion
 
 
+def tokenizer_class() -> Any:
+    """``transformers.PreTrainedTokenizerFast``, imported without the advisory it prints.
+
+    Without PyTorch (deliberately not installed), importing transformers prints
+    "PyTorch was not found..." into the user's terminal; mlxctl needs only the
+    tokenizer class, which works without it. The switch transformers reads for that
+    is set for the import alone, so the servers mlxctl starts never inherit it.
+    """
+    previous = os.environ.get(_NO_ADVISORY)
+    os.environ[_NO_ADVISORY] = "1"
+    try:
+        from transformers import PreTrainedTokenizerFast
+    finally:
+        if previous is None:
+            del os.environ[_NO_ADVISORY]
+        else:
+            os.environ[_NO_ADVISORY] = previous
+    return PreTrainedTokenizerFast
+
+
 def build_tokenizer(metadata: Mapping[str, Any]) -> Any:
     """A ``transformers.PreTrainedTokenizerFast`` from GGUF ``tokenizer.ggml.*`` metadata.
 
@@ -336,8 +357,6 @@ def build_tokenizer(metadata: Mapping[str, Any]) -> Any:
         pre_tokenizers,
         processors,
     )
-    from transformers import PreTrainedTokenizerFast
-
     kind = _plain(metadata.get("tokenizer.ggml.model", ""))
     if kind != "gpt2":
         raise GgufError(f"unsupported GGUF tokenizer {kind!r} (only byte-level BPE 'gpt2')")
@@ -382,7 +401,7 @@ def build_tokenizer(metadata: Mapping[str, Any]) -> Any:
         index = int(_plain(metadata[key]))
         return tokens[index] if 0 <= index < len(tokens) else None
 
-    fast_class: Any = PreTrainedTokenizerFast  # untyped library boundary
+    fast_class: Any = tokenizer_class()  # untyped library boundary
     fast = fast_class(
         tokenizer_object=tok,
         bos_token=token("tokenizer.ggml.bos_token_id"),

@@ -47,7 +47,8 @@ def tiny_config(vocab_size: int) -> dict[str, Any]:
 
 def _train_tokenizer() -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+
+    from mlxctl.models.gguf import tokenizer_class
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -59,7 +60,7 @@ def _train_tokenizer() -> Any:
         show_progress=False,
     )
     tok.train_from_iterator(list(_CORPUS) * 10, trainer)
-    fast_class: Any = PreTrainedTokenizerFast  # untyped library boundary
+    fast_class: Any = tokenizer_class()  # untyped library boundary
     fast = fast_class(
         tokenizer_object=tok,
         bos_token="<|im_start|>",
