@@ -141,6 +141,9 @@ class RealProcessControl:
         with self._lock:
             self._stopped.add(ident.pid)
         self._signal(members, signal.SIGTERM)
+        # A stopped (SIGSTOP, frozen) process acts on SIGTERM only once continued;
+        # without this a hung server would always wait out the grace, then be killed.
+        self._signal(members, signal.SIGCONT)
         survivors = self._wait_gone(members, grace)
         forced = bool(survivors)
         if survivors:

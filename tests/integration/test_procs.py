@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import sys
 import time
 import uuid
@@ -66,6 +68,27 @@ def test_stop_ends_the_whole_group_server_child_and_log_pump(tmp_path: Path) -> 
         assert group(ident.pgid) == []
         status = pc.status(ident)
         assert not status.alive and status.stopped
+    finally:
+        for proc in group(ident.pgid):
+            proc.kill()
+
+
+def test_a_frozen_server_is_stopped_gracefully_not_killed_after_the_grace(
+    tmp_path: Path,
+) -> None:
+    """SIGSTOP freezes a server (as a hung one is, to mlxctl); SIGCONT after SIGTERM lets
+    it act on the SIGTERM at once instead of waiting out the grace for SIGKILL."""
+    pc = RealProcessControl()
+    ident = spawn(pc, tmp_path)
+    try:
+        deadline = time.monotonic() + 20
+        while len(group(ident.pgid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(ident.pgid, signal.SIGSTOP)
+        assert all(p.status() == psutil.STATUS_STOPPED for p in group(ident.pgid))
+        result = pc.stop(ident, grace=60)
+        assert result.signalled and not result.forced, result.detail
+        assert group(ident.pgid) == []
     finally:
         for proc in group(ident.pgid):
             proc.kill()
