@@ -468,9 +468,16 @@ def _explain(
             default=None,
         )
         if runner is not None:
+            beside = total - cand.memory.total  # what the other chosen tiers need
+            others = ", ".join(f"'{c.role.name}'" for c in choices if c is not choice)
+            misfit = (
+                f"; does not fit beside {others}: {gib(runner.memory.total + beside)} together"
+                if others and runner.memory.total + beside > budget
+                else ""
+            )
             lines.append(
                 f"runner-up: {runner.model.id} {runner.quant} "
-                f"(score {runner.score(budget):.2f}, {gib(runner.memory.total)})"
+                f"(score {runner.score(budget):.2f}, {gib(runner.memory.total)}{misfit})"
             )
         tiers[choice.role.name] = tuple(lines)
     return Explanation(header, tiers)

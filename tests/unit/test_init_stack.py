@@ -130,6 +130,19 @@ def test_detected_machine_uses_its_bandwidth(catalog: Catalog) -> None:
     assert any("measured on m5-max-128" in line for line in why.tiers["standard"])
 
 
+def test_a_runner_up_that_scores_higher_says_why_it_was_not_chosen(catalog: Catalog) -> None:
+    stack, why = generate_stack(16, "agents", None, catalog=catalog)
+    [runner_up] = [line for line in why.tiers["agent"] if line.startswith("runner-up:")]
+    chosen = next(line for line in why.tiers["agent"] if " score " in line)
+    # qwen3.5-9b scores higher alone than the chosen agent, but not beside 'fast'.
+    assert float(runner_up.split("score ")[1].split(",")[0]) > float(
+        chosen.split("score ")[1].split(" ")[0]
+    )
+    assert "does not fit beside 'fast'" in runner_up
+    fits_beside = [line for line in why.tiers["fast"] if line.startswith("runner-up:")]
+    assert fits_beside and "does not fit" not in fits_beside[0]
+
+
 def test_yaml_carries_the_explanations_as_comments(catalog: Catalog) -> None:
     text = render_stack_yaml(generate_stack(24, "coding", None, catalog=catalog))
     assert text.startswith("# mlxctl init --intent coding")
