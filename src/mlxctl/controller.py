@@ -24,18 +24,34 @@ import dataclasses
 import queue
 import random
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from mlxctl import report
-from mlxctl.engine import Context, load_stack, resolve, run_pass
+from mlxctl.engine import Context, PassResult, load_stack, resolve, run_pass
 from mlxctl.errors import MlxctlError
 from mlxctl.events import Event
+from mlxctl.inventory import Record
 from mlxctl.loader import STACK_SUFFIXES
 from mlxctl.planner import Plan, PlanOptions
 
 DEBOUNCE_MS = 400
 POLL_INTERVAL = 0.25
+
+
+def next_wake(result: PassResult, records: Iterable[Record], *, since: float) -> float | None:
+    """When the controller must look again without a trigger: the earliest backoff expiry
+    or startup deadline; pure.
+
+    Times set during the pass that began at ``since`` count even when already due: a
+    first failed start (backoff 0) is retried at once, not at the next resync. Older
+    expiries do not, so a tier that cannot start (its model is missing) never spins.
+    """
+    waits = [a.not_before for a in result.plan.actions if a.kind == "wait"]
+    waits += [o.action.not_before for o in result.outcomes if not o.ok]
+    waits += [r.not_before for r in records if r.died_at is not None]
+    due = [w for w in waits if w is not None and w >= since]
+    return min(due) if due else None
 
 
 class Controller:
@@ -134,6 +150,7 @@ class Controller:
 
     def run_pass(self, reason: str) -> None:
         self.passes += 1
+        started = self.ctx.clock.time()
         try:
             desired = resolve(self.ctx, load_stack(self.targets))
         except MlxctlError as exc:
@@ -158,24 +175,7 @@ class Controller:
             for name, seen in result.observed.services.items()
             if seen.probe_failures
         }
-        waits = [
-            a.not_before
-            for a in result.plan.actions
-            if a.kind == "wait" and a.not_before is not None
-        ]
-        waits += [
-            o.action.not_before
-            for o in result.outcomes
-            if o.action.not_before is not None and not o.ok
-        ]
-        records = self.ctx.inventory.load()
-        waits += [
-            r.not_before
-            for r in records.values()
-            if r.not_before is not None and r.died_at is not None
-        ]
-        future = [w for w in waits if w > self.ctx.clock.time()]
-        self._wake_at = min(future) if future else None
+        self._wake_at = next_wake(result, self.ctx.inventory.load().values(), since=started)
         if result.plan.refused:
             self.log(f"  refused: {result.plan.refused}")
 

@@ -142,6 +142,20 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def ready_pid(ctl: Mlxctl, other_than: int | None = None, name: str = "fast") -> int | None:
+    """The PID of the tier's live, ready process (not ``other_than``), from the inventory."""
+    record = ctl.inventory().get(name)
+    if not record or record.get("ready_at") is None or record["pid"] == other_than:
+        return None
+    return int(record["pid"]) if pid_alive(record["pid"]) else None
+
+
+def events(ctl: Mlxctl) -> list[dict[str, Any]]:
+    """The controller's event log, oldest first."""
+    path = ctl.home / "state" / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def stack_yaml(tiers: list[dict[str, Any]], *, gateway: dict[str, Any] | None = None) -> str:
     """A stack file (JSON is valid YAML)."""
     spec: dict[str, Any] = {"gateway": gateway or {"enabled": False}, "tiers": tiers}

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from pathlib import Path
 
-from tests.integration.conftest import Mlxctl, free_ports, pid_alive, stack_yaml, wait_for
+from tests.integration.conftest import (
+    Mlxctl,
+    events,
+    free_ports,
+    pid_alive,
+    ready_pid,
+    stack_yaml,
+    wait_for,
+)
 
 
 def one_tier(model: Path, port: int, max_tokens: int) -> str:
@@ -26,16 +33,7 @@ def one_tier(model: Path, port: int, max_tokens: int) -> str:
 
 def restarts(ctl: Mlxctl) -> int:
     """How many restarts the controller has launched (from its event log)."""
-    lines = (ctl.home / "state" / "events.jsonl").read_text().splitlines()
-    events = [json.loads(line) for line in lines]
-    return sum(1 for e in events if e["kind"] == "restart" and e["result"] == "started")
-
-
-def ready_pid(ctl: Mlxctl, other_than: int | None = None) -> int | None:
-    record = ctl.inventory().get("fast")
-    if not record or record.get("ready_at") is None or record["pid"] == other_than:
-        return None
-    return int(record["pid"]) if pid_alive(record["pid"]) else None
+    return sum(1 for e in events(ctl) if e["kind"] == "restart" and e["result"] == "started")
 
 
 def test_controller_heals_follows_saves_and_ignores_invalid_edits(
