@@ -24,9 +24,12 @@ from tests.integration.conftest import (
 )
 
 
-def tier(name: str, model: Path, port: int) -> str:
+def control(ctl: Mlxctl, name: str, model: Path, *, interval: int, log: Path) -> None:
+    """Write a one-tier stack and start the controller on it, resyncing every ``interval`` s."""
+    [port] = free_ports(1)
     spec = {"name": name, "runtime": "mlx-lm", "model": {"path": str(model)}, "port": port}
-    return stack_yaml([spec])
+    ctl.write("stack.yaml", stack_yaml([spec]))
+    ctl.start("reconcile", str(ctl.stacks), "--interval", str(interval), log=log)
 
 
 @pytest.fixture
@@ -50,10 +53,8 @@ def failures(ctl: Mlxctl, name: str) -> list[dict[str, object]]:
 def test_a_hung_server_is_replaced_after_its_liveness_probes_fail(
     mlxctl: Mlxctl, tiny_model: Path, tmp_path: Path
 ) -> None:
-    [port] = free_ports(1)
-    mlxctl.write("stack.yaml", tier("fast", tiny_model, port))
     # Resync (and so probe liveness) every second.
-    mlxctl.start("reconcile", str(mlxctl.stacks), "--interval", "1", log=tmp_path / "ctl.log")
+    control(mlxctl, "fast", tiny_model, interval=1, log=tmp_path / "ctl.log")
     hung = wait_for(lambda: ready_pid(mlxctl), 120, "the tier to be ready")
 
     os.kill(hung, signal.SIGSTOP)  # alive, listening, answering nothing
@@ -69,10 +70,8 @@ def test_a_hung_server_is_replaced_after_its_liveness_probes_fail(
 def test_a_tier_that_never_becomes_ready_is_shown_crash_looping(
     mlxctl: Mlxctl, broken_model: Path, tmp_path: Path
 ) -> None:
-    [port] = free_ports(1)
-    mlxctl.write("stack.yaml", tier("broken", broken_model, port))
     # A resync an hour away: every retry below comes from the backoff schedule.
-    mlxctl.start("reconcile", str(mlxctl.stacks), "--interval", "3600", log=tmp_path / "ctl.log")
+    control(mlxctl, "broken", broken_model, interval=3600, log=tmp_path / "ctl.log")
 
     wait_for(
         lambda: mlxctl.tier("broken")["health"] == "crash-looping", 120, "crash-looping status"
@@ -91,9 +90,7 @@ def test_a_tier_that_never_becomes_ready_is_shown_crash_looping(
 def test_crash_loop_backoff_doubles_between_real_attempts(
     mlxctl: Mlxctl, broken_model: Path, tmp_path: Path
 ) -> None:
-    [port] = free_ports(1)
-    mlxctl.write("stack.yaml", tier("broken", broken_model, port))
-    mlxctl.start("reconcile", str(mlxctl.stacks), "--interval", "3600", log=tmp_path / "ctl.log")
+    control(mlxctl, "broken", broken_model, interval=3600, log=tmp_path / "ctl.log")
     wait_for(lambda: len(failures(mlxctl, "broken")) >= 4, 240, "four failed starts")
 
     starts = [float(e["ts"]) for e in start_attempts(mlxctl, "broken")]  # type: ignore[arg-type]

@@ -131,7 +131,7 @@ def test_detected_machine_uses_its_bandwidth(catalog: Catalog) -> None:
 
 
 def test_a_runner_up_that_scores_higher_says_why_it_was_not_chosen(catalog: Catalog) -> None:
-    stack, why = generate_stack(16, "agents", None, catalog=catalog)
+    why = generate_stack(16, "agents", None, catalog=catalog).explanations
     [runner_up] = [line for line in why.tiers["agent"] if line.startswith("runner-up:")]
     chosen = next(line for line in why.tiers["agent"] if " score " in line)
     # qwen3.5-9b scores higher alone than the chosen agent, but not beside 'fast'.

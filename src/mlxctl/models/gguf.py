@@ -357,6 +357,7 @@ def build_tokenizer(metadata: Mapping[str, Any]) -> Any:
         pre_tokenizers,
         processors,
     )
+
     kind = _plain(metadata.get("tokenizer.ggml.model", ""))
     if kind != "gpt2":
         raise GgufError(f"unsupported GGUF tokenizer {kind!r} (only byte-level BPE 'gpt2')")
