@@ -52,6 +52,8 @@ class ModelRef:
     display: str
     # Set when mlxctl can produce the model itself (e.g. converting the demo GGUF).
     prepare: str | None = None
+    # How the user can get the model when it is missing and mlxctl cannot produce it.
+    hint: str = ""
 
 
 @dataclass(frozen=True)

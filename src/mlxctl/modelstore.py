@@ -68,6 +68,8 @@ def catalog_ref(tier: SourcedTier, paths: Paths) -> ModelRef:
         identity=f"hf:{resolved.repo}",
         directory=hf_snapshot(resolved.repo),
         display=f"{display} {resolved.repo}",
+        # The hf CLI (huggingface_hub) fills the same shared cache mlxctl reads.
+        hint=f"download it with: hf download {resolved.repo}",
     )
 
 

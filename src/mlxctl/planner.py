@@ -167,7 +167,8 @@ def _plan_service(
         model = service.model
         if model is not None and model.identity not in observed.models_present:
             if model.prepare is None:
-                blocked[name] = f"model {model.display} is not present at {model.directory}"
+                hint = f"; {model.hint}" if model.hint else ""
+                blocked[name] = f"model {model.display} is not present at {model.directory}{hint}"
                 return
             actions.append(Action("prepare", name, f"model {model.display} is not prepared yet"))
         actions.append(Action(kind, name, cause))
