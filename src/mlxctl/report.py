@@ -173,6 +173,8 @@ def status_cells(rows: Iterable[ServiceStatus]) -> list[tuple[str, ...]]:
     cells: list[tuple[str, ...]] = []
     for r in rows:
         note = r.last_error if r.last_error and r.health != "ready" else (r.model or "")
+        if r.restart_in is not None:
+            note = f"restart in {r.restart_in:.0f}s: {note}"
         cells.append(
             (
                 r.name,

@@ -31,6 +31,8 @@ class ServiceStatus:
     last_error: str | None
     model: str | None
     detail: str
+    # Seconds until a crash-looping service is restarted (its backoff expires).
+    restart_in: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +95,11 @@ def build_status(desired: DesiredState | None, observed: ObservedState) -> list[
                 last_error=rec.last_error if rec else None,
                 model=model,
                 detail=seen.detail if seen else "",
+                restart_in=(
+                    rec.not_before - observed.now
+                    if rec is not None and rec.not_before is not None and health == "crash-looping"
+                    else None
+                ),
             )
         )
     return rows

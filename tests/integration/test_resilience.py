@@ -79,6 +79,7 @@ def test_a_tier_that_never_becomes_ready_is_shown_crash_looping(
     status = mlxctl.tier("broken")
     assert "cannot become ready" in str(status["last_error"])
     assert status["pid"] is None and status["sync"] == "OutOfSync"
+    assert 0 < status["restart_in"] <= 10
     # The first failure was retried at once; the second waits 10 s.
     assert len(start_attempts(mlxctl, "broken")) == 2
     record = mlxctl.inventory()["broken"]

@@ -70,12 +70,15 @@ def test_status_rows_show_health_and_sync(world: World) -> None:
     assert (rows["fast"].health, rows["fast"].sync) == ("ready", "OutOfSync")
     assert (rows["slow"].health, rows["slow"].pid) == ("crash-looping", None)
     assert rows["slow"].restarts == 1 and "crash #2" in (rows["slow"].last_error or "")
+    assert rows["slow"].restart_in == pytest.approx(10.0) and rows["fast"].restart_in is None
     assert (rows["gateway"].health, rows["gateway"].sync) == ("ready", "Synced")
     data = status_json(list(rows.values()))
     assert {"name", "pid", "port", "health", "sync"} <= set(data["tiers"][0])
     assert data["gateway"]["name"] == "gateway"
     text = report.status_text(list(rows.values()))
     assert text.splitlines()[0].split()[:4] == ["NAME", "RUNTIME", "HEALTH", "SYNC"]
+    slow_line = next(line for line in text.splitlines() if line.startswith("slow"))
+    assert "restart in 10s: exited" in slow_line
 
 
 def test_status_without_a_usable_stack_reports_unknown_sync(world: World) -> None:
