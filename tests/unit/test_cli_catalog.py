@@ -11,21 +11,28 @@ from click.testing import CliRunner
 
 from mlxctl.catalog import load_catalog
 from mlxctl.cli import catalog_cmd
-from mlxctl.hardware import GIB, profile_for_memory
+from mlxctl.hardware import GIB, HardwareProfile, parse_macos, profile_for_memory
 from tests.unit.cli_errors import reported
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
-def app(memory_gib: float = 16) -> click.Group:
+def app(memory_gib: float = 16, machine: HardwareProfile | None = None) -> click.Group:
     local = click.Group()
     catalog_cmd.register(
         local,
         load=lambda: load_catalog(ROOT / "catalog"),
-        detect=lambda: profile_for_memory(memory_gib),
+        detect=lambda: machine or profile_for_memory(memory_gib),
     )
     return local
+
+
+def mac(chip: str, gpu_cores: int, memory_gib: int) -> HardwareProfile:
+    """A detected Mac, parsed from what sysctl and system_profiler would print."""
+    return parse_macos(
+        f"Apple {chip}", str(memory_gib * GIB), f"Total Number of Cores: {gpu_cores}"
+    )
 
 
 def test_ls_lists_every_model() -> None:
@@ -79,3 +86,23 @@ def test_show_unknown_id_is_one_line_and_exit_7(capsys: pytest.CaptureFixture[st
     lines = stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("error: unknown catalog model 'qwen3-7b'; did you mean qwen3-8b")
+
+
+def test_show_estimates_speed_on_an_unmeasured_machine_and_says_so() -> None:
+    m2_max = mac("M2 Max", 38, 64)  # 400 GB/s, never benchmarked
+    text = runner.invoke(app(machine=m2_max), ["catalog", "show", "qwen3-8b"]).output
+    line = next(x for x in text.splitlines() if "this machine" in x)
+    # 4bit: 51.6 tok/s measured on m4-pro-24 (273 GB/s, the closest bandwidth) x 400/273.
+    assert "~75.6 tok/s generation [estimate: 51.6 tok/s on m4-pro-24 x 400/273 GB/s]" in line
+    data = json.loads(
+        runner.invoke(app(machine=m2_max), ["catalog", "show", "qwen3-8b", "-o", "json"]).output
+    )
+    assert data["this_machine"]["4bit"]["estimated"] is True
+    assert data["this_machine"]["4bit"]["generation_tps"] == 75.6
+
+
+def test_show_adds_no_estimate_where_measured_or_bandwidth_is_unknown() -> None:
+    measured = runner.invoke(app(machine=mac("M4 Pro", 20, 64)), ["catalog", "show", "qwen3-8b"])
+    assert "this machine" not in measured.output and "m4-pro-64   51.1 tok/s" in measured.output
+    unknown = runner.invoke(app(), ["catalog", "show", "qwen3-8b", "-o", "json"])
+    assert json.loads(unknown.output)["this_machine"] == {}

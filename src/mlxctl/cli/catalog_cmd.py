@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -12,6 +13,7 @@ from mlxctl.cli.common import emit_json, output_option
 if TYPE_CHECKING:
     from mlxctl.catalog import Catalog, CatalogModel
     from mlxctl.hardware import HardwareProfile
+    from mlxctl.memory import ThroughputEstimate
 
     CatalogLoader = Callable[[], Catalog]
     Detector = Callable[[], HardwareProfile]
@@ -97,14 +99,37 @@ def register(
         from mlxctl.memory import estimate_catalog_variant
 
         model = load().get(model_id)
+        here = _speeds_here(model, detect)
         if output == "json":
             data: dict[str, Any] = model.model_dump(mode="json")
             data["memory_estimates"] = {
                 k: estimate_catalog_variant(model, k).to_dict() for k in model.variants
             }
+            data["this_machine"] = {k: dataclasses.asdict(v) for k, v in here.items()}
             emit_json(data)
             return
-        click.echo(_describe(model))
+        click.echo(_describe(model, here))
+
+
+def _speeds_here(model: CatalogModel, detect: Detector) -> dict[str, ThroughputEstimate]:
+    """Each variant's speed on this machine: measured on its profile, else scaled by bandwidth.
+
+    Empty when the machine's memory bandwidth is unknown (Linux, an unlisted chip):
+    a figure scaled from nothing would be invented.
+    """
+    from mlxctl.memory import estimate_throughput
+
+    try:
+        hw = detect()
+    except OSError:
+        return {}
+    if hw.bandwidth_gbps is None:
+        return {}
+    speeds = {
+        key: estimate_throughput(variant, hw.profile_id, hw.bandwidth_gbps)
+        for key, variant in model.variants.items()
+    }
+    return {key: speed for key, speed in speeds.items() if speed is not None}
 
 
 def _smallest(model: CatalogModel) -> int:
@@ -133,7 +158,7 @@ def _summary(model: CatalogModel) -> dict[str, Any]:
     }
 
 
-def _describe(model: CatalogModel) -> str:
+def _describe(model: CatalogModel, here: Mapping[str, ThroughputEstimate]) -> str:
     from mlxctl.memory import estimate_catalog_variant, gib
 
     caps = model.capabilities
@@ -177,6 +202,11 @@ def _describe(model: CatalogModel) -> str:
             )
         if not variant.benchmarks:
             lines.append("      no measurements")
+        speed = here.get(key)
+        if speed is not None and speed.estimated:
+            lines.append(
+                f"      this machine ~{speed.generation_tps:g} tok/s generation [{speed.basis}]"
+            )
     if model.notes:
         lines.append(f"  notes         {model.notes}")
     sources = sorted(
