@@ -148,3 +148,28 @@ def test_quickstart_installs_the_bundled_demo_stack_once_and_keeps_edits(tmp_pat
     installed.write_text(installed.read_text().replace("port: 4000", "port: 4100"))
     assert install_demo_stack(stacks) is None
     assert "port: 4100" in installed.read_text()
+
+
+def test_no_stack_files_is_said_with_where_mlxctl_looked(
+    mlxctl_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv in (["validate"], ["diff"], ["reconcile", "--once"]):
+        assert main(argv) == 0
+        out, err = capsys.readouterr()
+        assert f"note: no stack files in {mlxctl_home / 'config' / 'stacks'}" in err, argv
+        assert "NAME" not in out  # no empty status table
+    empty = mlxctl_home / "elsewhere"
+    empty.mkdir()
+    assert main(["validate", str(empty)]) == 0
+    assert f"note: no stack files in {empty};" in capsys.readouterr().err
+
+
+def test_gateway_key_before_the_gateway_ever_started_is_not_found(
+    stack: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["gateway-key", str(stack)]) == 7
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: no gateway key yet: mlxctl generates it when the gateway first starts "
+        "(mlxctl reconcile --once)"
+    )

@@ -10,11 +10,14 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from mlxctl.paths import Paths, default_paths
+
+if TYPE_CHECKING:
+    from mlxctl.loader import StackSet
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,6 +56,25 @@ def targets(path: Path | None, files: tuple[Path, ...] | list[Path] | None) -> l
         return [path]
     default = paths().stacks
     return [default] if default.exists() else []
+
+
+def load_selected(chosen: list[Path]) -> StackSet:
+    """Load the stack files under ``chosen`` (see :func:`targets`).
+
+    When there are none, says so on stderr, and where it looked: an empty selection
+    is valid (it is what ``down`` converges to), but a new user's first ``validate``
+    or ``diff`` must not read as success about files that do not exist.
+    """
+    from mlxctl.engine import load_stack
+
+    stack = load_stack(chosen)
+    if not stack.files:
+        where = ", ".join(str(t) for t in chosen) or f"{paths().stacks} (it does not exist)"
+        err(
+            f"note: no stack files in {where}; `mlxctl init -o FILE` or "
+            "`mlxctl quickstart` writes one"
+        )
+    return stack
 
 
 def emit_json(record: dict[str, Any] | list[Any]) -> None:

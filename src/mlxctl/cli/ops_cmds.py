@@ -11,20 +11,28 @@ from pathlib import Path
 
 import click
 
-from mlxctl.cli.common import emit_json, err, output_option, paths, stack_selection, targets
+from mlxctl.cli.common import (
+    emit_json,
+    err,
+    load_selected,
+    output_option,
+    paths,
+    stack_selection,
+    targets,
+)
 from mlxctl.errors import ExitCode, MlxctlError, NotFoundError
 
 
 def status(path: Path | None = None, files: tuple[Path, ...] = (), output: str = "text") -> int:
     """Per tier and gateway: health, desired vs running (Synced/OutOfSync), PID, port, uptime."""
     from mlxctl import report
-    from mlxctl.engine import load_stack, observe_state, real_context, resolve
+    from mlxctl.engine import observe_state, real_context, resolve
     from mlxctl.status import build_status, status_json
 
     ctx = real_context(paths())
     desired = None
     try:
-        desired = resolve(ctx, load_stack(targets(path, files)))
+        desired = resolve(ctx, load_selected(targets(path, files)))
     except MlxctlError as exc:
         err(f"warning: stack files not usable, sync unknown: {str(exc).splitlines()[0]}")
     rows = build_status(desired, observe_state(ctx, desired))
@@ -131,11 +139,18 @@ def gateway_key(path: Path | None = None, files: tuple[Path, ...] = ()) -> int:
     """Print the gateway's API key (to use as the Bearer token)."""
     from mlxctl import secrets
     from mlxctl.desired import master_key_ref
-    from mlxctl.engine import load_stack
 
-    stack = load_stack(targets(path, files))
+    stack = load_selected(targets(path, files))
     ref = master_key_ref(stack, paths().state)
-    print(secrets.resolve(ref, os.environ, where="gateway key"))
+    try:
+        print(secrets.resolve(ref, os.environ, where="gateway key"))
+    except secrets.MissingSecretError:
+        if stack.gateway.master_key is not None:
+            raise  # the user's reference: its own message says what is missing
+        raise NotFoundError(
+            "no gateway key yet: mlxctl generates it when the gateway first starts "
+            "(mlxctl reconcile --once)"
+        ) from None
     return int(ExitCode.OK)
 
 

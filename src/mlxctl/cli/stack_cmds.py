@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mlxctl.cli.common import emit_json, err, output_option, paths, stack_selection, targets
+from mlxctl.cli.common import (
+    emit_json,
+    err,
+    load_selected,
+    output_option,
+    paths,
+    stack_selection,
+    targets,
+)
 from mlxctl.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -25,19 +33,17 @@ Files = tuple[Path, ...]
 
 def validate(path: Path | None = None, files: Files = ()) -> int:
     """Check stack files; print every problem as file:line:column: path: message."""
-    from mlxctl.engine import load_stack
-
-    stack = load_stack(targets(path, files))
+    stack = load_selected(targets(path, files))
     print(f"valid: {len(stack.files)} file(s), {len(stack.tiers)} tier(s)")
     return int(ExitCode.OK)
 
 
 def render(path: Path | None = None, files: Files = (), output: str = "text") -> int:
     """Print the canonical desired state: files merged, defaults applied, ports assigned."""
-    from mlxctl.engine import load_stack, read_ports
+    from mlxctl.engine import read_ports
     from mlxctl.render import canonical, to_yaml
 
-    data = canonical(load_stack(targets(path, files)), read_ports(paths()))
+    data = canonical(load_selected(targets(path, files)), read_ports(paths()))
     if output == "json":
         emit_json(data)
     else:
@@ -81,9 +87,7 @@ def _diff_code(changes: bool) -> ExitCode:
 
 
 def _load(path: Path | None, files: Files) -> StackSet:
-    from mlxctl.engine import load_stack
-
-    return load_stack(targets(path, files))
+    return load_selected(targets(path, files))
 
 
 def reconcile(
@@ -155,10 +159,10 @@ def _once(
     ctx: Context, the_targets: list[Path], options: PlanOptions, *, dry_run: bool, json_out: bool
 ) -> int:
     from mlxctl import report
-    from mlxctl.engine import load_stack, resolve, run_pass
+    from mlxctl.engine import resolve, run_pass
     from mlxctl.status import build_status
 
-    desired = resolve(ctx, load_stack(the_targets))
+    desired = resolve(ctx, load_selected(the_targets))
     if json_out:
         emit_json(report.version_record())
 
@@ -182,8 +186,8 @@ def _once(
             emit_json(report.outcome_record(outcome))
         emit_json(report.summary_record(result.plan, result.outcomes, int(code), result.converged))
         return int(code)
-    if result.final_observed is not None:
-        rows = build_status(desired, result.final_observed)
+    rows = build_status(desired, result.final_observed) if result.final_observed else []
+    if rows:
         print(report.status_text(rows))
     if code == ExitCode.OK:
         err("converged: every service is running and ready.")
