@@ -7,13 +7,14 @@ and every action can be explained. Time arrives as ``observed.now``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mlxctl.backoff import DEFAULT_BACKOFF, BackoffPolicy
 from mlxctl.desired import HASH_VERSION, DesiredService, DesiredState
-from mlxctl.memory import check_budget
+from mlxctl.memory import BudgetCheck, check_budget
 from mlxctl.observed import ObservedService, ObservedState
 
 ActionKind = Literal[
@@ -68,6 +69,8 @@ class Plan:
     # When set, the whole plan is refused and nothing may be applied.
     refused: str | None = None
     refusal: RefusalKind | None = None
+    # The summed memory estimate against the budget (None without a budget).
+    memory: BudgetCheck | None = None
 
     @property
     def has_changes(self) -> bool:
@@ -94,9 +97,12 @@ def plan(
 ) -> Plan:
     """Decide what to do to make ``observed`` match ``desired``."""
     opts = options or PlanOptions()
-    refusal = _refusal(desired, observed, opts)
+    memory = _memory_check(desired)
+    if memory is not None and not memory.fits:
+        return Plan(refused=memory.message, refusal="budget", memory=memory)
+    refusal = _empty_refusal(desired, observed, opts)
     if refusal:
-        return Plan(refused=refusal[1], refusal=refusal[0])
+        return Plan(refused=refusal, refusal="empty", memory=memory)
     actions: list[Action] = []
     blocked: dict[str, str] = {}
     for service in desired.services:
@@ -108,7 +114,7 @@ def plan(
                 actions.append(Action("stop", name, opts.prune_cause))
             else:
                 actions.append(Action("forget", name, f"{opts.prune_cause} (already exited)"))
-    return Plan(actions=tuple(actions), blocked=blocked)
+    return Plan(actions=tuple(actions), blocked=blocked, memory=memory)
 
 
 def _one_prepare_per_model(desired: DesiredState, actions: list[Action]) -> list[Action]:
@@ -125,28 +131,32 @@ def _one_prepare_per_model(desired: DesiredState, actions: list[Action]) -> list
     return kept
 
 
-def _refusal(
-    desired: DesiredState, observed: ObservedState, opts: PlanOptions
-) -> tuple[RefusalKind, str] | None:
-    """Why the whole plan must not be applied, if it must not."""
-    if desired.budget_bytes is not None:
-        estimated = [(t.name, t.memory) for t in desired.tiers if t.memory is not None]
-        check = check_budget(
-            estimated, desired.budget_bytes, alternatives=desired.memory_alternatives
-        )
-        if not check.fits:
-            return "budget", check.message
+def _memory_check(desired: DesiredState) -> BudgetCheck | None:
+    """The SUM of every tier's estimate against the budget (None when there is no budget)."""
+    if desired.budget_bytes is None:
+        return None
+    estimated = [(t.name, t.memory) for t in desired.tiers if t.memory is not None]
+    check = check_budget(estimated, desired.budget_bytes, alternatives=desired.memory_alternatives)
+    unknown = [t.name for t in desired.tiers if t.memory is None]
+    if unknown and check.fits:
+        note = f"; not estimated (no model files yet): {', '.join(unknown)}"
+        check = dataclasses.replace(check, message=check.message + note)
+    return check
+
+
+def _empty_refusal(desired: DesiredState, observed: ObservedState, opts: PlanOptions) -> str | None:
+    """Why a plan that would stop every tier must not be applied, if it must not."""
     if opts.allow_empty:
         return None
     if desired.empty_files:
         names = ", ".join(str(p) for p in desired.empty_files)
-        return "empty", (
+        return (
             f"stack file {names} is empty: not applied (a save in progress?); delete the file "
             "to remove its tiers, or pass --allow-empty"
         )
     running = [n for n, s in observed.services.items() if s.alive and s.record.role == "tier"]
     if not desired.tiers and running:
-        return "empty", (
+        return (
             f"the desired state is empty: refusing to stop {len(running)} running tier(s) "
             f"({', '.join(sorted(running))}) without --allow-empty"
         )

@@ -53,7 +53,8 @@ def plan_lines(plan: Plan) -> list[str]:
         for a in plan.ordered()
     ]
     lines += [f"  {'x':>3} {n:<{width}}  {'blocked':<13} {why}" for n, why in plan.blocked.items()]
-    return [*lines, summary_line(plan)]
+    memory = [f"Memory: {plan.memory.message}."] if plan.memory else []
+    return [*lines, summary_line(plan), *memory]
 
 
 def summary_line(plan: Plan) -> str:
@@ -118,6 +119,11 @@ def summary_record(
         "refused": plan.refused is not None,
         "converged": converged,
         "exit_code": exit_code,
+        "memory": (
+            {"needed": plan.memory.total, "budget": plan.memory.budget, "fits": plan.memory.fits}
+            if plan.memory
+            else None
+        ),
     }
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from mlxctl import report
 from mlxctl.errors import SpecError
 from mlxctl.modelstore import DiskModelStore
 from tests.unit.world import World, tier, tiers_yaml
@@ -320,4 +322,23 @@ def test_a_stack_over_the_memory_budget_is_refused_before_anything_starts(world:
     # Without the largest tier it fits, and the plan goes ahead.
     world.write(tiers_yaml(tier("small", 8001), tier("big", 8002)))
     desired = estimated(world.desired())
-    assert plan(desired, observe_state(world.ctx, desired)).refused is None
+    fitting = plan(desired, observe_state(world.ctx, desired))
+    assert fitting.refused is None and ("start", "big") in kinds(fitting)
+    # The plan says how much of the budget the stack takes.
+    assert fitting.memory is not None and fitting.memory.fits
+    assert (fitting.memory.total, fitting.memory.budget) == (10 * GIB, 18 * GIB)
+    assert report.plan_lines(fitting)[-1] == (
+        "Memory: 2 tier(s) need 10.0 GiB of the 18.0 GiB memory budget."
+    )
+
+
+def test_tiers_without_an_estimate_are_named_in_the_memory_line(world: World) -> None:
+    model = world.root / "models" / "tiny"
+    model.mkdir(parents=True)
+    layout = {"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64}
+    (model / "config.json").write_text(json.dumps(layout))
+    world.write(tiers_yaml(tier("fast", 8001, model=str(model)), tier("later", 8002)))
+    memory = world.plan().memory
+    assert memory is not None and [name for name, _ in memory.tiers] == ["fast"]
+    assert memory.message.startswith("1 tier(s) need 1.0 GiB of the")
+    assert memory.message.endswith("; not estimated (no model files yet): later")

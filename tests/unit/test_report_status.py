@@ -47,6 +47,7 @@ def test_json_stream_is_versioned_and_self_describing() -> None:
         "cause": "new tier",
     }
     assert records[2]["changes"] == 1 and records[2]["exit_code"] == 1
+    assert records[2]["memory"] is None  # no budget was checked
     assert all(json.loads(report.dumps(r)) == r for r in records)
 
 
