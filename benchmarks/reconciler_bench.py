@@ -10,8 +10,12 @@ Measured:
 - ``status``: wall time of ``mlxctl status -o json`` with one ready tier (CLI start
   included), against ``python -c pass`` as the interpreter's floor.
 - ``noop``: ``mlxctl reconcile --once`` on a converged stack (observe + plan + verify).
+- ``controller pass``: one resync of a running controller on that stack, in-process.
 - ``crash noticed`` / ``crash healed``: ``kill -9`` of a tier under the controller to
   its ``exit noticed`` event, and to the restarted tier being ready again.
+- ``hung server replaced``: a tier frozen with SIGSTOP under the controller, to its
+  replacement being ready (3 failed liveness probes, one per resync; ``--hung-intervals``
+  picks the resync periods compared).
 - ``failed start reported``: a server that dies while loading, to the non-zero exit of
   ``reconcile --once`` (its startup timeout is 600 s).
 - ``health lies``: for mlx_lm.server serving the demo model (SmolLM2-135M), the time
@@ -123,37 +127,71 @@ def bench_status_and_noop(b: Bench, model: Path, runs: int) -> dict[str, list[fl
     ]
     status = [timed(lambda: b.run("status", str(b.stacks), "-o", "json")) for _ in range(runs)]
     noop = [timed(lambda: b.run("reconcile", "--once", str(b.stacks))) for _ in range(runs)]
+    passes = controller_pass(b, 30)
     b.run("down")
     return {
         "python -c pass (floor)": floor,
         "status -o json": status,
         "reconcile --once (no-op)": noop,
+        "controller pass, no-op (in-process)": passes,
     }
+
+
+def controller_pass(b: Bench, runs: int) -> list[float]:
+    """What each resync costs a running controller: load, resolve, observe (with
+    liveness probes), plan, on a converged stack, in this (warm) process."""
+    from mlxctl.engine import load_stack, real_context, resolve, run_pass
+    from mlxctl.paths import default_paths
+    from mlxctl.planner import PlanOptions
+
+    ctx = real_context(default_paths({"MLXCTL_HOME": str(b.home)}))
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        result = run_pass(
+            ctx, resolve(ctx, load_stack([b.stacks])), options=PlanOptions(), verify=False
+        )
+        samples.append(time.perf_counter() - started)
+        if result.plan.has_changes:
+            raise RuntimeError(f"not converged: {result.plan.actions}")
+    return samples
+
+
+def ready_pid(b: Bench, other: int | None = None) -> int | None:
+    """The ready tier's PID (not ``other``), from the inventory."""
+    rec = b.inventory().get("fast")
+    if rec and rec.get("ready_at") and rec["pid"] != other:
+        return int(rec["pid"])
+    return None
+
+
+def start_controller(b: Bench, model: Path, log: Path, *args: str) -> int:
+    """A one-tier stack and a fresh controller on it; returns the tier's PID once ready."""
+    b.write_stack(
+        "a.yaml",
+        [{"name": "fast", "runtime": "mlx-lm", "model": {"path": str(model)}, "port": free_port()}],
+    )
+    with log.open("wb") as handle:
+        controller = subprocess.Popen(
+            [*MLXCTL, "reconcile", str(b.stacks), *args], env=b.env, stdout=handle, stderr=handle
+        )
+    b.started.append(controller)
+    return int(wait_for(lambda: ready_pid(b), 120))
+
+
+def stop_controller(b: Bench) -> None:
+    controller = b.started.pop()
+    controller.send_signal(signal.SIGTERM)
+    controller.wait(30)
+    b.run("down")
 
 
 def bench_crash(b: Bench, model: Path, runs: int) -> dict[str, list[float]]:
     """Each run: a fresh controller and tier (so every crash is a first crash, healed at
     once), then ``kill -9`` and time to the event and to ready again."""
-    port = free_port()
-    b.write_stack(
-        "a.yaml",
-        [{"name": "fast", "runtime": "mlx-lm", "model": {"path": str(model)}, "port": port}],
-    )
-
-    def ready_pid(other: int | None = None) -> int | None:
-        rec = b.inventory().get("fast")
-        if rec and rec.get("ready_at") and rec["pid"] != other:
-            return int(rec["pid"])
-        return None
-
     noticed, healed = [], []
     for run in range(runs):
-        log = open(b.root / f"controller-{run}.log", "wb")  # noqa: SIM115
-        controller = subprocess.Popen(
-            [*MLXCTL, "reconcile", str(b.stacks)], env=b.env, stdout=log, stderr=log
-        )
-        b.started.append(controller)
-        pid = wait_for(ready_pid, 120)
+        pid = start_controller(b, model, b.root / f"controller-{run}.log")
         time.sleep(0.5)
         seen = len(b.events())
         killed_at = time.time()
@@ -163,13 +201,26 @@ def bench_crash(b: Bench, model: Path, runs: int) -> dict[str, list[float]]:
             30,
         )
         noticed.append(event["ts"] - killed_at)
-        wait_for(lambda pid=pid: ready_pid(pid), 120)
+        wait_for(lambda pid=pid: ready_pid(b, pid), 120)
         healed.append(b.inventory()["fast"]["ready_at"] - killed_at)
-        controller.send_signal(signal.SIGTERM)
-        controller.wait(30)
-        log.close()
-        b.run("down")
+        stop_controller(b)
     return {"crash noticed (kill -9 -> event)": noticed, "crash healed (kill -9 -> ready)": healed}
+
+
+def bench_hung(b: Bench, model: Path, runs: int, interval: float) -> dict[str, list[float]]:
+    """Each run: a fresh controller (resync every ``interval`` s) and tier; the server is
+    frozen with SIGSTOP (alive, listening, answering nothing) and timed to its
+    replacement being ready. Liveness is probed at each resync; 3 failures replace it."""
+    replaced = []
+    for run in range(runs):
+        log = b.root / f"hung-{interval:g}-{run}.log"
+        pid = start_controller(b, model, log, "--interval", f"{interval:g}")
+        frozen_at = time.time()
+        os.kill(pid, signal.SIGSTOP)
+        wait_for(lambda pid=pid: ready_pid(b, pid), 20 * interval + 120)
+        replaced.append(b.inventory()["fast"]["ready_at"] - frozen_at)
+        stop_controller(b)
+    return {f"hung server replaced (SIGSTOP -> ready, --interval {interval:g})": replaced}
 
 
 def bench_failed_start(b: Bench, runs: int) -> dict[str, list[float]]:
@@ -238,6 +289,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", type=Path, help="write the raw samples here")
+    parser.add_argument(
+        "--hung-intervals",
+        default="10",
+        help="controller --interval values for the hung-server measure, comma-separated",
+    )
     opts = parser.parse_args()
     from mlxctl.testing.tiny_model import build_tiny_model
 
@@ -249,6 +305,10 @@ def main() -> None:
             ("status", lambda b: bench_status_and_noop(b, model, opts.runs)),
             ("crash", lambda b: bench_crash(b, model, opts.runs)),
             ("failed", lambda b: bench_failed_start(b, min(opts.runs, 3))),
+            *(
+                (f"hung-{i}", lambda b, i=float(i): bench_hung(b, model, min(opts.runs, 3), i))
+                for i in opts.hung_intervals.split(",")
+            ),
         ):
             bench = Bench(root / name)
             try:
@@ -259,11 +319,11 @@ def main() -> None:
 
         demo = ensure_demo_model(root / "models")
         results.update(bench_health_lies(demo, min(opts.runs, 3)))
-    print(f"{'measure':<52} {'n':>3} {'median':>9} {'min':>9} {'max':>9}")
+    print(f"{'measure':<60} {'n':>3} {'median':>9} {'min':>9} {'max':>9}")
     for name, samples in results.items():
         print(
-            f"{name:<52} {len(samples):>3} {statistics.median(samples):>8.3f}s "
-            f"{min(samples):>8.3f}s {max(samples):>8.3f}s"
+            f"{name:<60} {len(samples):>3} {statistics.median(samples):>8.4f}s "
+            f"{min(samples):>8.4f}s {max(samples):>8.4f}s"
         )
     if opts.json:
         meta = {

@@ -61,7 +61,7 @@ class Controller:
         targets: Sequence[Path],
         options: PlanOptions,
         *,
-        interval: float = 30.0,
+        interval: float = 10.0,
         poll_interval: float = POLL_INTERVAL,
         log: Callable[[str], None] = print,
         watch: bool = True,

@@ -97,7 +97,7 @@ def reconcile(
     dry_run: bool = False,
     allow_empty: bool = False,
     timeout: float | None = None,
-    interval: float = 30.0,
+    interval: float = 10.0,
     output: str = "text",
 ) -> int:
     """Make the machine match the stack: once (--once), or continuously, watching the files."""
@@ -219,9 +219,9 @@ def register(app: click.Group) -> None:
         click.option(
             "--interval",
             type=float,
-            default=30.0,
+            default=10.0,
             show_default=True,
-            help="Controller: full resync period, seconds.",
+            help="Controller: full resync period (liveness is probed at each), seconds.",
         ),
         output_option,
         stack_selection,
