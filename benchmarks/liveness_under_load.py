@@ -17,7 +17,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,13 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _shared import free_port, write_results
+
 PROBE_TIMEOUT = 5.0  # mlxctl.observe.PROBE_TIMEOUT
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def request(
@@ -147,12 +142,7 @@ def main() -> None:
             f"{r['latency_max_s'] * 1000:>7.1f}ms"
         )
     if opts.json:
-        meta = {
-            "python": sys.version.split()[0],
-            "cpus": os.cpu_count(),
-            "when": time.strftime("%Y-%m-%d"),
-        }
-        opts.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+        write_results(opts.json, "results", results)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,14 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from _shared import free_port, write_results
 
 MLXCTL = [sys.executable, "-m", "mlxctl"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Bench:
@@ -326,12 +320,7 @@ def main() -> None:
             f"{min(samples):>8.4f}s {max(samples):>8.4f}s"
         )
     if opts.json:
-        meta = {
-            "python": sys.version.split()[0],
-            "cpus": os.cpu_count(),
-            "when": time.strftime("%Y-%m-%d"),
-        }
-        opts.json.write_text(json.dumps({"meta": meta, "samples": results}, indent=2) + "\n")
+        write_results(opts.json, "samples", results)
 
 
 if __name__ == "__main__":
