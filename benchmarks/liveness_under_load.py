@@ -28,7 +28,7 @@ from typing import Any
 
 from _shared import free_port, write_results
 
-PROBE_TIMEOUT = 5.0  # mlxctl.observe.PROBE_TIMEOUT
+PROBE_TIMEOUT = 5.0  # mlxctl.observe.gather.PROBE_TIMEOUT
 
 
 def request(
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=1500)
     parser.add_argument("--json", type=Path, help="write the results here")
     opts = parser.parse_args()
-    from mlxctl.models.demo import ensure_demo_model
+    from mlxctl.sources.demo import ensure_demo_model
 
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,7 +2,7 @@
 
     uv run python benchmarks/memory_model_check.py [--json FILE] [--context N]
 
-For every catalog variant with a measurement, the pure formula of ``mlxctl.memory``
+For every catalog variant with a measurement, the pure formula of ``mlxctl.capacity.memory``
 (weights from the catalog's disk size + KV cache for ``--context`` tokens + 1 GiB +
 20% of the weights; no calibration from the measurement itself) is compared with the
 measured peak. Prints one row per (variant, hardware profile) and the median and
@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlxctl.catalog import load_catalog
-from mlxctl.memory import BENCHMARK_CONTEXT, GIB, estimate, layout_of
+from mlxctl.capacity.memory import BENCHMARK_CONTEXT, GIB, estimate, layout_of
+from mlxctl.catalog.entries import load_catalog
 
 
 def rows(context: int) -> list[dict[str, Any]]:

@@ -134,9 +134,9 @@ def bench_status_and_noop(b: Bench, model: Path, runs: int) -> dict[str, list[fl
 def controller_pass(b: Bench, runs: int) -> list[float]:
     """What each resync costs a running controller: load, resolve, observe (with
     liveness probes), plan, on a converged stack, in this (warm) process."""
-    from mlxctl.engine import load_stack, real_context, resolve, run_pass
     from mlxctl.paths import default_paths
-    from mlxctl.planner import PlanOptions
+    from mlxctl.plan.planner import PlanOptions
+    from mlxctl.reconcile.engine import load_stack, real_context, resolve, run_pass
 
     ctx = real_context(default_paths({"MLXCTL_HOME": str(b.home)}))
     samples = []
@@ -309,7 +309,7 @@ def main() -> None:
                 results.update(fn(bench))
             finally:
                 bench.cleanup()
-        from mlxctl.models.demo import ensure_demo_model
+        from mlxctl.sources.demo import ensure_demo_model
 
         demo = ensure_demo_model(root / "models")
         results.update(bench_health_lies(demo, min(opts.runs, 3)))

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlxctl.catalog import load_catalog
-from mlxctl.init_stack import reference_stacks
+from mlxctl.capacity.init_stack import reference_stacks
+from mlxctl.catalog.entries import load_catalog
 
 STACKS = Path(__file__).resolve().parents[1] / "stacks"
 

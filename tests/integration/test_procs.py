@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mlxctl.interfaces import Identity
-from mlxctl.procs import INSTANCE_ENV, RealProcessControl
+from mlxctl.machine.interfaces import Identity
+from mlxctl.machine.processes import INSTANCE_ENV, RealProcessControl
 
 # A "server" that starts a child of its own (as vllm-mlx and LiteLLM workers do),
 # prints, and ignores nothing.

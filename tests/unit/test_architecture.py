@@ -23,17 +23,17 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src" / "mlxctl"
 
 PURE_MODULES = (
-    "backoff",
-    "desired",
-    "gateway",
-    "init_stack",
-    "memory",
-    "observed",
-    "planner",
-    "render",
-    "report",
-    "runtimes",
-    "status",
+    "plan.backoff",
+    "desired.resolve",
+    "runtimes.litellm",
+    "capacity.init_stack",
+    "capacity.memory",
+    "observe.state",
+    "plan.planner",
+    "desired.render",
+    "status.report",
+    "runtimes.base",
+    "status.services",
 )
 # Modules (top-level names) that start processes, talk to the network, sleep or read
 # the clock, or otherwise act on the machine.
@@ -45,8 +45,9 @@ EFFECT_IMPORTS = frozenset(
 )  # fmt: skip
 EFFECT_MODULES = frozenset(
     {
-        "admission", "cli", "clock", "controller", "engine", "events", "executor", "lock",
-        "logfiles", "logpump", "modelstore", "probe", "procs",
+        "desired.admission", "cli", "machine.clock", "reconcile.controller", "reconcile.engine",
+        "apply.events", "apply.executor", "reconcile.lock", "machine.logfiles", "machine.logpump",
+        "sources.store", "machine.probes", "machine.processes",
     }
 )  # fmt: skip
 HEAVY = ("mlx", "mlx_lm", "litellm", "transformers", "huggingface_hub", "torch", "vllm_mlx")
@@ -115,17 +116,19 @@ def test_pure_modules_import_nothing_that_acts(module: str) -> None:
 
 
 def test_the_planner_reaches_no_effect_module() -> None:
-    reached = {m.split(".")[1] for m in closure("mlxctl.planner") if m.count(".") >= 1}
+    reached = {m.removeprefix("mlxctl.") for m in closure("mlxctl.plan.planner")}
     assert reached & EFFECT_MODULES == set()
     # The check sees what it should: the planner does reach the desired and observed state.
-    assert {"desired", "observed", "memory"} <= reached
+    assert {"desired.resolve", "observe.state", "capacity.memory"} <= reached
 
 
 def test_the_checks_would_catch_a_violation() -> None:
     """The import scanner finds imports inside functions and ignores TYPE_CHECKING blocks."""
-    assert "mlxctl.models.demo" in runtime_imports("mlxctl.modelstore")  # inside a method
-    assert "mlxctl.executor" not in runtime_imports("mlxctl.report")  # TYPE_CHECKING only
-    assert "subprocess" in runtime_imports("mlxctl.hardware")  # inside run_command
+    assert "mlxctl.sources.demo" in runtime_imports("mlxctl.sources.store")  # inside a method
+    assert "mlxctl.apply.executor" not in runtime_imports(
+        "mlxctl.status.report"
+    )  # TYPE_CHECKING only
+    assert "subprocess" in runtime_imports("mlxctl.capacity.hardware")  # inside run_command
 
 
 CLI_PROBE = """

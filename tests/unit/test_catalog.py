@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mlxctl.catalog import (
+from mlxctl.catalog.entries import (
     REASONING_PARSERS,
     TOOL_CALL_PARSERS,
     Catalog,
@@ -235,7 +235,7 @@ def test_missing_catalog_dir_is_a_spec_error(tmp_path: Path) -> None:
 
 
 def test_load_entry_reads_one_file_and_suggests_close_ids() -> None:
-    from mlxctl.catalog import load_catalog, load_entry
+    from mlxctl.catalog.entries import load_catalog, load_entry
     from mlxctl.errors import NotFoundError
 
     assert load_entry("qwen3-8b") == load_catalog().get("qwen3-8b")

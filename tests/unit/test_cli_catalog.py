@@ -9,9 +9,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from mlxctl.catalog import load_catalog
+from mlxctl.capacity.hardware import GIB, HardwareProfile, parse_macos, profile_for_memory
+from mlxctl.catalog.entries import load_catalog
 from mlxctl.cli import catalog_cmd
-from mlxctl.hardware import GIB, HardwareProfile, parse_macos, profile_for_memory
 from tests.unit.cli_errors import reported
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from mlxctl.capacity.hardware import GIB, HardwareProfile, parse_macos
 from mlxctl.cli import hardware_cmd
-from mlxctl.hardware import GIB, HardwareProfile, parse_macos
 from tests.unit.cli_errors import reported
 
 runner = CliRunner()

@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 from ruamel.yaml import YAML
 
-from mlxctl.catalog import load_catalog
+from mlxctl.capacity.hardware import GIB, HardwareProfile, parse_macos
+from mlxctl.capacity.init_stack import INTENTS
+from mlxctl.catalog.entries import load_catalog
 from mlxctl.cli import init_cmd
-from mlxctl.hardware import GIB, HardwareProfile, parse_macos
-from mlxctl.init_stack import INTENTS
-from mlxctl.stackfile import StackDocument
+from mlxctl.spec.schema import StackDocument
 from tests.unit.cli_errors import reported
 
 ROOT = Path(__file__).resolve().parents[2]

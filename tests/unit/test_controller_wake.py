@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from mlxctl.controller import next_wake
-from mlxctl.desired import DesiredState
-from mlxctl.engine import PassResult
-from mlxctl.executor import Outcome
-from mlxctl.inventory import Record
-from mlxctl.observed import ObservedState
-from mlxctl.planner import Action, Plan
+from mlxctl.apply.executor import Outcome
+from mlxctl.desired.resolve import DesiredState
+from mlxctl.machine.inventory import Record
+from mlxctl.observe.state import ObservedState
+from mlxctl.plan.planner import Action, Plan
+from mlxctl.reconcile.controller import next_wake
+from mlxctl.reconcile.engine import PassResult
 
 PASS_STARTED = 1000.0
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mlxctl.executor import ExecutorSettings
+from mlxctl.apply.executor import ExecutorSettings
 from tests.unit.world import World, tier, tiers_yaml
 
 
@@ -95,7 +95,7 @@ def test_failed_prepare_blocks_only_the_tiers_of_that_model(world: World) -> Non
 
 
 def _prepared_ref(tier):  # type: ignore[no-untyped-def]
-    from mlxctl.desired import ModelRef
+    from mlxctl.desired.resolve import ModelRef
 
     return ModelRef("pypi-gguf", "pypi-gguf:abc", Path("/models/demo"), "demo", prepare="pypi-gguf")
 
@@ -113,7 +113,7 @@ def test_restart_keeps_count_and_records_new_identity(world: World) -> None:
 
 
 def test_events_record_each_action_with_cause_and_result(world: World) -> None:
-    from mlxctl.events import read_events
+    from mlxctl.apply.events import read_events
 
     world.write(tiers_yaml(tier("fast", 8001)))
     world.apply()

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mlxctl.sources import demo, gguf
 
 from mlxctl.errors import MlxctlError
-from mlxctl.models import demo, gguf
-from mlxctl.models.gguf import (
+from mlxctl.sources.gguf import (
     GgufError,
     config_from_metadata,
     map_tensor_name,

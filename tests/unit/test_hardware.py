@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from mlxctl.hardware import (
+from mlxctl.capacity.hardware import (
     CHIP_NAMES,
     GIB,
     bandwidth_for_profile,

@@ -7,10 +7,8 @@ from typing import Any
 
 import pytest
 
-from mlxctl.catalog import Catalog, load_catalog
-from mlxctl.errors import AdmissionError
-from mlxctl.hardware import GIB, HardwareProfile
-from mlxctl.init_stack import (
+from mlxctl.capacity.hardware import GIB, HardwareProfile
+from mlxctl.capacity.init_stack import (
     INTENTS,
     REFERENCE_MEMORY_GIB,
     capacity,
@@ -20,9 +18,11 @@ from mlxctl.init_stack import (
     render_stack_yaml,
     speed_score,
 )
-from mlxctl.loader import load_stack_set
-from mlxctl.memory import budget_bytes, check_budget, estimate_catalog_variant
-from mlxctl.stackfile import StackDocument
+from mlxctl.capacity.memory import budget_bytes, check_budget, estimate_catalog_variant
+from mlxctl.catalog.entries import Catalog, load_catalog
+from mlxctl.errors import AdmissionError
+from mlxctl.spec.loader import load_stack_set
+from mlxctl.spec.schema import StackDocument
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mlxctl.errors import SpecError
-from mlxctl.loader import load_stack_set
+from mlxctl.spec.loader import load_stack_set
 
 HEAD = "apiVersion: mlxctl/v1\nkind: Stack\nmetadata: {name: t}\nspec:\n"
 

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from mlxctl import secrets
-from mlxctl.backoff import BackoffPolicy
+from mlxctl.apply.events import Event, EventLog, read_events
 from mlxctl.errors import LockHeldError
-from mlxctl.events import Event, EventLog, read_events
-from mlxctl.gateway import Route, render_config
-from mlxctl.inventory import Inventory, Record, write_atomic
-from mlxctl.lock import StateLock
-from mlxctl.logfiles import open_log, rotate, tail
+from mlxctl.machine.inventory import Inventory, Record, write_atomic
+from mlxctl.machine.logfiles import open_log, rotate, tail
 from mlxctl.paths import default_paths
-from mlxctl.runtimes import render_args
+from mlxctl.plan.backoff import BackoffPolicy
+from mlxctl.reconcile.lock import StateLock
+from mlxctl.runtimes.base import render_args
+from mlxctl.runtimes.litellm import Route, render_config
+from mlxctl.spec import secrets
 
 
 def test_args_render_sorted_with_bare_and_omitted_flags() -> None:
@@ -77,7 +77,7 @@ def test_lock_names_its_holder_and_is_released(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys; from pathlib import Path; from mlxctl.lock import StateLock;"
+            "import sys; from pathlib import Path; from mlxctl.reconcile.lock import StateLock;"
             f"l=StateLock(Path({str(path)!r}), 'mlxctl reconcile'); l.acquire();"
             "print('held', flush=True); sys.stdin.readline()",
         ],
@@ -124,7 +124,7 @@ def test_paths_follow_mlxctl_home_then_xdg() -> None:
 
 
 def test_hub_snapshot_follows_the_cache_layout(tmp_path: Path) -> None:
-    from mlxctl.modelstore import hf_snapshot, hub_cache
+    from mlxctl.sources.store import hf_snapshot, hub_cache
 
     assert hub_cache({"HF_HOME": "/hf"}) == Path("/hf/hub")
     assert hub_cache({"HF_HUB_CACHE": "/c", "HF_HOME": "/hf"}) == Path("/c")
@@ -138,7 +138,7 @@ def test_hub_snapshot_follows_the_cache_layout(tmp_path: Path) -> None:
 
 
 def test_log_pump_rotates_by_size_and_loses_no_line(tmp_path: Path) -> None:
-    from mlxctl.logpump import pump
+    from mlxctl.machine.logpump import pump
 
     log = tmp_path / "fast.log"
     read, write = os.pipe()

@@ -10,9 +10,7 @@ from types import ModuleType
 
 import pytest
 
-from mlxctl.catalog import Catalog, load_catalog
-from mlxctl.errors import AdmissionError, ExitCode, SpecError
-from mlxctl.memory import (
+from mlxctl.capacity.memory import (
     GIB,
     KvLayout,
     MemoryEstimate,
@@ -29,6 +27,8 @@ from mlxctl.memory import (
     runtime_overhead,
     smaller_variants,
 )
+from mlxctl.catalog.entries import Catalog, load_catalog
+from mlxctl.errors import AdmissionError, ExitCode, SpecError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mlxctl import report
 from mlxctl.errors import SpecError
-from mlxctl.modelstore import DiskModelStore
+from mlxctl.sources.store import DiskModelStore
+from mlxctl.status import report
 from tests.unit.world import World, tier, tiers_yaml
 
 
@@ -255,8 +255,8 @@ def test_stops_run_before_starts(world: World) -> None:
 def test_hung_server_is_restarted_after_liveness_threshold(world: World) -> None:
     converge(world, tiers_yaml(tier("fast", 8001)))
     world.prober.failing[8001] = "timed out"
-    from mlxctl.engine import observe_state
-    from mlxctl.planner import plan
+    from mlxctl.plan.planner import plan
+    from mlxctl.reconcile.engine import observe_state
 
     desired = world.desired()
     failures: dict[str, int] = {}
@@ -292,7 +292,7 @@ def test_rotating_a_secret_restarts_what_uses_it(world: World) -> None:
 
 
 def test_a_stack_over_the_memory_budget_is_refused_before_anything_starts(world: World) -> None:
-    from mlxctl.memory import GIB, MemoryEstimate
+    from mlxctl.capacity.memory import GIB, MemoryEstimate
 
     converge(world, tiers_yaml(tier("small", 8001)))
     world.write(tiers_yaml(tier("small", 8001), tier("big", 8002), tier("huge", 8003)))
@@ -307,8 +307,8 @@ def test_a_stack_over_the_memory_budget_is_refused_before_anything_starts(world:
         )
         return dataclasses.replace(desired, tiers=tiers, budget_bytes=18 * GIB)
 
-    from mlxctl.engine import observe_state
-    from mlxctl.planner import PlanOptions, plan
+    from mlxctl.plan.planner import PlanOptions, plan
+    from mlxctl.reconcile.engine import observe_state
 
     desired = estimated(world.desired())
     the_plan = plan(desired, observe_state(world.ctx, desired), PlanOptions(allow_empty=True))

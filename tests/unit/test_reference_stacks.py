@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mlxctl.engine import load_stack, observe_state, resolve
-from mlxctl.memory import GIB
-from mlxctl.planner import plan
+from mlxctl.capacity.memory import GIB
+from mlxctl.plan.planner import plan
+from mlxctl.reconcile.engine import load_stack, observe_state, resolve
 from tests.unit.world import World
 
 STACKS = sorted((Path(__file__).parents[2] / "stacks").glob("*.yaml"))

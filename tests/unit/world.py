@@ -5,12 +5,12 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from mlxctl.desired import DesiredState
-from mlxctl.engine import Context, PassResult, load_stack, resolve, run_pass
-from mlxctl.loader import SourcedTier
-from mlxctl.modelstore import path_ref
+from mlxctl.desired.resolve import DesiredState
 from mlxctl.paths import Paths
-from mlxctl.planner import Plan, PlanOptions, plan
+from mlxctl.plan.planner import Plan, PlanOptions, plan
+from mlxctl.reconcile.engine import Context, PassResult, load_stack, resolve, run_pass
+from mlxctl.sources.store import path_ref
+from mlxctl.spec.loader import SourcedTier
 from mlxctl.testing.fakes import FakeClock, FakeProber, FakeProcs, FakeStore
 
 
@@ -50,7 +50,7 @@ class World:
         return resolve(self.ctx, load_stack([self.stacks]))
 
     def plan(self, **opts: bool) -> Plan:
-        from mlxctl.engine import observe_state
+        from mlxctl.reconcile.engine import observe_state
 
         desired = self.desired()
         return plan(desired, observe_state(self.ctx, desired), PlanOptions(**opts))

@@ -11,22 +11,22 @@ import click
 from mlxctl.cli.common import emit_json, output_option
 
 if TYPE_CHECKING:
-    from mlxctl.catalog import Catalog, CatalogModel
-    from mlxctl.hardware import HardwareProfile
-    from mlxctl.memory import ThroughputEstimate
+    from mlxctl.capacity.hardware import HardwareProfile
+    from mlxctl.capacity.memory import ThroughputEstimate
+    from mlxctl.catalog.entries import Catalog, CatalogModel
 
     CatalogLoader = Callable[[], Catalog]
     Detector = Callable[[], HardwareProfile]
 
 
 def _load_catalog() -> Catalog:
-    from mlxctl.catalog import load_catalog
+    from mlxctl.catalog.entries import load_catalog
 
     return load_catalog()
 
 
 def _detect() -> HardwareProfile:
-    from mlxctl.hardware import detect_hardware
+    from mlxctl.capacity.hardware import detect_hardware
 
     return detect_hardware()
 
@@ -59,8 +59,8 @@ def register(
     @output_option
     def ls(family: str | None, tag: str | None, fits: bool, output: str) -> None:
         """List catalog models."""
-        from mlxctl.catalog import filter_models
-        from mlxctl.memory import budget_bytes, gib
+        from mlxctl.capacity.memory import budget_bytes, gib
+        from mlxctl.catalog.entries import filter_models
 
         catalog = load()
         check = None
@@ -96,7 +96,7 @@ def register(
 
         MODEL_ID is a catalog id, e.g. qwen3-8b.
         """
-        from mlxctl.memory import estimate_catalog_variant
+        from mlxctl.capacity.memory import estimate_catalog_variant
 
         model = load().get(model_id)
         here = _speeds_here(model, detect)
@@ -117,7 +117,7 @@ def _speeds_here(model: CatalogModel, detect: Detector) -> dict[str, ThroughputE
     Empty when the machine's memory bandwidth is unknown (Linux, an unlisted chip):
     a figure scaled from nothing would be invented.
     """
-    from mlxctl.memory import estimate_throughput
+    from mlxctl.capacity.memory import estimate_throughput
 
     try:
         hw = detect()
@@ -133,7 +133,7 @@ def _speeds_here(model: CatalogModel, detect: Detector) -> dict[str, ThroughputE
 
 
 def _smallest(model: CatalogModel) -> int:
-    from mlxctl.memory import estimate_catalog_variant
+    from mlxctl.capacity.memory import estimate_catalog_variant
 
     return min(estimate_catalog_variant(model, k).total for k in model.variants)
 
@@ -159,7 +159,7 @@ def _summary(model: CatalogModel) -> dict[str, Any]:
 
 
 def _describe(model: CatalogModel, here: Mapping[str, ThroughputEstimate]) -> str:
-    from mlxctl.memory import estimate_catalog_variant, gib
+    from mlxctl.capacity.memory import estimate_catalog_variant, gib
 
     caps = model.capabilities
     att = model.attention

@@ -17,7 +17,7 @@ import click
 from mlxctl.paths import Paths, default_paths
 
 if TYPE_CHECKING:
-    from mlxctl.loader import StackSet
+    from mlxctl.spec.loader import StackSet
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -65,7 +65,7 @@ def load_selected(chosen: list[Path]) -> StackSet:
     is valid (it is what ``down`` converges to), but a new user's first ``validate``
     or ``diff`` must not read as success about files that do not exist.
     """
-    from mlxctl.engine import load_stack
+    from mlxctl.reconcile.engine import load_stack
 
     stack = load_stack(chosen)
     if not stack.files:

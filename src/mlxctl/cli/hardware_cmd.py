@@ -11,13 +11,13 @@ from mlxctl.cli.common import emit_json, output_option
 from mlxctl.errors import ExitCode, MlxctlError
 
 if TYPE_CHECKING:
-    from mlxctl.hardware import HardwareProfile
+    from mlxctl.capacity.hardware import HardwareProfile
 
     Detector = Callable[[], HardwareProfile]
 
 
 def _detect() -> HardwareProfile:
-    from mlxctl.hardware import detect_hardware
+    from mlxctl.capacity.hardware import detect_hardware
 
     return detect_hardware()
 
@@ -29,7 +29,7 @@ def register(app: click.Group, *, detect: Detector = _detect) -> None:
     @output_option
     def hardware(output: str) -> None:
         """Show the chip, memory, GPU and memory bandwidth, and the default memory budget."""
-        from mlxctl.memory import default_budget_bytes, gib
+        from mlxctl.capacity.memory import default_budget_bytes, gib
 
         try:
             profile = detect()

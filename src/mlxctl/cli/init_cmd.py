@@ -13,13 +13,13 @@ from mlxctl.cli.common import err
 from mlxctl.errors import ExitCode, MlxctlError
 
 if TYPE_CHECKING:
-    from mlxctl.catalog import Catalog
-    from mlxctl.hardware import HardwareProfile
+    from mlxctl.capacity.hardware import HardwareProfile
+    from mlxctl.catalog.entries import Catalog
 
     CatalogLoader = Callable[[], Catalog]
     Detector = Callable[[], HardwareProfile]
 
-# The choices of ``--intent``; ``mlxctl.init_stack.INTENTS`` (not imported at start-up).
+# The choices of ``--intent``; ``mlxctl.capacity.init_stack.INTENTS`` (not imported at start-up).
 INTENTS = ("balanced", "agents", "coding")
 
 
@@ -74,7 +74,7 @@ def register(
         intent: str, budget: str | None, memory: float | None, output: Path | None, force: bool
     ) -> None:
         """Choose tiers for this machine (or --memory) and write a commented stack file."""
-        from mlxctl.init_stack import generate_stack, render_stack_yaml
+        from mlxctl.capacity.init_stack import generate_stack, render_stack_yaml
 
         if output is not None and output.exists() and not force:
             raise MlxctlError(

@@ -25,9 +25,9 @@ from mlxctl.errors import ExitCode, MlxctlError, NotFoundError
 
 def status(path: Path | None = None, files: tuple[Path, ...] = (), output: str = "text") -> int:
     """Per tier and gateway: health, desired vs running (Synced/OutOfSync), PID, port, uptime."""
-    from mlxctl import report
-    from mlxctl.engine import observe_state, real_context, resolve
-    from mlxctl.status import build_status, status_json
+    from mlxctl.reconcile.engine import observe_state, real_context, resolve
+    from mlxctl.status import report
+    from mlxctl.status.services import build_status, status_json
 
     ctx = real_context(paths())
     desired = None
@@ -47,11 +47,11 @@ def status(path: Path | None = None, files: tuple[Path, ...] = (), output: str =
 
 def down(output: str = "text") -> int:
     """Stop everything mlxctl owns (the gateway and every tier)."""
-    from mlxctl import report
-    from mlxctl.desired import DesiredState
-    from mlxctl.engine import real_context, run_pass
-    from mlxctl.lock import StateLock
-    from mlxctl.planner import PlanOptions
+    from mlxctl.desired.resolve import DesiredState
+    from mlxctl.plan.planner import PlanOptions
+    from mlxctl.reconcile.engine import real_context, run_pass
+    from mlxctl.reconcile.lock import StateLock
+    from mlxctl.status import report
 
     ctx = real_context(paths())
     with StateLock(ctx.paths.lock):
@@ -78,7 +78,7 @@ def down(output: str = "text") -> int:
 
 def logs(tier: str, follow: bool = False, tail_lines: int = 50) -> int:
     """Print a service's log (TIER: a tier name, or 'gateway')."""
-    from mlxctl.logfiles import tail
+    from mlxctl.machine.logfiles import tail
 
     log = paths().logs / f"{tier}.log"
     if not log.exists():
@@ -121,8 +121,8 @@ def _follow(log: Path) -> None:
 
 def events(tail_n: int = 50, output: str = "text") -> int:
     """Recent actions with their causes and results."""
-    from mlxctl.events import read_events
-    from mlxctl.report import event_line
+    from mlxctl.apply.events import read_events
+    from mlxctl.status.report import event_line
 
     found = read_events(paths().events, tail_n)
     for event in found:
@@ -137,8 +137,8 @@ def events(tail_n: int = 50, output: str = "text") -> int:
 
 def gateway_key(path: Path | None = None, files: tuple[Path, ...] = ()) -> int:
     """Print the gateway's API key (to use as the Bearer token)."""
-    from mlxctl import secrets
-    from mlxctl.desired import master_key_ref
+    from mlxctl.desired.resolve import master_key_ref
+    from mlxctl.spec import secrets
 
     stack = load_selected(targets(path, files))
     ref = master_key_ref(stack, paths().state)
@@ -156,10 +156,10 @@ def gateway_key(path: Path | None = None, files: tuple[Path, ...] = ()) -> int:
 
 def quickstart(timeout: float | None = None) -> int:
     """Install the demo stack into your stacks directory, converge it, and show how to call it."""
-    from mlxctl import secrets
     from mlxctl.cli.stack_cmds import reconcile
-    from mlxctl.desired import master_key_ref
-    from mlxctl.engine import load_stack
+    from mlxctl.desired.resolve import master_key_ref
+    from mlxctl.reconcile.engine import load_stack
+    from mlxctl.spec import secrets
 
     stacks = paths().stacks
     installed = install_demo_stack(stacks)

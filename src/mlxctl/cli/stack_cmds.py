@@ -22,10 +22,10 @@ from mlxctl.cli.common import (
 from mlxctl.errors import ExitCode
 
 if TYPE_CHECKING:
-    from mlxctl.engine import Context
-    from mlxctl.events import Event, Listener
-    from mlxctl.loader import StackSet
-    from mlxctl.planner import Plan, PlanOptions
+    from mlxctl.apply.events import Event, Listener
+    from mlxctl.plan.planner import Plan, PlanOptions
+    from mlxctl.reconcile.engine import Context
+    from mlxctl.spec.loader import StackSet
 
 
 Files = tuple[Path, ...]
@@ -40,8 +40,8 @@ def validate(path: Path | None = None, files: Files = ()) -> int:
 
 def render(path: Path | None = None, files: Files = (), output: str = "text") -> int:
     """Print the canonical desired state: files merged, defaults applied, ports assigned."""
-    from mlxctl.engine import read_ports
-    from mlxctl.render import canonical, to_yaml
+    from mlxctl.desired.render import canonical, to_yaml
+    from mlxctl.reconcile.engine import read_ports
 
     data = canonical(load_selected(targets(path, files)), read_ports(paths()))
     if output == "json":
@@ -55,12 +55,12 @@ def diff(
     path: Path | None = None, files: Files = (), output: str = "text", allow_empty: bool = False
 ) -> int:
     """Show what reconcile would do, with causes. Exit 0: no changes, 1: changes, >=2: error."""
-    from mlxctl import report
-    from mlxctl.engine import real_context, resolve, run_pass
+    from mlxctl.reconcile.engine import real_context, resolve, run_pass
+    from mlxctl.status import report
 
     ctx = real_context(paths())
     desired = resolve(ctx, _load(path, files))
-    from mlxctl.planner import PlanOptions
+    from mlxctl.plan.planner import PlanOptions
 
     result = run_pass(ctx, desired, options=PlanOptions(allow_empty=allow_empty), dry_run=True)
     the_plan = result.plan
@@ -101,23 +101,23 @@ def reconcile(
     output: str = "text",
 ) -> int:
     """Make the machine match the stack: once (--once), or continuously, watching the files."""
-    from mlxctl.engine import real_context
-    from mlxctl.executor import ExecutorSettings
-    from mlxctl.lock import StateLock
+    from mlxctl.apply.executor import ExecutorSettings
+    from mlxctl.reconcile.engine import real_context
+    from mlxctl.reconcile.lock import StateLock
 
     json_out = output == "json"
     controller_mode = not (once or dry_run)
     listeners = [] if json_out else [_progress_listener(_stamped if controller_mode else err)]
     ctx = real_context(paths(), listeners=listeners)
     ctx.settings = ExecutorSettings(startup_timeout=timeout)
-    from mlxctl.planner import PlanOptions
+    from mlxctl.plan.planner import PlanOptions
 
     options = PlanOptions(allow_empty=allow_empty)
     the_targets = targets(path, files)
     if once or dry_run:
         with StateLock(ctx.paths.lock):
             return _once(ctx, the_targets, options, dry_run=dry_run, json_out=json_out)
-    from mlxctl.controller import Controller
+    from mlxctl.reconcile.controller import Controller
 
     if not path and not files:
         ctx.paths.stacks.mkdir(parents=True, exist_ok=True)  # watch it even while empty
@@ -137,7 +137,7 @@ def _stamped(line: str) -> None:
 
 
 def _progress_listener(out: Callable[[str], None]) -> Listener:
-    from mlxctl.report import SYMBOLS
+    from mlxctl.status.report import SYMBOLS
 
     def listen(event: Event) -> None:
         if event.kind == "reconcile":
@@ -158,9 +158,9 @@ def _progress_listener(out: Callable[[str], None]) -> Listener:
 def _once(
     ctx: Context, the_targets: list[Path], options: PlanOptions, *, dry_run: bool, json_out: bool
 ) -> int:
-    from mlxctl import report
-    from mlxctl.engine import resolve, run_pass
-    from mlxctl.status import build_status
+    from mlxctl.reconcile.engine import resolve, run_pass
+    from mlxctl.status import report
+    from mlxctl.status.services import build_status
 
     desired = resolve(ctx, load_selected(the_targets))
     if json_out:

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from mlxctl.desired import ModelRef
-from mlxctl.interfaces import Identity, ProbeResult, ProcessStatus, Spawned, StopResult
-from mlxctl.runtimes import ProbeSpec
+from mlxctl.desired.resolve import ModelRef
+from mlxctl.machine.interfaces import Identity, ProbeResult, ProcessStatus, Spawned, StopResult
+from mlxctl.runtimes.base import ProbeSpec
 
 
 class FakeClock:

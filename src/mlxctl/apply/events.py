@@ -1,0 +1,84 @@
+"""The event log: every action mlxctl takes, with its cause and result, one JSON line each.
+
+``mlxctl events`` reads it back. Lines are appended (one ``write`` each, so lines from
+concurrent writers never interleave) and the file is rotated once past ``MAX_BYTES``.
+Secrets never reach it: causes and messages carry references, never values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mlxctl.machine.logfiles import rotate
+
+EVENT_SCHEMA = 1
+MAX_BYTES = 5 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Event:
+    ts: float
+    kind: str
+    target: str
+    cause: str
+    result: str  # "ok", "failed", "planned", "noticed", "refused"
+    message: str = ""
+    duration: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {"v": EVENT_SCHEMA, **asdict(self)}
+        return {k: v for k, v in data.items() if v not in (None, "")}
+
+
+Listener = Callable[[Event], None]
+
+
+class EventLog:
+    """Appends events to the state directory and tells listeners (the CLI's progress)."""
+
+    def __init__(self, path: Path | None, listeners: list[Listener] | None = None) -> None:
+        self.path = path
+        self.listeners = list(listeners or [])
+        self._lock = threading.Lock()
+
+    def emit(self, event: Event) -> None:
+        with self._lock:
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                rotate(self.path, max_bytes=MAX_BYTES, keep=2)
+                line = json.dumps(event.to_json(), sort_keys=True) + "\n"
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, line.encode())
+                finally:
+                    os.close(fd)
+            for listener in self.listeners:
+                listener(event)
+
+
+def read_events(path: Path, limit: int | None = None) -> list[Event]:
+    """The most recent events, oldest first."""
+    lines: list[str] = []
+    for candidate in (path.with_name(path.name + ".1"), path):
+        try:
+            lines.extend(candidate.read_text(encoding="utf-8").splitlines())
+        except FileNotFoundError:
+            continue
+    events: list[Event] = []
+    fields = set(Event.__dataclass_fields__)
+    for line in lines:
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            data.setdefault("cause", "")
+            data.setdefault("result", "")
+            events.append(Event(**{k: v for k, v in data.items() if k in fields}))
+    return events[-limit:] if limit else events

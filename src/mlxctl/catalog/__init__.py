@@ -1,0 +1,1 @@
+"""Curated models with measured numbers and their provenance (knowledge, not effects)."""

@@ -1,0 +1,79 @@
+"""Memory admission: every tier's estimate and the budget, attached to the desired state.
+
+Estimating reads model files and the catalog (I/O), so it happens here, when the
+stack is resolved; the check itself, the SUM of all tiers against the budget, is the
+pure :func:`mlxctl.capacity.memory.check_budget`, called by the planner, which refuses the
+whole plan, before anything starts, when the stack does not fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from mlxctl.capacity.memory import (
+    MemoryEstimate,
+    budget_bytes,
+    estimate_catalog_variant,
+    estimate_from_model_dir,
+    smaller_variants,
+)
+from mlxctl.desired.resolve import DesiredService, DesiredState
+from mlxctl.spec.loader import SourcedTier, StackSet
+from mlxctl.spec.schema import PathSource
+
+Alternatives = tuple[tuple[str, MemoryEstimate], ...]
+
+
+def system_memory() -> int:
+    """Total unified (or system) memory in bytes."""
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
+def with_budget(
+    desired: DesiredState, stack: StackSet, memory_bytes: Callable[[], int] = system_memory
+) -> DesiredState:
+    """Attach each tier's memory estimate, the budget and smaller alternatives."""
+    if not desired.tiers:
+        return desired
+    sourced = {t.spec.name: t for t in stack.tiers}
+    tiers: list[DesiredService] = []
+    alternatives: dict[str, Alternatives] = {}
+    for service in desired.tiers:
+        estimate, options = _estimate(service, sourced[service.name])
+        tiers.append(dataclasses.replace(service, memory=estimate))
+        if options:
+            alternatives[service.name] = options
+    budget = budget_bytes(memory_bytes(), stack.memory.budget if stack.memory else None)
+    return dataclasses.replace(
+        desired, tiers=tuple(tiers), budget_bytes=budget, memory_alternatives=alternatives
+    )
+
+
+def _estimate(
+    service: DesiredService, tier: SourcedTier
+) -> tuple[MemoryEstimate | None, Alternatives]:
+    spec = tier.spec
+    if isinstance(spec.model, PathSource) or service.model is None:
+        directory = service.model.directory if service.model else None
+        if directory is None or not (directory / "config.json").is_file():
+            return None, ()  # not there: the planner blocks the tier anyway
+        try:
+            estimate = estimate_from_model_dir(
+                directory, context=spec.context, concurrency=spec.concurrency
+            )
+        except (OSError, ValueError, KeyError):
+            return None, ()
+        return estimate, ()
+    from mlxctl.catalog.entries import load_entry
+
+    model = load_entry(spec.model)
+    estimate = estimate_catalog_variant(
+        model, spec.quant, context=spec.context, concurrency=spec.concurrency
+    )
+    options = smaller_variants(
+        model, spec.quant, context=spec.context, concurrency=spec.concurrency
+    )
+    return estimate, options

@@ -1,0 +1,1 @@
+"""Machine effects behind small interfaces: processes, probes, clock, log pump, state files."""

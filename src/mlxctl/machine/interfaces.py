@@ -1,0 +1,98 @@
+"""The effect seams: every side effect the executor and observer need, as a small interface.
+
+Real implementations live in :mod:`mlxctl.machine.processes`, :mod:`mlxctl.machine.probes`,
+:mod:`mlxctl.machine.clock` and :mod:`mlxctl.sources.store`; in-memory fakes for unit tests in
+:mod:`mlxctl.testing.fakes`. The executor and observer only ever talk to these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from mlxctl.desired.resolve import ModelRef
+    from mlxctl.runtimes.base import ProbeSpec
+
+
+@dataclass(frozen=True)
+class Spawned:
+    """The identity of a freshly started process-group leader."""
+
+    pid: int
+    pgid: int
+    create_time: float
+    cmdline: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What must match before a process may be signalled."""
+
+    pid: int
+    pgid: int
+    create_time: float
+    cmdline: tuple[str, ...]
+    instance: str
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    alive: bool
+    # Known only for processes this mlxctl process started (it reaped them).
+    exit_code: int | None = None
+    # True when the PID is alive but is not our process (reused PID).
+    foreign: bool = False
+    # True when it exited because this mlxctl process stopped it (not a crash).
+    stopped: bool = False
+
+
+@dataclass(frozen=True)
+class StopResult:
+    signalled: bool
+    forced: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    detail: str = ""
+    # The server answered, and its answer means it will never become ready.
+    fatal: bool = False
+
+
+class Clock(Protocol):
+    def time(self) -> float:
+        """Wall-clock seconds (recorded in the inventory and events)."""
+
+    def monotonic(self) -> float:
+        """Seconds for measuring durations."""
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class ProcessControl(Protocol):
+    def spawn(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> Spawned: ...
+
+    def status(self, ident: Identity) -> ProcessStatus: ...
+
+    def stop(self, ident: Identity, grace: float) -> StopResult: ...
+
+    def port_owner(self, port: int) -> str | None:
+        """A description of whoever listens on ``port`` on loopback, or None when free."""
+
+
+class Prober(Protocol):
+    def probe(
+        self, spec: ProbeSpec, mode: Literal["ready", "live"], timeout: float
+    ) -> ProbeResult: ...
+
+
+class ModelStore(Protocol):
+    def present(self, model: ModelRef) -> bool: ...
+
+    def prepare(self, model: ModelRef) -> Path:
+        """Produce a model mlxctl can make itself (``model.prepare`` is set)."""

@@ -1,0 +1,212 @@
+"""Real process control: start servers in their own process group, check and stop them.
+
+Servers outlive the mlxctl command that started them (``reconcile --once`` returns
+while they keep serving), so each one is a session leader with its own log file.
+Nothing is signalled unless its identity matches the inventory: the leader by PID,
+start time and command line; other members of its group by the instance marker
+every process of the group inherits in its environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import psutil
+
+from mlxctl.machine.interfaces import Identity, ProcessStatus, Spawned, StopResult
+from mlxctl.machine.logfiles import open_log
+
+INSTANCE_ENV = "MLXCTL_INSTANCE"
+START_TIME_TOLERANCE = 0.05
+POLL_INTERVAL = 0.05
+KILL_WAIT = 5.0
+
+
+class RealProcessControl:
+    """psutil and POSIX signals; keeps its own children to reap them and read exit codes."""
+
+    def __init__(self) -> None:
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._exit_codes: dict[int, int] = {}
+        self._stopped: set[int] = set()
+        # Log pumps: reaped whenever they have exited, so none lingers as a zombie.
+        self._helpers: list[subprocess.Popen[bytes]] = []
+        # The controller's poller and the executor's threads share this object.
+        self._lock = threading.Lock()
+
+    def spawn(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> Spawned:
+        """Start ``argv`` as a process-group leader whose output a log pump writes to ``log_path``.
+
+        The server gets a process group of its own (so a Ctrl-C or hang-up meant for
+        the shell's foreground job never reaches it, and it outlives mlxctl); the pump
+        (``python -m mlxctl.machine.logpump``) joins that group and carries the same instance
+        marker, so stopping the service stops both. Both stay in mlxctl's session,
+        because a process may only join a group of its own session.
+        """
+        with open_log(log_path, argv):
+            pass  # rotate if due, write the start banner
+        child = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            process_group=0,
+            close_fds=True,
+        )
+        assert child.stdout is not None
+        try:
+            pump = subprocess.Popen(
+                [sys.executable, "-m", "mlxctl.machine.logpump", str(log_path)],
+                stdin=child.stdout,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=dict(env),
+                process_group=child.pid,
+                close_fds=True,
+            )
+        except BaseException:
+            # Not recorded yet: nothing else would ever stop this server.
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            raise
+        finally:
+            child.stdout.close()  # the pump holds the read end now
+        with self._lock:
+            self._children[child.pid] = child
+            self._helpers.append(pump)
+            self._exit_codes.pop(child.pid, None)
+        create_time, cmdline = _identity(child.pid, argv)
+        return Spawned(pid=child.pid, pgid=child.pid, create_time=create_time, cmdline=cmdline)
+
+    def _reap(self, pid: int) -> int | None:
+        with self._lock:
+            self._helpers = [h for h in self._helpers if h.poll() is None]
+            child = self._children.get(pid)
+            if child is None:
+                return self._exit_codes.get(pid)
+            code = child.poll()
+            if code is not None:
+                del self._children[pid]
+                self._exit_codes[pid] = code
+            return code
+
+    def status(self, ident: Identity) -> ProcessStatus:
+        code = self._reap(ident.pid)
+        if code is not None:
+            return ProcessStatus(alive=False, exit_code=code, stopped=ident.pid in self._stopped)
+        try:
+            proc = psutil.Process(ident.pid)
+            with proc.oneshot():
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    return ProcessStatus(alive=False, stopped=ident.pid in self._stopped)
+                if abs(proc.create_time() - ident.create_time) > START_TIME_TOLERANCE:
+                    return ProcessStatus(alive=False, foreign=True)
+                if tuple(proc.cmdline()) != ident.cmdline:
+                    return ProcessStatus(alive=False, foreign=True)
+        except psutil.NoSuchProcess:
+            return ProcessStatus(alive=False, stopped=ident.pid in self._stopped)
+        except psutil.AccessDenied:
+            return ProcessStatus(alive=False, foreign=True)
+        return ProcessStatus(alive=True)
+
+    def _members(self, ident: Identity, leader_ok: bool) -> list[psutil.Process]:
+        """Every live process of the service's group that provably belongs to it."""
+        members: list[psutil.Process] = []
+        for proc in psutil.process_iter():
+            try:
+                if os.getpgid(proc.pid) != ident.pgid or proc.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                is_leader = proc.pid == ident.pid and leader_ok
+                if is_leader or proc.environ().get(INSTANCE_ENV) == ident.instance:
+                    members.append(proc)
+            except (psutil.Error, ProcessLookupError, PermissionError):
+                continue
+        return members
+
+    def stop(self, ident: Identity, grace: float) -> StopResult:
+        leader_ok = self.status(ident).alive
+        members = self._members(ident, leader_ok)
+        if not members:
+            return StopResult(signalled=False, forced=False, detail="no process left")
+        with self._lock:
+            self._stopped.add(ident.pid)
+        self._signal(members, signal.SIGTERM)
+        # A stopped (SIGSTOP, frozen) process acts on SIGTERM only once continued;
+        # without this a hung server would always wait out the grace, then be killed.
+        self._signal(members, signal.SIGCONT)
+        survivors = self._wait_gone(members, grace)
+        forced = bool(survivors)
+        if survivors:
+            self._signal(survivors, signal.SIGKILL)
+            survivors = self._wait_gone(survivors, KILL_WAIT)
+        if survivors:
+            pids = ", ".join(str(p.pid) for p in survivors)
+            return StopResult(True, forced, f"processes {pids} survived SIGKILL")
+        return StopResult(True, forced, "killed after grace period" if forced else "")
+
+    def _signal(self, procs: Sequence[psutil.Process], sig: signal.Signals) -> None:
+        for proc in procs:
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                proc.send_signal(sig)
+
+    def _wait_gone(self, procs: Sequence[psutil.Process], timeout: float) -> list[psutil.Process]:
+        deadline = time.monotonic() + timeout
+        alive = list(procs)
+        while alive:
+            for proc in alive:
+                self._reap(proc.pid)
+            alive = [p for p in alive if p.pid in self._children or _running(p)]
+            if not alive or time.monotonic() >= deadline:
+                break
+            time.sleep(POLL_INTERVAL)
+        return alive
+
+    def port_owner(self, port: int) -> str | None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return None
+        with contextlib.suppress(psutil.Error, OSError):
+            for conn in psutil.net_connections(kind="tcp"):
+                listening = conn.status == psutil.CONN_LISTEN
+                if conn.laddr and conn.laddr.port == port and listening and conn.pid:
+                    proc = psutil.Process(conn.pid)
+                    return f"pid {conn.pid} ({' '.join(proc.cmdline())[:80]})"
+        return "another process"
+
+
+def _identity(pid: int, argv: Sequence[str]) -> tuple[float, tuple[str, ...]]:
+    """Start time and command line of a just-spawned process.
+
+    Right after ``exec`` of a script the kernel may briefly show an empty command
+    line; it settles within milliseconds, so read it again until it does.
+    """
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                create_time, cmdline = proc.create_time(), tuple(proc.cmdline())
+        except psutil.Error:
+            # It died already; the identity we know is enough to report it.
+            return 0.0, tuple(argv)
+        if cmdline or time.monotonic() >= deadline:
+            return create_time, cmdline
+        time.sleep(0.005)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

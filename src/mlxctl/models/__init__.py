@@ -1,1 +1,0 @@
-"""Models mlxctl builds itself: GGUF conversion and the offline demo model."""

@@ -1,0 +1,249 @@
+"""The controller: ``mlxctl reconcile`` keeps the machine matched as files change and servers die.
+
+Level-triggered: file events, process exits, backoff expiries and the periodic
+resync only enqueue "reconcile now" with a reason; each pass re-reads everything
+and plans from scratch, so a missed or merged event can never leave a wrong state.
+
+- Files: watchfiles watches the stack directories (a save by rename or by
+  truncate-and-write is one debounced batch; only ``*.yaml``/``*.yml`` count, so
+  editor swap files and mlxctl's own writes, which live in the state directory,
+  trigger nothing). An invalid or empty file is reported and changes nothing.
+- Processes: a poller checks every recorded process's identity every
+  ``poll_interval`` (0.25 s), so a crash is noticed, logged and acted on within a
+  second.
+- Health: each periodic resync probes liveness; ``liveness_threshold`` failures in
+  a row restart a hung server.
+
+When the controller stops (SIGINT/SIGTERM) the servers keep running, as workloads
+outlive a stopped Kubernetes controller: ``mlxctl down`` stops them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import random
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from mlxctl.apply.events import Event
+from mlxctl.errors import MlxctlError
+from mlxctl.machine.inventory import Record
+from mlxctl.plan.planner import Plan, PlanOptions
+from mlxctl.reconcile.engine import Context, PassResult, load_stack, resolve, run_pass
+from mlxctl.spec.loader import STACK_SUFFIXES
+from mlxctl.status import report
+
+DEBOUNCE_MS = 400
+POLL_INTERVAL = 0.25
+
+
+def next_wake(result: PassResult, records: Iterable[Record], *, since: float) -> float | None:
+    """When the controller must look again without a trigger: the earliest backoff expiry
+    or startup deadline; pure.
+
+    Times set during the pass that began at ``since`` count even when already due: a
+    first failed start (backoff 0) is retried at once, not at the next resync. Older
+    expiries do not, so a tier that cannot start (its model is missing) never spins.
+    """
+    waits = [a.not_before for a in result.plan.actions if a.kind == "wait"]
+    waits += [o.action.not_before for o in result.outcomes if not o.ok]
+    waits += [r.not_before for r in records if r.died_at is not None]
+    due = [w for w in waits if w is not None and w >= since]
+    return min(due) if due else None
+
+
+class Controller:
+    def __init__(
+        self,
+        ctx: Context,
+        targets: Sequence[Path],
+        options: PlanOptions,
+        *,
+        interval: float = 10.0,
+        poll_interval: float = POLL_INTERVAL,
+        log: Callable[[str], None] = print,
+        watch: bool = True,
+    ) -> None:
+        self.ctx = ctx
+        self.targets = list(targets)
+        self.options = options
+        self.interval = interval
+        self.poll_interval = poll_interval
+        self.log = log
+        self.watch = watch
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._stop = threading.Event()
+        self._failures: dict[str, int] = {}
+        self._wake_at: float | None = None
+        self.passes = 0
+        if ctx.settings.cancel is None:
+            ctx.settings = dataclasses.replace(ctx.settings, cancel=threading.Event())
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._queue.put("stop")
+        if self.ctx.settings.cancel is not None:
+            self.ctx.settings.cancel.set()
+
+    def trigger(self, reason: str) -> None:
+        self._queue.put(reason)
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self._poll_processes, name="mlxctl-poll", daemon=True)]
+        if self.watch:
+            threads.append(
+                threading.Thread(target=self._watch_files, name="mlxctl-watch", daemon=True)
+            )
+        for thread in threads:
+            thread.start()
+        self.log(
+            f"controller: watching {', '.join(str(t) for t in self.targets) or '(nothing)'}; "
+            f"resync every {self.interval:.0f}s"
+        )
+        self.trigger("controller started")
+        next_resync = self.ctx.clock.monotonic() + self.interval
+        try:
+            while not self._stop.is_set():
+                timeout = next_resync - self.ctx.clock.monotonic()
+                if self._wake_at is not None:
+                    timeout = min(timeout, self._wake_at - self.ctx.clock.time())
+                try:
+                    reason = self._queue.get(timeout=max(timeout, 0.0))
+                except queue.Empty:
+                    if self._wake_at is not None and self.ctx.clock.time() >= self._wake_at:
+                        reason = "backoff expired"
+                    else:
+                        reason = "periodic resync"
+                reasons = [reason, *self._drain()]
+                if self._stop.is_set():
+                    break
+                try:
+                    self.run_pass(", ".join(dict.fromkeys(reasons)))
+                except Exception as exc:  # a daemon survives a failed pass; the next one retries
+                    self.log(f"reconcile failed: {exc!r}; retrying at the next trigger")
+                    self.ctx.event_log().emit(
+                        Event(
+                            self.ctx.clock.time(), "reconcile", "stack", "pass", "failed", repr(exc)
+                        )
+                    )
+                    self._wake_at = self.ctx.clock.time() + self.interval / 6
+                if "periodic resync" in reasons:
+                    jitter = random.uniform(-0.1, 0.1) * self.interval
+                    next_resync = self.ctx.clock.monotonic() + self.interval + jitter
+        finally:
+            self._stop.set()
+            self.log("controller: stopped (servers keep running; `mlxctl down` stops them)")
+
+    def _drain(self) -> list[str]:
+        out = []
+        while True:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                return out
+
+    # -- one pass -------------------------------------------------------------
+
+    def run_pass(self, reason: str) -> None:
+        self.passes += 1
+        started = self.ctx.clock.time()
+        try:
+            desired = resolve(self.ctx, load_stack(self.targets))
+        except MlxctlError as exc:
+            first = str(exc).splitlines()
+            self.log(f"reconcile ({reason}): stack not applied, nothing changed:")
+            for line in first:
+                self.log(f"  {line}")
+            self.ctx.event_log().emit(
+                Event(self.ctx.clock.time(), "reconcile", "stack", reason, "refused", str(exc))
+            )
+            return
+        result = run_pass(
+            self.ctx,
+            desired,
+            options=self.options,
+            probe_failures=self._failures,
+            verify=False,
+            on_plan=lambda p: self._show_plan(reason, p),
+        )
+        self._failures = {
+            name: seen.probe_failures
+            for name, seen in result.observed.services.items()
+            if seen.probe_failures
+        }
+        self._wake_at = next_wake(result, self.ctx.inventory.load().values(), since=started)
+        if result.plan.refused:
+            self.log(f"  refused: {result.plan.refused}")
+
+    def _show_plan(self, reason: str, plan: Plan) -> None:
+        if plan.refused or plan.has_changes or plan.blocked:
+            self.log(f"reconcile ({reason}):")
+            for line in report.plan_lines(plan):
+                self.log(f"  {line}")
+
+    # -- triggers ---------------------------------------------------------------
+
+    def _poll_processes(self) -> None:
+        """Notice a recorded process that died, within ``poll_interval``."""
+        known_dead: set[tuple[str, int]] = set()
+        while not self._stop.wait(self.poll_interval):
+            try:
+                records = self.ctx.inventory.load()
+            except (OSError, ValueError):
+                continue
+            for name, record in records.items():
+                key = (name, record.pid)
+                if key in known_dead or record.died_at is not None:
+                    continue
+                status = self.ctx.procs.status(record.identity())
+                if status.alive or status.stopped:
+                    continue
+                known_dead.add(key)
+                code = f" with code {status.exit_code}" if status.exit_code is not None else ""
+                self.ctx.event_log().emit(
+                    Event(
+                        self.ctx.clock.time(),
+                        "exit",
+                        name,
+                        f"pid {record.pid} exited{code}",
+                        "noticed",
+                    )
+                )
+                self.trigger(f"{name} exited")
+
+    def _watch_files(self) -> None:
+        from watchfiles import watch
+
+        dirs: dict[Path, set[str] | None] = {}
+        for target in self.targets:
+            if target.is_dir():
+                dirs[target.resolve()] = None
+            else:
+                names = dirs.setdefault(target.resolve().parent, set())
+                if names is not None:
+                    names.add(target.name)
+        if not dirs:
+            return
+
+        def relevant(_change: object, path: str) -> bool:
+            p = Path(path)
+            if p.suffix not in STACK_SUFFIXES or p.name.startswith("."):
+                return False
+            names = dirs.get(p.parent)
+            return p.parent in dirs and (names is None or p.name in names)
+
+        for changes in watch(
+            *dirs,
+            watch_filter=relevant,
+            debounce=DEBOUNCE_MS,
+            step=50,
+            stop_event=self._stop,
+            recursive=False,
+            yield_on_timeout=False,
+        ):
+            changed = sorted({Path(path).name for _, path in changes})
+            self.trigger(f"changed: {', '.join(changed)}")

@@ -1,0 +1,3 @@
+"""Runtime adapters: how each server (mlx-lm, vllm-mlx) and the LiteLLM gateway is launched and
+checked.
+"""

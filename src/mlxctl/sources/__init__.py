@@ -1,0 +1,1 @@
+"""Model sources: where a tier's model comes from, and producing it when mlxctl can."""

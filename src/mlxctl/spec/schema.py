@@ -1,0 +1,158 @@
+"""The stack file schema (``apiVersion: mlxctl/v1``, ``kind: Stack``): a public contract.
+
+Every model is frozen and forbids unknown keys, so a typo is an error with a
+"did you mean" instead of a silently ignored setting. ``docs/stack-format.md``
+documents each field; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mlxctl.spec.secrets import ANY_REF, find_refs
+
+API_VERSION = "mlxctl/v1"
+RUNTIMES = ("mlx-lm", "vllm-mlx")
+Runtime = Literal["mlx-lm", "vllm-mlx"]
+RESERVED_NAMES = frozenset({"gateway"})
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+Port = Annotated[int, Field(ge=1024, le=65535)]
+ArgValue = str | int | float | bool | None
+
+# Flags mlxctl renders itself: a user value would fight the controller.
+MANAGED_ARGS = frozenset({"model", "host", "port", "served-model-name"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class PathSource(_Strict):
+    """A local MLX model directory (``~`` is expanded when the stack is resolved)."""
+
+    path: str = Field(min_length=1)
+
+
+ModelSource = str | PathSource
+
+
+class TierSpec(_Strict):
+    """One model server."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    runtime: Runtime
+    model: ModelSource
+    quant: str | None = None
+    port: Port | None = None
+    args: dict[str, ArgValue] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+    context: Annotated[int, Field(gt=0)] | None = None
+    concurrency: Annotated[int, Field(gt=0)] = 1
+    startup_timeout: Annotated[float, Field(gt=0, le=3600)] | None = Field(
+        default=None, alias="startupTimeout"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_NAMES:
+            raise ValueError(f"'{value}' is reserved for mlxctl's own gateway")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model_id(cls, value: ModelSource) -> ModelSource:
+        if isinstance(value, str) and not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", value):
+            raise ValueError(
+                "a catalog id is lower-case letters, digits, '.', '_' and '-'; "
+                "for a directory write {path: DIR}"
+            )
+        return value
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, value: dict[str, ArgValue]) -> dict[str, ArgValue]:
+        for key, arg in value.items():
+            if key.startswith("-"):
+                raise ValueError(f"write the flag without dashes: '{key.lstrip('-')}'")
+            if key in MANAGED_ARGS:
+                raise ValueError(f"'{key}' is set by mlxctl from the tier; remove it from args")
+            if isinstance(arg, str) and find_refs(arg):
+                raise ValueError(
+                    f"args.{key}: secrets go in env (command lines are visible to every user)"
+                )
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, raw in value.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ValueError(f"'{key}' is not a valid environment variable name")
+            if "${" in raw and not find_refs(raw):
+                raise ValueError(
+                    f"env.{key}: references are written ${{env:NAME}} or ${{file:PATH}}"
+                )
+        return value
+
+
+class GatewaySpec(_Strict):
+    """The LiteLLM gateway in front of every tier."""
+
+    enabled: bool = True
+    port: Port = 4000
+    master_key: str | None = Field(default=None, alias="masterKey")
+
+    @field_validator("master_key")
+    @classmethod
+    def _key_is_reference(cls, value: str | None) -> str | None:
+        if value is not None and not ANY_REF.fullmatch(value):
+            raise ValueError(
+                "the master key must be a reference like ${env:MLXCTL_GATEWAY_KEY} or ${file:PATH}"
+            )
+        return value
+
+
+class MemorySpec(_Strict):
+    """The memory budget: a share of unified memory (0-1] or an absolute size like ``18GB``."""
+
+    budget: float | str
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, value: float | str) -> float | str:
+        if isinstance(value, float | int) and not 0 < value <= 1:
+            raise ValueError("a share of memory is a number in (0, 1]; or write a size like 18GB")
+        if isinstance(value, str) and not re.fullmatch(r"\d+(\.\d+)?\s*(GB|GiB|MB|MiB)", value):
+            raise ValueError("a size is written like 18GB, 18GiB or 512MB")
+        return value
+
+
+class StackSpec(_Strict):
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec)
+    memory: MemorySpec | None = None
+    tiers: list[TierSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> StackSpec:
+        names = [t.name for t in self.tiers]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"tier name {dup[0]!r} appears twice")
+        return self
+
+
+class Metadata(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+
+
+class StackDocument(_Strict):
+    """One stack file."""
+
+    api_version: Literal["mlxctl/v1"] = Field(alias="apiVersion")
+    kind: Literal["Stack"]
+    metadata: Metadata
+    spec: StackSpec

@@ -1,0 +1,112 @@
+"""Status: per service, desired versus running (sync) and what its process shows (health).
+
+Sync and health are separate, as in Argo CD: a tier can be Synced and crash-looping,
+or ready and OutOfSync (an edit not applied yet).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from mlxctl.desired.resolve import DesiredState
+from mlxctl.observe.state import ObservedService, ObservedState
+
+HealthState = Literal["ready", "starting", "degraded", "crash-looping", "crashed", "stopped"]
+SyncState = Literal["Synced", "OutOfSync", "Unknown"]
+STATUS_SCHEMA = "mlxctl.status/v1"
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    role: str
+    runtime: str
+    pid: int | None
+    port: int | None
+    health: HealthState
+    sync: SyncState
+    uptime: float | None
+    restarts: int
+    last_error: str | None
+    model: str | None
+    detail: str
+    # Seconds until a crash-looping service is restarted (its backoff expires).
+    restart_in: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def health_of(seen: ObservedService | None, now: float) -> HealthState:
+    if seen is None:
+        return "stopped"
+    rec = seen.record
+    if seen.alive:
+        if seen.health == "ready" or (seen.health == "unknown" and rec.ready_at is not None):
+            return "ready"
+        return "starting" if rec.ready_at is None else "degraded"
+    if rec.not_before is not None and now < rec.not_before:
+        return "crash-looping"
+    return "crashed"
+
+
+def build_status(desired: DesiredState | None, observed: ObservedState) -> list[ServiceStatus]:
+    """One row per desired or recorded service: tiers first (stack order), then the gateway."""
+    names: list[str] = [s.name for s in desired.tiers] if desired else []
+    names += sorted(
+        n for n, s in observed.services.items() if s.record.role == "tier" and n not in names
+    )
+    names.append("gateway")
+    rows: list[ServiceStatus] = []
+    for name in names:
+        want = desired.get(name) if desired else None
+        seen = observed.services.get(name)
+        if want is None and seen is None:
+            continue
+        rec = seen.record if seen else None
+        health = health_of(seen, observed.now)
+        if desired is None:
+            sync: SyncState = "Unknown"
+        elif want is None:
+            sync = "OutOfSync"  # running but no longer in the stack
+        elif seen is None or not seen.alive:
+            sync = "OutOfSync"
+        else:
+            sync = "Synced" if rec is not None and rec.spec_hash == want.spec_hash else "OutOfSync"
+        alive = bool(seen and seen.alive)
+        runtime = want.runtime if want else str(rec.launch.get("runtime", "")) if rec else ""
+        model = (
+            want.model.display
+            if want and want.model
+            else (str(rec.launch.get("model")) if rec and rec.launch.get("model") else None)
+        )
+        rows.append(
+            ServiceStatus(
+                name=name,
+                role=want.role if want else (rec.role if rec else "tier"),
+                runtime=runtime,
+                pid=rec.pid if rec and alive else None,
+                port=want.port if want else (rec.port if rec else None),
+                health=health,
+                sync=sync,
+                uptime=(observed.now - rec.started_at) if rec and alive else None,
+                restarts=rec.restarts if rec else 0,
+                last_error=rec.last_error if rec else None,
+                model=model,
+                detail=seen.detail if seen else "",
+                restart_in=(
+                    rec.not_before - observed.now
+                    if rec is not None and rec.not_before is not None and health == "crash-looping"
+                    else None
+                ),
+            )
+        )
+    return rows
+
+
+def status_json(rows: list[ServiceStatus]) -> dict[str, Any]:
+    """The public JSON shape: ``tiers`` (list) and ``gateway`` (object or null)."""
+    tiers = [r.to_json() for r in rows if r.role == "tier"]
+    gateway = next((r.to_json() for r in rows if r.role == "gateway"), None)
+    return {"schema": STATUS_SCHEMA, "tiers": tiers, "gateway": gateway}
