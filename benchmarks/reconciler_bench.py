@@ -135,8 +135,9 @@ def controller_pass(b: Bench, runs: int) -> list[float]:
     """What each resync costs a running controller: load, resolve, observe (with
     liveness probes), plan, on a converged stack, in this (warm) process."""
     from mlxctl.paths import default_paths
-    from mlxctl.plan.planner import PlanOptions
-    from mlxctl.reconcile.engine import load_stack, real_context, resolve, run_pass
+    from mlxctl.plan.actions import PlanOptions
+    from mlxctl.reconcile.context import real_context
+    from mlxctl.reconcile.passes import load_stack, resolve, run_pass
 
     ctx = real_context(default_paths({"MLXCTL_HOME": str(b.home)}))
     samples = []

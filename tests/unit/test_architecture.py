@@ -1,8 +1,14 @@
 """The layering the brief asks for, checked on the source so that it cannot erode unnoticed.
 
-- The core never imports the CLI (the CLI is thin wiring over it).
-- The planner and the other pure modules import nothing that does I/O or reads a
-  clock; the planner's whole closure inside mlxctl stays clear of the effect modules.
+- Layers by folder: the tree reads as the flow (spec -> desired -> observe -> plan ->
+  apply -> status -> reconcile -> app -> cli), with adapters and knowledge below it.
+  A module may import its own folder and the folders below, never one above: the
+  core never imports the CLI, the planner never reaches the executor.
+- Adapters are independent: a runtime adapter (a file defining ``RUNTIME``) never
+  imports another one, nor a model source (a file defining ``SOURCE``) another
+  source; only the registries know them all.
+- The planner is pure: its whole closure inside mlxctl is pure data and functions,
+  and imports nothing that does I/O, starts processes, sleeps or reads a clock.
 - ``status``, ``diff``, ``render`` and ``validate`` never import the heavy packages
   (mlx, mlx-lm, LiteLLM, transformers, huggingface_hub): every user pays for those
   imports on each call. This last check runs the CLI in a fresh interpreter, since
@@ -22,32 +28,40 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "mlxctl"
 
-PURE_MODULES = (
-    "plan.backoff",
-    "desired.resolve",
-    "runtimes.litellm",
-    "capacity.init_stack",
-    "capacity.memory",
-    "observe.state",
-    "plan.planner",
-    "desired.render",
-    "status.report",
-    "runtimes.base",
-    "status.services",
+# Bottom to top. A module of one rank may import modules of the same or a lower rank.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("errors", "paths"),
+    ("runtimes",),  # runtime adapters: data and pure functions
+    ("spec",),  # the stack files as written
+    ("catalog",),  # knowledge
+    ("capacity",),  # knowledge: hardware, memory, init
+    ("machine",),  # effect adapters: processes, probes, clock, state files
+    ("desired",),
+    ("sources",),  # model-source adapters (they produce desired ModelRefs)
+    ("observe",),
+    ("plan",),
+    ("apply",),
+    ("status",),
+    ("reconcile",),
+    ("app", "testing"),
+    ("cli",),
+    ("__main__",),
 )
+RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
+# What the planner's closure may contain: pure values and functions only.
+PURE_FOR_PLANNER = frozenset(
+    {
+        "mlxctl.errors", "mlxctl.runtimes.base", "mlxctl.capacity.hardware",
+        "mlxctl.capacity.memory", "mlxctl.machine.interfaces", "mlxctl.machine.record",
+        "mlxctl.desired.state", "mlxctl.observe.state",
+    }
+)  # fmt: skip
 # Modules (top-level names) that start processes, talk to the network, sleep or read
 # the clock, or otherwise act on the machine.
 EFFECT_IMPORTS = frozenset(
     {
         "fcntl", "http", "httpx", "os", "psutil", "random", "shutil", "signal", "socket",
         "subprocess", "tempfile", "tenacity", "threading", "time", "urllib", "watchfiles",
-    }
-)  # fmt: skip
-EFFECT_MODULES = frozenset(
-    {
-        "desired.admission", "cli", "machine.clock", "reconcile.controller", "reconcile.engine",
-        "apply.events", "apply.executor", "reconcile.lock", "machine.logfiles", "machine.logpump",
-        "sources.store", "machine.probes", "machine.processes",
     }
 )  # fmt: skip
 HEAVY = ("mlx", "mlx_lm", "litellm", "transformers", "huggingface_hub", "torch", "vllm_mlx")
@@ -76,8 +90,9 @@ def runtime_imports(name: str) -> frozenset[str]:
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
-            if node.module == "mlxctl":
-                found.update(f"mlxctl.{alias.name}" for alias in node.names)
+            if node.module == "mlxctl" or node.module.startswith("mlxctl."):
+                # ``from mlxctl.sources import demo`` imports the module mlxctl.sources.demo.
+                found.update(f"{node.module}.{alias.name}" for alias in node.names)
     return frozenset(found)
 
 
@@ -94,41 +109,76 @@ def closure(name: str) -> set[str]:
     return seen
 
 
-def test_the_core_never_imports_the_cli() -> None:
-    """``python -m mlxctl`` (``__main__``) is the one entry point outside the CLI package."""
-    offenders = [
-        module_name(path)
-        for path in SRC.rglob("*.py")
-        if "cli" not in path.relative_to(SRC).parts
-        and path.name != "__main__.py"
-        and any(
-            m == "mlxctl.cli" or m.startswith("mlxctl.cli.")
-            for m in runtime_imports(module_name(path))
-        )
-    ]
-    assert offenders == []
+def all_modules() -> list[str]:
+    return sorted(module_name(p) for p in SRC.rglob("*.py"))
 
 
-@pytest.mark.parametrize("module", PURE_MODULES)
-def test_pure_modules_import_nothing_that_acts(module: str) -> None:
-    effects = {m for m in runtime_imports(f"mlxctl.{module}") if m.split(".")[0] in EFFECT_IMPORTS}
-    assert effects == set()
+def folder(name: str) -> str:
+    """``mlxctl.plan.planner`` -> ``plan``; ``mlxctl.errors`` -> ``errors``."""
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
 
 
-def test_the_planner_reaches_no_effect_module() -> None:
-    reached = {m.removeprefix("mlxctl.") for m in closure("mlxctl.plan.planner")}
-    assert reached & EFFECT_MODULES == set()
+def test_every_folder_has_a_layer() -> None:
+    unknown = {folder(m) for m in all_modules()} - set(RANK) - {"__init__"}
+    assert unknown == set()
+
+
+@pytest.mark.parametrize("module", all_modules())
+def test_imports_go_down_the_layers(module: str) -> None:
+    if module == "mlxctl":
+        return
+    rank = RANK[folder(module)]
+    upward = sorted(
+        imported
+        for imported in runtime_imports(module)
+        if imported.startswith("mlxctl.") and RANK.get(folder(imported), -1) > rank
+    )
+    assert upward == [], f"{module} imports a higher layer"
+
+
+def adapters(kind: str) -> dict[str, str]:
+    """Adapter modules (``RUNTIME`` or ``SOURCE`` defined at module level) -> their folder."""
+    found: dict[str, str] = {}
+    for path in SRC.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == kind for t in node.targets
+            ):
+                found[module_name(path)] = folder(module_name(path))
+    return found
+
+
+@pytest.mark.parametrize("kind", ["RUNTIME", "SOURCE"])
+def test_adapters_are_independent_of_each_other(kind: str) -> None:
+    found = adapters(kind)
+    assert len(found) >= 2  # the check sees the adapters it should
+    crossing = {
+        module: sorted(runtime_imports(module) & (set(found) - {module})) for module in found
+    }
+    assert {m: i for m, i in crossing.items() if i} == {}
+
+
+def test_the_planner_is_pure() -> None:
+    reached = closure("mlxctl.plan.planner")
+    impure = {m for m in reached if not m.startswith("mlxctl.plan.") and m not in PURE_FOR_PLANNER}
+    assert impure == set()
+    for module in reached | {"mlxctl.plan.planner"}:
+        effects = {m for m in runtime_imports(module) if m.split(".")[0] in EFFECT_IMPORTS}
+        assert effects == set(), f"{module} imports {effects}"
     # The check sees what it should: the planner does reach the desired and observed state.
-    assert {"desired.resolve", "observe.state", "capacity.memory"} <= reached
+    assert {"mlxctl.desired.state", "mlxctl.observe.state", "mlxctl.machine.record"} <= reached
 
 
 def test_the_checks_would_catch_a_violation() -> None:
-    """The import scanner finds imports inside functions and ignores TYPE_CHECKING blocks."""
-    assert "mlxctl.sources.demo" in runtime_imports("mlxctl.sources.store")  # inside a method
-    assert "mlxctl.apply.executor" not in runtime_imports(
-        "mlxctl.status.report"
-    )  # TYPE_CHECKING only
-    assert "subprocess" in runtime_imports("mlxctl.capacity.hardware")  # inside run_command
+    """The scanner finds imports inside functions, ignores TYPE_CHECKING blocks, and the
+    layer rule rejects an upward import."""
+    assert "mlxctl.sources.demo" in runtime_imports("mlxctl.sources.catalog")
+    # TYPE_CHECKING only:
+    assert "mlxctl.apply.executor" not in runtime_imports("mlxctl.status.report")
+    assert "subprocess" in runtime_imports("mlxctl.capacity.detect")  # inside run_command
+    assert RANK["cli"] > RANK["reconcile"] > RANK["apply"] > RANK["plan"] > RANK["spec"]
 
 
 CLI_PROBE = """

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from mlxctl.apply.executor import Outcome
-from mlxctl.desired.resolve import DesiredState
-from mlxctl.machine.inventory import Record
+from mlxctl.desired.state import DesiredState
+from mlxctl.machine.record import Record
 from mlxctl.observe.state import ObservedState
-from mlxctl.plan.planner import Action, Plan
+from mlxctl.plan.actions import Action, Plan
 from mlxctl.reconcile.controller import next_wake
-from mlxctl.reconcile.engine import PassResult
+from mlxctl.reconcile.passes import PassResult
 
 PASS_STARTED = 1000.0
 

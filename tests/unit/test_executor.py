@@ -95,7 +95,7 @@ def test_failed_prepare_blocks_only_the_tiers_of_that_model(world: World) -> Non
 
 
 def _prepared_ref(tier):  # type: ignore[no-untyped-def]
-    from mlxctl.desired.resolve import ModelRef
+    from mlxctl.desired.state import ModelRef
 
     return ModelRef("pypi-gguf", "pypi-gguf:abc", Path("/models/demo"), "demo", prepare="pypi-gguf")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mlxctl.sources import demo, gguf
 
 from mlxctl.errors import MlxctlError
+from mlxctl.sources import demo, gguf
 from mlxctl.sources.gguf import (
     GgufError,
     config_from_metadata,

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 
 import pytest
 
+from mlxctl.capacity.detect import detect_hardware
 from mlxctl.capacity.hardware import (
     CHIP_NAMES,
     GIB,
     bandwidth_for_profile,
     chip_bandwidth,
-    detect_hardware,
     parse_linux,
     profile_for_memory,
 )

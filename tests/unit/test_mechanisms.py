@@ -12,8 +12,9 @@ import pytest
 
 from mlxctl.apply.events import Event, EventLog, read_events
 from mlxctl.errors import LockHeldError
-from mlxctl.machine.inventory import Inventory, Record, write_atomic
+from mlxctl.machine.inventory import Inventory, write_atomic
 from mlxctl.machine.logfiles import open_log, rotate, tail
+from mlxctl.machine.record import Record
 from mlxctl.paths import default_paths
 from mlxctl.plan.backoff import BackoffPolicy
 from mlxctl.reconcile.lock import StateLock
@@ -124,7 +125,7 @@ def test_paths_follow_mlxctl_home_then_xdg() -> None:
 
 
 def test_hub_snapshot_follows_the_cache_layout(tmp_path: Path) -> None:
-    from mlxctl.sources.store import hf_snapshot, hub_cache
+    from mlxctl.sources.hf_cache import hf_snapshot, hub_cache
 
     assert hub_cache({"HF_HOME": "/hf"}) == Path("/hf/hub")
     assert hub_cache({"HF_HUB_CACHE": "/c", "HF_HOME": "/hf"}) == Path("/c")

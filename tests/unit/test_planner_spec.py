@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mlxctl.errors import SpecError
-from mlxctl.sources.store import DiskModelStore
+from mlxctl.sources.registry import DiskModelStore
 from mlxctl.status import report
 from tests.unit.world import World, tier, tiers_yaml
 
@@ -256,7 +256,7 @@ def test_hung_server_is_restarted_after_liveness_threshold(world: World) -> None
     converge(world, tiers_yaml(tier("fast", 8001)))
     world.prober.failing[8001] = "timed out"
     from mlxctl.plan.planner import plan
-    from mlxctl.reconcile.engine import observe_state
+    from mlxctl.reconcile.passes import observe_state
 
     desired = world.desired()
     failures: dict[str, int] = {}
@@ -307,8 +307,9 @@ def test_a_stack_over_the_memory_budget_is_refused_before_anything_starts(world:
         )
         return dataclasses.replace(desired, tiers=tiers, budget_bytes=18 * GIB)
 
-    from mlxctl.plan.planner import PlanOptions, plan
-    from mlxctl.reconcile.engine import observe_state
+    from mlxctl.plan.actions import PlanOptions
+    from mlxctl.plan.planner import plan
+    from mlxctl.reconcile.passes import observe_state
 
     desired = estimated(world.desired())
     the_plan = plan(desired, observe_state(world.ctx, desired), PlanOptions(allow_empty=True))

@@ -9,7 +9,7 @@ import pytest
 
 from mlxctl.capacity.memory import GIB
 from mlxctl.plan.planner import plan
-from mlxctl.reconcile.engine import load_stack, observe_state, resolve
+from mlxctl.reconcile.passes import load_stack, observe_state, resolve
 from tests.unit.world import World
 
 STACKS = sorted((Path(__file__).parents[2] / "stacks").glob("*.yaml"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mlxctl.plan.planner import Action, Plan
+from mlxctl.plan.actions import Action, Plan
 from mlxctl.status import report
 from mlxctl.status.services import build_status, status_json
 from tests.unit.world import World, tier, tiers_yaml
@@ -57,7 +57,7 @@ def world(tmp_path: Path) -> World:
 
 
 def test_status_rows_show_health_and_sync(world: World) -> None:
-    from mlxctl.reconcile.engine import observe_state
+    from mlxctl.reconcile.passes import observe_state
 
     world.write(tiers_yaml(tier("fast", 8001), tier("slow", 8002)))
     assert world.apply().converged
@@ -83,7 +83,7 @@ def test_status_rows_show_health_and_sync(world: World) -> None:
 
 
 def test_status_without_a_usable_stack_reports_unknown_sync(world: World) -> None:
-    from mlxctl.reconcile.engine import observe_state
+    from mlxctl.reconcile.passes import observe_state
 
     world.write(tiers_yaml(tier("fast", 8001)))
     assert world.apply().converged

@@ -5,11 +5,13 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from mlxctl.desired.resolve import DesiredState
+from mlxctl.desired.state import DesiredState
 from mlxctl.paths import Paths
-from mlxctl.plan.planner import Plan, PlanOptions, plan
-from mlxctl.reconcile.engine import Context, PassResult, load_stack, resolve, run_pass
-from mlxctl.sources.store import path_ref
+from mlxctl.plan.actions import Plan, PlanOptions
+from mlxctl.plan.planner import plan
+from mlxctl.reconcile.context import Context
+from mlxctl.reconcile.passes import PassResult, load_stack, resolve, run_pass
+from mlxctl.sources.path import path_ref
 from mlxctl.spec.loader import SourcedTier
 from mlxctl.testing.fakes import FakeClock, FakeProber, FakeProcs, FakeStore
 
@@ -50,7 +52,7 @@ class World:
         return resolve(self.ctx, load_stack([self.stacks]))
 
     def plan(self, **opts: bool) -> Plan:
-        from mlxctl.reconcile.engine import observe_state
+        from mlxctl.reconcile.passes import observe_state
 
         desired = self.desired()
         return plan(desired, observe_state(self.ctx, desired), PlanOptions(**opts))

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from mlxctl.apply.events import Event, EventLog
-from mlxctl.desired.resolve import DesiredService, DesiredState
+from mlxctl.desired.state import DesiredService, DesiredState
 from mlxctl.machine.interfaces import Clock, ModelStore, Prober, ProbeResult, ProcessControl
-from mlxctl.machine.inventory import Inventory, Record, write_atomic
+from mlxctl.machine.inventory import Inventory, write_atomic
 from mlxctl.machine.logfiles import tail
 from mlxctl.machine.processes import INSTANCE_ENV
+from mlxctl.machine.record import Record
+from mlxctl.plan.actions import Action, Plan
 from mlxctl.plan.backoff import DEFAULT_BACKOFF, BackoffPolicy
-from mlxctl.plan.planner import Action, Plan
 from mlxctl.spec import secrets
 
 SERVICE_ENV = "MLXCTL_SERVICE"

@@ -26,7 +26,7 @@ def _load_catalog() -> Catalog:
 
 
 def _detect() -> HardwareProfile:
-    from mlxctl.capacity.hardware import detect_hardware
+    from mlxctl.capacity.detect import detect_hardware
 
     return detect_hardware()
 

@@ -65,7 +65,7 @@ def load_selected(chosen: list[Path]) -> StackSet:
     is valid (it is what ``down`` converges to), but a new user's first ``validate``
     or ``diff`` must not read as success about files that do not exist.
     """
-    from mlxctl.reconcile.engine import load_stack
+    from mlxctl.reconcile.passes import load_stack
 
     stack = load_stack(chosen)
     if not stack.files:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 def _detect() -> HardwareProfile:
-    from mlxctl.capacity.hardware import detect_hardware
+    from mlxctl.capacity.detect import detect_hardware
 
     return detect_hardware()
 

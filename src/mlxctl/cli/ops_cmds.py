@@ -25,7 +25,8 @@ from mlxctl.errors import ExitCode, MlxctlError, NotFoundError
 
 def status(path: Path | None = None, files: tuple[Path, ...] = (), output: str = "text") -> int:
     """Per tier and gateway: health, desired vs running (Synced/OutOfSync), PID, port, uptime."""
-    from mlxctl.reconcile.engine import observe_state, real_context, resolve
+    from mlxctl.reconcile.context import real_context
+    from mlxctl.reconcile.passes import observe_state, resolve
     from mlxctl.status import report
     from mlxctl.status.services import build_status, status_json
 
@@ -47,10 +48,11 @@ def status(path: Path | None = None, files: tuple[Path, ...] = (), output: str =
 
 def down(output: str = "text") -> int:
     """Stop everything mlxctl owns (the gateway and every tier)."""
-    from mlxctl.desired.resolve import DesiredState
-    from mlxctl.plan.planner import PlanOptions
-    from mlxctl.reconcile.engine import real_context, run_pass
+    from mlxctl.desired.state import DesiredState
+    from mlxctl.plan.actions import PlanOptions
+    from mlxctl.reconcile.context import real_context
     from mlxctl.reconcile.lock import StateLock
+    from mlxctl.reconcile.passes import run_pass
     from mlxctl.status import report
 
     ctx = real_context(paths())
@@ -158,7 +160,7 @@ def quickstart(timeout: float | None = None) -> int:
     """Install the demo stack into your stacks directory, converge it, and show how to call it."""
     from mlxctl.cli.stack_cmds import reconcile
     from mlxctl.desired.resolve import master_key_ref
-    from mlxctl.reconcile.engine import load_stack
+    from mlxctl.reconcile.passes import load_stack
     from mlxctl.spec import secrets
 
     stacks = paths().stacks

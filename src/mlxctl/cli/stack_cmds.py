@@ -23,8 +23,8 @@ from mlxctl.errors import ExitCode
 
 if TYPE_CHECKING:
     from mlxctl.apply.events import Event, Listener
-    from mlxctl.plan.planner import Plan, PlanOptions
-    from mlxctl.reconcile.engine import Context
+    from mlxctl.plan.actions import Plan, PlanOptions
+    from mlxctl.reconcile.context import Context
     from mlxctl.spec.loader import StackSet
 
 
@@ -41,7 +41,7 @@ def validate(path: Path | None = None, files: Files = ()) -> int:
 def render(path: Path | None = None, files: Files = (), output: str = "text") -> int:
     """Print the canonical desired state: files merged, defaults applied, ports assigned."""
     from mlxctl.desired.render import canonical, to_yaml
-    from mlxctl.reconcile.engine import read_ports
+    from mlxctl.reconcile.context import read_ports
 
     data = canonical(load_selected(targets(path, files)), read_ports(paths()))
     if output == "json":
@@ -55,12 +55,13 @@ def diff(
     path: Path | None = None, files: Files = (), output: str = "text", allow_empty: bool = False
 ) -> int:
     """Show what reconcile would do, with causes. Exit 0: no changes, 1: changes, >=2: error."""
-    from mlxctl.reconcile.engine import real_context, resolve, run_pass
+    from mlxctl.reconcile.context import real_context
+    from mlxctl.reconcile.passes import resolve, run_pass
     from mlxctl.status import report
 
     ctx = real_context(paths())
     desired = resolve(ctx, _load(path, files))
-    from mlxctl.plan.planner import PlanOptions
+    from mlxctl.plan.actions import PlanOptions
 
     result = run_pass(ctx, desired, options=PlanOptions(allow_empty=allow_empty), dry_run=True)
     the_plan = result.plan
@@ -102,7 +103,7 @@ def reconcile(
 ) -> int:
     """Make the machine match the stack: once (--once), or continuously, watching the files."""
     from mlxctl.apply.executor import ExecutorSettings
-    from mlxctl.reconcile.engine import real_context
+    from mlxctl.reconcile.context import real_context
     from mlxctl.reconcile.lock import StateLock
 
     json_out = output == "json"
@@ -110,7 +111,7 @@ def reconcile(
     listeners = [] if json_out else [_progress_listener(_stamped if controller_mode else err)]
     ctx = real_context(paths(), listeners=listeners)
     ctx.settings = ExecutorSettings(startup_timeout=timeout)
-    from mlxctl.plan.planner import PlanOptions
+    from mlxctl.plan.actions import PlanOptions
 
     options = PlanOptions(allow_empty=allow_empty)
     the_targets = targets(path, files)
@@ -158,7 +159,7 @@ def _progress_listener(out: Callable[[str], None]) -> Listener:
 def _once(
     ctx: Context, the_targets: list[Path], options: PlanOptions, *, dry_run: bool, json_out: bool
 ) -> int:
-    from mlxctl.reconcile.engine import resolve, run_pass
+    from mlxctl.reconcile.passes import resolve, run_pass
     from mlxctl.status import report
     from mlxctl.status.services import build_status
 

@@ -18,7 +18,7 @@ from mlxctl.capacity.memory import (
     estimate_from_model_dir,
     smaller_variants,
 )
-from mlxctl.desired.resolve import DesiredService, DesiredState
+from mlxctl.desired.state import DesiredService, DesiredState
 from mlxctl.spec.loader import SourcedTier, StackSet
 from mlxctl.spec.schema import PathSource
 

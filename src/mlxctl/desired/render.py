@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mlxctl.desired.resolve import assign_ports
+from mlxctl.desired.ports import assign_ports
 from mlxctl.spec.loader import StackSet
 from mlxctl.spec.schema import API_VERSION, PathSource
 

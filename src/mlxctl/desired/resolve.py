@@ -15,91 +15,22 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
-from mlxctl.capacity.memory import MemoryEstimate
-from mlxctl.errors import SpecError
-from mlxctl.runtimes.base import (
-    ProbeSpec,
-    gateway_argv,
-    probe_for,
-    served_model_name,
-    server_argv,
+from mlxctl.desired.ports import assign_ports
+from mlxctl.desired.state import (
+    GATEWAY,
+    HASH_VERSION,
+    DesiredService,
+    DesiredState,
+    ModelRef,
 )
-from mlxctl.runtimes.litellm import GATEWAY_ENV, MASTER_KEY_ENV, Route, render_config
+from mlxctl.errors import SpecError
+from mlxctl.runtimes.base import ProbeSpec, ServerLaunch
+from mlxctl.runtimes.litellm import GATEWAY_ENV, MASTER_KEY_ENV, Route, gateway_argv, render_config
+from mlxctl.runtimes.litellm import RUNTIME as GATEWAY_RUNTIME
+from mlxctl.runtimes.registry import runtime as runtime_named
 from mlxctl.spec import secrets
 from mlxctl.spec.loader import SourcedTier, StackSet
-
-HASH_VERSION = "v1"
-GATEWAY = "gateway"
-FIRST_TIER_PORT = 8001
-DEFAULT_STARTUP_TIMEOUT = {"mlx-lm": 300.0, "vllm-mlx": 600.0, "litellm": 120.0}
-
-Role = Literal["tier", "gateway"]
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """Where a tier's model comes from and where its server reads it.
-
-    ``identity`` is what the hash sees: the source, not the bytes, so re-reading
-    the same directory never restarts a server.
-    """
-
-    source: Literal["path", "pypi-gguf", "hf"]
-    identity: str
-    directory: Path
-    display: str
-    # Set when mlxctl can produce the model itself (e.g. converting the demo GGUF).
-    prepare: str | None = None
-    # How the user can get the model when it is missing and mlxctl cannot produce it.
-    hint: str = ""
-
-
-@dataclass(frozen=True)
-class DesiredService:
-    """One process mlxctl should run: a tier's model server or the gateway."""
-
-    name: str
-    role: Role
-    runtime: str
-    port: int
-    argv: tuple[str, ...]
-    env: tuple[tuple[str, str], ...]
-    files: tuple[tuple[str, str], ...]
-    model: ModelRef | None
-    launch: Mapping[str, Any]
-    spec_hash: str
-    probe: ProbeSpec
-    startup_timeout: float
-    source: str
-    # Estimated memory (see mlxctl.desired.admission); None when it cannot be estimated.
-    memory: MemoryEstimate | None = None
-
-
-@dataclass(frozen=True)
-class DesiredState:
-    """Everything the stack files ask for, ready to plan against."""
-
-    tiers: tuple[DesiredService, ...]
-    gateway: DesiredService | None
-    files: tuple[Path, ...] = ()
-    empty_files: tuple[Path, ...] = ()
-    ports: Mapping[str, int] = field(default_factory=dict)
-    # The memory budget every tier's estimate must fit into, together.
-    budget_bytes: int | None = None
-    # Smaller variants per tier, for the refusal message (label, estimate).
-    memory_alternatives: Mapping[str, tuple[tuple[str, MemoryEstimate], ...]] = field(
-        default_factory=dict
-    )
-
-    @property
-    def services(self) -> tuple[DesiredService, ...]:
-        return self.tiers + ((self.gateway,) if self.gateway else ())
-
-    def get(self, name: str) -> DesiredService | None:
-        return next((s for s in self.services if s.name == name), None)
-
 
 ModelResolver = Callable[[SourcedTier], ModelRef]
 
@@ -125,39 +56,6 @@ def spec_hash(
         sort_keys=True,
     )
     return f"{HASH_VERSION}:{hashlib.sha256(payload.encode()).hexdigest()[:24]}"
-
-
-def assign_ports(stack: StackSet, previous: Mapping[str, int]) -> dict[str, int]:
-    """Ports for every tier: the declared one, else the one assigned before, else the next free.
-
-    Deterministic and stable: a tier keeps its port across runs as long as nobody
-    else declares it.
-    """
-    taken = {t.spec.port for t in stack.tiers if t.spec.port is not None}
-    if stack.gateway.enabled:
-        taken.add(stack.gateway.port)
-    ports: dict[str, int] = {}
-    for tier in stack.tiers:
-        if tier.spec.port is not None:
-            ports[tier.spec.name] = tier.spec.port
-    for tier in stack.tiers:
-        name = tier.spec.name
-        if name in ports:
-            continue
-        kept = previous.get(name)
-        if kept is not None and kept not in taken:
-            ports[name] = kept
-            taken.add(kept)
-    for tier in stack.tiers:
-        name = tier.spec.name
-        if name in ports:
-            continue
-        port = FIRST_TIER_PORT
-        while port in taken:
-            port += 1
-        ports[name] = port
-        taken.add(port)
-    return ports
 
 
 def resolve_desired(stack: StackSet, ctx: ResolveContext) -> DesiredState:
@@ -207,15 +105,10 @@ def _tier_service(tier: SourcedTier, port: int, ctx: ResolveContext) -> DesiredS
     spec = tier.spec
     where = f"{tier.file}:{tier.line}"
     model = ctx.resolve_model(tier)
-    served = served_model_name(spec.runtime, spec.name)
-    argv = server_argv(
-        spec.runtime,
-        python=ctx.python,
-        model_dir=model.directory,
-        port=port,
-        served_name=served,
-        args=spec.args,
-    )
+    runtime = runtime_named(spec.runtime)
+    assert runtime.argv is not None, f"{spec.runtime} is not a model server"
+    served = runtime.served_model_name(spec.name)
+    argv = runtime.argv(ServerLaunch(ctx.python, model.directory, port, served, spec.args))
     env = tuple(sorted(spec.env.items()))
     hashed_env = _resolved_env(env, ctx, f"{where}: tier '{spec.name}'")
     launch = {
@@ -236,8 +129,8 @@ def _tier_service(tier: SourcedTier, port: int, ctx: ResolveContext) -> DesiredS
         model=model,
         launch=launch,
         spec_hash=spec_hash(argv, hashed_env, {}, model.identity),
-        probe=probe_for(spec.runtime, port, served),
-        startup_timeout=spec.startup_timeout or DEFAULT_STARTUP_TIMEOUT[spec.runtime],
+        probe=ProbeSpec(kind=runtime.name, port=port, model=served),
+        startup_timeout=spec.startup_timeout or runtime.startup_timeout,
         source=where,
     )
 
@@ -280,7 +173,7 @@ def _gateway_service(
         model=None,
         launch=launch,
         spec_hash=spec_hash(argv, hashed_env, dict(files), ""),
-        probe=ProbeSpec(kind="litellm", port=gw.port),
-        startup_timeout=DEFAULT_STARTUP_TIMEOUT["litellm"],
+        probe=ProbeSpec(kind=GATEWAY_RUNTIME.name, port=gw.port),
+        startup_timeout=GATEWAY_RUNTIME.startup_timeout,
         source=where,
     )

@@ -1,7 +1,7 @@
 """The effect seams: every side effect the executor and observer need, as a small interface.
 
 Real implementations live in :mod:`mlxctl.machine.processes`, :mod:`mlxctl.machine.probes`,
-:mod:`mlxctl.machine.clock` and :mod:`mlxctl.sources.store`; in-memory fakes for unit tests in
+:mod:`mlxctl.machine.clock` and :mod:`mlxctl.sources.registry`; in-memory fakes for unit tests in
 :mod:`mlxctl.testing.fakes`. The executor and observer only ever talk to these.
 """
 
@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from mlxctl.runtimes.base import ProbeResult as ProbeResult
+from mlxctl.runtimes.base import ProbeSpec
+
 if TYPE_CHECKING:
-    from mlxctl.desired.resolve import ModelRef
-    from mlxctl.runtimes.base import ProbeSpec
+    from mlxctl.desired.state import ModelRef
 
 
 @dataclass(frozen=True)
@@ -54,14 +56,6 @@ class StopResult:
     signalled: bool
     forced: bool
     detail: str = ""
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    ok: bool
-    detail: str = ""
-    # The server answered, and its answer means it will never become ready.
-    fatal: bool = False
 
 
 class Clock(Protocol):

@@ -13,58 +13,11 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
-from mlxctl.machine.interfaces import Identity
+from mlxctl.machine.record import Record
 
 INVENTORY_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Record:
-    """One started service."""
-
-    name: str
-    role: str
-    pid: int
-    pgid: int
-    create_time: float
-    cmdline: tuple[str, ...]
-    instance: str
-    spec_hash: str
-    port: int
-    log: str
-    started_at: float
-    launch: Mapping[str, Any] = field(default_factory=dict)
-    ready_at: float | None = None
-    restarts: int = 0
-    consecutive_crashes: int = 0
-    died_at: float | None = None
-    exit_code: int | None = None
-    not_before: float | None = None
-    last_error: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["cmdline"] = list(self.cmdline)
-        data["launch"] = dict(self.launch)
-        return data
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Record:
-        known = {f for f in cls.__dataclass_fields__}
-        values = {k: v for k, v in data.items() if k in known}
-        values["cmdline"] = tuple(values.get("cmdline", ()))
-        return cls(**values)
-
-    def evolve(self, **changes: Any) -> Record:
-        return replace(self, **changes)
-
-    def identity(self) -> Identity:
-        """What must match before this record's processes may be signalled."""
-        return Identity(self.pid, self.pgid, self.create_time, self.cmdline, self.instance)
 
 
 class Inventory:

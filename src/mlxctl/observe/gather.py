@@ -12,11 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
-from mlxctl.desired.resolve import DesiredState
+from mlxctl.desired.state import DesiredState
 from mlxctl.machine.interfaces import Clock, ModelStore, Prober, ProcessControl
-from mlxctl.machine.inventory import Record
+from mlxctl.machine.record import Record
 from mlxctl.observe.state import ObservedService, ObservedState
-from mlxctl.runtimes.base import MLX_LM_DEFAULT_MODEL, ProbeKind, ProbeSpec
+from mlxctl.runtimes.base import ProbeSpec
+from mlxctl.runtimes.registry import runtime
 
 PROBE_TIMEOUT = 5.0
 
@@ -77,17 +78,14 @@ def observe(
     )
 
 
-def _kind(record: Record) -> ProbeKind:
+def _kind(record: Record) -> str:
     """The runtime recorded at launch decides the probe."""
-    runtime = record.launch.get("runtime")
-    if runtime == "vllm-mlx":
-        return "vllm-mlx"
-    if runtime == "litellm" or record.role == "gateway":
+    if record.role == "gateway":
         return "litellm"
-    return "mlx-lm"
+    return str(record.launch.get("runtime", "mlx-lm"))
 
 
 def _model(record: Record) -> str:
     if record.role == "gateway":
         return ""
-    return MLX_LM_DEFAULT_MODEL if record.launch.get("runtime") == "mlx-lm" else record.name
+    return runtime(_kind(record)).served_model_name(record.name)

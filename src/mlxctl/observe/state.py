@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mlxctl.machine.inventory import Record
+from mlxctl.machine.record import Record
 
 Health = Literal["ready", "unready", "unknown"]
 

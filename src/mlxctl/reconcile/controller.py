@@ -29,9 +29,10 @@ from pathlib import Path
 
 from mlxctl.apply.events import Event
 from mlxctl.errors import MlxctlError
-from mlxctl.machine.inventory import Record
-from mlxctl.plan.planner import Plan, PlanOptions
-from mlxctl.reconcile.engine import Context, PassResult, load_stack, resolve, run_pass
+from mlxctl.machine.record import Record
+from mlxctl.plan.actions import Plan, PlanOptions
+from mlxctl.reconcile.context import Context
+from mlxctl.reconcile.passes import PassResult, load_stack, resolve, run_pass
 from mlxctl.spec.loader import STACK_SUFFIXES
 from mlxctl.status import report
 

@@ -1,37 +1,76 @@
-"""How each runtime is launched and how its readiness and liveness are probed.
+"""What every runtime adapter provides, and the pieces they share.
 
-Everything here is data: the command line a runtime needs and the HTTP check that
-proves it serves. The readiness checks encode what was learned the hard way:
-``mlx_lm.server`` answers ``/health`` while still loading, so only a completion
-proves the model is there; vllm-mlx's ``/health`` is always 200 and its body says
-whether the model is loaded; LiteLLM's ``/health`` calls every model, so only
-``/health/liveliness`` is polled.
+A runtime adapter (one file per runtime in this folder, listed in
+:mod:`mlxctl.runtimes.registry`) knows three things about its server: the command
+line that serves one model on loopback, the model name a client sends it, and the
+HTTP check that proves it really serves (``ready``) or still answers (``live``).
+Everything here is data and pure functions; the HTTP calls themselves are made by
+:mod:`mlxctl.machine.probes`, which hands a check an :class:`Http` to call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-from mlxctl.spec.schema import ArgValue
+from typing import Any, Literal, Protocol
 
 HOST = "127.0.0.1"
-ProbeKind = Literal["mlx-lm", "vllm-mlx", "litellm"]
-
-# mlx_lm.server maps this request model name to the model given on its command line.
-MLX_LM_DEFAULT_MODEL = "default_model"
+ProbeMode = Literal["ready", "live"]
+# A value of a tier's ``args`` (rendered by :func:`render_args`).
+ArgValue = str | int | float | bool | None
 
 
 @dataclass(frozen=True)
 class ProbeSpec:
-    """Where and how to check one service."""
+    """Where and how to check one service: ``kind`` names its runtime adapter."""
 
-    kind: ProbeKind
+    kind: str
     port: int
     model: str = ""
     host: str = HOST
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    detail: str = ""
+    # The server answered, and its answer means it will never become ready.
+    fatal: bool = False
+
+
+class Http(Protocol):
+    """One HTTP request to the service under check: ``(status, body)``."""
+
+    def __call__(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None
+    ) -> tuple[int, bytes]: ...
+
+
+@dataclass(frozen=True)
+class ServerLaunch:
+    """What a model server's command line is made of."""
+
+    python: Path
+    model_dir: Path
+    port: int
+    served_name: str
+    args: Mapping[str, ArgValue]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One runtime adapter."""
+
+    name: str
+    # Seconds a server of this runtime may take to become ready (a stack may override).
+    startup_timeout: float
+    # The request model name that reaches this tier's model ("default_model", the tier name...).
+    served_model_name: Callable[[str], str]
+    # The readiness or liveness check, given an HTTP caller bound to the service.
+    check: Callable[[Http, ProbeMode, str], ProbeResult]
+    # The full command line (model servers only; the gateway renders its own).
+    argv: Callable[[ServerLaunch], tuple[str, ...]] | None = None
 
 
 def render_args(args: Mapping[str, ArgValue]) -> list[str]:
@@ -48,46 +87,3 @@ def render_args(args: Mapping[str, ArgValue]) -> list[str]:
         if value is not True:
             out.append(str(value))
     return out
-
-
-def server_argv(
-    runtime: str,
-    *,
-    python: Path,
-    model_dir: Path,
-    port: int,
-    served_name: str,
-    args: Mapping[str, ArgValue],
-) -> tuple[str, ...]:
-    """The full command line of a model server bound to loopback."""
-    if runtime == "mlx-lm":
-        base = [str(python), "-m", "mlx_lm", "server", "--model", str(model_dir)]
-        base += ["--host", HOST, "--port", str(port)]
-    elif runtime == "vllm-mlx":
-        base = [str(python.parent / "vllm-mlx"), "serve", str(model_dir)]
-        base += ["--host", HOST, "--port", str(port), "--served-model-name", served_name]
-    else:  # pragma: no cover - the schema admits only the two runtimes
-        raise ValueError(f"unknown runtime {runtime}")
-    return (*base, *render_args(args))
-
-
-def served_model_name(runtime: str, tier: str) -> str:
-    """The model name the gateway sends to the tier's server."""
-    return MLX_LM_DEFAULT_MODEL if runtime == "mlx-lm" else tier
-
-
-def gateway_argv(*, python: Path, config: Path, port: int) -> tuple[str, ...]:
-    return (
-        str(python.parent / "litellm"),
-        "--config",
-        str(config),
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-    )
-
-
-def probe_for(runtime: str, port: int, served_name: str) -> ProbeSpec:
-    kind: ProbeKind = "mlx-lm" if runtime == "mlx-lm" else "vllm-mlx"
-    return ProbeSpec(kind=kind, port=port, model=served_name)

@@ -1,4 +1,4 @@
-"""The LiteLLM gateway's configuration, rendered from the desired tiers.
+"""The LiteLLM gateway: its command line, its health check and its configuration.
 
 One public model name per tier, each pinned to the single model that tier's server
 holds: a client names ``fast`` and can never make a backend load another model.
@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from mlxctl.runtimes.base import HOST
+from mlxctl.runtimes.base import HOST, Http, ProbeMode, ProbeResult, Runtime
 
 MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
 
@@ -55,3 +56,29 @@ def render_config(routes: Sequence[Route], *, request_timeout: float = 600.0) ->
         "general_settings": {"master_key": f"os.environ/{MASTER_KEY_ENV}"},
     }
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def gateway_argv(*, python: Path, config: Path, port: int) -> tuple[str, ...]:
+    return (
+        str(python.parent / "litellm"),
+        "--config",
+        str(config),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+    )
+
+
+def check(http: Http, mode: ProbeMode, model: str) -> ProbeResult:
+    """``/health/liveliness``: LiteLLM's ``/health`` calls every model behind it."""
+    status, _ = http("GET", "/health/liveliness")
+    return ProbeResult(status == 200, f"/health/liveliness answered {status}")
+
+
+RUNTIME = Runtime(
+    name="litellm",
+    startup_timeout=120.0,
+    served_model_name=lambda tier: tier,
+    check=check,
+)

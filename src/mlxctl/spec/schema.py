@@ -12,15 +12,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mlxctl.runtimes.base import ArgValue
+from mlxctl.runtimes.registry import MODEL_SERVERS
 from mlxctl.spec.secrets import ANY_REF, find_refs
 
 API_VERSION = "mlxctl/v1"
-RUNTIMES = ("mlx-lm", "vllm-mlx")
-Runtime = Literal["mlx-lm", "vllm-mlx"]
+# The runtimes a tier may name: every model-server adapter in the registry.
+RUNTIMES = MODEL_SERVERS
 RESERVED_NAMES = frozenset({"gateway"})
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 Port = Annotated[int, Field(ge=1024, le=65535)]
-ArgValue = str | int | float | bool | None
 
 # Flags mlxctl renders itself: a user value would fight the controller.
 MANAGED_ARGS = frozenset({"model", "host", "port", "served-model-name"})
@@ -43,7 +44,7 @@ class TierSpec(_Strict):
     """One model server."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    runtime: Runtime
+    runtime: str
     model: ModelSource
     quant: str | None = None
     port: Port | None = None
@@ -60,6 +61,13 @@ class TierSpec(_Strict):
     def _not_reserved(cls, value: str) -> str:
         if value in RESERVED_NAMES:
             raise ValueError(f"'{value}' is reserved for mlxctl's own gateway")
+        return value
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, value: str) -> str:
+        if value not in RUNTIMES:
+            raise ValueError(f"Input should be {' or '.join(repr(r) for r in RUNTIMES)}")
         return value
 
     @field_validator("model")

@@ -17,7 +17,7 @@ from mlxctl import __version__
 if TYPE_CHECKING:
     from mlxctl.apply.events import Event
     from mlxctl.apply.executor import Outcome
-    from mlxctl.plan.planner import Action, Plan
+    from mlxctl.plan.actions import Action, Plan
     from mlxctl.status.services import ServiceStatus
 
 PLAN_SCHEMA = "mlxctl.plan/v1"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from mlxctl.desired.resolve import DesiredState
+from mlxctl.desired.state import DesiredState
 from mlxctl.observe.state import ObservedService, ObservedState
 
 HealthState = Literal["ready", "starting", "degraded", "crash-looping", "crashed", "stopped"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from mlxctl.desired.resolve import ModelRef
+from mlxctl.desired.state import ModelRef
 from mlxctl.machine.interfaces import Identity, ProbeResult, ProcessStatus, Spawned, StopResult
 from mlxctl.runtimes.base import ProbeSpec
 

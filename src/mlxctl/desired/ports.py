@@ -1,0 +1,45 @@
+"""Port assignment: declared ports first, then the ones assigned before, then the next free.
+
+Pure; the assigned ports are persisted by the composition root so they stay stable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from mlxctl.spec.loader import StackSet
+
+FIRST_TIER_PORT = 8001
+
+
+def assign_ports(stack: StackSet, previous: Mapping[str, int]) -> dict[str, int]:
+    """Ports for every tier: the declared one, else the one assigned before, else the next free.
+
+    Deterministic and stable: a tier keeps its port across runs as long as nobody
+    else declares it.
+    """
+    taken = {t.spec.port for t in stack.tiers if t.spec.port is not None}
+    if stack.gateway.enabled:
+        taken.add(stack.gateway.port)
+    ports: dict[str, int] = {}
+    for tier in stack.tiers:
+        if tier.spec.port is not None:
+            ports[tier.spec.name] = tier.spec.port
+    for tier in stack.tiers:
+        name = tier.spec.name
+        if name in ports:
+            continue
+        kept = previous.get(name)
+        if kept is not None and kept not in taken:
+            ports[name] = kept
+            taken.add(kept)
+    for tier in stack.tiers:
+        name = tier.spec.name
+        if name in ports:
+            continue
+        port = FIRST_TIER_PORT
+        while port in taken:
+            port += 1
+        ports[name] = port
+        taken.add(port)
+    return ports

@@ -1,0 +1,82 @@
+"""The desired state's values: the exact services to run, as the planner reads them.
+
+Produced by :mod:`mlxctl.desired.resolve`; pure data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mlxctl.capacity.memory import MemoryEstimate
+from mlxctl.runtimes.base import ProbeSpec
+
+HASH_VERSION = "v1"
+GATEWAY = "gateway"
+
+Role = Literal["tier", "gateway"]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a tier's model comes from and where its server reads it.
+
+    ``identity`` is what the hash sees: the source, not the bytes, so re-reading
+    the same directory never restarts a server.
+    """
+
+    source: Literal["path", "pypi-gguf", "hf"]
+    identity: str
+    directory: Path
+    display: str
+    # Set when mlxctl can produce the model itself (e.g. converting the demo GGUF).
+    prepare: str | None = None
+    # How the user can get the model when it is missing and mlxctl cannot produce it.
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class DesiredService:
+    """One process mlxctl should run: a tier's model server or the gateway."""
+
+    name: str
+    role: Role
+    runtime: str
+    port: int
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    files: tuple[tuple[str, str], ...]
+    model: ModelRef | None
+    launch: Mapping[str, Any]
+    spec_hash: str
+    probe: ProbeSpec
+    startup_timeout: float
+    source: str
+    # Estimated memory (see mlxctl.desired.admission); None when it cannot be estimated.
+    memory: MemoryEstimate | None = None
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """Everything the stack files ask for, ready to plan against."""
+
+    tiers: tuple[DesiredService, ...]
+    gateway: DesiredService | None
+    files: tuple[Path, ...] = ()
+    empty_files: tuple[Path, ...] = ()
+    ports: Mapping[str, int] = field(default_factory=dict)
+    # The memory budget every tier's estimate must fit into, together.
+    budget_bytes: int | None = None
+    # Smaller variants per tier, for the refusal message (label, estimate).
+    memory_alternatives: Mapping[str, tuple[tuple[str, MemoryEstimate], ...]] = field(
+        default_factory=dict
+    )
+
+    @property
+    def services(self) -> tuple[DesiredService, ...]:
+        return self.tiers + ((self.gateway,) if self.gateway else ())
+
+    def get(self, name: str) -> DesiredService | None:
+        return next((s for s in self.services if s.name == name), None)

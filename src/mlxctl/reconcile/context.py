@@ -1,0 +1,103 @@
+"""The composition root: the one place the real effects are chosen and wired together.
+
+A :class:`Context` holds the directories, the environment and the effect
+implementations a pass uses; tests build one with in-memory fakes instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlxctl.apply.events import EventLog, Listener
+from mlxctl.apply.executor import ExecutorSettings
+from mlxctl.desired.resolve import ModelResolver
+from mlxctl.machine.clock import SystemClock
+from mlxctl.machine.interfaces import Clock, ModelStore, Prober, ProcessControl
+from mlxctl.machine.inventory import Inventory, write_atomic
+from mlxctl.paths import Paths
+
+if TYPE_CHECKING:
+    from mlxctl.apply.executor import Executor
+
+
+@dataclass
+class Context:
+    """Everything a pass touches: directories, environment and the effect implementations."""
+
+    paths: Paths
+    environ: Mapping[str, str]
+    clock: Clock
+    procs: ProcessControl
+    prober: Prober
+    store: ModelStore
+    python: Path = field(default_factory=lambda: Path(sys.executable))
+    listeners: list[Listener] = field(default_factory=list)
+    settings: ExecutorSettings = field(default_factory=ExecutorSettings)
+    # None: the real resolver (local paths and the catalog).
+    model_resolver: ModelResolver | None = None
+    memory_bytes: Callable[[], int] = field(default_factory=lambda: _system_memory)
+
+    @property
+    def inventory(self) -> Inventory:
+        return Inventory(self.paths.inventory)
+
+    def event_log(self) -> EventLog:
+        return EventLog(self.paths.events, self.listeners)
+
+    def executor(self) -> Executor:
+        from mlxctl.apply.executor import Executor
+
+        return Executor(
+            procs=self.procs,
+            prober=self.prober,
+            clock=self.clock,
+            store=self.store,
+            inventory=self.inventory,
+            events=self.event_log(),
+            logs_dir=self.paths.logs,
+            environ=self.environ,
+            settings=self.settings,
+        )
+
+
+def _system_memory() -> int:
+    from mlxctl.desired.admission import system_memory
+
+    return system_memory()
+
+
+def real_context(paths: Paths, *, listeners: list[Listener] | None = None) -> Context:
+    """A context with the real effects (processes, HTTP, files, clock)."""
+    from mlxctl.machine.probes import HttpProber
+    from mlxctl.machine.processes import RealProcessControl
+    from mlxctl.sources.registry import DiskModelStore
+
+    return Context(
+        paths=paths,
+        environ=dict(os.environ),
+        clock=SystemClock(),
+        procs=RealProcessControl(),
+        prober=HttpProber(),
+        store=DiskModelStore(paths.models),
+        listeners=list(listeners or []),
+    )
+
+
+def read_ports(paths: Paths) -> dict[str, int]:
+    try:
+        raw = json.loads(paths.ports.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {str(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+
+def save_ports(paths: Paths, ports: Mapping[str, int]) -> None:
+    merged = {**read_ports(paths), **ports}
+    if merged != read_ports(paths):
+        write_atomic(paths.ports, json.dumps(merged, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,53 @@
+"""Every model source, in the order they claim a tier: adding a source is one file and
+one line here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlxctl.desired.resolve import ModelResolver
+from mlxctl.desired.state import ModelRef
+from mlxctl.errors import MlxctlError
+from mlxctl.paths import Paths
+from mlxctl.sources import catalog, path
+from mlxctl.sources.base import Source
+from mlxctl.spec.loader import SourcedTier
+
+SOURCES: tuple[Source, ...] = (path.SOURCE, catalog.SOURCE)
+
+
+def source_for(tier: SourcedTier) -> Source:
+    for source in SOURCES:
+        if source.claims(tier):
+            return source
+    raise MlxctlError(f"tier '{tier.spec.name}': no model source reads {tier.spec.model!r}")
+
+
+def make_resolver(paths: Paths) -> ModelResolver:
+    """The resolver used for real runs: the first source that claims the tier resolves it."""
+
+    def resolve(tier: SourcedTier) -> ModelRef:
+        return source_for(tier).resolve(tier, paths)
+
+    return resolve
+
+
+def _by_ref(model: ModelRef) -> Source:
+    name = "catalog" if model.source in ("pypi-gguf", "hf") else model.source
+    return next(s for s in SOURCES if s.name == name)
+
+
+class DiskModelStore:
+    """Looks for models on disk and produces the ones mlxctl can, through their source."""
+
+    def __init__(self, models_dir: Path) -> None:
+        self.models_dir = models_dir
+
+    def present(self, model: ModelRef) -> bool:
+        return _by_ref(model).present(model)
+
+    def prepare(self, model: ModelRef) -> Path:
+        source = _by_ref(model)
+        if source.prepare is None:
+            raise MlxctlError(f"mlxctl cannot produce {model.display}; put it at {model.directory}")
+        return source.prepare(model)
