@@ -7,7 +7,7 @@ Real implementations live in :mod:`mlxctl.machine.processes`, :mod:`mlxctl.machi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -85,8 +85,27 @@ class Prober(Protocol):
     ) -> ProbeResult: ...
 
 
+@dataclass(frozen=True)
+class JobProgress:
+    """How far a long job (a model conversion or download) has come, as it reports it."""
+
+    step: str = ""  # "converting", "downloading", "verifying" ...
+    done: int | None = None  # bytes (or steps) done
+    total: int | None = None  # bytes (or steps) in all, when known
+
+
+ProgressFn = Callable[[JobProgress], None]
+
+
+def no_progress(_progress: JobProgress) -> None:
+    """A :data:`ProgressFn` for callers that do not show progress."""
+
+
 class ModelStore(Protocol):
     def present(self, model: ModelRef) -> bool: ...
 
-    def prepare(self, model: ModelRef) -> Path:
-        """Produce a model mlxctl can make itself (``model.prepare`` is set)."""
+    def prepare(self, model: ModelRef, progress: ProgressFn = no_progress) -> Path:
+        """Produce a model mlxctl can make itself (``model.prepare`` is set).
+
+        Blocking; runs as a job (in the background), reporting through ``progress``.
+        """

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlxctl.desired.state import ModelRef
+from mlxctl.machine.interfaces import ProgressFn
 from mlxctl.paths import Paths
 from mlxctl.spec.loader import SourcedTier
 
@@ -29,7 +30,7 @@ class Source:
     resolve: Callable[[SourcedTier, Paths], ModelRef]
     present: Callable[[ModelRef], bool]
     # Produce the model; None when mlxctl cannot (the ref's hint says how to get it).
-    prepare: Callable[[ModelRef], Path] | None = None
+    prepare: Callable[[ModelRef, ProgressFn], Path] | None = None
 
 
 def has_config(model: ModelRef) -> bool:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mlxctl.desired.state import ModelRef
 from mlxctl.errors import MlxctlError, NotFoundError, SpecError
+from mlxctl.machine.interfaces import JobProgress, ProgressFn
 from mlxctl.paths import Paths
 from mlxctl.sources import demo
 from mlxctl.sources.base import Source, has_config
@@ -55,13 +56,14 @@ def present(model: ModelRef) -> bool:
     return has_config(model)
 
 
-def prepare(model: ModelRef) -> Path:
+def prepare(model: ModelRef, progress: ProgressFn) -> Path:
     """Convert the shipped demo GGUF; the only catalog model mlxctl produces itself today."""
     demo_identity = f"pypi-gguf:{demo.DEMO_GGUF_SHA256}"
     if model.prepare != PYPI_GGUF or model.identity != demo_identity:
         raise MlxctlError(f"mlxctl cannot produce {model.display}; put it at {model.directory}")
     if model.directory.name != demo.DEMO_MODEL_ID:
         raise MlxctlError(f"the demo model must live in a directory named {demo.DEMO_MODEL_ID}")
+    progress(JobProgress(step="converting the demo GGUF to MLX"))
     return demo.ensure_demo_model(model.directory.parent)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from mlxctl.desired.resolve import ModelResolver
 from mlxctl.desired.state import ModelRef
 from mlxctl.errors import MlxctlError
+from mlxctl.machine.interfaces import ProgressFn, no_progress
 from mlxctl.paths import Paths
 from mlxctl.sources import catalog, path
 from mlxctl.sources.base import Source
@@ -46,8 +47,8 @@ class DiskModelStore:
     def present(self, model: ModelRef) -> bool:
         return _by_ref(model).present(model)
 
-    def prepare(self, model: ModelRef) -> Path:
+    def prepare(self, model: ModelRef, progress: ProgressFn = no_progress) -> Path:
         source = _by_ref(model)
         if source.prepare is None:
             raise MlxctlError(f"mlxctl cannot produce {model.display}; put it at {model.directory}")
-        return source.prepare(model)
+        return source.prepare(model, progress)

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Literal
 
 from mlxctl.desired.state import ModelRef
-from mlxctl.machine.interfaces import Identity, ProbeResult, ProcessStatus, Spawned, StopResult
+from mlxctl.machine.interfaces import (
+    Identity,
+    ProbeResult,
+    ProcessStatus,
+    ProgressFn,
+    Spawned,
+    StopResult,
+    no_progress,
+)
 from mlxctl.runtimes.base import ProbeSpec
 
 
@@ -152,7 +160,7 @@ class FakeStore:
     def present(self, model: ModelRef) -> bool:
         return model.identity in self.present_ids
 
-    def prepare(self, model: ModelRef) -> Path:
+    def prepare(self, model: ModelRef, progress: ProgressFn = no_progress) -> Path:
         if self.fail_prepare:
             raise RuntimeError("conversion failed")
         self.prepared.append(model.identity)
