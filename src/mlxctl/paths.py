@@ -52,6 +52,11 @@ class Paths:
         return self.state / "gateway"
 
     @property
+    def jobs(self) -> Path:
+        """Progress of model prepares in flight (see mlxctl.observe.jobfiles)."""
+        return self.state / "jobs"
+
+    @property
     def ports(self) -> Path:
         return self.state / "ports.json"
 

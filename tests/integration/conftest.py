@@ -104,6 +104,8 @@ class Mlxctl:
 
 def kill_group_if_ours(record: dict[str, Any]) -> None:
     """SIGKILL a recorded process group, only if its leader is still the recorded process."""
+    if int(record.get("pid") or 0) <= 0 or int(record.get("pgid") or 0) <= 0:
+        return  # an intent record: no process confirmed (never killpg(0): that is us)
     try:
         proc = psutil.Process(record["pid"])
         if abs(proc.create_time() - record["create_time"]) < 0.05:

@@ -32,8 +32,8 @@ def one_tier(model: Path, port: int, max_tokens: int) -> str:
 
 
 def restarts(ctl: Mlxctl) -> int:
-    """How many restarts the controller has launched (from its event log)."""
-    return sum(1 for e in events(ctl) if e["kind"] == "restart" and e["result"] == "started")
+    """How many restarts the controller has begun (from its event log)."""
+    return sum(1 for e in events(ctl) if e["kind"] == "restart")
 
 
 def test_controller_heals_follows_saves_and_ignores_invalid_edits(

@@ -60,10 +60,10 @@ def test_a_hung_server_is_replaced_after_its_liveness_probes_fail(
     os.kill(hung, signal.SIGSTOP)  # alive, listening, answering nothing
     healed = wait_for(lambda: ready_pid(mlxctl, other_than=hung), 120, "a replacement")
     assert not pid_alive(hung)
-    stopped = next(e for e in events(mlxctl) if e["kind"] == "crash" and e["result"] == "stopped")
-    assert str(stopped["cause"]).startswith("liveness failed 3 times")
+    crash = next(e for e in events(mlxctl) if e["kind"] == "crash")
+    assert str(crash["cause"]).startswith("liveness failed 3 times")
     # It ended on SIGTERM once continued, not by SIGKILL after the grace period.
-    assert "killed after grace" not in str(stopped.get("message", ""))
+    assert not [e for e in events(mlxctl) if e["kind"] == "kill"]
     assert mlxctl.tier("fast")["pid"] == healed and mlxctl.tier("fast")["restarts"] == 1
 
 
@@ -84,7 +84,7 @@ def test_a_tier_that_never_becomes_ready_is_shown_crash_looping(
     assert len(start_attempts(mlxctl, "broken")) == 2
     record = mlxctl.inventory()["broken"]
     assert record["consecutive_crashes"] == 2
-    assert record["not_before"] - record["died_at"] == pytest.approx(10.0)
+    assert record["not_before"] - record["died_at"] == pytest.approx(10.0, abs=0.1)
 
 
 @pytest.mark.slow

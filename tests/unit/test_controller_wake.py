@@ -43,7 +43,7 @@ def test_an_old_expiry_does_not_spin_the_controller() -> None:
 
 def test_the_earliest_backoff_or_deadline_wins() -> None:
     backing_off = Action("wait", "a", "crash-loop backoff", not_before=1040.0)
-    starting = Action("wait", "b", "starting", not_before=1300.0, starting=True)
+    starting = Action("wait", "b", "starting", not_before=1300.0, reason="starting")
     crashed = record("c", died_at=1001.0, not_before=1021.0)
     running = record("d", died_at=None, not_before=1005.0)  # alive again: not a wait
     wake = next_wake(result(backing_off, starting), [crashed, running], since=PASS_STARTED)

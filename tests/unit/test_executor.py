@@ -1,4 +1,4 @@
-"""The executor against fakes: what is recorded, reported and when."""
+"""Applying plans against fakes: what is recorded, reported and when, pass by pass."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from mlxctl.apply.executor import ExecutorSettings
 from tests.unit.world import World, tier, tiers_yaml
 
 
@@ -31,21 +30,29 @@ def test_a_server_that_exits_while_starting_fails_at_once_not_after_the_timeout(
     assert world.record("fast").last_error.startswith("exited with code 1")
 
 
-def test_readiness_is_polled_from_50ms_with_backoff_capped_at_1s(world: World) -> None:
+def test_a_pass_never_waits_for_readiness(world: World) -> None:
     world.write(tiers_yaml(tier("fast", 8001), gateway="{enabled: false}"))
-    world.prober.slow[8001] = 12
-    assert world.apply().converged
-    assert world.clock.slept[0] == pytest.approx(0.05)
-    assert max(world.clock.slept) == pytest.approx(1.0)
-    assert world.clock.slept == sorted(world.clock.slept)
+    world.prober.slow[8001] = 3
+    started = world.clock.now
+    first = world.step()
+    # Spawned and recorded, not waited for: the fake clock did not move.
+    assert [(o.action.kind, o.ok) for o in first.outcomes] == [("start", True)]
+    assert world.clock.now == started and world.clock.slept == []
+    record = world.record("fast")
+    assert record.pid > 0 and record.ready_at is None
+    # The next passes observe it starting, then ready.
+    assert [a.reason for a in world.step().plan.actions] == ["starting"]
+    world.step()
+    world.step()
+    assert [a.kind for a in world.step().plan.actions] == ["ready"]
+    assert world.record("fast").ready_at is not None
 
 
 def test_startup_timeout_from_cli_overrides_the_stack(world: World) -> None:
     world.write(tiers_yaml(tier("fast", 8001), gateway="{enabled: false}"))
     world.prober.failing[8001] = "still loading"
-    world.ctx.settings = ExecutorSettings(startup_timeout=2.0)
-    result = world.apply()
-    assert result.exit_code() == 5
+    result = world.apply(startup_timeout=2.0)
+    assert result.exit_code == 5
     assert "still loading" in result.failed[0].message
     # The hung process was stopped, not left behind.
     assert world.procs.running() == []
@@ -56,7 +63,7 @@ def test_port_held_by_a_stranger_is_a_clear_failure(world: World) -> None:
     world.procs.busy_ports[8001] = "pid 4242 (nginx)"
     result = world.apply()
     assert result.failed[0].message == "port 8001 is already in use by pid 4242 (nginx)"
-    assert result.exit_code() == 4
+    assert result.exit_code == 4
 
 
 def test_a_shared_model_is_prepared_once_for_all_its_tiers(world: World) -> None:
@@ -84,14 +91,16 @@ def test_failed_prepare_blocks_only_the_tiers_of_that_model(world: World) -> Non
         world._resolve_model(t) if t.spec.name == "other" else _prepared_ref(t)
     )
     result = world.apply()
-    assert [(o.action.kind, o.action.target) for o in result.failed] == [
-        ("prepare", "chat"),
-        ("start", "chat"),
-        ("start", "chat-vllm"),
-    ]
-    assert "could not be prepared" in result.failed[-1].message
+    assert [(o.action.kind, o.action.target) for o in result.failed] == [("prepare", "chat")]
+    assert "conversion failed" in result.failed[0].message
+    assert set(result.last.plan.blocked) == {"chat", "chat-vllm"}
     assert [r.name for r in world.ctx.inventory.load().values()] == ["other"]
-    assert result.exit_code() == 4
+    assert result.exit_code == 4
+    # Retried after a while, not at every pass.
+    assert "prepare" not in [a.kind for a in world.plan().actions]
+    world.clock.advance(61)
+    world.store.fail_prepare = False
+    assert ("prepare", "chat") in [(a.kind, a.target) for a in world.plan().actions]
 
 
 def _prepared_ref(tier):  # type: ignore[no-untyped-def]
@@ -121,8 +130,8 @@ def test_events_record_each_action_with_cause_and_result(world: World) -> None:
     assert [(e.target, e.kind, e.result) for e in events] == [
         ("fast", "start", "started"),
         ("gateway", "start", "started"),
-        ("fast", "start", "ok"),
-        ("gateway", "start", "ok"),
+        ("fast", "ready", "ok"),
+        ("gateway", "ready", "ok"),
     ]
     assert all(e.cause for e in events)
 
@@ -152,27 +161,84 @@ def test_a_server_that_says_it_can_never_be_ready_fails_at_once(world: World) ->
     world.prober.fatal[8001] = 'completion answered 404: {"error": "No safetensors"}'
     started = world.clock.now
     result = world.apply()
-    assert result.exit_code() == 4
+    assert result.exit_code == 4
     assert "cannot become ready" in result.failed[0].message
     assert world.clock.now - started < 1
     assert world.procs.running() == []
 
 
-def test_a_cancelled_wait_leaves_the_starting_server_running(world: World) -> None:
-    import threading
-
+def test_a_starting_server_found_by_a_new_controller_is_waited_for(world: World) -> None:
     world.write(tiers_yaml(tier("fast", 8001), gateway="{enabled: false}"))
     world.prober.failing[8001] = "loading"
-    cancel = threading.Event()
-    cancel.set()
-    world.ctx.settings = ExecutorSettings(cancel=cancel)
-    result = world.apply()
-    assert result.failed[0].message.startswith("interrupted: still starting")
-    assert len(world.procs.running()) == 1
+    world.step()
     record = world.record("fast")
-    assert record.died_at is None and record.ready_at is None
-    # The next pass waits for it instead of restarting it.
-    world.ctx.settings = ExecutorSettings()
+    # A new controller (nothing in memory) plans from the records: it waits, not restarts.
+    world.ctx.health = type(world.ctx.health)(world.prober)  # type: ignore[call-arg,misc]
+    assert [(a.kind, a.reason) for a in world.plan().actions] == [("wait", "starting")]
     del world.prober.failing[8001]
-    assert [a.kind for a in world.plan().actions] == ["wait"]
     assert world.apply().converged and world.record("fast").pid == record.pid
+
+
+def test_a_spawn_whose_pid_was_never_recorded_is_adopted(world: World) -> None:
+    """The intent record is written before the spawn: a crash between the two leaves
+    a process that the next run finds by its marker, never an unowned one."""
+    from mlxctl.machine.interfaces import INSTANCE_ENV
+
+    world.write(tiers_yaml(tier("fast", 8001), gateway="{enabled: false}"))
+    world.step()
+    record = world.record("fast")
+    # As if mlxctl died after the spawn, before writing the PID.
+    world.ctx.inventory.put(record.evolve(pid=0, pgid=0, create_time=0.0))
+    proc = world.procs.procs[record.pid]
+    assert proc.env[INSTANCE_ENV] == record.instance
+    actions = world.plan().actions
+    assert [(a.kind, a.adopt and a.adopt[0]) for a in actions] == [("adopt", record.pid)]
+    assert world.apply().converged
+    assert world.record("fast").pid == record.pid and len(world.procs.running()) == 1
+
+
+def test_an_intent_whose_spawn_never_happened_is_started_after_a_grace(world: World) -> None:
+    world.write(tiers_yaml(tier("fast", 8001), gateway="{enabled: false}"))
+    world.step()
+    record = world.record("fast")
+    world.procs.crash(record.pid)
+    world.ctx.inventory.put(record.evolve(pid=0, pgid=0, create_time=0.0, instance="gone"))
+    assert [a.reason for a in world.plan().actions] == ["spawning"]
+    world.clock.advance(6)
+    assert [a.kind for a in world.plan().actions] == ["start"]
+
+
+def test_a_stop_is_begun_then_observed_and_escalated_after_the_grace(world: World) -> None:
+    world.write(tiers_yaml(tier("fast", 8001, args="{a: 1}"), gateway="{enabled: false}"))
+    assert world.apply().converged
+    old = world.record("fast")
+    world.procs.ignore_term.add(old.pid)  # a server that ignores SIGTERM
+    world.write(tiers_yaml(tier("fast", 8001, args="{a: 2}"), gateway="{enabled: false}"))
+    first = world.step()
+    assert [a.kind for a in first.plan.actions] == ["restart"]
+    assert world.record("fast").stopping and old.pid in world.procs.signalled
+    # No second process while the first is still there, whatever the edit says.
+    assert [(a.kind, a.reason) for a in world.step().plan.actions] == [("wait", "stopping")]
+    world.clock.advance(10)
+    assert [a.kind for a in world.step().plan.actions] == ["kill"]
+    assert old.pid in world.procs.killed
+    result = world.apply()
+    assert result.converged
+    assert world.record("fast").pid != old.pid and world.record("fast").launch["args"] == {"a": 2}
+
+
+def test_a_process_that_survives_sigkill_is_never_started_twice(world: World) -> None:
+    world.write(tiers_yaml(tier("fast", 8001, args="{a: 1}"), gateway="{enabled: false}"))
+    assert world.apply().converged
+    old = world.record("fast")
+    world.procs.ignore_term.add(old.pid)
+    world.procs.unkillable.add(old.pid)
+    world.write(tiers_yaml(tier("fast", 8001, args="{a: 2}"), gateway="{enabled: false}"))
+    world.step()
+    world.clock.advance(10)
+    world.step()  # kill
+    world.clock.advance(5)
+    the_plan = world.plan()
+    assert "survived" in the_plan.blocked["fast"] or "after SIGKILL" in the_plan.blocked["fast"]
+    assert [a.kind for a in the_plan.actions] == []
+    assert len(world.procs.running()) == 1

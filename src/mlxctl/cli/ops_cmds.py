@@ -51,31 +51,27 @@ def down(output: str = "text") -> int:
     from mlxctl.desired.state import DesiredState
     from mlxctl.plan.actions import PlanOptions
     from mlxctl.reconcile.context import real_context
+    from mlxctl.reconcile.converge import converge
     from mlxctl.reconcile.lock import StateLock
-    from mlxctl.reconcile.passes import run_pass
     from mlxctl.status import report
 
     ctx = real_context(paths())
+    options = PlanOptions(allow_empty=True, prune_cause="mlxctl down", heal=False)
     with StateLock(ctx.paths.lock):
-        result = run_pass(
-            ctx,
-            DesiredState(tiers=(), gateway=None),
-            options=PlanOptions(allow_empty=True, prune_cause="mlxctl down"),
-            verify=False,
-        )
+        result = converge(ctx, DesiredState(tiers=(), gateway=None), options)
     failed = [o for o in result.outcomes if not o.ok]
+    code = ExitCode.APPLY_FAILED if failed else ExitCode.OK
     if output == "json":
         emit_json(report.version_record())
         for outcome in result.outcomes:
             emit_json(report.outcome_record(outcome))
-        code = ExitCode.APPLY_FAILED if failed else ExitCode.OK
-        emit_json(report.summary_record(result.plan, result.outcomes, int(code), not failed))
+        emit_json(report.summary_record(result.first.plan, result.outcomes, int(code), not failed))
     else:
         for outcome in result.outcomes:
             print(report.outcome_line(outcome))
         if not result.outcomes:
             print("nothing to stop")
-    return int(ExitCode.APPLY_FAILED if failed else ExitCode.OK)
+    return int(code)
 
 
 def logs(tier: str, follow: bool = False, tail_lines: int = 50) -> int:

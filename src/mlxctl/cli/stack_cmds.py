@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from mlxctl.apply.events import Event, Listener
     from mlxctl.plan.actions import Plan, PlanOptions
     from mlxctl.reconcile.context import Context
+    from mlxctl.reconcile.passes import PassResult
     from mlxctl.spec.loader import StackSet
 
 
@@ -102,18 +103,17 @@ def reconcile(
     output: str = "text",
 ) -> int:
     """Make the machine match the stack: once (--once), or continuously, watching the files."""
-    from mlxctl.apply.executor import ExecutorSettings
+    from mlxctl.plan.actions import PlanOptions
     from mlxctl.reconcile.context import real_context
     from mlxctl.reconcile.lock import StateLock
 
+    if interval <= 0:
+        raise click.BadParameter("must be more than 0 seconds", param_hint="--interval")
     json_out = output == "json"
     controller_mode = not (once or dry_run)
     listeners = [] if json_out else [_progress_listener(_stamped if controller_mode else err)]
     ctx = real_context(paths(), listeners=listeners)
-    ctx.settings = ExecutorSettings(startup_timeout=timeout)
-    from mlxctl.plan.actions import PlanOptions
-
-    options = PlanOptions(allow_empty=allow_empty)
+    options = PlanOptions(allow_empty=allow_empty, startup_timeout=timeout)
     the_targets = targets(path, files)
     if once or dry_run:
         with StateLock(ctx.paths.lock):
@@ -159,6 +159,7 @@ def _progress_listener(out: Callable[[str], None]) -> Listener:
 def _once(
     ctx: Context, the_targets: list[Path], options: PlanOptions, *, dry_run: bool, json_out: bool
 ) -> int:
+    from mlxctl.reconcile.converge import converge
     from mlxctl.reconcile.passes import resolve, run_pass
     from mlxctl.status import report
     from mlxctl.status.services import build_status
@@ -175,19 +176,29 @@ def _once(
             for line in report.plan_lines(the_plan):
                 err(line)
 
-    result = run_pass(ctx, desired, options=options, dry_run=dry_run, on_plan=show)
-    if result.plan.refused or dry_run:
-        code = result.refusal_code() if result.plan.refused else ExitCode.OK
+    if dry_run:
+        dry = run_pass(ctx, desired, options=options, dry_run=True, on_plan=show)
+        code = dry.refusal_code() if dry.plan.refused else ExitCode.OK
         if json_out:
-            emit_json(report.summary_record(result.plan, (), int(code), None))
+            emit_json(report.summary_record(dry.plan, (), int(code), None))
         return int(code)
-    code = result.exit_code()
+    waiting = _WaitingLine(enabled=not json_out and sys.stderr.isatty())
+    result = converge(ctx, desired, options, on_plan=show, on_pass=waiting.show)
+    code = result.exit_code
+    if result.last.plan.refused:
+        if json_out:
+            emit_json(report.summary_record(result.first.plan, (), int(code), None))
+        return int(code)
     if json_out:
         for outcome in result.outcomes:
             emit_json(report.outcome_record(outcome))
-        emit_json(report.summary_record(result.plan, result.outcomes, int(code), result.converged))
+        emit_json(
+            report.summary_record(result.first.plan, result.outcomes, int(code), result.converged)
+        )
         return int(code)
-    rows = build_status(desired, result.final_observed) if result.final_observed else []
+    from mlxctl.reconcile.passes import observe_state
+
+    rows = build_status(desired, observe_state(ctx, desired)) if desired.services else []
     if rows:
         print(report.status_text(rows))
     if code == ExitCode.OK:
@@ -196,13 +207,34 @@ def _once(
         for outcome in result.failed:
             first = outcome.message.splitlines()[0] if outcome.message else outcome.action.kind
             err(f"error: {outcome.action.target}: {first}")
-        for name, why in (
-            result.final_plan.blocked if result.final_plan else result.plan.blocked
-        ).items():
-            err(f"error: {name}: {why}")
         if not result.failed:
-            err("error: not converged (see mlxctl status)")
+            for name, why in result.last.plan.blocked.items():
+                err(f"error: {name}: {why}")
+            waits = [a for a in result.last.plan.actions if a.kind == "wait"]
+            for action in waits:
+                err(f"error: {action.target}: {action.cause}")
+            if not result.last.plan.blocked and not waits:
+                err("error: not converged (see mlxctl status)")
     return int(code)
+
+
+class _WaitingLine:
+    """On a terminal, what ``reconcile --once`` is waiting for, when it changes."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.last: tuple[tuple[str, str], ...] = ()
+
+    def show(self, result: PassResult) -> None:
+        waits = [
+            a
+            for a in result.plan.actions
+            if a.kind == "wait" and a.reason in ("starting", "preparing", "stopping", "memory")
+        ]
+        key = tuple((a.target, a.reason) for a in waits)
+        if self.enabled and waits and key != self.last:
+            err("  . waiting for: " + "; ".join(f"{a.target} ({a.reason})" for a in waits))
+        self.last = key
 
 
 def register(app: click.Group) -> None:
@@ -216,7 +248,11 @@ def register(app: click.Group) -> None:
         click.option("--once", is_flag=True, help="One pass, then exit (for scripts and cron)."),
         click.option("--dry-run", is_flag=True, help="Plan and print; act on nothing."),
         allow_empty,
-        click.option("--timeout", type=float, help="Startup timeout in seconds for every service."),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            help="Startup timeout in seconds for every service.",
+        ),
         click.option(
             "--interval",
             type=float,

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     from mlxctl.desired.state import ModelRef
 
 
+# Every process of a service's group carries this marker in its environment: it is how
+# members are told apart from strangers, and how an unrecorded spawn is found again.
+INSTANCE_ENV = "MLXCTL_INSTANCE"
+
+
 @dataclass(frozen=True)
 class Spawned:
     """The identity of a freshly started process-group leader."""
@@ -69,11 +74,24 @@ class Clock(Protocol):
 
 
 class ProcessControl(Protocol):
+    """Processes, without ever blocking for long: a stop is begun here and observed later."""
+
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> Spawned: ...
 
     def status(self, ident: Identity) -> ProcessStatus: ...
 
-    def stop(self, ident: Identity, grace: float) -> StopResult: ...
+    def terminate(self, ident: Identity) -> StopResult:
+        """Begin a graceful stop of the service's whole group (SIGTERM, and SIGCONT for a
+        frozen process); returns at once."""
+
+    def kill(self, ident: Identity) -> StopResult:
+        """SIGKILL every process of the service's group that is still there."""
+
+    def remaining(self, ident: Identity) -> int:
+        """How many processes of the service's group (leader, log pump, workers) are alive."""
+
+    def find_instance(self, instance: str) -> Spawned | None:
+        """The group leader whose environment carries ``instance``, if one runs (adoption)."""
 
     def port_owner(self, port: int) -> str | None:
         """A description of whoever listens on ``port`` on loopback, or None when free."""

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import psutil
 
-from mlxctl.machine.interfaces import Identity, ProcessStatus, Spawned, StopResult
+from mlxctl.machine.interfaces import INSTANCE_ENV, Identity, ProcessStatus, Spawned, StopResult
 from mlxctl.machine.logfiles import open_log
 
-INSTANCE_ENV = "MLXCTL_INSTANCE"
 START_TIME_TOLERANCE = 0.05
 POLL_INTERVAL = 0.05
 KILL_WAIT = 5.0
@@ -133,17 +132,54 @@ class RealProcessControl:
                 continue
         return members
 
-    def stop(self, ident: Identity, grace: float) -> StopResult:
-        leader_ok = self.status(ident).alive
-        members = self._members(ident, leader_ok)
+    def terminate(self, ident: Identity) -> StopResult:
+        """SIGTERM the group's provable members, then SIGCONT: a stopped (SIGSTOP, frozen)
+        process acts on SIGTERM only once continued; without it a hung server would
+        always wait out the grace, then be killed."""
+        members = self._members(ident, self.status(ident).alive)
         if not members:
             return StopResult(signalled=False, forced=False, detail="no process left")
         with self._lock:
             self._stopped.add(ident.pid)
         self._signal(members, signal.SIGTERM)
-        # A stopped (SIGSTOP, frozen) process acts on SIGTERM only once continued;
-        # without this a hung server would always wait out the grace, then be killed.
         self._signal(members, signal.SIGCONT)
+        return StopResult(True, False)
+
+    def kill(self, ident: Identity) -> StopResult:
+        members = self._members(ident, self.status(ident).alive)
+        if not members:
+            return StopResult(signalled=False, forced=False, detail="no process left")
+        with self._lock:
+            self._stopped.add(ident.pid)
+        self._signal(members, signal.SIGKILL)
+        return StopResult(True, True, "killed after grace period")
+
+    def remaining(self, ident: Identity) -> int:
+        for proc in self._members(ident, True):
+            self._reap(proc.pid)
+        return len(self._members(ident, self.status(ident).alive))
+
+    def find_instance(self, instance: str) -> Spawned | None:
+        for proc in psutil.process_iter():
+            try:
+                if os.getpgid(proc.pid) != proc.pid or proc.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                if proc.environ().get(INSTANCE_ENV) != instance:
+                    continue
+                with proc.oneshot():
+                    return Spawned(proc.pid, proc.pid, proc.create_time(), tuple(proc.cmdline()))
+            except (psutil.Error, ProcessLookupError, PermissionError):
+                continue
+        return None
+
+    def stop(self, ident: Identity, grace: float) -> StopResult:
+        """Terminate, wait up to ``grace``, then kill: blocking, for tools and tests (the
+        reconciler never waits; it observes the stop instead)."""
+        leader_ok = self.status(ident).alive
+        members = self._members(ident, leader_ok)
+        if not members:
+            return StopResult(signalled=False, forced=False, detail="no process left")
+        self.terminate(ident)
         survivors = self._wait_gone(members, grace)
         forced = bool(survivors)
         if survivors:

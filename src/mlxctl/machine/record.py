@@ -2,6 +2,13 @@
 
 Pure data (the planner reads it through the observed state); the file that holds
 the records is :mod:`mlxctl.machine.inventory`.
+
+A record is written *before* its process is spawned (``pid`` 0: the intent, with
+the instance marker the children will carry), so a crash between the spawn and the
+write can never leave a server nobody owns: the next run finds the process by its
+marker and adopts it. A stop is recorded when it begins (``stop_requested_at``) and
+the record stays until every process of the group is gone, so "stopping" is
+observed state like any other and survives the controller.
 """
 
 from __future__ import annotations
@@ -36,6 +43,22 @@ class Record:
     exit_code: int | None = None
     not_before: float | None = None
     last_error: str | None = None
+    # A stop has begun (SIGTERM sent) at this time, for this cause.
+    stop_requested_at: float | None = None
+    stop_cause: str | None = None
+    # SIGKILL was sent (the grace period ran out) at this time.
+    kill_sent_at: float | None = None
+    # The memory estimate the launch was admitted with (bytes), for admission in time.
+    memory_bytes: int | None = None
+
+    @property
+    def spawned(self) -> bool:
+        """False for an intent record: written before the spawn, its process not confirmed."""
+        return self.pid > 0
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_requested_at is not None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -1,31 +1,26 @@
 """Observation: turn the inventory and the machine into an :class:`ObservedState`.
 
-Each recorded process is checked by identity (a reused PID counts as gone), each
-live one is probed (readiness until it has been ready once, then the cheap liveness
-check), in parallel, and the desired models are looked for on disk.
+Each recorded process is checked by identity (a reused PID counts as gone); a
+stopping service counts as alive while any process of its group is left; an intent
+record (written before its spawn) is looked up by its instance marker. Health comes
+from a :class:`~mlxctl.observe.health.HealthSource` (never a blocking probe here),
+prepares in flight from the job files, and the desired models are looked for on
+disk. Everything here is quick: a pass takes milliseconds whatever is in flight.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
 
 from mlxctl.desired.state import DesiredState
-from mlxctl.machine.interfaces import Clock, ModelStore, Prober, ProcessControl
+from mlxctl.machine.interfaces import Clock, ModelStore, ProcessControl
+from mlxctl.machine.logfiles import tail
 from mlxctl.machine.record import Record
-from mlxctl.observe.state import ObservedService, ObservedState
-from mlxctl.runtimes.base import ProbeSpec
-from mlxctl.runtimes.registry import runtime
+from mlxctl.observe.health import HealthSource
+from mlxctl.observe.state import ObservedService, ObservedState, PrepareJob
 
-PROBE_TIMEOUT = 5.0
-
-
-@dataclass(frozen=True)
-class ObserveOptions:
-    probe: bool = True
-    probe_timeout: float = PROBE_TIMEOUT
+LOG_TAIL_LINES = 15
 
 
 def observe(
@@ -33,39 +28,28 @@ def observe(
     desired: DesiredState | None,
     *,
     procs: ProcessControl,
-    prober: Prober,
+    health: HealthSource,
     clock: Clock,
     store: ModelStore,
-    probe_failures: Mapping[str, int] | None = None,
-    options: ObserveOptions | None = None,
+    prepares: Mapping[str, PrepareJob] | None = None,
 ) -> ObservedState:
-    opts = options or ObserveOptions()
-    failures = probe_failures or {}
-
-    def one(record: Record) -> ObservedService:
-        status = procs.status(record.identity())
-        if not status.alive:
-            detail = "PID now belongs to another process" if status.foreign else "not running"
-            return ObservedService(record, alive=False, detail=detail, exit_code=status.exit_code)
-        if not opts.probe:
-            return ObservedService(record, alive=True)
-        spec = ProbeSpec(kind=_kind(record), port=record.port, model=_model(record))
-        mode: Literal["ready", "live"] = "live" if record.ready_at is not None else "ready"
-        result = prober.probe(spec, mode, opts.probe_timeout)
-        return ObservedService(
-            record,
+    services: dict[str, ObservedService] = {}
+    live: list[Record] = []
+    for record in records.values():
+        seen = _process(record, procs)
+        services[record.name] = seen
+        if seen.alive and record.spawned and not record.stopping:
+            live.append(record)
+    for name, sample in health.sample(live).items():
+        seen = services[name]
+        services[name] = ObservedService(
+            seen.record,
             alive=True,
-            health="ready" if result.ok else "unready",
-            detail=result.detail,
-            probe_failures=0 if result.ok else failures.get(record.name, 0) + 1,
+            health="ready" if sample.ok else "unready",
+            detail=sample.detail,
+            probe_failures=0 if sample.ok else sample.failures,
+            fatal=sample.fatal,
         )
-
-    items = list(records.values())
-    if len(items) > 1:
-        with ThreadPoolExecutor(max_workers=min(len(items), 8)) as pool:
-            services = list(pool.map(one, items))
-    else:
-        services = [one(r) for r in items]
     present: set[str] = set()
     if desired is not None:
         for service in desired.tiers:
@@ -73,19 +57,36 @@ def observe(
                 present.add(service.model.identity)
     return ObservedState(
         now=clock.time(),
-        services={s.record.name: s for s in services},
+        services=services,
         models_present=frozenset(present),
+        prepares=dict(prepares or {}),
     )
 
 
-def _kind(record: Record) -> str:
-    """The runtime recorded at launch decides the probe."""
-    if record.role == "gateway":
-        return "litellm"
-    return str(record.launch.get("runtime", "mlx-lm"))
-
-
-def _model(record: Record) -> str:
-    if record.role == "gateway":
-        return ""
-    return runtime(_kind(record)).served_model_name(record.name)
+def _process(record: Record, procs: ProcessControl) -> ObservedService:
+    if not record.spawned:
+        found = procs.find_instance(record.instance)
+        if found is None:
+            return ObservedService(record, alive=False, detail="its spawn was never confirmed")
+        adopt = (found.pid, found.pgid, found.create_time, found.cmdline)
+        return ObservedService(record, alive=True, detail="found by its marker", adoptable=adopt)
+    ident = record.identity()
+    if record.stopping:
+        left = procs.remaining(ident)
+        detail = f"stopping: {left} process(es) left" if left else "stopped"
+        return ObservedService(record, alive=left > 0, detail=detail)
+    status = procs.status(ident)
+    if status.alive:
+        return ObservedService(record, alive=True)
+    detail = "PID now belongs to another process" if status.foreign else "not running"
+    log_tail: tuple[str, ...] = ()
+    if record.ready_at is None and record.died_at is None and not status.foreign:
+        log_tail = tuple(tail(Path(record.log), LOG_TAIL_LINES))
+    return ObservedService(
+        record,
+        alive=False,
+        detail=detail,
+        exit_code=status.exit_code,
+        foreign=status.foreign,
+        log_tail=log_tail,
+    )

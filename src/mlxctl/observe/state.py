@@ -1,8 +1,10 @@
 """Observed state: what is really running, as plain values the planner can read.
 
-Gathering it is I/O (see :mod:`mlxctl.observe.gather`); the values here are what the pure
-planner consumes. ``now`` is part of the observation so the planner never reads a
-clock.
+Gathering it is I/O (see :mod:`mlxctl.observe.gather`); the values here are what the
+pure planner consumes. ``now`` is part of the observation so the planner never reads
+a clock. Jobs in flight are observed like processes: a server that is starting (its
+last readiness probe), a stop in progress (processes left), a model being prepared
+(its step and bytes), so that ``diff``, ``status`` and the controller all see them.
 """
 
 from __future__ import annotations
@@ -21,12 +23,45 @@ class ObservedService:
     """A service from the inventory and what its process and probe showed."""
 
     record: Record
+    # The group leader runs (for a stopping service: any process of its group is left).
     alive: bool
     health: Health = "unknown"
     detail: str = ""
-    # Consecutive failed liveness probes (kept by the controller across passes).
+    # Consecutive failed liveness probes.
     probe_failures: int = 0
     exit_code: int | None = None
+    # The server answered that it will never become ready (its model failed to load).
+    fatal: bool = False
+    # The PID now belongs to another process (ours is gone).
+    foreign: bool = False
+    # The last lines of its log, read when it died before being ready.
+    log_tail: tuple[str, ...] = ()
+    # An intent record (pid 0) whose process was found by its instance marker.
+    adoptable: tuple[int, int, float, tuple[str, ...]] | None = None
+
+
+@dataclass(frozen=True)
+class PrepareJob:
+    """A model being prepared (converted, downloaded), or the last attempt that failed."""
+
+    identity: str
+    display: str
+    started_at: float
+    # The process running it is alive (False: it was interrupted; plan it again).
+    running: bool
+    step: str = ""
+    done: int | None = None
+    total: int | None = None
+    finished_at: float | None = None
+    error: str | None = None
+
+    def describe(self) -> str:
+        parts = [self.step or "preparing"]
+        if self.done is not None and self.total:
+            parts.append(f"{self.done / self.total:.0%} of {self.total / 1e6:.0f} MB")
+        elif self.done is not None:
+            parts.append(f"{self.done / 1e6:.0f} MB")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -35,3 +70,5 @@ class ObservedState:
     services: Mapping[str, ObservedService] = field(default_factory=dict)
     # Identities (ModelRef.identity) of the models whose files are present.
     models_present: frozenset[str] = frozenset()
+    # Model prepares in flight or failed, by model identity.
+    prepares: Mapping[str, PrepareJob] = field(default_factory=dict)

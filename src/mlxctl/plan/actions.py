@@ -13,26 +13,37 @@ from mlxctl.capacity.memory import BudgetCheck
 from mlxctl.plan.backoff import DEFAULT_BACKOFF, BackoffPolicy
 
 ActionKind = Literal[
-    "prepare",  # obtain a model mlxctl can produce itself
-    "start",  # start a service that is not running
-    "restart",  # stop a running service and start it with the new spec
-    "stop",  # stop a running service and forget it
-    "forget",  # drop the record of a process that already exited
-    "crash",  # record a crash (stopping the process when it hangs); backoff follows
-    "wait",  # nothing to do yet: a service is starting or backing off
+    "prepare",  # begin preparing a model mlxctl can produce itself (a job)
+    "start",  # record the intent, then spawn a service that is not running
+    "restart",  # begin stopping a running service whose launch changed; it starts once gone
+    "stop",  # begin stopping a service no longer desired; it is forgotten once gone
+    "kill",  # SIGKILL a stopping service whose grace period ran out
+    "forget",  # drop the record of a service that is gone and not desired
+    "crash",  # record a crash (and begin stopping the process if it hangs); backoff follows
+    "adopt",  # complete a record written before a spawn with the process found by its marker
+    "ready",  # record that a starting service answered its readiness check
+    "wait",  # nothing to do yet: starting, stopping, preparing, backing off, memory
     "rehash",  # the hash recipe changed but the launch did not: update the record only
 ]
-# The order in which an executor applies action kinds: stops free memory before starts.
+# The order in which an executor applies action kinds within one pass: stops begin
+# first; a start never shares a pass with the stop it depends on (the planner plans it
+# only once the old process is gone, and holds starts that need memory a stop frees).
 PHASES: tuple[ActionKind, ...] = (
     "stop",
+    "kill",
     "forget",
     "crash",
+    "adopt",
+    "ready",
     "rehash",
     "prepare",
     "restart",
     "start",
     "wait",
 )
+# Kinds that change nothing that runs (bookkeeping and waiting).
+QUIET: frozenset[ActionKind] = frozenset({"wait", "rehash", "ready", "adopt"})
+WaitReason = Literal["starting", "stopping", "preparing", "backoff", "memory", "spawning", ""]
 
 
 @dataclass(frozen=True)
@@ -44,13 +55,22 @@ class Action:
     crashes: int = 0
     not_before: float | None = None
     stop_process: bool = False
-    # For "wait": the service is starting (wait for readiness), not backing off.
-    starting: bool = False
+    # For "crash": the service did not become ready before its startup timeout.
+    timed_out: bool = False
+    # For "wait": what is awaited.
+    reason: WaitReason = ""
+    # For "ready": when it became ready (readiness detail in ``cause``).
+    # For "adopt": the process found (pid, pgid, create_time, cmdline).
+    adopt: tuple[int, int, float, tuple[str, ...]] | None = None
 
     @property
     def changes(self) -> bool:
         """Whether applying this action changes what runs."""
-        return self.kind not in ("wait", "rehash")
+        return self.kind not in QUIET
+
+    @property
+    def starting(self) -> bool:
+        return self.kind == "wait" and self.reason == "starting"
 
 
 RefusalKind = Literal["budget", "empty"]
@@ -85,3 +105,17 @@ class PlanOptions:
     prune_cause: str = "removed from the stack"
     liveness_threshold: int = 3
     backoff: BackoffPolicy = DEFAULT_BACKOFF
+    # Restart crashed services (``reconcile --once`` stops healing after a failure of its own).
+    heal: bool = True
+    # Services not to restart after a crash (``reconcile --once``: those it started itself).
+    no_heal: frozenset[str] = frozenset()
+    # Overrides every service's startup timeout (``--timeout``).
+    startup_timeout: float | None = None
+    # Seconds between SIGTERM and SIGKILL, and how long SIGKILL may take to be confirmed.
+    grace: float = 10.0
+    kill_wait: float = 5.0
+    # Seconds before a failed model prepare is tried again.
+    prepare_retry: float = 60.0
+    # How long an intent record may wait for its spawn to be confirmed (another mlxctl
+    # process may be between the two writes) before it counts as never started.
+    spawn_grace: float = 5.0

@@ -11,8 +11,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from mlxctl.capacity.memory import BudgetCheck, check_budget
+from mlxctl.capacity.memory import BudgetCheck, check_budget, gib
 from mlxctl.desired.state import HASH_VERSION, DesiredService, DesiredState
+from mlxctl.machine.record import Record
 from mlxctl.observe.state import ObservedService, ObservedState
 from mlxctl.plan.actions import Action, ActionKind, Plan, PlanOptions
 
@@ -28,32 +29,293 @@ def plan(
     refusal = _empty_refusal(desired, observed, opts)
     if refusal:
         return Plan(refused=refusal, refusal="empty", memory=memory)
-    actions: list[Action] = []
-    blocked: dict[str, str] = {}
+    planner = _Planner(desired, observed, opts)
     for service in desired.services:
-        _plan_service(service, observed, opts, actions, blocked)
-    actions = _one_prepare_per_model(desired, actions)
+        planner.service(service)
     for name, seen in sorted(observed.services.items()):
         if desired.get(name) is None:
-            if seen.alive:
-                actions.append(Action("stop", name, opts.prune_cause))
+            planner.undesired(seen)
+    return Plan(actions=tuple(planner.actions), blocked=planner.blocked, memory=memory)
+
+
+class _Planner:
+    """One planning run: the decisions for each service, appended as actions."""
+
+    def __init__(self, desired: DesiredState, observed: ObservedState, opts: PlanOptions) -> None:
+        self.desired = desired
+        self.observed = observed
+        self.now = observed.now
+        self.opts = opts
+        self.actions: list[Action] = []
+        self.blocked: dict[str, str] = {}
+        self._prepared: set[str] = set()
+
+    def add(self, kind: ActionKind, target: str, cause: str, **extra: Any) -> None:
+        self.actions.append(Action(kind, target, cause, **extra))
+
+    # -- desired services ---------------------------------------------------------
+
+    def service(self, service: DesiredService) -> None:
+        seen = self.observed.services.get(service.name)
+        if seen is None:
+            self.start(service, "start", "new gateway" if service.role == "gateway" else "new tier")
+            return
+        rec = seen.record
+        if not rec.spawned:
+            if self.unconfirmed(seen):
+                return
+            self.start(service, "start", "its last start was interrupted before the spawn")
+            return
+        if rec.stopping:
+            if self.stopping(seen):
+                return
+            self.after_stop(service, seen)
+            return
+        changed = _launch_changed(service, seen)
+        if not seen.alive:
+            if changed:
+                self.start(service, "start", f"{changed} (was not running)")
+            elif rec.died_at is None:
+                self.crashed(service, seen, stop=False)
             else:
-                actions.append(Action("forget", name, f"{opts.prune_cause} (already exited)"))
-    return Plan(actions=tuple(actions), blocked=blocked, memory=memory)
+                self.after_crash(service, rec)
+            return
+        if changed:
+            self.add("restart", service.name, changed)
+            return
+        if rec.spec_hash != service.spec_hash:
+            self.add("rehash", service.name, "hash recipe changed; launch unchanged")
+        if seen.health == "ready":
+            if rec.ready_at is None:
+                self.add("ready", service.name, seen.detail or "ready")
+            return
+        if rec.ready_at is None:
+            self.starting(service, seen)
+            return
+        if seen.probe_failures >= self.opts.liveness_threshold:
+            cause = f"liveness failed {seen.probe_failures} times: {seen.detail}"
+            self.crashed(service, seen, stop=True, cause=cause)
 
+    def startup_timeout(self, service: DesiredService) -> float:
+        return self.opts.startup_timeout or service.startup_timeout
 
-def _one_prepare_per_model(desired: DesiredState, actions: list[Action]) -> list[Action]:
-    """Keep the first ``prepare`` of each model: tiers that share a model share its preparation."""
-    seen: set[str] = set()
-    kept: list[Action] = []
-    for action in actions:
-        service = desired.get(action.target) if action.kind == "prepare" else None
-        if service is not None and service.model is not None:
-            if service.model.identity in seen:
-                continue
-            seen.add(service.model.identity)
-        kept.append(action)
-    return kept
+    def starting(self, service: DesiredService, seen: ObservedService) -> None:
+        rec = seen.record
+        timeout = self.startup_timeout(service)
+        if seen.fatal:
+            cause = f"cannot become ready ({seen.detail})"
+            self.crashed(service, seen, stop=True, cause=cause)
+            return
+        deadline = rec.started_at + timeout
+        if self.now >= deadline:
+            detail = f": {seen.detail}" if seen.detail else ""
+            cause = f"not ready before the startup timeout ({timeout:.0f}s){detail}"
+            self.crashed(service, seen, stop=True, cause=cause, timed_out=True)
+            return
+        elapsed = _duration(self.now - rec.started_at)
+        last = seen.detail or "not probed yet"
+        self.add(
+            "wait",
+            service.name,
+            f"starting for {elapsed}: {last}",
+            not_before=deadline,
+            reason="starting",
+        )
+
+    def after_stop(self, service: DesiredService, seen: ObservedService) -> None:
+        """Its old process is gone: start the new launch (a crash's backoff still applies)."""
+        rec = seen.record
+        if rec.died_at is not None:
+            self.after_crash(service, rec)
+            return
+        self.start(service, "start", rec.stop_cause or "restart")
+
+    def after_crash(self, service: DesiredService, rec: Record) -> None:
+        if rec.not_before is None or self.now >= rec.not_before:
+            self.heal(service, f"restarting after crash #{rec.consecutive_crashes}")
+            return
+        wait = rec.not_before - self.now
+        self.add(
+            "wait",
+            service.name,
+            f"crash-loop backoff: restart in {wait:.0f}s (crash #{rec.consecutive_crashes})",
+            not_before=rec.not_before,
+            reason="backoff",
+        )
+
+    def heal(self, service: DesiredService, cause: str) -> None:
+        if self.opts.heal and service.name not in self.opts.no_heal:
+            self.start(service, "start", cause)
+        else:
+            self.add("wait", service.name, f"not restarted ({cause} is due)", reason="backoff")
+
+    def crashed(
+        self,
+        service: DesiredService,
+        seen: ObservedService,
+        *,
+        stop: bool,
+        cause: str | None = None,
+        timed_out: bool = False,
+    ) -> None:
+        rec = seen.record
+        uptime = self.now - rec.started_at
+        crashes = self.opts.backoff.count_after_crash(rec.consecutive_crashes, uptime)
+        delay = self.opts.backoff.delay(crashes)
+        if cause is None:
+            code = f" with code {seen.exit_code}" if seen.exit_code is not None else ""
+            when = " while starting" if rec.ready_at is None else ""
+            cause = f"exited{code}{when} after {_duration(uptime)}"
+        full = f"{cause}; crash #{crashes}"
+        if seen.log_tail:
+            full += "; last log lines:\n" + "\n".join(seen.log_tail)
+        self.add(
+            "crash",
+            service.name,
+            full,
+            crashes=crashes,
+            not_before=self.now + delay,
+            stop_process=stop,
+            timed_out=timed_out,
+        )
+        if stop:
+            return  # restarted once the stop completes (see after_stop)
+        if delay == 0:
+            self.heal(service, f"restarting after crash #{crashes}")
+        else:
+            self.add(
+                "wait",
+                service.name,
+                f"crash-loop backoff: restart in {delay:.0f}s (crash #{crashes})",
+                not_before=self.now + delay,
+                reason="backoff",
+            )
+
+    def start(self, service: DesiredService, kind: ActionKind, cause: str) -> None:
+        """Start ``service`` when its model is there and its memory is free; else say why not."""
+        if not self.model_ready(service) or not self.memory_free(service):
+            return
+        self.add(kind, service.name, cause)
+
+    def model_ready(self, service: DesiredService) -> bool:
+        model = service.model
+        if model is None or model.identity in self.observed.models_present:
+            return True
+        name = service.name
+        job = self.observed.prepares.get(model.identity)
+        if job is not None and job.running:
+            self.add("wait", name, f"model {model.display}: {job.describe()}", reason="preparing")
+            return False
+        if job is not None and job.error and job.finished_at is not None:
+            retry = job.finished_at + self.opts.prepare_retry
+            if self.now < retry:
+                self.blocked[name] = f"preparing {model.display} failed: {job.error}"
+                self.add(
+                    "wait",
+                    name,
+                    f"model prepare failed; retry in {retry - self.now:.0f}s",
+                    not_before=retry,
+                    reason="preparing",
+                )
+                return False
+        if model.prepare is None:
+            hint = f"; {model.hint}" if model.hint else ""
+            self.blocked[name] = f"model {model.display} is not present at {model.directory}{hint}"
+            return False
+        if model.identity not in self._prepared:
+            self._prepared.add(model.identity)
+            again = " (the last attempt was interrupted)" if job is not None else ""
+            self.add("prepare", name, f"model {model.display} is not prepared yet{again}")
+        else:
+            self.add("wait", name, f"model {model.display} is being prepared", reason="preparing")
+        return False
+
+    def memory_free(self, service: DesiredService) -> bool:
+        """Admission in time: the memory in use now (processes still stopping included)
+        plus this start's estimate must fit the budget, so a start never overlaps the stop
+        that frees its memory."""
+        budget = self.desired.budget_bytes
+        if budget is None or service.memory is None:
+            return True
+        holders = {
+            name: seen.record.memory_bytes or 0
+            for name, seen in self.observed.services.items()
+            if seen.alive and name != service.name
+        }
+        need = service.memory.total
+        if sum(holders.values()) + need <= budget:
+            return True
+        busy = ", ".join(sorted(n for n, b in holders.items() if b))
+        self.add(
+            "wait",
+            service.name,
+            f"waiting for memory: {gib(need)} needed, {gib(sum(holders.values()))} of "
+            f"{gib(budget)} held by {busy or 'other services'}",
+            reason="memory",
+        )
+        return False
+
+    # -- stops, intents, services no longer desired ------------------------------------
+
+    def stopping(self, seen: ObservedService) -> bool:
+        """Escalate or wait for a stop in progress; False once every process is gone."""
+        if not seen.alive:
+            return False
+        rec = seen.record
+        name = rec.name
+        assert rec.stop_requested_at is not None
+        if rec.kill_sent_at is None:
+            deadline = rec.stop_requested_at + self.opts.grace
+            if self.now >= deadline:
+                self.add("kill", name, f"still running {self.opts.grace:.0f}s after SIGTERM")
+            else:
+                cause = f"stopping ({rec.stop_cause or 'stop'}): {seen.detail}"
+                self.add("wait", name, cause, not_before=deadline, reason="stopping")
+            return True
+        deadline = rec.kill_sent_at + self.opts.kill_wait
+        if self.now >= deadline:
+            self.blocked[name] = f"{seen.detail} after SIGKILL; it will not be started twice"
+        else:
+            self.add(
+                "wait", name, "killed; waiting for it to go", not_before=deadline, reason="stopping"
+            )
+        return True
+
+    def unconfirmed(self, seen: ObservedService) -> bool:
+        """An intent record: adopt its process, or wait a moment for its spawn; False when
+        it never started."""
+        rec = seen.record
+        if seen.adoptable is not None:
+            self.add(
+                "adopt", rec.name, "spawned, but its PID was never recorded", adopt=seen.adoptable
+            )
+            return True
+        if self.now - rec.started_at < self.opts.spawn_grace:
+            self.add(
+                "wait",
+                rec.name,
+                "spawning",
+                reason="spawning",
+                not_before=rec.started_at + self.opts.spawn_grace,
+            )
+            return True
+        return False
+
+    def undesired(self, seen: ObservedService) -> None:
+        rec = seen.record
+        prune = self.opts.prune_cause
+        if not rec.spawned:
+            if not self.unconfirmed(seen):
+                self.add("forget", rec.name, f"{prune} (its spawn never happened)")
+            return
+        if rec.stopping:
+            if not self.stopping(seen):
+                self.add("forget", rec.name, f"{rec.stop_cause or prune}: stopped")
+            return
+        if seen.alive:
+            self.add("stop", rec.name, prune)
+        else:
+            self.add("forget", rec.name, f"{prune} (already exited)")
 
 
 def _memory_check(desired: DesiredState) -> BudgetCheck | None:
@@ -86,122 +348,6 @@ def _empty_refusal(desired: DesiredState, observed: ObservedState, opts: PlanOpt
             f"({', '.join(sorted(running))}) without --allow-empty"
         )
     return None
-
-
-def _plan_service(
-    service: DesiredService,
-    observed: ObservedState,
-    opts: PlanOptions,
-    actions: list[Action],
-    blocked: dict[str, str],
-) -> None:
-    seen = observed.services.get(service.name)
-    name = service.name
-
-    def start(kind: ActionKind, cause: str) -> None:
-        model = service.model
-        if model is not None and model.identity not in observed.models_present:
-            if model.prepare is None:
-                hint = f"; {model.hint}" if model.hint else ""
-                blocked[name] = f"model {model.display} is not present at {model.directory}{hint}"
-                return
-            actions.append(Action("prepare", name, f"model {model.display} is not prepared yet"))
-        actions.append(Action(kind, name, cause))
-
-    if seen is None:
-        start("start", "new gateway" if service.role == "gateway" else "new tier")
-        return
-    rec = seen.record
-    changed = _launch_changed(service, seen)
-    if not seen.alive:
-        if changed:
-            start("start", f"{changed} (was not running)")
-        elif rec.died_at is None:
-            _crashed(service, seen, observed.now, opts, actions, start, stop=False)
-        elif rec.not_before is None or observed.now >= rec.not_before:
-            start("start", f"restarting after crash #{rec.consecutive_crashes}")
-        else:
-            wait = rec.not_before - observed.now
-            actions.append(
-                Action(
-                    "wait",
-                    name,
-                    f"crash-loop backoff: restart in {wait:.0f}s "
-                    f"(crash #{rec.consecutive_crashes})",
-                    not_before=rec.not_before,
-                )
-            )
-        return
-    if changed:
-        start("restart", changed)
-        return
-    if rec.spec_hash != service.spec_hash:
-        actions.append(Action("rehash", name, "hash recipe changed; launch unchanged"))
-    if seen.health == "ready":
-        if rec.ready_at is None:  # became ready while nobody was waiting: record it
-            actions.append(Action("wait", name, "starting: ready now", starting=True))
-        return
-    if rec.ready_at is None:
-        deadline = rec.started_at + service.startup_timeout
-        if observed.now < deadline:
-            actions.append(
-                Action(
-                    "wait",
-                    name,
-                    "starting: waiting until ready",
-                    not_before=deadline,
-                    starting=True,
-                )
-            )
-        else:
-            detail = f": {seen.detail}" if seen.detail else ""
-            cause = f"not ready {service.startup_timeout:.0f}s after start{detail}"
-            _crashed(service, seen, observed.now, opts, actions, start, stop=True, cause=cause)
-        return
-    if seen.probe_failures >= opts.liveness_threshold:
-        cause = f"liveness failed {seen.probe_failures} times: {seen.detail}"
-        _crashed(service, seen, observed.now, opts, actions, start, stop=True, cause=cause)
-
-
-def _crashed(
-    service: DesiredService,
-    seen: ObservedService,
-    now: float,
-    opts: PlanOptions,
-    actions: list[Action],
-    start: Any,
-    *,
-    stop: bool,
-    cause: str | None = None,
-) -> None:
-    rec = seen.record
-    uptime = now - rec.started_at
-    crashes = opts.backoff.count_after_crash(rec.consecutive_crashes, uptime)
-    delay = opts.backoff.delay(crashes)
-    if cause is None:
-        code = f" with code {seen.exit_code}" if seen.exit_code is not None else ""
-        cause = f"exited{code} after {_duration(uptime)}"
-    actions.append(
-        Action(
-            "crash",
-            service.name,
-            f"{cause}; crash #{crashes}",
-            crashes=crashes,
-            not_before=now + delay,
-            stop_process=stop,
-        )
-    )
-    if delay == 0:
-        start("start", f"restarting after crash #{crashes}")
-    else:
-        actions.append(
-            Action(
-                "wait",
-                service.name,
-                f"crash-loop backoff: restart in {delay:.0f}s (crash #{crashes})",
-                not_before=now + delay,
-            )
-        )
 
 
 def _launch_changed(service: DesiredService, seen: ObservedService) -> str:

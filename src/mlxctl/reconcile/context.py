@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlxctl.apply.events import EventLog, Listener
-from mlxctl.apply.executor import ExecutorSettings
+from mlxctl.apply.jobs import PrepareJobs, Spawn, in_thread
+from mlxctl.apply.ledger import Ledger
 from mlxctl.desired.resolve import ModelResolver
 from mlxctl.machine.clock import SystemClock
 from mlxctl.machine.interfaces import Clock, ModelStore, Prober, ProcessControl
 from mlxctl.machine.inventory import Inventory, write_atomic
+from mlxctl.observe.health import HealthSource, ProbeNow
+from mlxctl.observe.jobfiles import JobFiles
+from mlxctl.observe.state import PrepareJob
 from mlxctl.paths import Paths
 
 if TYPE_CHECKING:
@@ -38,10 +42,17 @@ class Context:
     store: ModelStore
     python: Path = field(default_factory=lambda: Path(sys.executable))
     listeners: list[Listener] = field(default_factory=list)
-    settings: ExecutorSettings = field(default_factory=ExecutorSettings)
     # None: the real resolver (local paths and the catalog).
     model_resolver: ModelResolver | None = None
     memory_bytes: Callable[[], int] = field(default_factory=lambda: _system_memory)
+    # Where health comes from: None probes once per observation (diff, status); the
+    # controller sets its background monitor.
+    health: HealthSource | None = None
+    # How a job runs: in a thread (real runs) or inline (unit tests).
+    job_spawn: Spawn = in_thread
+    # Called with a reason whenever a job changes state (the controller's trigger).
+    on_job_change: Callable[[str], None] | None = None
+    _jobs: PrepareJobs | None = field(default=None, init=False, repr=False)
 
     @property
     def inventory(self) -> Inventory:
@@ -50,19 +61,42 @@ class Context:
     def event_log(self) -> EventLog:
         return EventLog(self.paths.events, self.listeners)
 
+    def ledger(self) -> Ledger:
+        return Ledger(self.inventory, self.event_log(), self.clock)
+
+    def health_source(self) -> HealthSource:
+        return self.health if self.health is not None else ProbeNow(self.prober)
+
+    def jobs(self) -> PrepareJobs:
+        """The one job runner of this process (prepares run in the background)."""
+        if self._jobs is None:
+            self._jobs = PrepareJobs(
+                self.store,
+                JobFiles(self.paths.jobs),
+                self.event_log(),
+                self.clock,
+                on_change=self._job_changed,
+                spawn=self.job_spawn,
+            )
+        return self._jobs
+
+    def _job_changed(self, reason: str) -> None:
+        if self.on_job_change is not None:
+            self.on_job_change(reason)
+
+    def prepares(self) -> dict[str, PrepareJob]:
+        return JobFiles(self.paths.jobs).read_all()
+
     def executor(self) -> Executor:
         from mlxctl.apply.executor import Executor
 
         return Executor(
             procs=self.procs,
-            prober=self.prober,
             clock=self.clock,
-            store=self.store,
-            inventory=self.inventory,
-            events=self.event_log(),
+            ledger=self.ledger(),
+            jobs=self.jobs(),
             logs_dir=self.paths.logs,
             environ=self.environ,
-            settings=self.settings,
         )
 
 

@@ -1,8 +1,11 @@
 """The controller: ``mlxctl reconcile`` keeps the machine matched as files change and servers die.
 
-Level-triggered: file events, process exits, backoff expiries and the periodic
-resync only enqueue "reconcile now" with a reason; each pass re-reads everything
-and plans from scratch, so a missed or merged event can never leave a wrong state.
+Level-triggered: file events, process exits, readiness answers, finished jobs,
+backoff expiries and the periodic resync only enqueue "reconcile now" with a
+reason; each pass re-reads everything and plans from scratch, so a missed or merged
+event can never leave a wrong state. A pass never waits (it starts work and returns)
+so the controller is never deaf: an edit or a crash is acted on within a poll
+interval whatever else is starting, stopping or being prepared.
 
 - Files: watchfiles watches the stack directories (a save by rename or by
   truncate-and-write is one debounced batch; only ``*.yaml``/``*.yml`` count, so
@@ -10,17 +13,20 @@ and plans from scratch, so a missed or merged event can never leave a wrong stat
   trigger nothing). An invalid or empty file is reported and changes nothing.
 - Processes: a poller checks every recorded process's identity every
   ``poll_interval`` (0.25 s), so a crash is noticed, logged and acted on within a
-  second.
-- Health: each periodic resync probes liveness; ``liveness_threshold`` failures in
-  a row restart a hung server.
+  second, and so is the end of a stop.
+- Health: the monitor (:mod:`mlxctl.reconcile.monitor`) probes in the background:
+  readiness while starting (a pass runs the moment a server answers), liveness
+  every ``interval``; ``liveness_threshold`` failures in a row replace a hung server.
+- Jobs: a model prepare that ends triggers a pass.
 
 When the controller stops (SIGINT/SIGTERM) the servers keep running, as workloads
-outlive a stopped Kubernetes controller: ``mlxctl down`` stops them.
+outlive a stopped Kubernetes controller: ``mlxctl down`` stops them. The same loop,
+with no file watching and an exit condition, is ``reconcile --once`` and ``down``
+(:mod:`mlxctl.reconcile.converge`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import queue
 import random
 import threading
@@ -28,10 +34,12 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from mlxctl.apply.events import Event
+from mlxctl.desired.state import DesiredState
 from mlxctl.errors import MlxctlError
 from mlxctl.machine.record import Record
 from mlxctl.plan.actions import Plan, PlanOptions
 from mlxctl.reconcile.context import Context
+from mlxctl.reconcile.monitor import HealthMonitor, MonitorSettings
 from mlxctl.reconcile.passes import PassResult, load_stack, resolve, run_pass
 from mlxctl.spec.loader import STACK_SUFFIXES
 from mlxctl.status import report
@@ -41,18 +49,21 @@ POLL_INTERVAL = 0.25
 
 
 def next_wake(result: PassResult, records: Iterable[Record], *, since: float) -> float | None:
-    """When the controller must look again without a trigger: the earliest backoff expiry
-    or startup deadline; pure.
+    """When the controller must look again without a trigger: the earliest backoff expiry,
+    startup deadline or stop deadline; pure.
 
     Times set during the pass that began at ``since`` count even when already due: a
     first failed start (backoff 0) is retried at once, not at the next resync. Older
     expiries do not, so a tier that cannot start (its model is missing) never spins.
     """
-    waits = [a.not_before for a in result.plan.actions if a.kind == "wait"]
-    waits += [o.action.not_before for o in result.outcomes if not o.ok]
+    waits = [a.not_before for a in result.plan.actions if a.kind in ("wait", "crash")]
     waits += [r.not_before for r in records if r.died_at is not None]
     due = [w for w in waits if w is not None and w >= since]
     return min(due) if due else None
+
+
+DesiredSource = Callable[[], DesiredState]
+Until = Callable[["Controller", PassResult], bool]
 
 
 class Controller:
@@ -66,6 +77,7 @@ class Controller:
         poll_interval: float = POLL_INTERVAL,
         log: Callable[[str], None] = print,
         watch: bool = True,
+        desired: DesiredSource | None = None,
     ) -> None:
         self.ctx = ctx
         self.targets = list(targets)
@@ -74,26 +86,31 @@ class Controller:
         self.poll_interval = poll_interval
         self.log = log
         self.watch = watch
+        self._desired = desired or (lambda: resolve(self.ctx, load_stack(self.targets)))
         self._queue: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
-        self._failures: dict[str, int] = {}
         self._wake_at: float | None = None
         self.passes = 0
-        if ctx.settings.cancel is None:
-            ctx.settings = dataclasses.replace(ctx.settings, cancel=threading.Event())
+        self.last: PassResult | None = None
+        self.monitor = HealthMonitor(
+            ctx.prober,
+            self.trigger,
+            MonitorSettings(live_interval=interval, threshold=options.liveness_threshold),
+        )
+        ctx.health = self.monitor
+        ctx.on_job_change = self.trigger
 
     # -- lifecycle ------------------------------------------------------------
 
     def stop(self) -> None:
         self._stop.set()
         self._queue.put("stop")
-        if self.ctx.settings.cancel is not None:
-            self.ctx.settings.cancel.set()
 
     def trigger(self, reason: str) -> None:
         self._queue.put(reason)
 
-    def run(self) -> None:
+    def run(self, until: Until | None = None) -> PassResult | None:
+        """Pass after pass until stopped, or until ``until`` says the work is done."""
         threads = [threading.Thread(target=self._poll_processes, name="mlxctl-poll", daemon=True)]
         if self.watch:
             threads.append(
@@ -101,11 +118,12 @@ class Controller:
             )
         for thread in threads:
             thread.start()
-        self.log(
-            f"controller: watching {', '.join(str(t) for t in self.targets) or '(nothing)'}; "
-            f"resync every {self.interval:.0f}s"
-        )
-        self.trigger("controller started")
+        if self.watch:
+            self.log(
+                f"controller: watching {', '.join(str(t) for t in self.targets) or '(nothing)'}; "
+                f"resync every {self.interval:.0f}s"
+            )
+        self.trigger("controller started" if self.watch else "start")
         next_resync = self.ctx.clock.monotonic() + self.interval
         try:
             while not self._stop.is_set():
@@ -116,15 +134,17 @@ class Controller:
                     reason = self._queue.get(timeout=max(timeout, 0.0))
                 except queue.Empty:
                     if self._wake_at is not None and self.ctx.clock.time() >= self._wake_at:
-                        reason = "backoff expired"
+                        reason = "deadline"
                     else:
                         reason = "periodic resync"
                 reasons = [reason, *self._drain()]
                 if self._stop.is_set():
                     break
                 try:
-                    self.run_pass(", ".join(dict.fromkeys(reasons)))
+                    result = self.run_pass(", ".join(dict.fromkeys(reasons)))
                 except Exception as exc:  # a daemon survives a failed pass; the next one retries
+                    if not self.watch:
+                        raise
                     self.log(f"reconcile failed: {exc!r}; retrying at the next trigger")
                     self.ctx.event_log().emit(
                         Event(
@@ -132,12 +152,18 @@ class Controller:
                         )
                     )
                     self._wake_at = self.ctx.clock.time() + self.interval / 6
+                    continue
+                if result is not None and until is not None and until(self, result):
+                    return result
                 if "periodic resync" in reasons:
                     jitter = random.uniform(-0.1, 0.1) * self.interval
                     next_resync = self.ctx.clock.monotonic() + self.interval + jitter
         finally:
             self._stop.set()
-            self.log("controller: stopped (servers keep running; `mlxctl down` stops them)")
+            self.monitor.stop()
+            if self.watch:
+                self.log("controller: stopped (servers keep running; `mlxctl down` stops them)")
+        return self.last
 
     def _drain(self) -> list[str]:
         out = []
@@ -149,12 +175,14 @@ class Controller:
 
     # -- one pass -------------------------------------------------------------
 
-    def run_pass(self, reason: str) -> None:
+    def run_pass(self, reason: str) -> PassResult | None:
         self.passes += 1
         started = self.ctx.clock.time()
         try:
-            desired = resolve(self.ctx, load_stack(self.targets))
+            desired = self._desired()
         except MlxctlError as exc:
+            if not self.watch:
+                raise
             first = str(exc).splitlines()
             self.log(f"reconcile ({reason}): stack not applied, nothing changed:")
             for line in first:
@@ -162,25 +190,28 @@ class Controller:
             self.ctx.event_log().emit(
                 Event(self.ctx.clock.time(), "reconcile", "stack", reason, "refused", str(exc))
             )
-            return
+            return None
         result = run_pass(
             self.ctx,
             desired,
             options=self.options,
-            probe_failures=self._failures,
-            verify=False,
             on_plan=lambda p: self._show_plan(reason, p),
         )
-        self._failures = {
-            name: seen.probe_failures
-            for name, seen in result.observed.services.items()
-            if seen.probe_failures
-        }
+        self.last = result
         self._wake_at = next_wake(result, self.ctx.inventory.load().values(), since=started)
-        if result.plan.refused:
+        if any(o.ok for o in result.outcomes):
+            # Requeue: what was just applied is observed at once (a recorded readiness,
+            # a crash whose restart is due, a stop that already completed).
+            self.trigger("follow-up")
+        elif result.failed and self._wake_at is None:
+            self._wake_at = self.ctx.clock.time() + self.interval / 6
+        if result.plan.refused and self.watch:
             self.log(f"  refused: {result.plan.refused}")
+        return result
 
     def _show_plan(self, reason: str, plan: Plan) -> None:
+        if not self.watch:
+            return
         if plan.refused or plan.has_changes or plan.blocked:
             self.log(f"reconcile ({reason}):")
             for line in report.plan_lines(plan):
@@ -189,21 +220,31 @@ class Controller:
     # -- triggers ---------------------------------------------------------------
 
     def _poll_processes(self) -> None:
-        """Notice a recorded process that died, within ``poll_interval``."""
-        known_dead: set[tuple[str, int]] = set()
+        """Notice a recorded process that died, or a stop that completed, within
+        ``poll_interval``."""
+        known: set[tuple[str, int, bool]] = set()
         while not self._stop.wait(self.poll_interval):
             try:
                 records = self.ctx.inventory.load()
             except (OSError, ValueError):
                 continue
             for name, record in records.items():
-                key = (name, record.pid)
-                if key in known_dead or record.died_at is not None:
+                if not record.spawned:
+                    continue
+                key = (name, record.pid, record.stopping)
+                if key in known:
+                    continue
+                if record.stopping:
+                    if self.ctx.procs.remaining(record.identity()) == 0:
+                        known.add(key)
+                        self.trigger(f"{name} stopped")
+                    continue
+                if record.died_at is not None:
                     continue
                 status = self.ctx.procs.status(record.identity())
-                if status.alive or status.stopped:
+                if status.alive:
                     continue
-                known_dead.add(key)
+                known.add(key)
                 code = f" with code {status.exit_code}" if status.exit_code is not None else ""
                 self.ctx.event_log().emit(
                     Event(

@@ -1,13 +1,13 @@
 """One reconcile pass, shared by ``diff``, ``reconcile --once``, the controller and ``status``.
 
-load stack files -> resolve desired state -> observe -> plan -> (apply) -> verify.
+load stack files -> resolve desired state -> observe -> plan -> (apply).
 This module only wires; every decision is the planner's and every effect goes
 through the interfaces held by :class:`Context`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from mlxctl.desired.resolve import ResolveContext, resolve_desired
 from mlxctl.desired.state import DesiredState
 from mlxctl.errors import ExitCode
-from mlxctl.observe.gather import ObserveOptions, observe
+from mlxctl.observe.gather import observe
 from mlxctl.observe.state import ObservedState
 from mlxctl.plan.actions import Plan, PlanOptions
 from mlxctl.plan.planner import plan
@@ -46,33 +46,40 @@ def resolve(ctx: Context, stack: StackSet) -> DesiredState:
     return with_budget(desired, stack, ctx.memory_bytes)
 
 
-def observe_state(
-    ctx: Context,
-    desired: DesiredState | None,
-    *,
-    probe: bool = True,
-    probe_failures: Mapping[str, int] | None = None,
-) -> ObservedState:
+def observe_state(ctx: Context, desired: DesiredState | None) -> ObservedState:
+    """What runs now, quickly: health comes from the context's health source."""
     return observe(
         ctx.inventory.load(),
         desired,
         procs=ctx.procs,
-        prober=ctx.prober,
+        health=ctx.health_source(),
         clock=ctx.clock,
         store=ctx.store,
-        probe_failures=probe_failures,
-        options=ObserveOptions(probe=probe),
+        prepares=ctx.prepares(),
     )
+
+
+def is_converged(desired: DesiredState, observed: ObservedState, the_plan: Plan) -> bool:
+    """Nothing left to do and every desired service running and ready."""
+    if the_plan.refused or the_plan.blocked or any(a.kind != "rehash" for a in the_plan.actions):
+        return False
+    for service in desired.services:
+        seen = observed.services.get(service.name)
+        if seen is None or not seen.alive or seen.record.ready_at is None:
+            return False
+        if seen.health == "unready":
+            return False
+    return True
 
 
 @dataclass(frozen=True)
 class PassResult:
+    """One pass: what was seen, what was planned from it, and what applying it did."""
+
     desired: DesiredState
     observed: ObservedState
     plan: Plan
     outcomes: tuple[Outcome, ...] = ()
-    final_plan: Plan | None = None
-    final_observed: ObservedState | None = None
 
     @property
     def failed(self) -> tuple[Outcome, ...]:
@@ -80,24 +87,7 @@ class PassResult:
 
     @property
     def converged(self) -> bool:
-        """Applied without failures and a fresh look finds nothing left to do."""
-        final = self.final_plan
-        if final is None or self.failed or final.refused or final.blocked:
-            return False
-        observed = self.final_observed
-        ready = observed is not None and all(
-            s.alive and s.health == "ready" for s in observed.services.values()
-        )
-        return ready and not final.actions
-
-    def exit_code(self) -> ExitCode:
-        if self.plan.refused:
-            return self.refusal_code()
-        if self.converged:
-            return ExitCode.OK
-        if any(o.timed_out for o in self.failed):
-            return ExitCode.HEALTH_TIMEOUT
-        return ExitCode.APPLY_FAILED
+        return is_converged(self.desired, self.observed, self.plan)
 
     def refusal_code(self) -> ExitCode:
         if self.plan.refusal == "budget":
@@ -111,25 +101,19 @@ def run_pass(
     *,
     options: PlanOptions,
     dry_run: bool = False,
-    wait_starting: bool = True,
-    probe_failures: Mapping[str, int] | None = None,
-    verify: bool = True,
     on_plan: Callable[[Plan], None] | None = None,
 ) -> PassResult:
-    """Observe, plan and (unless ``dry_run``) apply, then look again to verify.
+    """Observe, plan and (unless ``dry_run``) apply. Never waits: every action is an
+    instant effect, and what takes time is observed by the next pass.
 
     ``on_plan`` sees the plan before anything is applied (the CLI prints it).
     """
-    observed = observe_state(ctx, desired, probe_failures=probe_failures)
+    observed = observe_state(ctx, desired)
     the_plan = plan(desired, observed, options)
     if on_plan is not None:
         on_plan(the_plan)
     if dry_run or the_plan.refused:
         return PassResult(desired, observed, the_plan)
     save_ports(ctx.paths, desired.ports)
-    outcomes = ctx.executor().apply(the_plan, desired, wait_starting=wait_starting)
-    if not verify:
-        return PassResult(desired, observed, the_plan, tuple(outcomes))
-    final_observed = observe_state(ctx, desired)
-    final_plan = plan(desired, final_observed, options)
-    return PassResult(desired, observed, the_plan, tuple(outcomes), final_plan, final_observed)
+    outcomes = ctx.executor().apply(the_plan, desired)
+    return PassResult(desired, observed, the_plan, tuple(outcomes))

@@ -28,6 +28,9 @@ SYMBOLS = {
     "forget": "-",
     "prepare": "*",
     "crash": "!",
+    "kill": "!",
+    "adopt": "~",
+    "ready": "=",
     "wait": ".",
     "rehash": "~",
 }
@@ -38,6 +41,9 @@ VERBS = {
     "forget": "forget",
     "prepare": "prepare model",
     "crash": "crashed",
+    "kill": "kill",
+    "adopt": "adopt",
+    "ready": "ready",
     "wait": "wait",
     "rehash": "update record",
 }

@@ -12,7 +12,9 @@ from typing import Any, Literal
 from mlxctl.desired.state import DesiredState
 from mlxctl.observe.state import ObservedService, ObservedState
 
-HealthState = Literal["ready", "starting", "degraded", "crash-looping", "crashed", "stopped"]
+HealthState = Literal[
+    "ready", "starting", "degraded", "stopping", "preparing", "crash-looping", "crashed", "stopped"
+]
 SyncState = Literal["Synced", "OutOfSync", "Unknown"]
 STATUS_SCHEMA = "mlxctl.status/v1"
 
@@ -42,6 +44,10 @@ def health_of(seen: ObservedService | None, now: float) -> HealthState:
     if seen is None:
         return "stopped"
     rec = seen.record
+    if rec.stopping and seen.alive:
+        return "stopping"
+    if not rec.spawned:
+        return "starting" if seen.alive else "stopped"
     if seen.alive:
         if seen.health == "ready" or (seen.health == "unknown" and rec.ready_at is not None):
             return "ready"
@@ -66,6 +72,14 @@ def build_status(desired: DesiredState | None, observed: ObservedState) -> list[
             continue
         rec = seen.record if seen else None
         health = health_of(seen, observed.now)
+        detail = seen.detail if seen else ""
+        job = (
+            observed.prepares.get(want.model.identity)
+            if want is not None and want.model is not None
+            else None
+        )
+        if job is not None and job.running and (seen is None or not seen.alive):
+            health, detail = "preparing", job.describe()
         if desired is None:
             sync: SyncState = "Unknown"
         elif want is None:
@@ -94,7 +108,7 @@ def build_status(desired: DesiredState | None, observed: ObservedState) -> list[
                 restarts=rec.restarts if rec else 0,
                 last_error=rec.last_error if rec else None,
                 model=model,
-                detail=seen.detail if seen else "",
+                detail=detail,
                 restart_in=(
                     rec.not_before - observed.now
                     if rec is not None and rec.not_before is not None and health == "crash-looping"

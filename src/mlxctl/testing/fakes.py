@@ -15,6 +15,7 @@ from typing import Literal
 
 from mlxctl.desired.state import ModelRef
 from mlxctl.machine.interfaces import (
+    INSTANCE_ENV,
     Identity,
     ProbeResult,
     ProcessStatus,
@@ -68,6 +69,10 @@ class FakeProcs:
     busy_ports: dict[int, str] = field(default_factory=dict)
     # argv[0] substrings whose processes exit right after spawning (a broken server).
     crash_on_start: set[str] = field(default_factory=set)
+    # PIDs that ignore SIGTERM (a hung server) and those that even survive SIGKILL.
+    ignore_term: set[int] = field(default_factory=set)
+    unkillable: set[int] = field(default_factory=set)
+    killed: list[int] = field(default_factory=list)
 
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> Spawned:
         pid = self.next_pid
@@ -97,13 +102,35 @@ class FakeProcs:
             return ProcessStatus(alive=True)
         return ProcessStatus(alive=False, exit_code=mine.exit_code, stopped=mine.stopped)
 
-    def stop(self, ident: Identity, grace: float) -> StopResult:
+    def terminate(self, ident: Identity) -> StopResult:
         mine = self._matches(ident)
         if mine is None or not mine.alive:
             return StopResult(signalled=False, forced=False, detail="no process left")
         self.signalled.append(mine.pid)
-        mine.alive, mine.exit_code, mine.stopped = False, -15, True
+        mine.stopped = True
+        if mine.pid not in self.ignore_term:
+            mine.alive, mine.exit_code = False, -15
         return StopResult(signalled=True, forced=False)
+
+    def kill(self, ident: Identity) -> StopResult:
+        mine = self._matches(ident)
+        if mine is None or not mine.alive:
+            return StopResult(signalled=False, forced=False, detail="no process left")
+        self.killed.append(mine.pid)
+        mine.stopped = True
+        if mine.pid not in self.unkillable:
+            mine.alive, mine.exit_code = False, -9
+        return StopResult(signalled=True, forced=True, detail="killed after grace period")
+
+    def remaining(self, ident: Identity) -> int:
+        mine = self._matches(ident)
+        return 1 if mine is not None and mine.alive else 0
+
+    def find_instance(self, instance: str) -> Spawned | None:
+        for proc in self.procs.values():
+            if proc.alive and not proc.foreign and proc.env.get(INSTANCE_ENV) == instance:
+                return Spawned(proc.pid, proc.pid, proc.create_time, proc.argv)
+        return None
 
     def port_owner(self, port: int) -> str | None:
         for proc in self.procs.values():

@@ -1,0 +1,130 @@
+"""The health monitor: background probes, so that no pass ever waits for one.
+
+One watcher thread per live server instance. While the server is starting it asks
+the runtime's readiness check every ``ready_poll`` seconds (a check that blocks, such
+as mlx-lm's completion while the model loads, simply returns when the model is
+there), and triggers a pass the moment it succeeds or says the server can never be
+ready: readiness lag stays near ``ready_poll``. Once ready it checks liveness every
+``live_interval`` seconds and triggers a pass when ``threshold`` checks in a row have
+failed. The planner reads the latest answers through :meth:`sample`, the
+:class:`~mlxctl.observe.health.HealthSource` interface.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from mlxctl.machine.interfaces import Prober
+from mlxctl.machine.record import Record
+from mlxctl.observe.health import HealthSample, probe_mode, probe_spec
+
+READY_POLL = 0.1
+READY_TIMEOUT = 30.0
+LIVE_TIMEOUT = 5.0
+
+Key = tuple[str, str]  # (service name, instance marker)
+
+
+@dataclass
+class MonitorSettings:
+    ready_poll: float = READY_POLL
+    ready_timeout: float = READY_TIMEOUT
+    live_interval: float = 10.0
+    live_timeout: float = LIVE_TIMEOUT
+    threshold: int = 3
+
+
+class HealthMonitor:
+    def __init__(
+        self,
+        prober: Prober,
+        on_change: Callable[[str], None],
+        settings: MonitorSettings | None = None,
+    ) -> None:
+        self.prober = prober
+        self.on_change = on_change
+        self.settings = settings or MonitorSettings()
+        self._samples: dict[Key, HealthSample] = {}
+        self._watchers: dict[Key, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    # -- HealthSource ------------------------------------------------------------------
+
+    def sample(self, records: Sequence[Record]) -> Mapping[str, HealthSample]:
+        """The latest answers for ``records``; starts watching new ones, stops watching
+        the ones that are gone (replaced, stopping, exited)."""
+        self.watch(records)
+        with self._lock:
+            found = {r.name: self._samples.get((r.name, r.instance)) for r in records}
+        return {name: s for name, s in found.items() if s is not None}
+
+    def watch(self, records: Sequence[Record]) -> None:
+        wanted = {(r.name, r.instance): r for r in records}
+        with self._lock:
+            for key in list(self._watchers):
+                if key not in wanted:
+                    self._watchers.pop(key).set()
+                    self._samples.pop(key, None)
+            new = [r for key, r in wanted.items() if key not in self._watchers]
+            for record in new:
+                self._watchers[(record.name, record.instance)] = threading.Event()
+        for record in new:
+            stop = self._watchers[(record.name, record.instance)]
+            threading.Thread(
+                target=self._watch_one,
+                args=(record, stop),
+                name=f"mlxctl-health-{record.name}",
+                daemon=True,
+            ).start()
+
+    def stop(self) -> None:
+        with self._lock:
+            for event in self._watchers.values():
+                event.set()
+            self._watchers.clear()
+
+    # -- one watcher ---------------------------------------------------------------------
+
+    def _store(self, key: Key, sample: HealthSample, stop: threading.Event) -> None:
+        with self._lock:
+            if not stop.is_set():
+                self._samples[key] = sample
+
+    def _watch_one(self, record: Record, stop: threading.Event) -> None:
+        key = (record.name, record.instance)
+        spec = probe_spec(record)
+        mode = probe_mode(record)
+        failures = 0
+        cfg = self.settings
+        while not stop.is_set():
+            if mode == "ready":
+                result = self.prober.probe(spec, "ready", cfg.ready_timeout)
+                if stop.is_set():
+                    return
+                failures = 0 if result.ok else failures + 1
+                self._store(
+                    key,
+                    HealthSample(result.ok, result.detail, result.fatal, failures, "ready"),
+                    stop,
+                )
+                if result.ok:
+                    self.on_change(f"{record.name} ready")
+                    mode = "live"
+                    failures = 0
+                    stop.wait(cfg.live_interval)
+                elif result.fatal:
+                    self.on_change(f"{record.name} cannot become ready")
+                    stop.wait(1.0)
+                else:
+                    stop.wait(cfg.ready_poll)
+                continue
+            result = self.prober.probe(spec, "live", cfg.live_timeout)
+            if stop.is_set():
+                return
+            failures = 0 if result.ok else failures + 1
+            self._store(key, HealthSample(result.ok, result.detail, False, failures, "live"), stop)
+            if failures >= cfg.threshold:
+                self.on_change(f"{record.name} liveness failed {failures} times")
+            stop.wait(cfg.live_interval)
