@@ -219,3 +219,21 @@ def test_status_diff_render_and_validate_import_no_heavy_package(tmp_path: Path)
     # validate, render and status succeed; diff has changes (exit 1): all ran for real.
     assert result["codes"] == [0, 0, 0, 1]
     assert result["heavy"] == []
+
+
+# What the thin CLI may reach at run time: the use cases, presentation, knowledge, and
+# the plan's option and result types. Everything else goes through mlxctl.app.
+CLI_MAY_IMPORT = ("app", "status", "errors", "paths", "catalog", "capacity", "cli", "__init__")
+
+
+@pytest.mark.parametrize("module", [m for m in all_modules() if folder(m) == "cli"])
+def test_the_cli_reaches_the_core_through_the_use_cases(module: str) -> None:
+    reached = {
+        m
+        for m in runtime_imports(module)
+        if m.startswith("mlxctl.") and m in set(all_modules()) | {"mlxctl"}
+    }
+    outside = sorted(
+        m for m in reached if folder(m) not in CLI_MAY_IMPORT and m != "mlxctl.plan.actions"
+    )
+    assert outside == []

@@ -65,9 +65,9 @@ def load_selected(chosen: list[Path]) -> StackSet:
     is valid (it is what ``down`` converges to), but a new user's first ``validate``
     or ``diff`` must not read as success about files that do not exist.
     """
-    from mlxctl.reconcile.passes import load_stack
+    from mlxctl.app.stacks import load
 
-    stack = load_stack(chosen)
+    stack = load(chosen)
     if not stack.files:
         where = ", ".join(str(t) for t in chosen) or f"{paths().stacks} (it does not exist)"
         err(

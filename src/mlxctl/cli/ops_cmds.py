@@ -20,27 +20,22 @@ from mlxctl.cli.common import (
     stack_selection,
     targets,
 )
-from mlxctl.errors import ExitCode, MlxctlError, NotFoundError
+from mlxctl.errors import ExitCode, NotFoundError
 
 
 def status(path: Path | None = None, files: tuple[Path, ...] = (), output: str = "text") -> int:
     """Per tier and gateway: health, desired vs running (Synced/OutOfSync), PID, port, uptime."""
-    from mlxctl.reconcile.context import real_context
-    from mlxctl.reconcile.passes import observe_state, resolve
+    from mlxctl.app import stacks
     from mlxctl.status import report
-    from mlxctl.status.services import build_status, status_json
+    from mlxctl.status.services import status_json
 
-    ctx = real_context(paths())
-    desired = None
-    try:
-        desired = resolve(ctx, load_selected(targets(path, files)))
-    except MlxctlError as exc:
-        err(f"warning: stack files not usable, sync unknown: {str(exc).splitlines()[0]}")
-    rows = build_status(desired, observe_state(ctx, desired))
+    result = stacks.status(paths(), lambda: load_selected(targets(path, files)))
+    if result.warning is not None:
+        err(f"warning: stack files not usable, sync unknown: {result.warning}")
     if output == "json":
-        emit_json(status_json(rows))
-    elif rows:
-        print(report.status_text(rows))
+        emit_json(status_json(result.rows))
+    elif result.rows:
+        print(report.status_text(result.rows))
     else:
         print("nothing is running and no stack is defined")
     return int(ExitCode.OK)
@@ -48,17 +43,10 @@ def status(path: Path | None = None, files: tuple[Path, ...] = (), output: str =
 
 def down(output: str = "text") -> int:
     """Stop everything mlxctl owns (the gateway and every tier)."""
-    from mlxctl.desired.state import DesiredState
-    from mlxctl.plan.actions import PlanOptions
-    from mlxctl.reconcile.context import real_context
-    from mlxctl.reconcile.converge import converge
-    from mlxctl.reconcile.lock import StateLock
+    from mlxctl.app import stacks
     from mlxctl.status import report
 
-    ctx = real_context(paths())
-    options = PlanOptions(allow_empty=True, prune_cause="mlxctl down", heal=False)
-    with StateLock(ctx.paths.lock):
-        result = converge(ctx, DesiredState(tiers=(), gateway=None), options)
+    result = stacks.down(paths())
     failed = [o for o in result.outcomes if not o.ok]
     code = ExitCode.APPLY_FAILED if failed else ExitCode.OK
     if output == "json":
@@ -76,17 +64,12 @@ def down(output: str = "text") -> int:
 
 def logs(tier: str, follow: bool = False, tail_lines: int = 50) -> int:
     """Print a service's log (TIER: a tier name, or 'gateway')."""
-    from mlxctl.machine.logfiles import tail
+    from mlxctl.app import ops
 
-    log = paths().logs / f"{tier}.log"
-    if not log.exists():
-        known = sorted(p.stem for p in paths().logs.glob("*.log")) if paths().logs.exists() else []
-        hint = f" (known: {', '.join(known)})" if known else ""
-        raise NotFoundError(f"no log for '{tier}'{hint}")
-    for line in tail(log, tail_lines):
+    for line in ops.log_tail(paths(), tier, tail_lines):
         print(line)
     if follow:
-        _follow(log)
+        _follow(ops.log_file(paths(), tier))
     return int(ExitCode.OK)
 
 
@@ -119,10 +102,10 @@ def _follow(log: Path) -> None:
 
 def events(tail_n: int = 50, output: str = "text") -> int:
     """Recent actions with their causes and results."""
-    from mlxctl.apply.events import read_events
+    from mlxctl.app import ops
     from mlxctl.status.report import event_line
 
-    found = read_events(paths().events, tail_n)
+    found = ops.events(paths(), tail_n)
     for event in found:
         if output == "json":
             emit_json(event.to_json())
@@ -135,39 +118,26 @@ def events(tail_n: int = 50, output: str = "text") -> int:
 
 def gateway_key(path: Path | None = None, files: tuple[Path, ...] = ()) -> int:
     """Print the gateway's API key (to use as the Bearer token)."""
-    from mlxctl.desired.resolve import master_key_ref
-    from mlxctl.spec import secrets
+    from mlxctl.app import ops
 
-    stack = load_selected(targets(path, files))
-    ref = master_key_ref(stack, paths().state)
-    try:
-        print(secrets.resolve(ref, os.environ, where="gateway key"))
-    except secrets.MissingSecretError:
-        if stack.gateway.master_key is not None:
-            raise  # the user's reference: its own message says what is missing
-        raise NotFoundError(
-            "no gateway key yet: mlxctl generates it when the gateway first starts "
-            "(mlxctl reconcile --once)"
-        ) from None
+    print(ops.gateway_key(paths(), load_selected(targets(path, files))))
     return int(ExitCode.OK)
 
 
 def quickstart(timeout: float | None = None) -> int:
     """Install the demo stack into your stacks directory, converge it, and show how to call it."""
+    from mlxctl.app import ops, stacks
     from mlxctl.cli.stack_cmds import reconcile
-    from mlxctl.desired.resolve import master_key_ref
-    from mlxctl.reconcile.passes import load_stack
-    from mlxctl.spec import secrets
 
-    stacks = paths().stacks
-    installed = install_demo_stack(stacks)
+    stacks_dir = paths().stacks
+    installed = install_demo_stack(stacks_dir)
     if installed is not None:
         err(f"installed the demo stack at {installed}")
-    code = reconcile(path=stacks, once=True, timeout=timeout)
+    code = reconcile(path=stacks_dir, once=True, timeout=timeout)
     if code != ExitCode.OK:
         return code
-    stack = load_stack([stacks])
-    key = secrets.resolve(master_key_ref(stack, paths().state), os.environ, where="gateway key")
+    stack = stacks.load([stacks_dir])
+    key = ops.gateway_key(paths(), stack)
     tier = stack.tiers[0].spec.name
     port = stack.gateway.port
     print()

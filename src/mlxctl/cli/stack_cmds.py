@@ -1,4 +1,7 @@
-"""``validate``, ``render``, ``diff`` and ``reconcile``: the stack-file commands."""
+"""``validate``, ``render``, ``diff`` and ``reconcile``: the stack-file commands.
+
+Thin: each command calls a use case in :mod:`mlxctl.app.stacks` and prints its result.
+"""
 
 from __future__ import annotations
 
@@ -24,9 +27,7 @@ from mlxctl.errors import ExitCode
 if TYPE_CHECKING:
     from mlxctl.apply.events import Event, Listener
     from mlxctl.plan.actions import Plan, PlanOptions
-    from mlxctl.reconcile.context import Context
     from mlxctl.reconcile.passes import PassResult
-    from mlxctl.spec.loader import StackSet
 
 
 Files = tuple[Path, ...]
@@ -41,14 +42,13 @@ def validate(path: Path | None = None, files: Files = ()) -> int:
 
 def render(path: Path | None = None, files: Files = (), output: str = "text") -> int:
     """Print the canonical desired state: files merged, defaults applied, ports assigned."""
-    from mlxctl.desired.render import canonical, to_yaml
-    from mlxctl.reconcile.context import read_ports
+    from mlxctl.app import stacks
 
-    data = canonical(load_selected(targets(path, files)), read_ports(paths()))
+    data = stacks.render(paths(), load_selected(targets(path, files)))
     if output == "json":
         emit_json(data)
     else:
-        sys.stdout.write(to_yaml(data))
+        sys.stdout.write(stacks.render_yaml(data))
     return int(ExitCode.OK)
 
 
@@ -56,40 +56,26 @@ def diff(
     path: Path | None = None, files: Files = (), output: str = "text", allow_empty: bool = False
 ) -> int:
     """Show what reconcile would do, with causes. Exit 0: no changes, 1: changes, >=2: error."""
-    from mlxctl.reconcile.context import real_context
-    from mlxctl.reconcile.passes import resolve, run_pass
+    from mlxctl.app import stacks
     from mlxctl.status import report
 
-    ctx = real_context(paths())
-    desired = resolve(ctx, _load(path, files))
-    from mlxctl.plan.actions import PlanOptions
-
-    result = run_pass(ctx, desired, options=PlanOptions(allow_empty=allow_empty), dry_run=True)
+    result = stacks.diff(paths(), load_selected(targets(path, files)), allow_empty=allow_empty)
     the_plan = result.plan
+    changes = the_plan.has_changes or bool(the_plan.blocked)
+    code = result.refusal_code() if the_plan.refused else _diff_code(changes)
     if output == "json":
         emit_json(report.version_record())
         for record in report.plan_stream(the_plan):
             emit_json(record)
-        code = (
-            result.refusal_code()
-            if the_plan.refused
-            else _diff_code(the_plan.has_changes or bool(the_plan.blocked))
-        )
         emit_json(report.summary_record(the_plan, (), int(code), None))
         return int(code)
     for line in report.plan_lines(the_plan):
         print(line)
-    if the_plan.refused:
-        return int(result.refusal_code())
-    return int(_diff_code(the_plan.has_changes or bool(the_plan.blocked)))
+    return int(code)
 
 
 def _diff_code(changes: bool) -> ExitCode:
     return ExitCode.CHANGES if changes else ExitCode.OK
-
-
-def _load(path: Path | None, files: Files) -> StackSet:
-    return load_selected(targets(path, files))
 
 
 def reconcile(
@@ -103,31 +89,35 @@ def reconcile(
     output: str = "text",
 ) -> int:
     """Make the machine match the stack: once (--once), or continuously, watching the files."""
+    from mlxctl.app import stacks
     from mlxctl.plan.actions import PlanOptions
-    from mlxctl.reconcile.context import real_context
-    from mlxctl.reconcile.lock import StateLock
 
     if interval <= 0:
         raise click.BadParameter("must be more than 0 seconds", param_hint="--interval")
     json_out = output == "json"
     controller_mode = not (once or dry_run)
     listeners = [] if json_out else [_progress_listener(_stamped if controller_mode else err)]
-    ctx = real_context(paths(), listeners=listeners)
     options = PlanOptions(allow_empty=allow_empty, startup_timeout=timeout)
     the_targets = targets(path, files)
     if once or dry_run:
-        with StateLock(ctx.paths.lock):
-            return _once(ctx, the_targets, options, dry_run=dry_run, json_out=json_out)
-    from mlxctl.reconcile.controller import Controller
-
+        return _once(the_targets, options, dry_run=dry_run, json_out=json_out, listeners=listeners)
     if not path and not files:
-        ctx.paths.stacks.mkdir(parents=True, exist_ok=True)  # watch it even while empty
-        the_targets = [ctx.paths.stacks]
-    with StateLock(ctx.paths.lock):
-        controller = Controller(ctx, the_targets, options, interval=interval, log=_stamped)
+        paths().stacks.mkdir(parents=True, exist_ok=True)  # watch it even while empty
+        the_targets = [paths().stacks]
+
+    def on_start(stop: Callable[[], None]) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: controller.stop())
-        controller.run()
+            signal.signal(sig, lambda *_: stop())
+
+    stacks.run_controller(
+        paths(),
+        the_targets,
+        options,
+        interval=interval,
+        log=_stamped,
+        listeners=listeners,
+        on_start=on_start,
+    )
     return int(ExitCode.OK)
 
 
@@ -157,14 +147,17 @@ def _progress_listener(out: Callable[[str], None]) -> Listener:
 
 
 def _once(
-    ctx: Context, the_targets: list[Path], options: PlanOptions, *, dry_run: bool, json_out: bool
+    the_targets: list[Path],
+    options: PlanOptions,
+    *,
+    dry_run: bool,
+    json_out: bool,
+    listeners: list[Listener],
 ) -> int:
-    from mlxctl.reconcile.converge import converge
-    from mlxctl.reconcile.passes import resolve, run_pass
+    from mlxctl.app import stacks
     from mlxctl.status import report
-    from mlxctl.status.services import build_status
 
-    desired = resolve(ctx, load_selected(the_targets))
+    stack = load_selected(the_targets)
     if json_out:
         emit_json(report.version_record())
 
@@ -177,13 +170,16 @@ def _once(
                 err(line)
 
     if dry_run:
-        dry = run_pass(ctx, desired, options=options, dry_run=True, on_plan=show)
+        dry = stacks.plan_once(paths(), stack, options)
+        show(dry.plan)
         code = dry.refusal_code() if dry.plan.refused else ExitCode.OK
         if json_out:
             emit_json(report.summary_record(dry.plan, (), int(code), None))
         return int(code)
     waiting = _WaitingLine(enabled=not json_out and sys.stderr.isatty())
-    result = converge(ctx, desired, options, on_plan=show, on_pass=waiting.show)
+    result = stacks.reconcile_once(
+        paths(), stack, options, listeners=listeners, on_plan=show, on_pass=waiting.show
+    )
     code = result.exit_code
     if result.last.plan.refused:
         if json_out:
@@ -196,25 +192,25 @@ def _once(
             report.summary_record(result.first.plan, result.outcomes, int(code), result.converged)
         )
         return int(code)
-    from mlxctl.reconcile.passes import observe_state
-
-    rows = build_status(desired, observe_state(ctx, desired)) if desired.services else []
+    rows = stacks.service_rows(paths(), result.last.desired)
     if rows:
         print(report.status_text(rows))
     if code == ExitCode.OK:
         err("converged: every service is running and ready.")
-    else:
-        for outcome in result.failed:
-            first = outcome.message.splitlines()[0] if outcome.message else outcome.action.kind
-            err(f"error: {outcome.action.target}: {first}")
-        if not result.failed:
-            for name, why in result.last.plan.blocked.items():
-                err(f"error: {name}: {why}")
-            waits = [a for a in result.last.plan.actions if a.kind == "wait"]
-            for action in waits:
-                err(f"error: {action.target}: {action.cause}")
-            if not result.last.plan.blocked and not waits:
-                err("error: not converged (see mlxctl status)")
+        return int(code)
+    failed = {o.action.target for o in result.failed}
+    for outcome in result.failed:
+        first = outcome.message.splitlines()[0] if outcome.message else outcome.action.kind
+        err(f"error: {outcome.action.target}: {first}")
+    for name, why in result.last.plan.blocked.items():
+        if name not in failed:
+            err(f"error: {name}: {why}")
+    if not result.failed and not result.last.plan.blocked:
+        waits = [a for a in result.last.plan.actions if a.kind == "wait"]
+        for action in waits:
+            err(f"error: {action.target}: {action.cause.splitlines()[0]}")
+        if not waits:
+            err("error: not converged (see mlxctl status)")
     return int(code)
 
 

@@ -1,0 +1,51 @@
+"""Use cases around running services: events, logs and the gateway's key.
+
+Functions return values and never print (see :mod:`mlxctl.app.stacks`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from mlxctl.apply.events import Event, read_events
+from mlxctl.desired.resolve import master_key_ref
+from mlxctl.errors import NotFoundError
+from mlxctl.machine.logfiles import tail
+from mlxctl.paths import Paths
+from mlxctl.spec import secrets
+from mlxctl.spec.loader import StackSet
+
+
+def events(paths: Paths, limit: int | None = 50) -> list[Event]:
+    """The most recent events, oldest first."""
+    return read_events(paths.events, limit)
+
+
+def log_file(paths: Paths, name: str) -> Path:
+    """The log of service ``name``; NotFoundError naming the known ones otherwise."""
+    log = paths.logs / f"{name}.log"
+    if not log.exists():
+        known = sorted(p.stem for p in paths.logs.glob("*.log")) if paths.logs.exists() else []
+        hint = f" (known: {', '.join(known)})" if known else ""
+        raise NotFoundError(f"no log for '{name}'{hint}")
+    return log
+
+
+def log_tail(paths: Paths, name: str, lines: int) -> list[str]:
+    return tail(log_file(paths, name), lines)
+
+
+def gateway_key(paths: Paths, stack: StackSet, environ: Mapping[str, str] | None = None) -> str:
+    """The gateway's API key: the user's reference resolved, or the one mlxctl generated."""
+    ref = master_key_ref(stack, paths.state)
+    try:
+        return secrets.resolve(ref, os.environ if environ is None else environ, where="gateway key")
+    except secrets.MissingSecretError:
+        if stack.gateway.master_key is not None:
+            raise  # the user's reference: its own message says what is missing
+        raise NotFoundError(
+            "no gateway key yet: mlxctl generates it when the gateway first starts "
+            "(mlxctl reconcile --once)"
+        ) from None

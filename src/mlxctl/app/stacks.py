@@ -1,0 +1,127 @@
+"""Use cases on stack files: validate, render, diff, reconcile (once or continuously),
+status and down.
+
+Each function takes the directories (:class:`~mlxctl.paths.Paths`) and the stack
+files to read, does the work through the composition root
+(:mod:`mlxctl.reconcile.context`), and returns plain values (a plan, a converge
+result, status rows); the caller decides how to show them. Errors users can cause
+are :class:`~mlxctl.errors.MlxctlError` subclasses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlxctl.apply.events import Listener
+from mlxctl.desired.render import canonical, to_yaml
+from mlxctl.desired.state import DesiredState
+from mlxctl.errors import MlxctlError
+from mlxctl.paths import Paths
+from mlxctl.plan.actions import Plan, PlanOptions
+from mlxctl.reconcile.context import read_ports, real_context
+from mlxctl.reconcile.converge import ConvergeResult, converge
+from mlxctl.reconcile.lock import StateLock
+from mlxctl.reconcile.passes import PassResult, load_stack, observe_state, resolve, run_pass
+from mlxctl.spec.loader import StackSet
+from mlxctl.status.services import ServiceStatus, build_status
+
+
+def load(targets: Sequence[Path]) -> StackSet:
+    """Read and validate the stack files under ``targets``."""
+    return load_stack(targets)
+
+
+def render(paths: Paths, stack: StackSet) -> dict[str, Any]:
+    """The canonical desired state: files merged, defaults applied, ports assigned."""
+    return canonical(stack, read_ports(paths))
+
+
+def render_yaml(data: dict[str, Any]) -> str:
+    return to_yaml(data)
+
+
+def diff(paths: Paths, stack: StackSet, *, allow_empty: bool = False) -> PassResult:
+    """What a reconcile would do now, with causes; acts on nothing."""
+    ctx = real_context(paths)
+    desired = resolve(ctx, stack)
+    return run_pass(ctx, desired, options=PlanOptions(allow_empty=allow_empty), dry_run=True)
+
+
+def reconcile_once(
+    paths: Paths,
+    stack: StackSet,
+    options: PlanOptions,
+    *,
+    listeners: Sequence[Listener] = (),
+    on_plan: Callable[[Plan], None] | None = None,
+    on_pass: Callable[[PassResult], None] | None = None,
+) -> ConvergeResult:
+    """Converge once: passes until every service is ready, something started fails, or
+    nothing in flight could change the answer. Holds the state lock."""
+    ctx = real_context(paths, listeners=list(listeners))
+    with StateLock(ctx.paths.lock):
+        desired = resolve(ctx, stack)
+        return converge(ctx, desired, options, on_plan=on_plan, on_pass=on_pass)
+
+
+def plan_once(paths: Paths, stack: StackSet, options: PlanOptions) -> PassResult:
+    """``reconcile --dry-run``: plan under the state lock, apply nothing."""
+    ctx = real_context(paths)
+    with StateLock(ctx.paths.lock):
+        return run_pass(ctx, resolve(ctx, stack), options=options, dry_run=True)
+
+
+def down(paths: Paths, *, listeners: Sequence[Listener] = ()) -> ConvergeResult:
+    """Stop everything mlxctl owns, and wait until every process is gone."""
+    ctx = real_context(paths, listeners=list(listeners))
+    options = PlanOptions(allow_empty=True, prune_cause="mlxctl down", heal=False)
+    with StateLock(ctx.paths.lock):
+        return converge(ctx, DesiredState(tiers=(), gateway=None), options)
+
+
+@dataclass(frozen=True)
+class Status:
+    rows: list[ServiceStatus]
+    # Why sync is unknown (the stack files are unusable right now), if it is.
+    warning: str | None = None
+
+
+def status(paths: Paths, load_stack_set: Callable[[], StackSet]) -> Status:
+    """Per service: health, sync, PID, port, uptime. Works when the files are broken."""
+    ctx = real_context(paths)
+    desired = None
+    warning = None
+    try:
+        desired = resolve(ctx, load_stack_set())
+    except MlxctlError as exc:
+        warning = str(exc).splitlines()[0]
+    return Status(build_status(desired, observe_state(ctx, desired)), warning)
+
+
+def service_rows(paths: Paths, desired: DesiredState) -> list[ServiceStatus]:
+    ctx = real_context(paths)
+    return build_status(desired, observe_state(ctx, desired)) if desired.services else []
+
+
+def run_controller(
+    paths: Paths,
+    targets: Sequence[Path],
+    options: PlanOptions,
+    *,
+    interval: float,
+    log: Callable[[str], None],
+    listeners: Sequence[Listener] = (),
+    on_start: Callable[[Callable[[], None]], None] | None = None,
+) -> None:
+    """Run the controller until stopped; ``on_start`` receives its stop function."""
+    from mlxctl.reconcile.controller import Controller
+
+    ctx = real_context(paths, listeners=list(listeners))
+    ctl = Controller(ctx, targets, options, interval=interval, log=log)
+    with StateLock(ctx.paths.lock):
+        if on_start is not None:
+            on_start(ctl.stop)
+        ctl.run()
