@@ -252,6 +252,14 @@ def event_after(b: Bench, target: str, kind: str, result: str, after: float) -> 
     return None
 
 
+def restart_began(b: Bench, after: float) -> float | None:
+    """When the restart of ``fast`` began: its ``restart`` event (``ok`` when the stop is
+    begun; the blocking releases before 0.2 recorded ``stopped`` once it had waited)."""
+    found = [event_after(b, "fast", "restart", result, after) for result in ("ok", "stopped")]
+    times = [t for t in found if t is not None]
+    return min(times) if times else None
+
+
 def slow_starting(b: Bench) -> bool:
     rec = b.inventory().get("slow")
     return bool(rec and rec["pid"] > 0 and rec.get("ready_at") is None)
@@ -286,13 +294,14 @@ def bench_never_deaf(b: Bench, model: Path, runs: int) -> dict[str, list[float]]
             tokens += 1
             saved = time.time()
             b.write_stack("a.yaml", tier_specs(model, ports, tokens=tokens, slow=slow))
-            began = wait_for(lambda s=saved: event_after(b, "fast", "restart", "ok", s), 60)
+            began = wait_for(lambda s=saved: restart_began(b, s), 60)
             pid = int(wait_for(lambda p=pid: ready_pid(b, p), 120))
             killed = time.time()
             os.kill(pid, signal.SIGKILL)
             spawned = wait_for(lambda k=killed: event_after(b, "fast", "start", "started", k), 60)
             if slow and not slow_starting(b):
-                raise RuntimeError("the vllm-mlx tier became ready before the measures ended")
+                # Expected of a blocking controller (it waited for that tier first).
+                print(f"note: run {run}: the vllm-mlx tier was ready before the measures ended")
             out[f"save -> restart begins ({column})"].append(began - saved)
             out[f"kill -9 -> replacement started ({column})"].append(spawned - killed)
         stop_controller(b)
@@ -399,7 +408,12 @@ def main() -> None:
         default="10",
         help="controller --interval values for the hung-server measure, comma-separated",
     )
+    parser.add_argument(
+        "--only",
+        help="comma-separated measures to run: status,crash,deaf,busy,failed,hung,lies",
+    )
     opts = parser.parse_args()
+    only = set(opts.only.split(",")) if opts.only else None
     from mlxctl.testing.tiny_model import build_tiny_model
 
     results: dict[str, list[float]] = {}
@@ -417,15 +431,18 @@ def main() -> None:
                 for i in opts.hung_intervals.split(",")
             ),
         ):
+            if only is not None and name.split("-")[0] not in only:
+                continue
             bench = Bench(root / name)
             try:
                 results.update(fn(bench))
             finally:
                 bench.cleanup()
-        from mlxctl.sources.demo import ensure_demo_model
+        if only is None or "lies" in only:
+            from mlxctl.sources.demo import ensure_demo_model
 
-        demo = ensure_demo_model(root / "models")
-        results.update(bench_health_lies(demo, min(opts.runs, 3)))
+            demo = ensure_demo_model(root / "models")
+            results.update(bench_health_lies(demo, min(opts.runs, 3)))
     print(f"{'measure':<62} {'n':>3} {'median':>9} {'min':>9} {'max':>9}")
     for name, samples in results.items():
         print(
