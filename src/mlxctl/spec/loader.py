@@ -22,6 +22,7 @@ from mlxctl.errors import SpecError
 from mlxctl.spec.schema import GatewaySpec, MemorySpec, StackDocument, TierSpec
 
 STACK_SUFFIXES = (".yaml", ".yml")
+LOCK_SUFFIXES = (".lock.yaml", ".lock.yml")
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,11 @@ def stack_files(targets: Sequence[Path]) -> list[Path]:
             found.extend(
                 p
                 for p in sorted(target.iterdir())
-                if p.suffix in STACK_SUFFIXES and p.is_file() and not p.name.startswith(".")
+                if p.suffix in STACK_SUFFIXES
+                and p.is_file()
+                and not p.name.startswith(".")
+                # Lock files (``NAME.lock.yaml``) sit beside the stack files they pin.
+                and not p.name.endswith(LOCK_SUFFIXES)
             )
         elif target.exists():
             found.append(target)
