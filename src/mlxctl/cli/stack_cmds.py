@@ -109,7 +109,7 @@ def reconcile(
     json_out = output == "json"
     controller_mode = not (once or dry_run)
     listeners = [] if json_out else [_progress_listener(_stamped if controller_mode else err)]
-    ctx = real_context(paths(), listeners=listeners)
+    ctx = real_context(paths(), listeners=listeners, online_models=not dry_run)
     ctx.settings = ExecutorSettings(startup_timeout=timeout)
     from mlxctl.plan.actions import PlanOptions
 
