@@ -10,13 +10,11 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.integration.conftest import Mlxctl, free_ports, stack_yaml
+from tests.integration.test_hub_pull import REPO, tiny_repo
 
 from mlxctl.sources.lockfile import read_lock
 from mlxctl.testing.hub import LocalHub
-from tests.integration.conftest import Mlxctl, free_ports, stack_yaml
-from tests.integration.test_hub_pull import REPO, local_hub, tiny_repo
-
-__all__ = ["local_hub"]  # the fixture, re-exported for pytest
 
 
 def test_another_machine_gets_the_locked_commit_and_update_restarts_only_that_tier(

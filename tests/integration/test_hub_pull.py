@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,19 +22,6 @@ from mlxctl.sources.lockfile import read_lock
 from mlxctl.testing.hub import LocalHub
 
 REPO = "org/tiny"
-
-
-@pytest.fixture
-def local_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalHub]:
-    """A running hub, and this process's environment pointing at it (CLI children inherit it)."""
-    with LocalHub() as the_hub:
-        monkeypatch.setenv("HF_ENDPOINT", the_hub.endpoint)
-        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        yield the_hub
 
 
 def tiny_repo(the_hub: LocalHub, model: Path, repo: str = REPO, **extra: bytes) -> str:
