@@ -232,3 +232,57 @@ def test_pull_json_reports_progress_and_the_snapshot(
     assert records[-1]["kind"] == "pulled"
     assert records[-1]["revision"] == commit
     assert records[-1]["path"].endswith(f"snapshots/{commit}")
+
+
+def test_models_ls_rm_and_gc(mlxctl: Mlxctl, local_hub: LocalHub, tiny_model: Path) -> None:
+    commit = tiny_repo(local_hub, tiny_model)
+    local_hub.commit("org/other", {"config.json": "{}", "model.safetensors": b"o" * 2048})
+    local_hub.commit("org/foreign", {"config.json": "{}", "model.safetensors": b"f" * 1024})
+    mlxctl.write(
+        "laptop.yaml", stack_yaml([{"name": "fast", "runtime": "mlx-lm", "model": {"hf": REPO}}])
+    )
+    assert mlxctl.run("reconcile", "--once", str(mlxctl.stacks), timeout=180).returncode == 0
+    assert mlxctl.run("models", "pull", "hf:org/other").returncode == 0
+    # Another tool's download into the same shared cache.
+    from huggingface_hub import snapshot_download
+
+    snapshot_download(
+        "org/foreign", endpoint=local_hub.endpoint, cache_dir=os.environ["HF_HUB_CACHE"]
+    )
+
+    def ls() -> dict[str, dict[str, object]]:
+        result = mlxctl.run("models", "ls", str(mlxctl.stacks), "-o", "json")
+        assert result.returncode == 0, result.stderr
+        return {m["name"]: m for m in json.loads(result.stdout)["models"]}
+
+    models = ls()
+    assert set(models) == {REPO, "org/other", "org/foreign"}
+    tiny = models[REPO]
+    assert (tiny["revision"], tiny["tiers"], tiny["running"]) == (commit, ["fast"], ["fast"])
+    assert tiny["verified"] and tiny["pulled_by_mlxctl"] and tiny["refs"] == ["main"]
+    assert tiny["size"] == sum(f.size for f in pin_of(local_hub).files)
+    assert models["org/other"]["unused"] and models["org/other"]["pulled_by_mlxctl"]
+    assert not models["org/foreign"]["pulled_by_mlxctl"]
+
+    refused = mlxctl.run("models", "rm", REPO, str(mlxctl.stacks))
+    assert refused.returncode == ExitCode.APPLY_FAILED
+    assert "used by running tier(s) fast" in refused.stderr
+
+    dry = mlxctl.run("models", "gc", str(mlxctl.stacks), "-o", "json")
+    assert dry.returncode == 0, dry.stderr
+    report = json.loads(dry.stdout)
+    assert [m["name"] for m in report["models"]] == ["org/other"]
+    assert [m["name"] for m in report["not_pulled_by_mlxctl"]] == ["org/foreign"]
+    assert set(ls()) == {REPO, "org/other", "org/foreign"}  # a dry run deletes nothing
+
+    assert mlxctl.run("models", "gc", str(mlxctl.stacks), "--yes").returncode == 0
+    assert set(ls()) == {REPO, "org/foreign"}
+    assert (
+        mlxctl.run("models", "gc", str(mlxctl.stacks), "--yes", "--include-foreign").returncode == 0
+    )
+    assert set(ls()) == {REPO}
+
+    assert mlxctl.run("down").returncode == 0
+    removed = mlxctl.run("models", "rm", REPO)
+    assert removed.returncode == 0, removed.stderr
+    assert ls() == {}

@@ -356,6 +356,7 @@ def pull(
     done = total - sum(f.size for f in todo)
     progress(JobProgress("checking", done, total))
     if not todo:
+        _write_ref(pin, cache)
         return directory
     # Files present but unverified (another tool's download, or a run cut short) are
     # hashed first: only the ones that do not match count against the disk.
@@ -397,8 +398,23 @@ def pull(
         _write_ledger(ledger, pin.repo, pin.commit, stamps)
         done = base + f.size
         progress(JobProgress(f"verified {f.path}", done, total))
+    _write_ref(pin, cache)
     progress(JobProgress("done", total, total))
     return directory
+
+
+def _write_ref(pin: Pin, cache: Path) -> None:
+    """``refs/<branch>`` -> commit, as huggingface_hub records it, so other tools reading
+    the cache by repo id (offline) find the same snapshot."""
+    if COMMIT.match(pin.requested) or not pin.requested:
+        return
+    from mlxctl.machine.inventory import write_atomic
+
+    ref = repo_dir(pin.repo, cache) / "refs" / pin.requested
+    with contextlib.suppress(OSError):
+        if ref.read_text(encoding="utf-8") == pin.commit:
+            return
+    write_atomic(ref, pin.commit)
 
 
 def _download(
