@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from tests.integration.conftest import Mlxctl, stack_yaml
+from tests.integration.conftest import Mlxctl, free_port, stack_yaml
 
 from mlxctl.desired.state import ModelFile
 from mlxctl.errors import ExitCode
@@ -209,7 +209,7 @@ def test_a_gated_repo_needs_a_token_which_is_never_printed(
 
 
 def test_an_unreachable_hub_is_one_line(
-    mlxctl: Mlxctl, local_hub: LocalHub, tiny_model: Path
+    mlxctl: Mlxctl, local_hub: LocalHub, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tiny_repo(local_hub, tiny_model)
     local_hub.down = True
@@ -218,6 +218,13 @@ def test_an_unreachable_hub_is_one_line(
     [line] = result.stderr.strip().splitlines()[-1:]
     assert line == f"error: the hub answered HTTP 503 for {REPO}; try again later"
     assert "Traceback" not in result.stderr
+    # No hub at all (nothing listens): one line too.
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    refused = mlxctl.run("models", "pull", f"hf:{REPO}")
+    assert refused.returncode == ExitCode.APPLY_FAILED
+    assert refused.stderr.strip().splitlines() == [
+        f"error: cannot reach the hub for {REPO}: ConnectError: [Errno 111] Connection refused"
+    ]
 
 
 def test_pull_json_reports_progress_and_the_snapshot(
