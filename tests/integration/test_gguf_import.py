@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.integration.conftest import Mlxctl, stack_yaml
 
 from mlxctl.sources.gguf import GgufError, convert_gguf
+from mlxctl.sources.lockfile import read_lock
+from mlxctl.testing.hub import LocalHub
 from mlxctl.testing.tiny_gguf import gguf_name, source_tensors, write_tiny_gguf
 
 
@@ -114,3 +117,41 @@ def test_unsupported_types_and_architectures_are_refused_in_one_line(
     with pytest.raises(GgufError, match=r"^unsupported GGUF architecture 'qwen2' in qwen.gguf"):
         convert_gguf(qwen, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_gguf_tiers_local_and_from_the_hub_are_converted_once_and_served(
+    mlxctl: Mlxctl, local_hub: LocalHub, tiny_model: Path, tmp_path: Path
+) -> None:
+    local = write_tiny_gguf(tiny_model, tmp_path / "tiny.Q8_0.gguf", "Q8_0")
+    remote = write_tiny_gguf(tiny_model, tmp_path / "tiny.Q4_0.gguf", "Q4_0")
+    commit = local_hub.commit(
+        "org/tiny-gguf", {"README.md": "a GGUF repo", "tiny.Q4_0.gguf": remote}
+    )
+    stack = mlxctl.write(
+        "laptop.yaml",
+        stack_yaml(
+            [
+                {"name": "local", "runtime": "mlx-lm", "model": {"gguf": str(local)}},
+                {
+                    "name": "remote",
+                    "runtime": "mlx-lm",
+                    "model": {"gguf": "org/tiny-gguf/tiny.Q4_0.gguf"},
+                },
+            ]
+        ),
+    )
+    done = mlxctl.run("reconcile", "--once", str(mlxctl.stacks), timeout=240)
+    assert done.returncode == 0, done.stderr
+    entries = read_lock(stack.with_name("laptop.lock.yaml"))
+    assert list(entries) == ["org/tiny-gguf@main#tiny.Q4_0.gguf"]
+    [entry] = entries.values()
+    assert entry.revision == commit and [f.path for f in entry.files] == ["tiny.Q4_0.gguf"]
+    assert [r.path.rsplit("/", 1)[-1] for r in local_hub.downloads()] == ["tiny.Q4_0.gguf"]
+    store = mlxctl.home / "state" / "models" / "gguf"
+    converted = sorted(p.name for p in store.iterdir() if not p.name.startswith("."))
+    assert len(converted) == 2
+    assert f"org--tiny-gguf--tiny.Q4_0-{commit[:12]}" in converted
+    assert any(name.startswith("tiny.Q8_0-") for name in converted)
+    # Converted once: a second pass prepares nothing.
+    again = mlxctl.run("diff", str(mlxctl.stacks))
+    assert again.returncode == 0, again.stdout + again.stderr

@@ -174,7 +174,8 @@ def pull(
     lock: Path | None = None
     if stack is not None:
         for tier in tier_models(stack, paths):
-            if (tier.model.repo, tier.model.requested) == (ref.repo, ref.requested):
+            model = tier.model
+            if (model.repo, model.requested, model.include) == (ref.repo, ref.requested, ()):
                 lock = lockfile.lock_path(tier.stack_file)
                 break
     key = lockfile.ref_key(ref.repo, ref.requested)
@@ -214,10 +215,16 @@ def update_locks(
     resolved: dict[tuple[Path, str], str] = {}
     for tm in chosen:
         lock = lockfile.lock_path(tm.stack_file)
-        key = lockfile.ref_key(tm.model.repo, tm.model.requested)
+        key = tm.model.lock_key
         old = lockfile.read_lock(lock).get(key)
         if (lock, key) not in resolved:
-            entry = hub_ref.lock_reference(tm.model.repo, tm.model.requested, lock, environ=environ)
+            entry = hub_ref.lock_reference(
+                tm.model.repo,
+                tm.model.requested,
+                lock,
+                environ=environ,
+                include=tm.model.include,
+            )
             resolved[(lock, key)] = entry.revision
         new = resolved[(lock, key)]
         if old is None or old.revision != new:
@@ -235,9 +242,7 @@ def update_locks(
         keep: dict[Path, set[str]] = {}
         for tm in models:
             if tm.model.repo:
-                keep.setdefault(lockfile.lock_path(tm.stack_file), set()).add(
-                    lockfile.ref_key(tm.model.repo, tm.model.requested)
-                )
+                keep.setdefault(lockfile.lock_path(tm.stack_file), set()).add(tm.model.lock_key)
         for lock, keys in keep.items():
             lockfile.prune(lock, keys)
     return changes
@@ -298,25 +303,27 @@ def list_models(
                     refs=tuple(sorted(ref_names.get(snap.name, []))),
                 )
             )
-    if paths.models.is_dir():
-        for directory in sorted(paths.models.iterdir()):
-            if (
-                directory.is_dir()
-                and directory.name != "hub"
-                and not directory.name.startswith(".")
-            ):
-                out.append(
-                    _stored(
-                        "converted",
-                        directory.name,
-                        "",
-                        directory,
-                        users,
-                        live,
-                        pulled=True,
-                        verified=(directory / "config.json").is_file(),
-                    )
-                )
+    # Converted models: the store's top level (the demo model) and gguf/ (GGUF imports).
+    converted = [
+        d
+        for parent in (paths.models, paths.models / "gguf")
+        if parent.is_dir()
+        for d in sorted(parent.iterdir())
+        if d.is_dir() and d.name not in ("hub", "gguf") and not d.name.startswith(".")
+    ]
+    for directory in converted:
+        out.append(
+            _stored(
+                "converted",
+                directory.name,
+                "",
+                directory,
+                users,
+                live,
+                pulled=True,
+                verified=(directory / "config.json").is_file(),
+            )
+        )
     return out
 
 

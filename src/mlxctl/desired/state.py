@@ -56,6 +56,10 @@ class ModelRef:
     files: tuple[ModelFile, ...] = ()
     lock_file: Path | None = None
     ledger: Path | None = None
+    # The key of the pin in the lock file, and which repo files it covers (empty: what
+    # a runtime reads; a GGUF source names its one file).
+    lock_key: str = ""
+    include: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -469,7 +469,13 @@ def build_tokenizer(metadata: Mapping[str, Any]) -> Any:
     return fast
 
 
-def convert_gguf(gguf_path: Path, out_dir: Path, *, source_sha256: str | None = None) -> Path:
+def convert_gguf(
+    gguf_path: Path,
+    out_dir: Path,
+    *,
+    source_sha256: str | None = None,
+    marker_extra: Mapping[str, Any] | None = None,
+) -> Path:
     """Convert ``gguf_path`` into an MLX model directory at ``out_dir``; return ``out_dir``.
 
     The directory appears atomically (see :func:`staging_dir`) and carries
@@ -509,6 +515,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, source_sha256: str | None = 
             "source": gguf_path.name,
             "sha256": digest,
             "converter_version": CONVERTER_VERSION,
+            **(marker_extra or {}),
         }
         (tmp / SOURCE_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     return out_dir

@@ -33,14 +33,18 @@ def hub_model_ref(
     display: str,
     online: bool = False,
     environ: Mapping[str, str] | None = None,
+    include: tuple[str, ...] = (),
 ) -> ModelRef:
-    """The ModelRef of ``repo@requested`` for a tier declared in ``stack_file``."""
+    """The ModelRef of ``repo@requested`` for a tier declared in ``stack_file``.
+
+    ``include``: the repo files to pin (default: what a runtime reads).
+    """
     lock = lockfile.lock_path(stack_file)
-    key = lockfile.ref_key(repo, requested)
+    key = lockfile.ref_key(repo, requested, include)
     entry = lockfile.read_lock(lock).get(key)
     if entry is None and online:
         try:
-            entry = lock_reference(repo, requested, lock, environ=environ)
+            entry = lock_reference(repo, requested, lock, environ=environ, include=include)
         except MlxctlError:
             entry = None  # stays unpinned: its prepare fails with the reason, for this tier only
     cache = hub_cache(environ)
@@ -57,6 +61,8 @@ def hub_model_ref(
             lock_file=lock,
             # Where the ledgers live; the commit is not known yet.
             ledger=hub.ledger_path(paths.models, repo, "unresolved"),
+            lock_key=key,
+            include=include,
         )
     return ModelRef(
         source="hf",
@@ -70,17 +76,43 @@ def hub_model_ref(
         files=entry.files,
         lock_file=lock,
         ledger=hub.ledger_path(paths.models, repo, entry.revision),
+        lock_key=key,
+        include=include,
     )
 
 
 def lock_reference(
-    repo: str, requested: str, lock: Path, *, environ: Mapping[str, str] | None = None
+    repo: str,
+    requested: str,
+    lock: Path,
+    *,
+    environ: Mapping[str, str] | None = None,
+    include: tuple[str, ...] = (),
 ) -> lockfile.LockEntry:
     """Resolve ``repo@requested`` on the hub and record it in ``lock``."""
-    pin = hub.resolve_pin(repo, requested, environ=environ)
+    pin = resolve(repo, requested, include, environ)
     entry = lockfile.LockEntry(repo, requested, pin.commit, pin.files)
-    lockfile.record(lock, lockfile.ref_key(repo, requested), entry)
+    lockfile.record(lock, lockfile.ref_key(repo, requested, include), entry)
     return entry
+
+
+def resolve(
+    repo: str, requested: str, include: tuple[str, ...], environ: Mapping[str, str] | None = None
+) -> hub.Pin:
+    patterns = include or hub.RUNTIME_PATTERNS
+    return hub.resolve_pin(repo, requested, patterns=patterns, environ=environ)
+
+
+def pin_of(model: ModelRef, progress: ProgressFn) -> hub.Pin:
+    """The pin of a hub ModelRef: from the lock, or resolved now (and recorded)."""
+    if model.files:
+        return hub.Pin(model.repo, model.requested, model.revision, model.files)
+    progress(JobProgress(f"resolving {model.repo}@{model.revision}"))
+    pin = resolve(model.repo, model.revision, model.include)
+    if model.lock_file is not None:
+        entry = lockfile.LockEntry(model.repo, model.requested, pin.commit, pin.files)
+        lockfile.record(model.lock_file, model.lock_key, entry)
+    return pin
 
 
 def present(model: ModelRef) -> bool:
@@ -94,14 +126,6 @@ def prepare(model: ModelRef, progress: ProgressFn) -> Path:
     """Pin (when the lock lacks the reference), download and verify a hub model."""
     if not model.repo or model.ledger is None:
         raise MlxctlError(f"{model.display} is not a hub model")
-    if model.files:
-        pin = hub.Pin(model.repo, model.requested, model.revision, model.files)
-    else:
-        progress(JobProgress(f"resolving {model.repo}@{model.revision}"))
-        pin = hub.resolve_pin(model.repo, model.revision)
-        if model.lock_file is not None:
-            entry = lockfile.LockEntry(model.repo, model.requested, pin.commit, pin.files)
-            key = lockfile.ref_key(model.repo, model.requested or model.revision)
-            lockfile.record(model.lock_file, key, entry)
+    pin = pin_of(model, progress)
     # ledger = MODELS/hub/ORG--NAME/COMMIT.json
     return hub.pull(pin, model.ledger.parents[2], progress=progress)

@@ -48,9 +48,10 @@ def is_lock_file(path: Path) -> bool:
     return path.name.endswith((LOCK_SUFFIX, ".lock.yml"))
 
 
-def ref_key(repo: str, requested: str) -> str:
-    """How an entry is keyed: what the stack asked for, not what it resolved to."""
-    return f"{repo}@{requested}"
+def ref_key(repo: str, requested: str, include: tuple[str, ...] = ()) -> str:
+    """How an entry is keyed: what the stack asked for, not what it resolved to
+    (``org/repo@main``; a single GGUF file of a repo: ``org/repo@main#file.gguf``)."""
+    return f"{repo}@{requested}" + ("#" + ",".join(include) if include else "")
 
 
 def read_lock(path: Path) -> dict[str, LockEntry]:

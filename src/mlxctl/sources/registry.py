@@ -10,11 +10,11 @@ from mlxctl.desired.state import ModelRef
 from mlxctl.errors import MlxctlError
 from mlxctl.machine.interfaces import ProgressFn, no_progress
 from mlxctl.paths import Paths
-from mlxctl.sources import catalog, hf, path
+from mlxctl.sources import catalog, gguf_file, hf, path
 from mlxctl.sources.base import Source
 from mlxctl.spec.loader import SourcedTier
 
-SOURCES: tuple[Source, ...] = (path.SOURCE, hf.SOURCE, catalog.SOURCE)
+SOURCES: tuple[Source, ...] = (path.SOURCE, hf.SOURCE, gguf_file.SOURCE, catalog.SOURCE)
 
 
 def source_for(tier: SourcedTier) -> Source:
