@@ -39,7 +39,7 @@ class ModelRef:
     the same directory never restarts a server.
     """
 
-    source: Literal["path", "pypi-gguf", "hf", "gguf"]
+    source: Literal["path", "pypi-gguf", "hf", "gguf", "quantized"]
     identity: str
     directory: Path
     display: str

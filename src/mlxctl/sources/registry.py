@@ -41,7 +41,7 @@ def make_resolver(paths: Paths, *, online: bool = False) -> ModelResolver:
 
 
 # Which source produces a ModelRef of each ``ModelRef.source`` kind.
-_PRODUCER = {"pypi-gguf": "catalog"}
+_PRODUCER = {"pypi-gguf": "catalog", "quantized": "catalog"}
 
 
 def _by_ref(model: ModelRef) -> Source:
