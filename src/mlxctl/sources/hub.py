@@ -363,6 +363,9 @@ def pull(
     stamps = read_ledger(ledger)
     fetch: list[ModelFile] = []
     for f in todo:
+        if not (directory / f.path).exists():
+            fetch.append(f)
+            continue
         progress(JobProgress(f"verifying {f.path}", done, total))
         if file_matches(directory / f.path, f):
             stamp = _stamp(directory / f.path)
