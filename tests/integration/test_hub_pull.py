@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from tests.integration.conftest import Mlxctl, free_port, stack_yaml
+from tests.integration.conftest import Mlxctl, events, free_port, stack_yaml
 
 from mlxctl.desired.state import ModelFile
 from mlxctl.errors import ExitCode
@@ -293,3 +293,24 @@ def test_models_ls_rm_and_gc(mlxctl: Mlxctl, local_hub: LocalHub, tiny_model: Pa
     removed = mlxctl.run("models", "rm", REPO)
     assert removed.returncode == 0, removed.stderr
     assert ls() == {}
+
+
+def test_reconcile_reports_a_failed_pull_in_one_line_and_its_event(
+    mlxctl: Mlxctl, local_hub: LocalHub, tiny_model: Path
+) -> None:
+    tiny_repo(local_hub, tiny_model)
+    local_hub.gate(REPO, "hf_right")
+    mlxctl.write(
+        "laptop.yaml", stack_yaml([{"name": "fast", "runtime": "mlx-lm", "model": {"hf": REPO}}])
+    )
+    result = mlxctl.run("reconcile", "--once", str(mlxctl.stacks), timeout=120)
+    assert result.returncode == ExitCode.APPLY_FAILED
+    gated = f"{REPO} is gated: accept its terms on the hub and set HF_TOKEN"
+    assert any(
+        line.startswith("error: fast: preparing") and gated in line
+        for line in result.stderr.splitlines()
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+    [failed] = [e for e in events(mlxctl) if e["kind"] == "prepare" and e["result"] == "failed"]
+    assert gated in failed["message"]
+    assert mlxctl.inventory() == {}  # nothing started on a model that is not there
