@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mlxctl.desired.state import ModelFile
-from mlxctl.errors import SpecError
+from mlxctl.errors import MlxctlError, NotFoundError, SpecError
 from mlxctl.paths import Paths
 from mlxctl.plan.planner import describe_changes
 from mlxctl.sources import hub, hub_ref, lockfile
@@ -144,3 +144,32 @@ def test_the_disk_check_names_both_numbers() -> None:
         "not enough disk space in /cache: 2 file(s) need 3.00 GiB (3221225472 bytes), "
         "1.00 GiB (1073741824 bytes) free"
     )
+
+
+def test_command_line_references_name_a_repo_and_revision() -> None:
+    from mlxctl.app.models import parse_reference
+
+    assert parse_reference("hf:org/tiny") == parse_reference("org/tiny@main")
+    assert parse_reference("org/tiny@v1").requested == "v1"
+    catalog = parse_reference("qwen3-8b", "8bit")
+    assert (catalog.repo, catalog.requested) == ("mlx-community/Qwen3-8B-8bit", "main")
+    with pytest.raises(MlxctlError, match="is not a hub model"):
+        parse_reference("smollm2-135m-instruct")
+
+
+def test_stored_models_are_found_by_repo_commit_prefix_branch_or_name(tmp_path: Path) -> None:
+    from mlxctl.app.models import StoredModel, find_stored
+
+    def stored(kind: str, name: str, revision: str, refs: tuple[str, ...] = ()) -> StoredModel:
+        return StoredModel(kind, name, revision, tmp_path, 1, True, True, refs=refs)
+
+    a = stored("hub", "org/tiny", COMMIT_A, ("main",))
+    b = stored("hub", "org/tiny", COMMIT_B)
+    demo = stored("converted", "smollm2-135m-instruct", "")
+    models = [a, b, demo]
+    assert find_stored("org/tiny", models) == [a, b]
+    assert find_stored("org/tiny@main", models) == [a]
+    assert find_stored(f"org/tiny@{COMMIT_B[:7]}", models) == [b]
+    assert find_stored("smollm2-135m-instruct", models) == [demo]
+    with pytest.raises(NotFoundError):
+        find_stored("org/other", models)

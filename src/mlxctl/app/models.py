@@ -23,7 +23,7 @@ from mlxctl.machine.interfaces import ProgressFn, no_progress
 from mlxctl.paths import Paths
 from mlxctl.sources import hub, hub_ref, lockfile
 from mlxctl.sources.hf_cache import hub_cache
-from mlxctl.spec.loader import SourcedTier, StackSet
+from mlxctl.spec.loader import StackSet
 
 _REF = re.compile(
     r"^(?:hf:)?(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[^@\s]+))?$"
@@ -427,10 +427,3 @@ def ensure_stack_valid(stack: StackSet | None) -> None:
     """A refused stack must not drive a deletion (its references would be missed)."""
     if stack is None or not stack.files:
         raise SpecError(["no stack files: gc would consider every model unused (give PATH)"])
-
-
-def tier_of(stack: StackSet, name: str) -> SourcedTier:
-    for tier in stack.tiers:
-        if tier.spec.name == name:
-            return tier
-    raise NotFoundError(f"no tier named {name}")

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mlxctl.desired.state import ModelFile
-from mlxctl.errors import ExitCode, MlxctlError, NotFoundError
+from mlxctl.errors import ExitCode, MlxctlError
 from mlxctl.machine.interfaces import JobProgress, ProgressFn, no_progress
 from mlxctl.sources.hf_cache import hub_cache
 
@@ -449,7 +449,3 @@ def cached_repos(cache: Path) -> Iterator[tuple[str, Path]]:
     for entry in sorted(cache.iterdir()):
         if entry.is_dir() and entry.name.startswith("models--"):
             yield entry.name.removeprefix("models--").replace("--", "/", 1), entry
-
-
-def not_found(repo: str) -> NotFoundError:
-    return NotFoundError(f"{repo} is not in the hub cache")
