@@ -173,3 +173,11 @@ def test_stored_models_are_found_by_repo_commit_prefix_branch_or_name(tmp_path: 
     assert find_stored("smollm2-135m-instruct", models) == [demo]
     with pytest.raises(NotFoundError):
         find_stored("org/other", models)
+
+
+def test_a_lock_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("")
+    entry = lockfile.LockEntry("org/a", "main", COMMIT_A, FILES)
+    with pytest.raises(MlxctlError, match=r"^cannot write the lock file .*s.lock.yaml: "):
+        lockfile.record(blocked / "s.lock.yaml", "org/a@main", entry)

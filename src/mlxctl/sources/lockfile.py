@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mlxctl.desired.state import ModelFile
-from mlxctl.errors import SpecError
+from mlxctl.errors import MlxctlError, SpecError
 
 LOCK_SUFFIX = ".lock.yaml"
 KIND = "Lock"
@@ -130,7 +130,10 @@ def write_lock(path: Path, entries: Mapping[str, LockEntry]) -> None:
         "models": {key: _entry_data(entries[key]) for key in sorted(entries)},
     }
     yaml.dump(doc, buffer)
-    write_atomic(path, HEADER + buffer.getvalue())
+    try:
+        write_atomic(path, HEADER + buffer.getvalue())
+    except OSError as exc:
+        raise MlxctlError(f"cannot write the lock file {path}: {exc.strerror or exc}") from None
 
 
 def record(path: Path, key: str, entry: LockEntry) -> None:
