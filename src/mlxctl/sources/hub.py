@@ -373,6 +373,8 @@ def pull(
             stamps[f.path] = stamp
             done += f.size
         else:
+            # Corrupt or truncated: never trusted, never resumed from.
+            _remove_cached(pin.repo, pin.commit, f.path, cache)
             fetch.append(f)
     _write_ledger(ledger, pin.repo, pin.commit, stamps)
     check_disk(sum(f.size for f in fetch), len(fetch), cache, free)
