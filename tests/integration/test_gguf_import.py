@@ -4,6 +4,7 @@ the source; the converted F32 model computes the source model's logits."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +156,36 @@ def test_gguf_tiers_local_and_from_the_hub_are_converted_once_and_served(
     # Converted once: a second pass prepares nothing.
     again = mlxctl.run("diff", str(mlxctl.stacks))
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_models_pull_without_a_source_prepares_every_tier_of_the_stack(
+    mlxctl: Mlxctl, local_hub: LocalHub, tiny_model: Path, tmp_path: Path
+) -> None:
+    local = write_tiny_gguf(tiny_model, tmp_path / "tiny.F16.gguf", "F16")
+    commit = local_hub.commit_dir("org/tiny", tiny_model)
+    stack = mlxctl.write(
+        "laptop.yaml",
+        stack_yaml(
+            [
+                {"name": "a", "runtime": "mlx-lm", "model": {"gguf": str(local)}},
+                {"name": "b", "runtime": "mlx-lm", "model": {"hf": "org/tiny"}},
+                {"name": "c", "runtime": "vllm-mlx", "model": {"hf": "org/tiny"}},
+            ]
+        ),
+    )
+
+    def pull() -> list[dict[str, Any]]:
+        result = mlxctl.run("models", "pull", "-f", str(stack), "-o", "json", timeout=180)
+        assert result.returncode == 0, result.stderr
+        records = [json.loads(line) for line in result.stdout.splitlines()]
+        return [r for r in records if r["kind"] == "pulled"]
+
+    first = pull()
+    assert [(r["tier"], r["already_present"]) for r in first] == [
+        ("a", False),
+        ("b", False),
+        ("c", True),  # the same model as b: pulled once
+    ]
+    assert first[1]["revision"] == commit
+    assert [r["already_present"] for r in pull()] == [True, True, True]
+    assert mlxctl.inventory() == {}  # nothing was started

@@ -190,6 +190,37 @@ def pull(
     return PullResult(ref.repo, ref.requested, pin.commit, path, pin.size, lock)
 
 
+@dataclass(frozen=True)
+class TierPull:
+    tier: str
+    model: ModelRef
+    path: Path
+    already_present: bool
+
+
+def pull_stack(
+    stack: StackSet, paths: Paths, *, progress: ProgressFn = no_progress
+) -> list[TierPull]:
+    """Produce every tier's model as ``reconcile`` would (pin, pull, verify, convert), without
+    starting anything; models shared by tiers are produced once."""
+    from mlxctl.sources.registry import DiskModelStore, make_resolver
+
+    resolve = make_resolver(paths, online=True)
+    store = DiskModelStore(paths.models)
+    done: dict[str, Path] = {}
+    out = []
+    for tier in stack.tiers:
+        model = resolve(tier)
+        if model.identity in done or store.present(model):
+            path = done.get(model.identity, model.directory)
+            out.append(TierPull(tier.spec.name, model, path, True))
+            continue
+        path = store.prepare(model, progress)
+        done[model.identity] = path
+        out.append(TierPull(tier.spec.name, model, path, False))
+    return out
+
+
 # --------------------------------------------------------------------------- update
 
 

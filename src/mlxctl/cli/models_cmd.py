@@ -112,16 +112,22 @@ def _reporter(output: str) -> tuple[ProgressFn, Callable[[], None]]:
 
 
 def pull(
-    source: str,
+    source: str | None = None,
     quant: str | None = None,
     path: Path | None = None,
     files: tuple[Path, ...] = (),
     output: str = "text",
 ) -> int:
-    """Download and verify a model: hf:org/repo[@revision], org/repo, or a catalog id."""
+    """Download and verify a model: hf:org/repo[@revision], org/repo, or a catalog id.
+
+    Without SOURCE: every tier's model of the stack (-f FILE), as reconcile would
+    produce it (pinned, pulled, verified, converted), without starting anything.
+    """
     from mlxctl.app.models import parse_reference
     from mlxctl.app.models import pull as do_pull
 
+    if source is None:
+        return _pull_stack(path, files, output)
     ref = parse_reference(source, quant)
     progress, done = _reporter(output)
     try:
@@ -146,6 +152,34 @@ def pull(
             f"{result.repo}@{result.revision[:12]} verified ({_size(result.size)}) "
             f"at {result.path}{locked}"
         )
+    return int(ExitCode.OK)
+
+
+def _pull_stack(path: Path | None, files: tuple[Path, ...], output: str) -> int:
+    from mlxctl.app.models import pull_stack
+    from mlxctl.cli.common import load_selected
+
+    stack = load_selected(targets(path, files))
+    progress, done = _reporter(output)
+    try:
+        pulled = pull_stack(stack, paths(), progress=progress)
+    finally:
+        done()
+    for item in pulled:
+        if output == "json":
+            emit_json(
+                {
+                    "kind": "pulled",
+                    "tier": item.tier,
+                    "model": item.model.display,
+                    "revision": item.model.revision or None,
+                    "path": str(item.path),
+                    "already_present": item.already_present,
+                }
+            )
+        else:
+            state = "already present" if item.already_present else "ready"
+            print(f"{item.tier}: {item.model.display} {state} at {item.path}")
     return int(ExitCode.OK)
 
 
@@ -251,7 +285,17 @@ def register(app: click.Group) -> None:
 
     quant = click.option("--quant", help="A catalog variant (with a catalog id).")
     models.command("ls")(stack_selection(output_option(ls)))
-    models.command("pull")(click.argument("source")(quant(stack_selection(output_option(pull)))))
+    # SOURCE is optional: without it, every tier's model of the stack (-f FILE or the
+    # default stacks directory) is pulled.
+    pull_cmd = click.option(
+        "--file",
+        "-f",
+        "files",
+        multiple=True,
+        type=click.Path(path_type=Path),
+        help="A stack file whose tiers reference SOURCE, or whose models to pull (repeatable).",
+    )(quant(output_option(pull)))
+    models.command("pull")(click.argument("source", required=False)(pull_cmd))
     models.command("rm")(click.argument("source")(quant(stack_selection(output_option(rm)))))
     gc_cmd = click.option("--yes", is_flag=True, help="Delete (the default is a dry run).")(gc)
     gc_cmd = click.option(
