@@ -163,3 +163,18 @@ def stack_yaml(tiers: list[dict[str, Any]], *, gateway: dict[str, Any] | None = 
     spec: dict[str, Any] = {"gateway": gateway or {"enabled": False}, "tiers": tiers}
     doc = {"apiVersion": "mlxctl/v1", "kind": "Stack", "metadata": {"name": "it"}, "spec": spec}
     return json.dumps(doc, indent=2) + "\n"
+
+
+@pytest.fixture
+def local_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A running hub, and this process's environment pointing at it (CLI children inherit it)."""
+    from mlxctl.testing.hub import LocalHub
+
+    with LocalHub() as the_hub:
+        monkeypatch.setenv("HF_ENDPOINT", the_hub.endpoint)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        yield the_hub

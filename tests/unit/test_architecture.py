@@ -200,6 +200,9 @@ def test_status_diff_render_and_validate_import_no_heavy_package(tmp_path: Path)
         "apiVersion: mlxctl/v1\nkind: Stack\nmetadata: {name: t}\nspec:\n  tiers:\n"
         f"    - {{name: local, runtime: mlx-lm, model: {{path: {model}}}}}\n"
         "    - {name: catalog, runtime: vllm-mlx, model: qwen3-8b, quant: 4bit}\n"
+        "    - {name: hub, runtime: mlx-lm, model: {hf: org/tiny, revision: v1}}\n"
+        f"    - {{name: gguf, runtime: mlx-lm, model: {{gguf: {tmp_path / 'm.gguf'}}}}}\n"
+        "    - {name: hubgguf, runtime: mlx-lm, model: {gguf: org/repo/m.Q4_0.gguf}}\n"
     )
     commands = [
         ["validate", str(stack)],

@@ -60,8 +60,9 @@ def reconcile_once(
     on_pass: Callable[[PassResult], None] | None = None,
 ) -> ConvergeResult:
     """Converge once: passes until every service is ready, something started fails, or
-    nothing in flight could change the answer. Holds the state lock."""
-    ctx = real_context(paths, listeners=list(listeners))
+    nothing in flight could change the answer. Holds the state lock. Model references
+    missing from a lock file are pinned on the hub (once)."""
+    ctx = real_context(paths, listeners=list(listeners), online_models=True)
     with StateLock(ctx.paths.lock):
         desired = resolve(ctx, stack)
         return converge(ctx, desired, options, on_plan=on_plan, on_pass=on_pass)
@@ -119,7 +120,7 @@ def run_controller(
     """Run the controller until stopped; ``on_start`` receives its stop function."""
     from mlxctl.reconcile.controller import Controller
 
-    ctx = real_context(paths, listeners=list(listeners))
+    ctx = real_context(paths, listeners=list(listeners), online_models=True)
     ctl = Controller(ctx, targets, options, interval=interval, log=log)
     with StateLock(ctx.paths.lock):
         if on_start is not None:

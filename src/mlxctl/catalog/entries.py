@@ -141,8 +141,26 @@ class PypiGguf(_Frozen):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class LocalQuantize(_Frozen):
+    """A variant no repo publishes, made on this machine once: another variant of the
+    same model (its bf16 repo) quantized with mlx-lm's convert."""
+
+    from_variant: str = Field(alias="from", min_length=1)
+    bits: Literal[2, 3, 4, 5, 6, 8]
+    group_size: Literal[32, 64, 128] = 64
+
+
 class VariantSource(_Frozen):
-    pypi_gguf: PypiGguf
+    """Where a variant without a repo comes from: exactly one of these."""
+
+    pypi_gguf: PypiGguf | None = None
+    quantize: LocalQuantize | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VariantSource:
+        if (self.pypi_gguf is None) == (self.quantize is None):
+            raise ValueError("a variant source is exactly one of pypi_gguf or quantize")
+        return self
 
 
 class Variant(_Frozen):
@@ -183,6 +201,16 @@ class CatalogModel(_Frozen):
     def _default(self) -> CatalogModel:
         if self.default_variant not in self.variants:
             raise ValueError(f"default_variant {self.default_variant!r} is not among the variants")
+        for key, variant in self.variants.items():
+            quantize = variant.source.quantize if variant.source else None
+            if quantize is None:
+                continue
+            base = self.variants.get(quantize.from_variant)
+            if base is None or base.repo is None:
+                raise ValueError(
+                    f"variant {key!r} quantizes from {quantize.from_variant!r}, "
+                    "which must be a variant with a repo"
+                )
         return self
 
     @property
@@ -240,6 +268,9 @@ class ResolvedCatalogModel:
     context_length: int
     model: CatalogModel
     variant: Variant
+    # Set for a variant made here: quantized from ``base_repo`` (another variant's repo).
+    quantize: LocalQuantize | None = None
+    base_repo: str | None = None
 
 
 def resolve_model(catalog: Catalog, model_id: str, quant: str | None) -> ResolvedCatalogModel:
@@ -260,6 +291,7 @@ def resolve_variant(model: CatalogModel, quant: str | None) -> ResolvedCatalogMo
         raise NotFoundError(
             _unknown(f"variant of {model.id}", key, model.variants) + f" (variants: {names})"
         )
+    quantize = variant.source.quantize if variant.source else None
     return ResolvedCatalogModel(
         model_id=model.id,
         quant=key,
@@ -270,6 +302,8 @@ def resolve_variant(model: CatalogModel, quant: str | None) -> ResolvedCatalogMo
         context_length=model.context_length.value,
         model=model,
         variant=variant,
+        quantize=quantize,
+        base_repo=model.variants[quantize.from_variant].repo if quantize else None,
     )
 
 

@@ -26,9 +26,9 @@ def app() -> None:
 
 
 def _register() -> None:
-    from mlxctl.cli import catalog_cmd, hardware_cmd, init_cmd, ops_cmds, stack_cmds
+    from mlxctl.cli import catalog_cmd, hardware_cmd, init_cmd, models_cmd, ops_cmds, stack_cmds
 
-    for module in (stack_cmds, ops_cmds, catalog_cmd, hardware_cmd, init_cmd):
+    for module in (stack_cmds, ops_cmds, catalog_cmd, hardware_cmd, init_cmd, models_cmd):
         module.register(app)
 
 

@@ -31,6 +31,17 @@ def _detect() -> HardwareProfile:
     return detect_hardware()
 
 
+def _variant_origin(variant: Any) -> str:
+    """Where a variant without a repo comes from (a wheel, or quantized on this machine)."""
+    source = variant.source
+    if source is not None and source.pypi_gguf is not None:
+        return f"pypi {source.pypi_gguf.package}=={source.pypi_gguf.version}"
+    if source is not None and source.quantize is not None:
+        q = source.quantize
+        return f"quantized here from {q.from_variant} ({q.bits}-bit, group {q.group_size})"
+    return "?"
+
+
 def register(
     app: click.Group,
     *,
@@ -184,11 +195,7 @@ def _describe(model: CatalogModel, here: Mapping[str, ThroughputEstimate]) -> st
     lines.append(f"  tags          {', '.join(model.tags) or '-'}")
     lines.append("  variants:")
     for key, variant in model.variants.items():
-        where = variant.repo or (
-            f"pypi {variant.source.pypi_gguf.package}=={variant.source.pypi_gguf.version}"
-            if variant.source
-            else "?"
-        )
+        where = variant.repo or _variant_origin(variant)
         default = " (default)" if key == model.default_variant else ""
         lines.append(f"    {key}{default}: {where}")
         lines.append(

@@ -20,7 +20,6 @@ from mlxctl.capacity.memory import (
 )
 from mlxctl.desired.state import DesiredService, DesiredState
 from mlxctl.spec.loader import SourcedTier, StackSet
-from mlxctl.spec.schema import PathSource
 
 Alternatives = tuple[tuple[str, MemoryEstimate], ...]
 
@@ -56,7 +55,8 @@ def _estimate(
     service: DesiredService, tier: SourcedTier
 ) -> tuple[MemoryEstimate | None, Alternatives]:
     spec = tier.spec
-    if isinstance(spec.model, PathSource) or service.model is None:
+    if not isinstance(spec.model, str) or service.model is None:
+        # A directory (local, a hub snapshot, a converted GGUF): estimated from its config.
         directory = service.model.directory if service.model else None
         if directory is None or not (directory / "config.json").is_file():
             return None, ()  # not there: the planner blocks the tier anyway

@@ -10,7 +10,7 @@ from typing import Any
 
 from mlxctl.desired.ports import assign_ports
 from mlxctl.spec.loader import StackSet
-from mlxctl.spec.schema import API_VERSION, PathSource
+from mlxctl.spec.schema import API_VERSION
 
 
 def canonical(stack: StackSet, assigned_ports: Mapping[str, int]) -> dict[str, Any]:
@@ -18,7 +18,7 @@ def canonical(stack: StackSet, assigned_ports: Mapping[str, int]) -> dict[str, A
     tiers = []
     for sourced in stack.tiers:
         t = sourced.spec
-        model: Any = {"path": t.model.path} if isinstance(t.model, PathSource) else t.model
+        model: Any = t.model if isinstance(t.model, str) else t.model.model_dump(exclude_none=True)
         tier: dict[str, Any] = {
             "name": t.name,
             "runtime": t.runtime,

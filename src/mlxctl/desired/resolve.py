@@ -118,6 +118,9 @@ def _tier_service(tier: SourcedTier, port: int, ctx: ResolveContext) -> DesiredS
         "args": {k: v for k, v in spec.args.items()},
         "env": dict(env),
     }
+    if model.revision:
+        # A hub model's pinned commit: a lock-file change shows as "revision changed: a -> b".
+        launch["revision"] = model.revision[:12]
     return DesiredService(
         name=spec.name,
         role="tier",

@@ -20,6 +20,18 @@ Role = Literal["tier", "gateway"]
 
 
 @dataclass(frozen=True)
+class ModelFile:
+    """One file of a pinned hub model, as the hub (and the lock file) describe it."""
+
+    path: str
+    size: int
+    # sha256 for LFS files (the hub gives one); None for small git files.
+    sha256: str | None = None
+    # The git blob id (sha1 of ``blob <size>\0<bytes>``), which the hub gives for every file.
+    blob: str = ""
+
+
+@dataclass(frozen=True)
 class ModelRef:
     """Where a tier's model comes from and where its server reads it.
 
@@ -27,7 +39,7 @@ class ModelRef:
     the same directory never restarts a server.
     """
 
-    source: Literal["path", "pypi-gguf", "hf"]
+    source: Literal["path", "pypi-gguf", "hf", "gguf", "quantized"]
     identity: str
     directory: Path
     display: str
@@ -35,6 +47,19 @@ class ModelRef:
     prepare: str | None = None
     # How the user can get the model when it is missing and mlxctl cannot produce it.
     hint: str = ""
+    # Hub models: the repo, the commit it is pinned to (or, before the lock file has
+    # it, the requested branch/tag), the files with their digests, the lock file that
+    # records the pin and the ledger of verified files (mlxctl's state directory).
+    repo: str = ""
+    revision: str = ""
+    requested: str = ""
+    files: tuple[ModelFile, ...] = ()
+    lock_file: Path | None = None
+    ledger: Path | None = None
+    # The key of the pin in the lock file, and which repo files it covers (empty: what
+    # a runtime reads; a GGUF source names its one file).
+    lock_key: str = ""
+    include: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

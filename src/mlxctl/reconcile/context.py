@@ -106,11 +106,18 @@ def _system_memory() -> int:
     return system_memory()
 
 
-def real_context(paths: Paths, *, listeners: list[Listener] | None = None) -> Context:
-    """A context with the real effects (processes, HTTP, files, clock)."""
+def real_context(
+    paths: Paths, *, listeners: list[Listener] | None = None, online_models: bool = False
+) -> Context:
+    """A context with the real effects (processes, HTTP, files, clock).
+
+    ``online_models``: model references missing from the lock file are pinned on the
+    hub as they are resolved (``reconcile``); without it resolution never touches the
+    network (``status``, ``diff``).
+    """
     from mlxctl.machine.probes import HttpProber
     from mlxctl.machine.processes import RealProcessControl
-    from mlxctl.sources.registry import DiskModelStore
+    from mlxctl.sources.registry import DiskModelStore, make_resolver
 
     return Context(
         paths=paths,
@@ -120,6 +127,7 @@ def real_context(paths: Paths, *, listeners: list[Listener] | None = None) -> Co
         prober=HttpProber(),
         store=DiskModelStore(paths.models),
         listeners=list(listeners or []),
+        model_resolver=make_resolver(paths, online=True) if online_models else None,
     )
 
 

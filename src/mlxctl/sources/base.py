@@ -31,6 +31,9 @@ class Source:
     present: Callable[[ModelRef], bool]
     # Produce the model; None when mlxctl cannot (the ref's hint says how to get it).
     prepare: Callable[[ModelRef, ProgressFn], Path] | None = None
+    # ``resolve`` allowed to ask the network once (to pin a hub reference in the lock
+    # file); used by ``reconcile`` and ``models pull``, never by ``status`` or ``diff``.
+    resolve_online: Callable[[SourcedTier, Paths], ModelRef] | None = None
 
 
 def has_config(model: ModelRef) -> bool:

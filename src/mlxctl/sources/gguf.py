@@ -80,8 +80,60 @@ _LLAMA3_REGEX = (
 )
 
 
+# The architectures whose GGUF layout this converter maps (llama.cpp's "llama" covers
+# Llama 1-3, Mistral 7B, SmolLM, TinyLlama and their fine-tunes).
+ARCHITECTURES = frozenset({"llama"})
+# Tensor types converted: plain floats, and the block formats mlx.core.load turns into
+# MLX affine-quantized tensors. Everything else (K-quants, I-quants, Q5_x) is refused.
+TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+
+
 class GgufError(MlxctlError):
     """The GGUF file cannot be converted (unsupported architecture, tensor or tokenizer)."""
+
+
+def check_supported(gguf_path: Path) -> dict[str, str]:
+    """Read the header (no tensor data) and refuse what cannot convert, in one line.
+
+    Returns tensor name -> type name. Done before ``mlx.core.load``, whose error for an
+    unknown block format ("gguf_tensor_to_f16 failed") names neither the type nor the tensor.
+    """
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(gguf_path))
+    except (OSError, ValueError) as exc:
+        raise GgufError(f"cannot read GGUF {gguf_path}: {exc}") from exc
+    field = reader.get_field("general.architecture")
+    arch = str(field.contents()) if field is not None else ""
+    if arch not in ARCHITECTURES:
+        raise GgufError(
+            f"unsupported GGUF architecture {arch!r} in {gguf_path.name} "
+            f"(mlxctl converts: {', '.join(sorted(ARCHITECTURES))})"
+        )
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    for name, kind in types.items():
+        if kind not in TENSOR_TYPES:
+            raise GgufError(
+                f"unsupported GGUF tensor type {kind} ({name} in {gguf_path.name}); "
+                f"mlxctl converts {', '.join(TENSOR_TYPES)}"
+            )
+    return types
+
+
+def _exact_bf16(gguf_path: Path, names: set[str]) -> dict[str, Any]:
+    """BF16 tensors read bit-exactly (``mlx.core.load`` narrows them to float16)."""
+    import mlx.core as mx
+    import numpy as np
+    from gguf import GGUFReader
+
+    out: dict[str, Any] = {}
+    for tensor in GGUFReader(str(gguf_path)).tensors:
+        if tensor.name in names:
+            raw = np.ascontiguousarray(tensor.data).view(np.uint16)
+            shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
+            out[tensor.name] = mx.array(raw.reshape(shape)).view(mx.bfloat16)
+    return out
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -417,7 +469,13 @@ def build_tokenizer(metadata: Mapping[str, Any]) -> Any:
     return fast
 
 
-def convert_gguf(gguf_path: Path, out_dir: Path, *, source_sha256: str | None = None) -> Path:
+def convert_gguf(
+    gguf_path: Path,
+    out_dir: Path,
+    *,
+    source_sha256: str | None = None,
+    marker_extra: Mapping[str, Any] | None = None,
+) -> Path:
     """Convert ``gguf_path`` into an MLX model directory at ``out_dir``; return ``out_dir``.
 
     The directory appears atomically (see :func:`staging_dir`) and carries
@@ -430,12 +488,14 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, source_sha256: str | None = 
     out_dir = Path(out_dir)
     if not gguf_path.is_file():
         raise GgufError(f"GGUF file not found: {gguf_path}")
+    types = check_supported(gguf_path)
     try:
         result: Any = mx.load(str(gguf_path), return_metadata=True)
     except (RuntimeError, ValueError) as exc:
         raise GgufError(f"cannot read GGUF {gguf_path}: {exc}") from exc
     loaded: dict[str, Any] = result[0]
     metadata: dict[str, Any] = result[1]
+    loaded.update(_exact_bf16(gguf_path, {n for n, kind in types.items() if kind == "BF16"}))
 
     weights: dict[str, Any] = {map_tensor_name(name): array for name, array in loaded.items()}
     shapes = {name: tuple(array.shape) for name, array in weights.items()}
@@ -455,6 +515,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, source_sha256: str | None = 
             "source": gguf_path.name,
             "sha256": digest,
             "converter_version": CONVERTER_VERSION,
+            **(marker_extra or {}),
         }
         (tmp / SOURCE_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     return out_dir

@@ -10,11 +10,11 @@ from mlxctl.desired.state import ModelRef
 from mlxctl.errors import MlxctlError
 from mlxctl.machine.interfaces import ProgressFn, no_progress
 from mlxctl.paths import Paths
-from mlxctl.sources import catalog, path
+from mlxctl.sources import catalog, gguf_file, hf, path
 from mlxctl.sources.base import Source
 from mlxctl.spec.loader import SourcedTier
 
-SOURCES: tuple[Source, ...] = (path.SOURCE, catalog.SOURCE)
+SOURCES: tuple[Source, ...] = (path.SOURCE, hf.SOURCE, gguf_file.SOURCE, catalog.SOURCE)
 
 
 def source_for(tier: SourcedTier) -> Source:
@@ -24,17 +24,28 @@ def source_for(tier: SourcedTier) -> Source:
     raise MlxctlError(f"tier '{tier.spec.name}': no model source reads {tier.spec.model!r}")
 
 
-def make_resolver(paths: Paths) -> ModelResolver:
-    """The resolver used for real runs: the first source that claims the tier resolves it."""
+def make_resolver(paths: Paths, *, online: bool = False) -> ModelResolver:
+    """The resolver used for real runs: the first source that claims the tier resolves it.
+
+    ``online``: a source may ask the network once to pin a reference (the lock file);
+    ``status`` and ``diff`` resolve offline.
+    """
 
     def resolve(tier: SourcedTier) -> ModelRef:
-        return source_for(tier).resolve(tier, paths)
+        source = source_for(tier)
+        if online and source.resolve_online is not None:
+            return source.resolve_online(tier, paths)
+        return source.resolve(tier, paths)
 
     return resolve
 
 
+# Which source produces a ModelRef of each ``ModelRef.source`` kind.
+_PRODUCER = {"pypi-gguf": "catalog", "quantized": "catalog"}
+
+
 def _by_ref(model: ModelRef) -> Source:
-    name = "catalog" if model.source in ("pypi-gguf", "hf") else model.source
+    name = _PRODUCER.get(model.source, model.source)
     return next(s for s in SOURCES if s.name == name)
 
 

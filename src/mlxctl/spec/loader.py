@@ -19,9 +19,20 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from mlxctl.errors import SpecError
-from mlxctl.spec.schema import GatewaySpec, MemorySpec, StackDocument, TierSpec
+from mlxctl.spec.schema import (
+    GatewaySpec,
+    GgufSource,
+    HfSource,
+    MemorySpec,
+    PathSource,
+    StackDocument,
+    TierSpec,
+)
 
 STACK_SUFFIXES = (".yaml", ".yml")
+LOCK_SUFFIXES = (".lock.yaml", ".lock.yml")
+# The forms a tier's ``model:`` mapping takes, by the tag the schema gives each.
+MODEL_FORMS: dict[str, type[BaseModel]] = {"path": PathSource, "hf": HfSource, "gguf": GgufSource}
 
 
 @dataclass(frozen=True)
@@ -53,7 +64,11 @@ def stack_files(targets: Sequence[Path]) -> list[Path]:
             found.extend(
                 p
                 for p in sorted(target.iterdir())
-                if p.suffix in STACK_SUFFIXES and p.is_file() and not p.name.startswith(".")
+                if p.suffix in STACK_SUFFIXES
+                and p.is_file()
+                and not p.name.startswith(".")
+                # Lock files (``NAME.lock.yaml``) sit beside the stack files they pin.
+                and not p.name.endswith(LOCK_SUFFIXES)
             )
         elif target.exists():
             found.append(target)
@@ -121,14 +136,16 @@ def _format_errors(path: Path, node: Any, exc: ValidationError) -> list[str]:
     out: list[str] = []
     errors = exc.errors()
     for err in errors:
-        loc = tuple(err["loc"])
+        loc, form = _without_model_tag(tuple(err["loc"]))
         if _is_losing_union_branch(loc, errors):
             continue
         keys, (line, col) = _locate(node, loc, point_at_key=err["type"] == "extra_forbidden")
         dotted = _dotted(keys)
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(keys[:-1])
+            allowed = (
+                _fields(MODEL_FORMS[form]) if form in MODEL_FORMS else _allowed_keys(keys[:-1])
+            )
             close = difflib.get_close_matches(str(keys[-1]), allowed, n=1)
             message = f"unknown key '{keys[-1]}'"
             if close:
@@ -141,6 +158,20 @@ def _format_errors(path: Path, node: Any, exc: ValidationError) -> list[str]:
             message = f"{message} (got {err['input']!r})"
         out.append(f"{path}:{line}:{col}: {dotted or '<root>'}: {message}")
     return sorted(set(out), key=out.index)
+
+
+def _without_model_tag(loc: tuple[int | str, ...]) -> tuple[tuple[int | str, ...], str | None]:
+    """Drop the tag pydantic puts after ``model`` (which form was written: hf, gguf, path)."""
+    for i, part in enumerate(loc[:-1]):
+        if part == "model" and i >= 1 and isinstance(loc[i - 1], int):
+            tag = loc[i + 1]
+            if isinstance(tag, str) and tag in MODEL_FORMS | {"id": None}:
+                return loc[: i + 1] + loc[i + 2 :], tag
+    return loc, None
+
+
+def _fields(model: type[BaseModel] | None) -> list[str]:
+    return [f.alias or n for n, f in model.model_fields.items()] if model else []
 
 
 def _is_losing_union_branch(loc: tuple[int | str, ...], errors: Sequence[Any]) -> bool:

@@ -10,7 +10,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from mlxctl.runtimes.base import ArgValue
 from mlxctl.runtimes.registry import MODEL_SERVERS
@@ -37,7 +45,51 @@ class PathSource(_Strict):
     path: str = Field(min_length=1)
 
 
-ModelSource = str | PathSource
+REPO_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class HfSource(_Strict):
+    """A Hugging Face hub repo, at a branch, tag or 40-hex commit (default ``main``)."""
+
+    hf: str = Field(pattern=REPO_PATTERN)
+    revision: str = Field(default="main", min_length=1)
+
+
+class GgufSource(_Strict):
+    """A GGUF file, converted to MLX once: a local path, or a file inside a hub repo
+    (``gguf: org/repo/file.gguf`` with an optional ``revision``)."""
+
+    gguf: str = Field(min_length=1)
+    revision: str | None = None
+
+    @field_validator("gguf")
+    @classmethod
+    def _suffix(cls, value: str) -> str:
+        if not value.lower().endswith(".gguf"):
+            raise ValueError("a GGUF source names a .gguf file")
+        return value
+
+
+def _model_kind(value: object) -> str:
+    """Which form of ``model:`` the user wrote, so errors speak of that form only."""
+    if isinstance(value, HfSource):
+        return "hf"
+    if isinstance(value, GgufSource):
+        return "gguf"
+    if isinstance(value, BaseModel):
+        return "path"
+    if isinstance(value, dict):
+        return next((key for key in ("hf", "gguf") if key in value), "path")
+    return "id"
+
+
+ModelSource = Annotated[
+    Annotated[str, Tag("id")]
+    | Annotated[PathSource, Tag("path")]
+    | Annotated[HfSource, Tag("hf")]
+    | Annotated[GgufSource, Tag("gguf")],
+    Discriminator(_model_kind),
+]
 
 
 class TierSpec(_Strict):
