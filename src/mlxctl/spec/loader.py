@@ -9,6 +9,7 @@ never changes what runs.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -18,10 +19,12 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from mlxctl.errors import SpecError
+from mlxctl.errors import SpecError, echo
 from mlxctl.spec.schema import GatewaySpec, MemorySpec, StackDocument, TierSpec
 
 STACK_SUFFIXES = (".yaml", ".yml")
+# A key printed as it is in an error's dotted path; any other is shown quoted, clipped.
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,60}")
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,12 @@ def _format_errors(path: Path, node: Any, exc: ValidationError) -> list[str]:
         loc = tuple(err["loc"])
         if _is_losing_union_branch(loc, errors):
             continue
-        keys, (line, col) = _locate(node, loc, point_at_key=err["type"] == "extra_forbidden")
+        key_error = bool(loc) and loc[-1] == "[key]"
+        if key_error:
+            loc = loc[:-1]  # a dict key's own validator failed: point at the key
+        keys, (line, col) = _locate(
+            node, loc, point_at_key=key_error or err["type"] == "extra_forbidden"
+        )
         dotted = _dotted(keys)
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
@@ -137,8 +145,8 @@ def _format_errors(path: Path, node: Any, exc: ValidationError) -> list[str]:
                 message += f" (expected one of: {', '.join(sorted(allowed))})"
         elif err["type"] == "missing":
             message = f"missing required key '{keys[-1]}'" if keys else message
-        elif "input" in err and err["type"] not in ("model_type", "dict_type"):
-            message = f"{message} (got {err['input']!r})"
+        elif "input" in err and err["type"] not in ("model_type", "dict_type") and not key_error:
+            message = f"{message} (got {echo(err['input'])})"
         out.append(f"{path}:{line}:{col}: {dotted or '<root>'}: {message}")
     return sorted(set(out), key=out.index)
 
@@ -189,7 +197,12 @@ def _locate(
 def _dotted(keys: Iterable[int | str]) -> str:
     out = ""
     for key in keys:
-        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
+        if isinstance(key, int):
+            out += f"[{key}]"
+        elif not _PLAIN_KEY.fullmatch(str(key)):
+            out += f"[{echo(str(key))}]"  # empty, spaced, control characters, too long
+        else:
+            out += f".{key}" if out else str(key)
     return out
 
 
