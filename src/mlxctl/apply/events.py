@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mlxctl.files import open_private, private_dir
 from mlxctl.machine.logfiles import rotate
 
 EVENT_SCHEMA = 1
@@ -50,10 +51,10 @@ class EventLog:
     def emit(self, event: Event) -> None:
         with self._lock:
             if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                private_dir(self.path.parent)
                 rotate(self.path, max_bytes=MAX_BYTES, keep=2)
                 line = json.dumps(event.to_json(), sort_keys=True) + "\n"
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
                 try:
                     os.write(fd, line.encode())
                 finally:
