@@ -80,10 +80,22 @@ def down(output: str = "text") -> int:
 
 def logs(tier: str, follow: bool = False, tail_lines: int = 50) -> int:
     """Print a service's log (TIER: a tier name, or 'gateway')."""
-    from mlxctl.machine.logfiles import tail
+    import re
 
+    from mlxctl.desired.state import GATEWAY
+    from mlxctl.errors import echo
+    from mlxctl.machine.logfiles import tail
+    from mlxctl.spec.schema import NAME_PATTERN
+
+    # A service name, nothing else: never a path (``../../x``) to some other *.log.
+    if tier != GATEWAY and not re.fullmatch(NAME_PATTERN, tier):
+        raise MlxctlError(
+            f"{echo(tier)} is not a service name: a tier name (lower-case letters, digits "
+            "and '-') or 'gateway'",
+            exit_code=ExitCode.USAGE,
+        )
     log = paths().logs / f"{tier}.log"
-    if not log.exists():
+    if not log.is_file():
         known = sorted(p.stem for p in paths().logs.glob("*.log")) if paths().logs.exists() else []
         hint = f" (known: {', '.join(known)})" if known else ""
         raise NotFoundError(f"no log for '{tier}'{hint}")
