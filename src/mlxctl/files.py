@@ -33,8 +33,13 @@ class FileRefusedError(OSError):
     """A path that is not a regular file, or a file over its size cap.
 
     An :class:`OSError`, so every caller that already reports unreadable files reports
-    these the same way; ``str()`` is the whole one-line message.
+    these the same way; ``str()`` is the whole one-line message, ``reason`` the same
+    without the path.
     """
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
 
 
 def _kind(mode: int) -> str:
@@ -53,9 +58,9 @@ def read_bounded(path: Path | str, max_bytes: int) -> bytes:
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise FileRefusedError(f"{path}: not a regular file ({_kind(info.st_mode)})")
+            raise FileRefusedError(path, f"not a regular file ({_kind(info.st_mode)})")
         if info.st_size > max_bytes:
-            raise FileRefusedError(f"{path}: {info.st_size} bytes, over the {max_bytes} allowed")
+            raise FileRefusedError(path, f"{info.st_size} bytes, over the {max_bytes} allowed")
         chunks: list[bytes] = []
         total = 0
         while True:
@@ -65,7 +70,7 @@ def read_bounded(path: Path | str, max_bytes: int) -> bytes:
             chunks.append(chunk)
             total += len(chunk)
             if total > max_bytes:
-                raise FileRefusedError(f"{path}: grew over the {max_bytes} bytes allowed")
+                raise FileRefusedError(path, f"grew over the {max_bytes} bytes allowed")
         return b"".join(chunks)
     finally:
         os.close(fd)

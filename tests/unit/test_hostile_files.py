@@ -253,3 +253,19 @@ def test_a_valid_inventory_still_loads(tmp_path: Path) -> None:
     paths.state.mkdir(parents=True)
     paths.inventory.write_text(json.dumps({"version": 1, "services": {"a": record}}))
     assert Inventory(paths.inventory).load()["a"].pid == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["!!int ", "a: !!int\n", "a: !!float x\n", "a: !!timestamp 2024-13-99\n", "a: !!binary ?\n"],
+)
+def test_values_ruamel_cannot_build_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str
+) -> None:
+    """Found by the fuzz test: an empty ``!!int`` raised IndexError inside ruamel."""
+    path = tmp_path / "s.yaml"
+    path.write_text(body)
+    code, lines, _ = run(["validate", str(path)], capsys)
+    assert code == 3
+    assert_one_line_errors(lines, most=1)
+    assert lines[0].startswith(f"error: {path}")

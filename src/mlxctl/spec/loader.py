@@ -214,10 +214,12 @@ def _parse(path: Path, text: str, problems: list[str]) -> list[Any] | None:
         problems.append(f"{_where(path, text, exc.position)}: yaml: unacceptable character {char}")
     except YAMLError as exc:
         problems.append(f"{path}: yaml: {_clip(str(exc).splitlines()[0] if str(exc) else '')}")
-    except (ValueError, OverflowError) as exc:
-        # Values ruamel cannot build: an integer past Python's 4300 digits, a date
-        # such as 2024-02-30.
-        problems.append(f"{path}: yaml: a value cannot be read: {_clip(str(exc))}")
+    except (ValueError, OverflowError, ArithmeticError, LookupError, TypeError) as exc:
+        # Values ruamel's constructors cannot build and do not wrap in a YAMLError: an
+        # integer past Python's 4300 digits, a date such as 2024-02-30, an empty
+        # ``!!int`` (IndexError), a tag applied to the wrong kind of node.
+        reason = _clip(str(exc)) or type(exc).__name__
+        problems.append(f"{path}: yaml: a value cannot be read: {reason}")
     return None
 
 
@@ -267,14 +269,19 @@ def _format_errors(path: Path, node: Any, exc: ValidationError) -> list[str]:
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(keys[:-1])
             close = difflib.get_close_matches(str(keys[-1]), allowed, n=1)
-            message = f"unknown key '{keys[-1]}'"
+            message = f"unknown key {echo(str(keys[-1]))}"
             if close:
                 message += f" (did you mean '{close[0]}'?)"
             elif allowed:
                 message += f" (expected one of: {', '.join(sorted(allowed))})"
         elif err["type"] == "missing":
             message = f"missing required key '{keys[-1]}'" if keys else message
-        elif "input" in err and err["type"] not in ("model_type", "dict_type") and not key_error:
+        elif (
+            "input" in err
+            and err["type"] not in ("model_type", "dict_type")
+            and not key_error
+            and "(got " not in message
+        ):
             message = f"{message} (got {echo(err['input'])})"
         out.append(f"{path}:{line}:{col}: {dotted or '<root>'}: {message}")
     return sorted(set(out), key=out.index)

@@ -60,7 +60,7 @@ def resolve(
         try:
             return read_file(name)
         except (OSError, ValueError) as exc:  # ValueError: not UTF-8, a NUL in the path
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
             raise MissingSecretError(f"{where}: cannot read secret file {name}: {reason}") from None
 
     return ANY_REF.sub(sub, text)
