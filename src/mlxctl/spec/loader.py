@@ -163,10 +163,35 @@ def _bounded_parser() -> type:
     return BoundedParser
 
 
+@functools.cache
+def _bounded_scanner() -> type:
+    """ruamel's round-trip scanner, refusing the 65th open ``[``/``{`` or indentation level.
+
+    The parser's count comes too late for flow collections: the scanner reads ahead
+    through every ``[`` before the first event, and keeps a possible key per open
+    level, which it re-checks at each token (quadratic: 1000 ``[`` took 4 s here).
+    """
+    from ruamel.yaml.scanner import RoundTripScanner
+
+    class BoundedScanner(RoundTripScanner):
+        def fetch_flow_collection_start(self, token_class: Any, to_push: Any) -> None:
+            if self.flow_level >= MAX_DEPTH:
+                raise _BoundsError(f"nested deeper than {MAX_DEPTH} levels", self.reader.get_mark())
+            super().fetch_flow_collection_start(token_class, to_push)
+
+        def add_indent(self, column: int) -> bool:
+            if self.indent < column and len(self.indents) >= MAX_DEPTH:
+                raise _BoundsError(f"nested deeper than {MAX_DEPTH} levels", self.reader.get_mark())
+            return bool(super().add_indent(column))
+
+    return BoundedScanner
+
+
 def _yaml() -> Any:
     from ruamel.yaml import YAML
 
     yaml = YAML(typ="rt")
+    yaml.Scanner = _bounded_scanner()
     yaml.Parser = _bounded_parser()
     return yaml
 
