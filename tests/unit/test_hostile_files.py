@@ -269,3 +269,14 @@ def test_values_ruamel_cannot_build_are_one_line(
     assert code == 3
     assert_one_line_errors(lines, most=1)
     assert lines[0].startswith(f"error: {path}")
+
+
+def test_ruamel_warnings_never_reach_the_user(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], recwarn: pytest.WarningsRecorder
+) -> None:
+    """Found by the fuzz test: a reused anchor made ruamel print a multi-line warning."""
+    path = tmp_path / "s.yaml"
+    path.write_text(HEAD + "  x: &a 1\n  y: &a 2\n")
+    code, lines, _ = run(["validate", str(path)], capsys)
+    assert code == 3 and all(line.startswith("error: ") for line in lines)
+    assert not [w for w in recwarn if "ruamel" in str(w.filename)]

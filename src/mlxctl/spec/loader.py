@@ -13,6 +13,7 @@ import functools
 import re
 import types
 import typing
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,11 +222,16 @@ def _read(path: Path, problems: list[str]) -> str | None:
 
 def _parse(path: Path, text: str, problems: list[str]) -> list[Any] | None:
     """The YAML documents of ``text``, or None with one short problem line."""
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError, YAMLFutureWarning, YAMLWarning
     from ruamel.yaml.reader import ReaderError
 
     try:
-        return [n for n in _yaml().load_all(text) if n is not None]
+        with warnings.catch_warnings():
+            # ruamel warns on stderr (a reused anchor, a YAML 1.1 mantissa): several
+            # lines a user did not ask for; they change nothing in what is loaded.
+            warnings.simplefilter("ignore", YAMLWarning)
+            warnings.simplefilter("ignore", YAMLFutureWarning)
+            return [n for n in _yaml().load_all(text) if n is not None]
     except _BoundsError as exc:
         mark = exc.mark
         problems.append(f"{path}:{mark.line + 1}:{mark.column + 1}: yaml: {exc}; refused")
