@@ -25,6 +25,29 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130
 
 
+# The longest piece of user input an error message repeats: a refused value is shown
+# clipped, so a hostile file can never make one error line huge.
+ECHO_LIMIT = 60
+
+
+def echo(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``repr(value)`` for an error message, clipped to about ``limit`` characters.
+
+    Collections are described, not printed: printing one built from YAML aliases
+    could cost as much as the alias bomb it came from.
+    """
+    if isinstance(value, dict):
+        return f"a mapping of {len(value)} key(s)"
+    if isinstance(value, list | tuple | set):
+        return f"a list of {len(value)} item(s)"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**limit:
+        return f"a {len(str(abs(value)))}-digit number"
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit]) + f"... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit + 2 else text[:limit] + "..."
+
+
 class MlxctlError(Exception):
     """An expected failure with a one-line message and an exit code."""
 

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlxctl.files import make_private, private_dir
+
 
 @dataclass(frozen=True)
 class Paths:
@@ -59,6 +61,29 @@ class Paths:
     @property
     def ports(self) -> Path:
         return self.state / "ports.json"
+
+    def secure_state(self) -> None:
+        """Create the state directory 0700 and repair what is in it to 0700 / 0600.
+
+        Run at every start (:func:`mlxctl.reconcile.context.real_context`): files
+        written by an older mlxctl, or by hand, were 0644 in a 0755 directory, and
+        they hold command lines, errors, events and the gateway's configuration.
+        New files are created private by :mod:`mlxctl.files` in the first place.
+        """
+        private_dir(self.state)
+        for directory in (self.state, self.logs, self.gateway, self.models):
+            try:
+                entries = list(directory.iterdir())
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            make_private(directory, directory=True)
+            if directory == self.models:
+                continue  # model files are the servers' to read; the directory guards them
+            for entry in entries:
+                if entry.is_file() and not entry.is_symlink():
+                    make_private(entry)
+                elif entry.is_dir() and not entry.is_symlink() and directory == self.state:
+                    make_private(entry, directory=True)
 
 
 def default_paths(environ: dict[str, str] | None = None) -> Paths:

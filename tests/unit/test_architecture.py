@@ -30,7 +30,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "mlxctl"
 
 # Bottom to top. A module of one rank may import modules of the same or a lower rank.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "paths"),
+    ("errors", "files", "paths"),
     ("runtimes",),  # runtime adapters: data and pure functions
     ("spec",),  # the stack files as written
     ("catalog",),  # knowledge

@@ -6,16 +6,19 @@ Functions return values and never print (see :mod:`mlxctl.app.stacks`).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from mlxctl.apply.events import Event, read_events
 from mlxctl.desired.resolve import master_key_ref
-from mlxctl.errors import NotFoundError
+from mlxctl.desired.state import GATEWAY
+from mlxctl.errors import ExitCode, MlxctlError, NotFoundError, echo
 from mlxctl.machine.logfiles import tail
 from mlxctl.paths import Paths
 from mlxctl.spec import secrets
 from mlxctl.spec.loader import StackSet
+from mlxctl.spec.schema import NAME_PATTERN
 
 
 def events(paths: Paths, limit: int | None = 50) -> list[Event]:
@@ -24,9 +27,18 @@ def events(paths: Paths, limit: int | None = 50) -> list[Event]:
 
 
 def log_file(paths: Paths, name: str) -> Path:
-    """The log of service ``name``; NotFoundError naming the known ones otherwise."""
+    """The log of service ``name``; NotFoundError naming the known ones otherwise.
+
+    A service name, nothing else: never a path (``../../x``) to some other ``*.log``.
+    """
+    if name != GATEWAY and not re.fullmatch(NAME_PATTERN, name):
+        raise MlxctlError(
+            f"{echo(name)} is not a service name: a tier name (lower-case letters, digits "
+            "and '-') or 'gateway'",
+            exit_code=ExitCode.USAGE,
+        )
     log = paths.logs / f"{name}.log"
-    if not log.exists():
+    if not log.is_file():
         known = sorted(p.stem for p in paths.logs.glob("*.log")) if paths.logs.exists() else []
         hint = f" (known: {', '.join(known)})" if known else ""
         raise NotFoundError(f"no log for '{name}'{hint}")

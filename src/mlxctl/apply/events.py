@@ -15,10 +15,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mlxctl.errors import MlxctlError
+from mlxctl.files import open_private, private_dir, read_bounded
 from mlxctl.machine.logfiles import rotate
 
 EVENT_SCHEMA = 1
 MAX_BYTES = 5 * 1024 * 1024
+# What ``mlxctl events`` reads of one file: rotation keeps each near MAX_BYTES.
+MAX_READ_BYTES = 8 * MAX_BYTES
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,10 @@ class EventLog:
     def emit(self, event: Event) -> None:
         with self._lock:
             if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                private_dir(self.path.parent)
                 rotate(self.path, max_bytes=MAX_BYTES, keep=2)
                 line = json.dumps(event.to_json(), sort_keys=True) + "\n"
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
                 try:
                     os.write(fd, line.encode())
                 finally:
@@ -67,9 +71,12 @@ def read_events(path: Path, limit: int | None = None) -> list[Event]:
     lines: list[str] = []
     for candidate in (path.with_name(path.name + ".1"), path):
         try:
-            lines.extend(candidate.read_text(encoding="utf-8").splitlines())
+            raw = read_bounded(candidate, MAX_READ_BYTES)
         except FileNotFoundError:
             continue
+        except OSError as exc:  # a directory, a FIFO, a file far past its rotation size
+            raise MlxctlError(f"cannot read the event log: {exc}") from None
+        lines.extend(raw.decode("utf-8", errors="replace").splitlines())
     events: list[Event] = []
     fields = set(Event.__dataclass_fields__)
     for line in lines:

@@ -21,6 +21,7 @@ from pathlib import Path
 from mlxctl.apply.jobs import PrepareJobs
 from mlxctl.apply.ledger import Ledger
 from mlxctl.desired.state import DesiredService, DesiredState
+from mlxctl.machine.environment import child_environment
 from mlxctl.machine.interfaces import INSTANCE_ENV, Clock, ProcessControl
 from mlxctl.machine.inventory import write_atomic
 from mlxctl.machine.record import Record
@@ -146,9 +147,13 @@ class Executor:
     # -- starting -------------------------------------------------------------------
 
     def _child_env(self, service: DesiredService, instance: str) -> dict[str, str]:
-        env = dict(self.environ)
-        for key, raw in service.env:
-            env[key] = secrets.resolve(raw, self.environ, where=f"{service.name}: env.{key}")
+        """A minimal environment: what the runtime needs plus the declared ``env``; never
+        mlxctl's whole environment (the gateway's key stays out of every tier)."""
+        declared = {
+            key: secrets.resolve(raw, self.environ, where=f"{service.name}: env.{key}")
+            for key, raw in service.env
+        }
+        env = child_environment(self.environ, declared)
         env[INSTANCE_ENV] = instance
         env[SERVICE_ENV] = service.name
         return env

@@ -209,6 +209,12 @@ def smaller_variants(
 # --- models on disk -----------------------------------------------------------------
 
 
+# A model's config.json is a few kilobytes; its sizes (layers, heads, positions) are
+# far below 2**40. Anything larger would overflow the float arithmetic of the estimate.
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
+MAX_CONFIG_INT = 2**40
+
+
 @dataclass(frozen=True)
 class ModelDir:
     """What :func:`estimate_from_config` needs from a model directory."""
@@ -220,14 +226,30 @@ class ModelDir:
 def read_model_dir(path: Path) -> ModelDir:
     """Read ``config.json`` and add up the ``*.safetensors`` sizes (the only I/O here)."""
     import json
+    import stat
 
     config_path = path / "config.json"
     try:
+        # Only a regular file of sane size (mlxctl.files.read_bounded does the same on an
+        # open descriptor; this module stays free of os for the planner's purity).
+        info = config_path.stat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"not a regular file of at most {MAX_CONFIG_BYTES} bytes")
         config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SpecError([f"{config_path}: cannot read the model config: {exc}"]) from None
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = str(exc) if not isinstance(exc, RecursionError) else "nested too deeply"
+        raise SpecError([f"{config_path}: cannot read the model config: {reason[:160]}"]) from None
     if not isinstance(config, dict):
         raise SpecError([f"{config_path}: not a JSON object"])
+    for scope in (config, config.get("text_config")):
+        for key, value in scope.items() if isinstance(scope, dict) else ():
+            if isinstance(value, int) and abs(value) > MAX_CONFIG_INT:
+                raise SpecError(
+                    [
+                        f"{config_path}: {key} is a {len(str(abs(value)))}-digit number; "
+                        "not a model's"
+                    ]
+                )
     weights = sum(p.stat().st_size for p in path.glob("*.safetensors"))
     if weights == 0:
         weights = sum(p.stat().st_size for p in path.glob("*.gguf"))

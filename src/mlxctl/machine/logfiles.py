@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from mlxctl.files import open_private, private_dir
+
 MAX_BYTES = 20 * 1024 * 1024
 KEEP = 3
 
@@ -35,12 +37,17 @@ def rotate(path: Path, *, max_bytes: int = MAX_BYTES, keep: int = KEEP) -> bool:
     return True
 
 
+def open_append(path: Path) -> BinaryIO:
+    """``path`` opened to append, unbuffered, created 0600 (logs hold what servers print)."""
+    return os.fdopen(open_private(path, os.O_WRONLY | os.O_APPEND), "ab", buffering=0)
+
+
 @contextlib.contextmanager
 def open_log(path: Path, argv: Sequence[str]) -> Iterator[BinaryIO]:
     """Open (rotating first) a service log for a child to inherit, with a start banner."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     rotate(path)
-    with open(path, "ab", buffering=0) as handle:
+    with open_append(path) as handle:
         stamp = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
         handle.write(f"--- mlxctl {stamp} start: {' '.join(argv)}\n".encode())
         yield handle

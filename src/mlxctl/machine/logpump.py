@@ -17,14 +17,14 @@ import signal
 import sys
 from pathlib import Path
 
-from mlxctl.machine.logfiles import KEEP, MAX_BYTES, rotate
+from mlxctl.machine.logfiles import KEEP, MAX_BYTES, open_append, rotate
 
 CHUNK = 65536
 
 
 def pump(source: int, path: Path, *, max_bytes: int = MAX_BYTES, keep: int = KEEP) -> None:
     """Copy ``source`` (a file descriptor) into ``path`` until EOF, rotating by size."""
-    handle = open(path, "ab", buffering=0)  # noqa: SIM115 - reopened after each rotation
+    handle = open_append(path)  # reopened after each rotation
     size = handle.tell()
     try:
         while True:
@@ -38,7 +38,7 @@ def pump(source: int, path: Path, *, max_bytes: int = MAX_BYTES, keep: int = KEE
                 if size >= max_bytes and line.endswith(b"\n"):
                     handle.close()
                     rotate(path, max_bytes=max_bytes, keep=keep)
-                    handle = open(path, "ab", buffering=0)  # noqa: SIM115
+                    handle = open_append(path)
                     size = handle.tell()
     finally:
         handle.close()

@@ -18,6 +18,8 @@ from mlxctl.apply.events import EventLog, Listener
 from mlxctl.apply.jobs import PrepareJobs, Spawn, in_thread
 from mlxctl.apply.ledger import Ledger
 from mlxctl.desired.resolve import ModelResolver
+from mlxctl.errors import MlxctlError
+from mlxctl.files import read_text_bounded
 from mlxctl.machine.clock import SystemClock
 from mlxctl.machine.interfaces import Clock, ModelStore, Prober, ProcessControl
 from mlxctl.machine.inventory import Inventory, write_atomic
@@ -119,6 +121,12 @@ def real_context(
     from mlxctl.machine.processes import RealProcessControl
     from mlxctl.sources.registry import DiskModelStore, make_resolver
 
+    try:
+        paths.secure_state()
+    except OSError as exc:
+        raise MlxctlError(
+            f"cannot make the state directory {paths.state} private: {exc.strerror or exc}"
+        ) from None
     return Context(
         paths=paths,
         environ=dict(os.environ),
@@ -132,11 +140,14 @@ def real_context(
 
 
 def read_ports(paths: Paths) -> dict[str, int]:
+    """Ports assigned before (kept stable across runs); a damaged file only loses that."""
     try:
-        raw = json.loads(paths.ports.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+        raw = json.loads(read_text_bounded(paths.ports, 1024 * 1024))
+    except (OSError, ValueError, RecursionError):
         return {}
-    return {str(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): v for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
 def save_ports(paths: Paths, ports: Mapping[str, int]) -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from mlxctl.errors import LockHeldError
+from mlxctl.errors import LockHeldError, MlxctlError
+from mlxctl.files import open_private
 
 
 class StateLock:
@@ -26,13 +27,17 @@ class StateLock:
         self._handle: IO[str] | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
+        try:
+            fd = open_private(self.path, os.O_RDWR)
+        except OSError as exc:  # a directory at the lock's path, a read-only state dir...
+            reason = exc.strerror or str(exc)
+            raise MlxctlError(f"cannot take the lock {self.path}: {reason}") from None
+        handle = os.fdopen(fd, "r+", encoding="utf-8", errors="replace")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = _describe(handle.read())
+            holder = _describe(handle.read(4096))
             handle.close()
             raise LockHeldError(f"another mlxctl holds {self.path}: {holder}") from None
         handle.seek(0)

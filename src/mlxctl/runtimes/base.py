@@ -71,6 +71,23 @@ class Runtime:
     check: Callable[[Http, ProbeMode, str], ProbeResult]
     # The full command line (model servers only; the gateway renders its own).
     argv: Callable[[ServerLaunch], tuple[str, ...]] | None = None
+    # Flags (without dashes) whose value mlxctl decides: a tier's ``args`` may not set
+    # them, nor any prefix of them (argparse takes an unambiguous prefix as the flag),
+    # or the server would listen, serve or authenticate other than the stack says.
+    managed_flags: frozenset[str] = frozenset()
+
+
+def managed_flag_for(key: str, managed: frozenset[str]) -> str | None:
+    """The managed flag ``key`` names, abbreviates or embeds (``host=0.0.0.0``), if any.
+
+    argparse accepts ``--ho`` for ``--host`` (``allow_abbrev`` is on in both servers'
+    parsers) and ``--host=X`` as ``--host X``; the last occurrence wins, and mlxctl's
+    own flags come first, so any of these forms would silently override them.
+    """
+    name = key.split("=", 1)[0]
+    if not name:
+        return None
+    return next((flag for flag in sorted(managed) if flag.startswith(name)), None)
 
 
 def render_args(args: Mapping[str, ArgValue]) -> list[str]:

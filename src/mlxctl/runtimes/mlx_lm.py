@@ -47,4 +47,6 @@ RUNTIME = Runtime(
     served_model_name=lambda _tier: DEFAULT_MODEL,
     check=check,
     argv=argv,
+    # mlx_lm.server's parser (mlx_lm/server.py main): --model, --host, --port.
+    managed_flags=frozenset({"model", "host", "port"}),
 )

@@ -44,4 +44,10 @@ RUNTIME = Runtime(
     served_model_name=lambda tier: tier,
     check=check,
     argv=argv,
+    # ``vllm-mlx serve`` (vllm_mlx/cli.py create_parser): the model is positional and
+    # ``--models-config`` would serve a whole registry of other models (``--model``
+    # abbreviates it); ``--api-key`` would lock out the gateway and the probes.
+    managed_flags=frozenset(
+        {"model", "models-config", "host", "port", "served-model-name", "api-key"}
+    ),
 )

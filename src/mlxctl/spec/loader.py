@@ -9,8 +9,11 @@ never changes what runs.
 from __future__ import annotations
 
 import difflib
+import functools
+import re
 import types
 import typing
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from mlxctl.errors import SpecError
+from mlxctl.errors import SpecError, echo
+from mlxctl.files import FileRefusedError, read_bounded
 from mlxctl.spec.schema import (
     GatewaySpec,
     GgufSource,
@@ -33,6 +37,8 @@ STACK_SUFFIXES = (".yaml", ".yml")
 LOCK_SUFFIXES = (".lock.yaml", ".lock.yml")
 # The forms a tier's ``model:`` mapping takes, by the tag the schema gives each.
 MODEL_FORMS: dict[str, type[BaseModel]] = {"path": PathSource, "hf": HfSource, "gguf": GgufSource}
+# A key printed as it is in an error's dotted path; any other is shown quoted, clipped.
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,60}")
 
 
 @dataclass(frozen=True)
@@ -60,20 +66,23 @@ def stack_files(targets: Sequence[Path]) -> list[Path]:
     """Expand files and directories into the sorted list of stack files they hold."""
     found: list[Path] = []
     for target in targets:
-        if target.is_dir():
-            found.extend(
-                p
-                for p in sorted(target.iterdir())
-                if p.suffix in STACK_SUFFIXES
-                and p.is_file()
-                and not p.name.startswith(".")
-                # Lock files (``NAME.lock.yaml``) sit beside the stack files they pin.
-                and not p.name.endswith(LOCK_SUFFIXES)
-            )
-        elif target.exists():
-            found.append(target)
-        else:
-            raise SpecError([f"{target}: no such file or directory"])
+        try:
+            if target.is_dir():
+                found.extend(
+                    p
+                    for p in sorted(target.iterdir())
+                    if p.suffix in STACK_SUFFIXES
+                    and p.is_file()
+                    and not p.name.startswith(".")
+                    # Lock files (``NAME.lock.yaml``) sit beside the stack files they pin.
+                    and not p.name.endswith(LOCK_SUFFIXES)
+                )
+            elif target.exists():
+                found.append(target)
+            else:
+                raise SpecError([f"{_clip(str(target))}: no such file or directory"])
+        except OSError as exc:  # a name too long, a directory it may not list...
+            raise SpecError([f"{_clip(str(target))}: {exc.strerror or exc}"]) from None
     return found
 
 
@@ -95,27 +104,183 @@ def load_stack_set(targets: Sequence[Path]) -> StackSet:
     return _merge(files, docs, empty)
 
 
+# Bounds on one stack file. A real stack is a few kilobytes, a few levels deep and a
+# few hundred values; these are far above that and far below what could hang mlxctl:
+# an alias bomb ("billion laughs") is refused while it is parsed, before anything walks
+# the expanded data (pydantic, error messages, the event log).
+MAX_FILE_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+
+
+class _BoundsError(Exception):
+    """A stack file over one of the parsing bounds; ``mark`` is where it went over."""
+
+    def __init__(self, message: str, mark: Any) -> None:
+        super().__init__(message)
+        self.mark = mark
+
+
+@functools.cache
+def _bounded_parser() -> type:
+    """ruamel's round-trip parser, counting nesting and alias expansion event by event.
+
+    ruamel.yaml has no limit of its own: its composer recurses once per nesting level
+    (a ``RecursionError`` near 1000) and an alias is a shared node, cheap to load but
+    expanded by anything that walks the result. The composer takes every event through
+    ``get_event``, so counting there refuses a file before it is composed: each
+    collection's expanded size is known when it ends, an anchor remembers it, and an
+    alias adds it again.
+    """
+    from ruamel.yaml.events import (
+        AliasEvent,
+        CollectionEndEvent,
+        CollectionStartEvent,
+        ScalarEvent,
+    )
+    from ruamel.yaml.parser import RoundTripParser
+
+    class BoundedParser(RoundTripParser):
+        def __init__(self, loader: Any) -> None:
+            super().__init__(loader)
+            self._open: list[list[Any]] = []  # [anchor, expanded size] per open collection
+            self._sizes: dict[str, int] = {}
+            self._total = 0
+
+        def get_event(self) -> Any:
+            event = super().get_event()
+            if isinstance(event, CollectionStartEvent):
+                self._open.append([event.anchor, 1])
+                if len(self._open) > MAX_DEPTH:
+                    raise _BoundsError(f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
+            elif isinstance(event, CollectionEndEvent):
+                anchor, size = self._open.pop()
+                self._add(anchor, size, event)
+            elif isinstance(event, ScalarEvent):
+                self._add(event.anchor, 1, event)
+            elif isinstance(event, AliasEvent):
+                self._add(None, self._sizes.get(event.anchor, 1), event)
+            return event
+
+        def _add(self, anchor: str | None, size: int, event: Any) -> None:
+            if anchor is not None:
+                self._sizes[anchor] = size
+            if self._open:
+                self._open[-1][1] += size
+                size = self._open[-1][1]
+            else:
+                self._total += size
+                size = self._total
+            if size > MAX_NODES:
+                raise _BoundsError(
+                    f"more than {MAX_NODES} values once aliases are expanded", event.start_mark
+                )
+
+    return BoundedParser
+
+
+@functools.cache
+def _bounded_scanner() -> type:
+    """ruamel's round-trip scanner, refusing the 65th open ``[``/``{`` or indentation level.
+
+    The parser's count comes too late for flow collections: the scanner reads ahead
+    through every ``[`` before the first event, and keeps a possible key per open
+    level, which it re-checks at each token (quadratic: 1000 ``[`` took 4 s here).
+    """
+    from ruamel.yaml.scanner import RoundTripScanner
+
+    class BoundedScanner(RoundTripScanner):
+        def fetch_flow_collection_start(self, token_class: Any, to_push: Any) -> None:
+            if self.flow_level >= MAX_DEPTH:
+                raise _BoundsError(f"nested deeper than {MAX_DEPTH} levels", self.reader.get_mark())
+            super().fetch_flow_collection_start(token_class, to_push)
+
+        def add_indent(self, column: int) -> bool:
+            if self.indent < column and len(self.indents) >= MAX_DEPTH:
+                raise _BoundsError(f"nested deeper than {MAX_DEPTH} levels", self.reader.get_mark())
+            return bool(super().add_indent(column))
+
+    return BoundedScanner
+
+
 def _yaml() -> Any:
     from ruamel.yaml import YAML
 
-    return YAML(typ="rt")
+    yaml = YAML(typ="rt")
+    yaml.Scanner = _bounded_scanner()
+    yaml.Parser = _bounded_parser()
+    return yaml
+
+
+def _where(path: Path, text: str, position: int) -> str:
+    line = text.count("\n", 0, position) + 1
+    return f"{path}:{line}:{position - (text.rfind(chr(10), 0, position) + 1) + 1}"
+
+
+def _read(path: Path, problems: list[str]) -> str | None:
+    """The file's text: only a regular file, at most ``MAX_FILE_BYTES``, UTF-8."""
+    try:
+        raw = read_bounded(path, MAX_FILE_BYTES)
+    except FileRefusedError as exc:
+        problems.append(f"{exc}; refused")
+        return None
+    except OSError as exc:
+        problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        problems.append(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x})")
+        return None
+
+
+def _parse(path: Path, text: str, problems: list[str]) -> list[Any] | None:
+    """The YAML documents of ``text``, or None with one short problem line."""
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError, YAMLFutureWarning, YAMLWarning
+    from ruamel.yaml.reader import ReaderError
+
+    try:
+        with warnings.catch_warnings():
+            # ruamel warns on stderr (a reused anchor, a YAML 1.1 mantissa): several
+            # lines a user did not ask for; they change nothing in what is loaded.
+            warnings.simplefilter("ignore", YAMLWarning)
+            warnings.simplefilter("ignore", YAMLFutureWarning)
+            return [n for n in _yaml().load_all(text) if n is not None]
+    except _BoundsError as exc:
+        mark = exc.mark
+        problems.append(f"{path}:{mark.line + 1}:{mark.column + 1}: yaml: {exc}; refused")
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problems.append(f"{where}: yaml: {_clip(exc.problem or exc.context)}")
+    except ReaderError as exc:
+        # Control characters (NUL included) outside any quoted escape.
+        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else "a byte"
+        problems.append(f"{_where(path, text, exc.position)}: yaml: unacceptable character {char}")
+    except YAMLError as exc:
+        problems.append(f"{path}: yaml: {_clip(str(exc).splitlines()[0] if str(exc) else '')}")
+    except (ValueError, OverflowError, ArithmeticError, LookupError, TypeError) as exc:
+        # Values ruamel's constructors cannot build and do not wrap in a YAMLError: an
+        # integer past Python's 4300 digits, a date such as 2024-02-30, an empty
+        # ``!!int`` (IndexError), a tag applied to the wrong kind of node.
+        reason = _clip(str(exc)) or type(exc).__name__
+        problems.append(f"{path}: yaml: a value cannot be read: {reason}")
+    return None
+
+
+def _clip(text: str | None, limit: int = 160) -> str:
+    text = (text or "").replace("\n", " ")
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _load_file(path: Path, problems: list[str]) -> list[tuple[StackDocument, Any]] | None:
     """Parse and validate one file; None when it has problems (appended to ``problems``)."""
-    from ruamel.yaml.error import MarkedYAMLError
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(f"{path}: cannot read: {exc}")
+    text = _read(path, problems)
+    if text is None:
         return None
-    try:
-        nodes = [n for n in _yaml().load_all(text) if n is not None]
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problems.append(f"{where}: yaml: {exc.problem or exc.context}")
+    nodes = _parse(path, text, problems)
+    if nodes is None:
         return None
     result: list[tuple[StackDocument, Any]] = []
     ok = True
@@ -139,7 +304,12 @@ def _format_errors(path: Path, node: Any, exc: ValidationError) -> list[str]:
         loc, form = _without_model_tag(tuple(err["loc"]))
         if _is_losing_union_branch(loc, errors):
             continue
-        keys, (line, col) = _locate(node, loc, point_at_key=err["type"] == "extra_forbidden")
+        key_error = bool(loc) and loc[-1] == "[key]"
+        if key_error:
+            loc = loc[:-1]  # a dict key's own validator failed: point at the key
+        keys, (line, col) = _locate(
+            node, loc, point_at_key=key_error or err["type"] == "extra_forbidden"
+        )
         dotted = _dotted(keys)
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
@@ -147,15 +317,20 @@ def _format_errors(path: Path, node: Any, exc: ValidationError) -> list[str]:
                 _fields(MODEL_FORMS[form]) if form in MODEL_FORMS else _allowed_keys(keys[:-1])
             )
             close = difflib.get_close_matches(str(keys[-1]), allowed, n=1)
-            message = f"unknown key '{keys[-1]}'"
+            message = f"unknown key {echo(str(keys[-1]))}"
             if close:
                 message += f" (did you mean '{close[0]}'?)"
             elif allowed:
                 message += f" (expected one of: {', '.join(sorted(allowed))})"
         elif err["type"] == "missing":
             message = f"missing required key '{keys[-1]}'" if keys else message
-        elif "input" in err and err["type"] not in ("model_type", "dict_type"):
-            message = f"{message} (got {err['input']!r})"
+        elif (
+            "input" in err
+            and err["type"] not in ("model_type", "dict_type")
+            and not key_error
+            and "(got " not in message
+        ):
+            message = f"{message} (got {echo(err['input'])})"
         out.append(f"{path}:{line}:{col}: {dotted or '<root>'}: {message}")
     return sorted(set(out), key=out.index)
 
@@ -220,7 +395,12 @@ def _locate(
 def _dotted(keys: Iterable[int | str]) -> str:
     out = ""
     for key in keys:
-        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
+        if isinstance(key, int):
+            out += f"[{key}]"
+        elif not _PLAIN_KEY.fullmatch(str(key)):
+            out += f"[{echo(str(key))}]"  # empty, spaced, control characters, too long
+        else:
+            out += f".{key}" if out else str(key)
     return out
 
 

@@ -11,17 +11,21 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
     Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from mlxctl.runtimes.base import ArgValue
+from mlxctl.errors import echo
+from mlxctl.runtimes.base import ArgValue, managed_flag_for
 from mlxctl.runtimes.registry import MODEL_SERVERS
+from mlxctl.runtimes.registry import runtime as runtime_named
 from mlxctl.spec.secrets import ANY_REF, find_refs
 
 API_VERSION = "mlxctl/v1"
@@ -31,8 +35,67 @@ RESERVED_NAMES = frozenset({"gateway"})
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 Port = Annotated[int, Field(ge=1024, le=65535)]
 
-# Flags mlxctl renders itself: a user value would fight the controller.
-MANAGED_ARGS = frozenset({"model", "host", "port", "served-model-name"})
+# Flags mlxctl renders itself, per runtime (each adapter's ``managed_flags``): a user
+# value would fight the controller. A tier whose runtime is unknown is checked
+# against all of them.
+MANAGED_BY_RUNTIME = {name: runtime_named(name).managed_flags for name in MODEL_SERVERS}
+MANAGED_ARGS = frozenset().union(*MANAGED_BY_RUNTIME.values())
+# A plain command-line flag name, as both servers' parsers spell theirs.
+FLAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+# Bounds that keep every number inside what the memory arithmetic (floats) and the
+# servers can take: larger is a typo or an attack, never a real setting.
+MAX_CONTEXT = 16 * 1024 * 1024
+MAX_CONCURRENCY = 4096
+MAX_PATH = 4096
+MAX_CATALOG_ID = 128
+# C0 controls and DEL: never part of a name, a flag or a path in a stack file.
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _arg_key(key: str, info: ValidationInfo) -> str:
+    """A tier ``args`` key: a plain flag name that mlxctl does not manage for its runtime."""
+    runtime = info.data.get("runtime")
+    managed = (
+        MANAGED_BY_RUNTIME.get(runtime, MANAGED_ARGS)
+        if isinstance(runtime, str)
+        else (MANAGED_ARGS)
+    )
+    if key.startswith("-") and FLAG_NAME.fullmatch(key.lstrip("-")):
+        raise ValueError(f"write the flag without dashes: {echo(key.lstrip('-'))}")
+    flag = managed_flag_for(key, managed)
+    if flag == key:
+        raise ValueError(f"'{key}' is set by mlxctl from the tier; remove it from args")
+    if flag is not None:
+        raise ValueError(
+            f"{echo(key)} would set --{flag} (argparse takes a prefix or a '=' form as the "
+            "flag), which mlxctl sets from the tier; remove it from args"
+        )
+    if not key:
+        raise ValueError("an args key is a flag name; this one is empty")
+    if "=" in key:
+        raise ValueError(f"{echo(key)}: a flag name has no '='; write it as 'name: value'")
+    if not FLAG_NAME.fullmatch(key):
+        raise ValueError(
+            f"{echo(key)} is not a flag name (letters, digits, '-', '_' and '.', "
+            "at most 100 characters)"
+        )
+    return key
+
+
+def _no_control(value: str) -> str:
+    if CONTROL.search(value):
+        raise ValueError(f"control characters are not allowed here (got {echo(value)})")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError(f"a NUL character cannot be passed to a process (got {echo(value)})")
+    return value
+
+
+ArgKey = Annotated[str, AfterValidator(_arg_key)]
+Text = Annotated[str, AfterValidator(_no_control)]
 
 
 class _Strict(BaseModel):
@@ -42,7 +105,7 @@ class _Strict(BaseModel):
 class PathSource(_Strict):
     """A local MLX model directory (``~`` is expanded when the stack is resolved)."""
 
-    path: str = Field(min_length=1)
+    path: Text = Field(min_length=1, max_length=MAX_PATH)
 
 
 REPO_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -98,12 +161,12 @@ class TierSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     runtime: str
     model: ModelSource
-    quant: str | None = None
+    quant: Annotated[Text, Field(max_length=64)] | None = None
     port: Port | None = None
-    args: dict[str, ArgValue] = Field(default_factory=dict)
+    args: dict[ArgKey, ArgValue] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
-    context: Annotated[int, Field(gt=0)] | None = None
-    concurrency: Annotated[int, Field(gt=0)] = 1
+    context: Annotated[int, Field(gt=0, le=MAX_CONTEXT)] | None = None
+    concurrency: Annotated[int, Field(gt=0, le=MAX_CONCURRENCY)] = 1
     startup_timeout: Annotated[float, Field(gt=0, le=3600)] | None = Field(
         default=None, alias="startupTimeout"
     )
@@ -125,6 +188,8 @@ class TierSpec(_Strict):
     @field_validator("model")
     @classmethod
     def _model_id(cls, value: ModelSource) -> ModelSource:
+        if isinstance(value, str) and len(value) > MAX_CATALOG_ID:
+            raise ValueError(f"a catalog id has at most {MAX_CATALOG_ID} characters")
         if isinstance(value, str) and not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", value):
             raise ValueError(
                 "a catalog id is lower-case letters, digits, '.', '_' and '-'; "
@@ -136,10 +201,8 @@ class TierSpec(_Strict):
     @classmethod
     def _args(cls, value: dict[str, ArgValue]) -> dict[str, ArgValue]:
         for key, arg in value.items():
-            if key.startswith("-"):
-                raise ValueError(f"write the flag without dashes: '{key.lstrip('-')}'")
-            if key in MANAGED_ARGS:
-                raise ValueError(f"'{key}' is set by mlxctl from the tier; remove it from args")
+            if isinstance(arg, str):
+                _no_nul(arg)
             if isinstance(arg, str) and find_refs(arg):
                 raise ValueError(
                     f"args.{key}: secrets go in env (command lines are visible to every user)"
@@ -150,8 +213,9 @@ class TierSpec(_Strict):
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         for key, raw in value.items():
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-                raise ValueError(f"'{key}' is not a valid environment variable name")
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", key):
+                raise ValueError(f"{echo(key)} is not a valid environment variable name")
+            _no_nul(raw)
             if "${" in raw and not find_refs(raw):
                 raise ValueError(
                     f"env.{key}: references are written ${{env:NAME}} or ${{file:PATH}}"
@@ -169,7 +233,7 @@ class GatewaySpec(_Strict):
     @field_validator("master_key")
     @classmethod
     def _key_is_reference(cls, value: str | None) -> str | None:
-        if value is not None and not ANY_REF.fullmatch(value):
+        if value is not None and (not ANY_REF.fullmatch(value) or CONTROL.search(value)):
             raise ValueError(
                 "the master key must be a reference like ${env:MLXCTL_GATEWAY_KEY} or ${file:PATH}"
             )
@@ -186,7 +250,9 @@ class MemorySpec(_Strict):
     def _budget(cls, value: float | str) -> float | str:
         if isinstance(value, float | int) and not 0 < value <= 1:
             raise ValueError("a share of memory is a number in (0, 1]; or write a size like 18GB")
-        if isinstance(value, str) and not re.fullmatch(r"\d+(\.\d+)?\s*(GB|GiB|MB|MiB)", value):
+        if isinstance(value, str) and not re.fullmatch(
+            r"\d{1,9}(\.\d{1,6})?\s*(GB|GiB|MB|MiB)", value
+        ):
             raise ValueError("a size is written like 18GB, 18GiB or 512MB")
         return value
 

@@ -16,9 +16,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from mlxctl.errors import MlxctlError
+from mlxctl.files import read_text_bounded
 
 ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 ANY_REF = re.compile(r"\$\{(env|file):([^}]+)\}")
+# A secret is a key or a token: a file over this is not one (and /dev/zero never ends).
+MAX_SECRET_BYTES = 64 * 1024
 
 
 def find_refs(text: str) -> list[str]:
@@ -31,7 +34,12 @@ class MissingSecretError(MlxctlError):
 
 
 def _read_secret_file(path: str) -> str:
-    return Path(path).expanduser().read_text(encoding="utf-8").strip()
+    """A secret file's stripped text: only a regular file, at most ``MAX_SECRET_BYTES``."""
+    try:
+        where = Path(path).expanduser()
+    except RuntimeError as exc:  # ~nosuchuser
+        raise OSError(str(exc)) from None
+    return read_text_bounded(where, MAX_SECRET_BYTES).strip()
 
 
 def resolve(
@@ -51,8 +59,9 @@ def resolve(
             return environ[name]
         try:
             return read_file(name)
-        except OSError as exc:
-            raise MissingSecretError(f"{where}: cannot read secret file {name}: {exc}") from None
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8, a NUL in the path
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+            raise MissingSecretError(f"{where}: cannot read secret file {name}: {reason}") from None
 
     return ANY_REF.sub(sub, text)
 
