@@ -21,6 +21,8 @@ from mlxctl.observe.state import PrepareJob
 
 # Progress is written at most this often (a download reports every chunk).
 PROGRESS_EVERY = 0.5
+# Prepares that run at once (downloads share the link and the disk); the rest queue.
+MAX_RUNNING = 2
 Spawn = Callable[[Callable[[], None]], None]
 
 
@@ -49,6 +51,7 @@ class PrepareJobs:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._owner: Owner | None = None
+        self._slots = threading.BoundedSemaphore(MAX_RUNNING)
 
     def owner(self) -> Owner:
         if self._owner is None:
@@ -66,7 +69,7 @@ class PrepareJobs:
                 return False
             self._running.add(model.identity)
         started = self.clock.time()
-        job = PrepareJob(model.identity, model.display, started, running=True, step="starting")
+        job = PrepareJob(model.identity, model.display, started, running=True, step="queued")
         self.files.write(job, self.owner())
         self.spawn(lambda: self._run(model, job, target, cause))
         return True
@@ -93,7 +96,9 @@ class PrepareJobs:
 
         result, message = "ok", ""
         try:
-            path = self.store.prepare(model, progress)
+            with self._slots:
+                progress(JobProgress(step="starting"))
+                path = self.store.prepare(model, progress)
             message = str(path)
             self.files.remove(model.identity)
         except Exception as exc:  # a failed prepare must never take the controller down

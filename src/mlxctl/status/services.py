@@ -80,6 +80,9 @@ def build_status(desired: DesiredState | None, observed: ObservedState) -> list[
         )
         if job is not None and job.running and (seen is None or not seen.alive):
             health, detail = "preparing", job.describe()
+            elapsed = observed.now - job.started_at
+            if job.done and elapsed > 0:
+                detail += f", {job.done / elapsed / 1e6:.1f} MB/s"
         if desired is None:
             sync: SyncState = "Unknown"
         elif want is None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -102,6 +103,8 @@ class LocalHub:
         self.cut_after: dict[str, int] = {}
         # When set, every request is answered 503 (the hub is down).
         self.down = False
+        # When set, file bodies are sent at about this many bytes per second (a slow link).
+        self.rate: int | None = None
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -338,7 +341,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
-        self.wfile.write(body)
+        rate = self.hub.rate
+        if rate is None:
+            self.wfile.write(body)
+            return
+        step = max(rate // 10, 1)
+        for offset in range(0, len(body), step):
+            self.wfile.write(body[offset : offset + step])
+            self.wfile.flush()
+            time.sleep(0.1)  # a slow link, for tests of what happens during a pull
 
     # -- responses -------------------------------------------------------------------
 
