@@ -215,21 +215,31 @@ def _once(
 
 
 class _WaitingLine:
-    """On a terminal, what ``reconcile --once`` is waiting for, when it changes."""
+    """On a terminal, what ``reconcile --once`` is waiting for: when that changes, and the
+    progress of long waits (a download, a model loading) every few seconds."""
+
+    EVERY = 5.0
 
     def __init__(self, *, enabled: bool) -> None:
         self.enabled = enabled
         self.last: tuple[tuple[str, str], ...] = ()
+        self.shown_at = 0.0
 
     def show(self, result: PassResult) -> None:
+        import time
+
         waits = [
             a
             for a in result.plan.actions
             if a.kind == "wait" and a.reason in ("starting", "preparing", "stopping", "memory")
         ]
         key = tuple((a.target, a.reason) for a in waits)
-        if self.enabled and waits and key != self.last:
-            err("  . waiting for: " + "; ".join(f"{a.target} ({a.reason})" for a in waits))
+        now = time.monotonic()
+        due = key != self.last or now - self.shown_at >= self.EVERY
+        if self.enabled and waits and due:
+            causes = "; ".join(f"{a.target}: {a.cause.splitlines()[0]}" for a in waits)
+            err(f"  . waiting for {causes}")
+            self.shown_at = now
         self.last = key
 
 
