@@ -129,6 +129,7 @@ def quickstart(timeout: float | None = None) -> int:
     from mlxctl.app import ops, stacks
     from mlxctl.cli.stack_cmds import reconcile
 
+    compile_own_modules()
     stacks_dir = paths().stacks
     installed = install_demo_stack(stacks_dir)
     if installed is not None:
@@ -155,6 +156,20 @@ def quickstart(timeout: float | None = None) -> int:
         f"-H 'Content-Type: application/json' -d '{body}'"
     )
     return int(ExitCode.OK)
+
+
+def compile_own_modules() -> None:
+    """Write mlxctl's own bytecode once (dependencies get theirs at install, see
+    pyproject's ``compile-bytecode``): where PYTHONDONTWRITEBYTECODE=1 is set, every
+    command would otherwise compile mlxctl's modules again. Quiet, and skipped where the
+    package directory is not writable."""
+    import compileall
+
+    import mlxctl
+
+    package = Path(mlxctl.__file__).parent
+    if os.access(package, os.W_OK):
+        compileall.compile_dir(package, quiet=2, workers=1)
 
 
 def install_demo_stack(stacks: Path) -> Path | None:
