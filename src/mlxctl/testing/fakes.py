@@ -163,10 +163,14 @@ class FakeProber:
     fatal: dict[int, str] = field(default_factory=dict)
     # Ports whose probe fails this many more times before succeeding.
     slow: dict[int, int] = field(default_factory=dict)
+    # Ports whose server runs but cannot generate because a request broke it.
+    poisoned: dict[int, str] = field(default_factory=dict)
     calls: list[tuple[int, str]] = field(default_factory=list)
 
     def probe(self, spec: ProbeSpec, mode: Literal["ready", "live"], timeout: float) -> ProbeResult:
         self.calls.append((spec.port, mode))
+        if spec.port in self.poisoned:
+            return ProbeResult(False, self.poisoned[spec.port], fatal=True, poisoned=True)
         if spec.port in self.fatal:
             return ProbeResult(False, self.fatal[spec.port], fatal=True)
         if spec.port in self.failing:
