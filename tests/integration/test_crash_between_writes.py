@@ -10,15 +10,14 @@ no process carrying this state directory's marker is left.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 from tests.integration.conftest import Mlxctl, free_ports, stack_yaml, wait_for
+from tests.integration.marked import ours, server_leaders
 
 pytestmark = pytest.mark.integration
 
@@ -35,32 +34,6 @@ def run_faulty(ctl: Mlxctl, fault: str, *args: str) -> subprocess.CompletedProce
         timeout=300,
         check=False,
     )
-
-
-def ours(ctl: Mlxctl) -> list[psutil.Process]:
-    """Live processes started for this test's state directory (servers and log pumps)."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            env = proc.environ()
-            mine = env.get("MLXCTL_HOME") == str(ctl.home) and "MLXCTL_INSTANCE" in env
-            if mine and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
-def server_leaders(ctl: Mlxctl) -> set[int]:
-    """The process-group leaders among :func:`ours`: one per running server."""
-    leaders = set()
-    for proc in ours(ctl):
-        try:
-            if proc.pid == os.getpgid(proc.pid):
-                leaders.add(proc.pid)
-        except (psutil.Error, ProcessLookupError):
-            continue
-    return leaders
 
 
 def one_tier(ctl: Mlxctl, model: Path) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from mlxctl.apply.jobs import PrepareJobs
 from mlxctl.apply.ledger import Ledger
 from mlxctl.desired.state import DesiredService, DesiredState
+from mlxctl.errors import StorageError, storage_error
 from mlxctl.machine.interfaces import INSTANCE_ENV, Clock, ProcessControl
 from mlxctl.machine.inventory import write_atomic
 from mlxctl.machine.record import Record
@@ -64,6 +65,7 @@ class Executor:
         if plan.refused:
             return []
         outcomes: list[Outcome] = []
+        full: StorageError | None = None
         for action in plan.ordered():
             if action.kind == "wait":
                 continue
@@ -71,9 +73,15 @@ class Executor:
             try:
                 outcomes.append(self._apply(action, record, desired))
             except OSError as exc:  # a write that failed (disk full, permissions)
+                full = full or storage_error(exc)
                 message = f"{action.kind} {action.target}: {exc}"
                 self.ledger.emit(action, "failed", message)
                 outcomes.append(Outcome(action, False, message))
+        if full is not None:
+            # Every action was tried (each stop's SIGTERM is sent before its record is
+            # written), but what this pass did could not all be recorded: say so, once,
+            # rather than plan again from an inventory that is behind.
+            raise full
         return outcomes
 
     def _apply(self, action: Action, record: Record | None, desired: DesiredState) -> Outcome:

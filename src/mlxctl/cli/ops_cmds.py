@@ -49,6 +49,7 @@ def status(path: Path | None = None, files: tuple[Path, ...] = (), output: str =
 def down(output: str = "text") -> int:
     """Stop everything mlxctl owns (the gateway and every tier)."""
     from mlxctl.desired.state import DesiredState
+    from mlxctl.errors import StorageError
     from mlxctl.plan.actions import PlanOptions
     from mlxctl.reconcile.context import real_context
     from mlxctl.reconcile.converge import converge
@@ -58,7 +59,15 @@ def down(output: str = "text") -> int:
     ctx = real_context(paths())
     options = PlanOptions(allow_empty=True, prune_cause="mlxctl down", heal=False)
     with StateLock(ctx.paths.lock):
-        result = converge(ctx, DesiredState(tiers=(), gateway=None), options)
+        try:
+            result = converge(ctx, DesiredState(tiers=(), gateway=None), options)
+        except StorageError:  # a full disk: stop everything anyway, record nothing
+            from mlxctl.reconcile.teardown import stop_recorded
+
+            say = print if output == "text" else err
+            for stopped in stop_recorded(ctx.inventory.load(), ctx.procs, grace=options.grace):
+                say(stopped.line())
+            raise
     failed = [o for o in result.outcomes if not o.ok]
     code = ExitCode.APPLY_FAILED if failed else ExitCode.OK
     if output == "json":

@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from mlxctl.errors import storage_error
 from mlxctl.machine.record import Record
 
 INVENTORY_VERSION = 1
@@ -53,7 +54,21 @@ class Inventory:
 
 
 def write_atomic(path: Path, text: str, *, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` so readers see the old or the new file, never a part."""
+    """Write ``text`` to ``path`` so readers see the old or the new file, never a part.
+
+    A full disk is a :class:`~mlxctl.errors.StorageError` naming ``path`` (not the
+    temporary file), and leaves ``path`` as it was.
+    """
+    try:
+        _write_atomic(path, text, mode)
+    except OSError as exc:
+        full = storage_error(exc, path)
+        if full is None:
+            raise
+        raise full from exc
+
+
+def _write_atomic(path: Path, text: str, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

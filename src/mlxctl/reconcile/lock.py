@@ -7,6 +7,7 @@ since when) only serves to tell the user who holds it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fcntl
 import json
@@ -16,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from mlxctl.errors import LockHeldError
+from mlxctl.errors import LockHeldError, storage_error
 
 
 class StateLock:
@@ -26,8 +27,14 @@ class StateLock:
         self._handle: IO[str] | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
+        except OSError as exc:
+            full = storage_error(exc, self.path)
+            if full is None:
+                raise
+            raise full from exc
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -35,19 +42,28 @@ class StateLock:
             holder = _describe(handle.read())
             handle.close()
             raise LockHeldError(f"another mlxctl holds {self.path}: {holder}") from None
-        handle.seek(0)
-        handle.truncate()
-        since = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-        handle.write(json.dumps({"pid": os.getpid(), "command": self.command, "since": since}))
-        handle.flush()
         self._handle = handle
+        since = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        holder = json.dumps({"pid": os.getpid(), "command": self.command, "since": since})
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(holder)
+            handle.flush()
+        except OSError:
+            # The lock is the flock, which needs no space: on a full disk hold it
+            # without naming the holder (another mlxctl then says "holder unknown"), so
+            # that `down` can still stop everything.
+            pass
 
     def release(self) -> None:
         if self._handle is not None:
-            self._handle.seek(0)
-            self._handle.truncate()
+            with contextlib.suppress(OSError):
+                self._handle.seek(0)
+                self._handle.truncate()
             fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
-            self._handle.close()
+            with contextlib.suppress(OSError):  # a holder line a full disk never took
+                self._handle.close()
             self._handle = None
 
     def __enter__(self) -> StateLock:
