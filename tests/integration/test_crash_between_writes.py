@@ -76,3 +76,19 @@ def test_an_inventory_write_failing_after_a_spawn_leaves_a_server_the_next_run_a
     assert "Traceback" not in failed.stderr, failed.stderr
     assert "no space left" in failed.stderr.lower(), failed.stdout + failed.stderr
     assert_adopted_then_stopped(mlxctl)
+
+
+def test_down_stops_a_marked_server_that_no_record_names(mlxctl: Mlxctl, tiny_model: Path) -> None:
+    """The intent record leaves no window; a record can still be lost (the inventory
+    deleted by hand): the server carries this state directory's marker and ``down``
+    finds it by that."""
+    one_tier(mlxctl, tiny_model)
+    up = mlxctl.run("reconcile", "--once", str(mlxctl.stacks))
+    assert up.returncode == 0, up.stdout + up.stderr
+    [server] = server_leaders(mlxctl)
+    (mlxctl.home / "state" / "inventory.json").unlink()
+
+    down = mlxctl.run("down")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert f"fast (no record; group {server}): pid {server} stopped" in down.stdout, down.stdout
+    assert not ours(mlxctl), [p.pid for p in ours(mlxctl)]

@@ -22,13 +22,17 @@ from mlxctl.apply.jobs import PrepareJobs
 from mlxctl.apply.ledger import Ledger
 from mlxctl.desired.state import DesiredService, DesiredState
 from mlxctl.errors import StorageError, storage_error
-from mlxctl.machine.interfaces import INSTANCE_ENV, Clock, ProcessControl
+from mlxctl.machine.interfaces import (
+    INSTANCE_ENV,
+    SERVICE_ENV,
+    STATE_ENV,
+    Clock,
+    ProcessControl,
+)
 from mlxctl.machine.inventory import write_atomic
 from mlxctl.machine.record import Record
 from mlxctl.plan.actions import Action, Plan
 from mlxctl.spec import secrets
-
-SERVICE_ENV = "MLXCTL_SERVICE"
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,7 @@ class Executor:
             env[key] = secrets.resolve(raw, self.environ, where=f"{service.name}: env.{key}")
         env[INSTANCE_ENV] = instance
         env[SERVICE_ENV] = service.name
+        env[STATE_ENV] = str(self.logs_dir.parent)
         return env
 
     def _start(self, action: Action, service: DesiredService, previous: Record | None) -> Outcome:

@@ -54,20 +54,24 @@ def down(output: str = "text") -> int:
     from mlxctl.reconcile.context import real_context
     from mlxctl.reconcile.converge import converge
     from mlxctl.reconcile.lock import StateLock
+    from mlxctl.reconcile.teardown import stop_recorded, stop_strays
     from mlxctl.status import report
 
     ctx = real_context(paths())
     options = PlanOptions(allow_empty=True, prune_cause="mlxctl down", heal=False)
+    say = print if output == "text" else err
     with StateLock(ctx.paths.lock):
         try:
             result = converge(ctx, DesiredState(tiers=(), gateway=None), options)
         except StorageError:  # a full disk: stop everything anyway, record nothing
-            from mlxctl.reconcile.teardown import stop_recorded
-
-            say = print if output == "text" else err
             for stopped in stop_recorded(ctx.inventory.load(), ctx.procs, grace=options.grace):
-                say(stopped.line())
+                say(f"{stopped.line()} (not recorded: the state cannot be written)")
             raise
+        finally:
+            state = str(ctx.paths.state)
+            strays = stop_strays(state, ctx.inventory.load(), ctx.procs, grace=options.grace)
+            for stray in strays:
+                say(stray.line())
     failed = [o for o in result.outcomes if not o.ok]
     code = ExitCode.APPLY_FAILED if failed else ExitCode.OK
     if output == "json":
@@ -78,7 +82,7 @@ def down(output: str = "text") -> int:
     else:
         for outcome in result.outcomes:
             print(report.outcome_line(outcome))
-        if not result.outcomes:
+        if not result.outcomes and not strays:
             print("nothing to stop")
     return int(code)
 

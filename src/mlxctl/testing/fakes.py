@@ -16,7 +16,10 @@ from typing import Literal
 from mlxctl.desired.state import ModelRef
 from mlxctl.machine.interfaces import (
     INSTANCE_ENV,
+    SERVICE_ENV,
+    STATE_ENV,
     Identity,
+    Marked,
     ProbeResult,
     ProcessStatus,
     ProgressFn,
@@ -140,6 +143,20 @@ class FakeProcs:
         return self.busy_ports.get(port)
 
     # -- test controls ----------------------------------------------------------
+
+    def find_marked(self, state: str) -> list[Marked]:
+        return [
+            Marked(
+                p.pid,
+                p.pid,
+                p.create_time,
+                p.argv,
+                p.env[INSTANCE_ENV],
+                p.env.get(SERVICE_ENV, "?"),
+            )
+            for p in self.procs.values()
+            if p.alive and not p.foreign and p.env.get(STATE_ENV) == state and INSTANCE_ENV in p.env
+        ]
 
     def crash(self, pid: int, code: int = -9) -> None:
         self.procs[pid].alive = False
