@@ -193,7 +193,9 @@ def converge(
     )
     # A run that ends when nothing changes must see each running server's liveness
     # before it decides (a server that cannot generate is replaced, not "converged").
-    controller.monitor.settings.first_answer_wait = LIVE_TIMEOUT
+    # `down` (nothing desired) stops them all anyway: it never waits for a probe.
+    if desired.services:
+        controller.monitor.settings.first_answer_wait = LIVE_TIMEOUT
 
     def until(ctl: Controller, result: PassResult) -> bool:
         if run.first is None and on_plan is not None:
