@@ -6,7 +6,9 @@ bug and keeps its traceback. Exit codes are documented in ``docs/exit-codes.md``
 
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
+from pathlib import Path
 
 
 class ExitCode(IntEnum):
@@ -22,6 +24,9 @@ class ExitCode(IntEnum):
     LOCKED = 6
     NOT_FOUND = 7
     ADMISSION_REFUSED = 8
+    # A write to the state directory failed: no space left, a quota, a size limit, a
+    # read-only file system.
+    STORAGE = 9
     INTERRUPTED = 130
 
 
@@ -88,3 +93,38 @@ class NotFoundError(MlxctlError):
     """A named tier, model or catalog entry does not exist."""
 
     exit_code = ExitCode.NOT_FOUND
+
+
+# Write failures that say the storage is full or closed, not that mlxctl has a bug.
+STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded (no space left for this user)",
+    errno.EFBIG: "file too large (a file size limit; no space left for it)",
+    errno.EROFS: "read-only file system",
+}
+
+
+class StorageError(MlxctlError, OSError):
+    """A write to the state directory failed for lack of space (or write access).
+
+    Also an :class:`OSError`, so code that carries on past a failed write (the executor
+    applies every other action) still does; the CLI prints it as one line naming the
+    path. Nothing half-written is left behind: files are replaced atomically.
+    """
+
+    exit_code = ExitCode.STORAGE
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def storage_error(exc: BaseException, path: Path | str | None = None) -> StorageError | None:
+    """``exc`` as a :class:`StorageError` when it is a full or closed storage, else None."""
+    if isinstance(exc, StorageError):
+        return exc
+    if not isinstance(exc, OSError) or exc.errno not in STORAGE_ERRNOS:
+        return None
+    where = path if path is not None else (exc.filename or "the state directory")
+    return StorageError(str(where), STORAGE_ERRNOS[exc.errno])

@@ -18,13 +18,14 @@ from typing import Any
 from mlxctl.apply.events import Listener
 from mlxctl.desired.render import canonical, to_yaml
 from mlxctl.desired.state import DesiredState
-from mlxctl.errors import MlxctlError
+from mlxctl.errors import MlxctlError, StorageError
 from mlxctl.paths import Paths
 from mlxctl.plan.actions import Plan, PlanOptions
 from mlxctl.reconcile.context import read_ports, real_context
 from mlxctl.reconcile.converge import ConvergeResult, converge
 from mlxctl.reconcile.lock import StateLock
 from mlxctl.reconcile.passes import PassResult, load_stack, observe_state, resolve, run_pass
+from mlxctl.reconcile.teardown import stop_recorded, stop_strays
 from mlxctl.spec.loader import StackSet
 from mlxctl.status.services import ServiceStatus, build_status
 
@@ -75,12 +76,31 @@ def plan_once(paths: Paths, stack: StackSet, options: PlanOptions) -> PassResult
         return run_pass(ctx, resolve(ctx, stack), options=options, dry_run=True)
 
 
-def down(paths: Paths, *, listeners: Sequence[Listener] = ()) -> ConvergeResult:
-    """Stop everything mlxctl owns, and wait until every process is gone."""
+def down(
+    paths: Paths,
+    *,
+    listeners: Sequence[Listener] = (),
+    note: Callable[[str], None] = lambda _line: None,
+) -> ConvergeResult:
+    """Stop everything mlxctl owns, and wait until every process is gone.
+
+    On a full disk (nothing can be recorded) every recorded server is still stopped,
+    each said through ``note``, and the StorageError is raised after; last, any process
+    that carries this state directory's marker but no record is stopped too.
+    """
     ctx = real_context(paths, listeners=list(listeners))
     options = PlanOptions(allow_empty=True, prune_cause="mlxctl down", heal=False)
     with StateLock(ctx.paths.lock):
-        return converge(ctx, DesiredState(tiers=(), gateway=None), options)
+        try:
+            return converge(ctx, DesiredState(tiers=(), gateway=None), options)
+        except StorageError:
+            for stopped in stop_recorded(ctx.inventory.load(), ctx.procs, grace=options.grace):
+                note(f"{stopped.line()} (not recorded: the state cannot be written)")
+            raise
+        finally:
+            state = str(ctx.paths.state)
+            for stray in stop_strays(state, ctx.inventory.load(), ctx.procs, grace=options.grace):
+                note(stray.line())
 
 
 @dataclass(frozen=True)

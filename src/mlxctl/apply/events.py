@@ -7,15 +7,17 @@ Secrets never reach it: causes and messages carry references, never values.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mlxctl.errors import MlxctlError
+from mlxctl.errors import MlxctlError, storage_error
 from mlxctl.files import open_private, private_dir, read_bounded
 from mlxctl.machine.logfiles import rotate
 
@@ -52,18 +54,52 @@ class EventLog:
         self._lock = threading.Lock()
 
     def emit(self, event: Event) -> None:
+        """Append ``event`` and tell the listeners. The log never stops an action: when
+        it cannot be written (a full disk) that is said once on stderr, and the
+        actions go on (``down`` must still stop every server)."""
         with self._lock:
             if self.path is not None:
-                private_dir(self.path.parent)
-                rotate(self.path, max_bytes=MAX_BYTES, keep=2)
-                line = json.dumps(event.to_json(), sort_keys=True) + "\n"
-                fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
                 try:
-                    os.write(fd, line.encode())
-                finally:
-                    os.close(fd)
+                    self._append(self.path, json.dumps(event.to_json(), sort_keys=True))
+                except OSError as exc:
+                    _warn_once(self.path, exc)
             for listener in self.listeners:
                 listener(event)
+
+    @staticmethod
+    def _append(path: Path, line: str) -> None:
+        private_dir(path.parent)
+        rotate(path, max_bytes=MAX_BYTES, keep=2)
+        data = line.encode() + b"\n"
+        if str(path) in _torn:
+            # The last append was cut short (the disk filled mid-line): start a new line
+            # so that the torn one stays unreadable on its own and this one is whole.
+            data = b"\n" + data
+        fd = open_private(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            written = os.write(fd, data)
+        finally:
+            os.close(fd)
+        if written < len(data):
+            _torn.add(str(path))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        _torn.discard(str(path))
+        _warned.discard(str(path))
+
+
+# Event logs whose last line was cut short, and those already reported as unwritable
+# (once per process, not once per event).
+_torn: set[str] = set()
+_warned: set[str] = set()
+
+
+def _warn_once(path: Path, exc: OSError) -> None:
+    if str(path) in _warned:
+        return
+    _warned.add(str(path))
+    full = storage_error(exc, path)
+    reason = str(full) if full is not None else f"cannot write {path}: {exc.strerror or exc}"
+    print(f"warning: {reason} (events are not recorded meanwhile)", file=sys.stderr, flush=True)
 
 
 def read_events(path: Path, limit: int | None = None) -> list[Event]:

@@ -21,14 +21,19 @@ from pathlib import Path
 from mlxctl.apply.jobs import PrepareJobs
 from mlxctl.apply.ledger import Ledger
 from mlxctl.desired.state import DesiredService, DesiredState
+from mlxctl.errors import StorageError, storage_error
 from mlxctl.machine.environment import child_environment
-from mlxctl.machine.interfaces import INSTANCE_ENV, Clock, ProcessControl
+from mlxctl.machine.interfaces import (
+    INSTANCE_ENV,
+    SERVICE_ENV,
+    STATE_ENV,
+    Clock,
+    ProcessControl,
+)
 from mlxctl.machine.inventory import write_atomic
 from mlxctl.machine.record import Record
 from mlxctl.plan.actions import Action, Plan
 from mlxctl.spec import secrets
-
-SERVICE_ENV = "MLXCTL_SERVICE"
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class Executor:
         if plan.refused:
             return []
         outcomes: list[Outcome] = []
+        full: StorageError | None = None
         for action in plan.ordered():
             if action.kind == "wait":
                 continue
@@ -72,9 +78,15 @@ class Executor:
             try:
                 outcomes.append(self._apply(action, record, desired))
             except OSError as exc:  # a write that failed (disk full, permissions)
+                full = full or storage_error(exc)
                 message = f"{action.kind} {action.target}: {exc}"
                 self.ledger.emit(action, "failed", message)
                 outcomes.append(Outcome(action, False, message))
+        if full is not None:
+            # Every action was tried (each stop's SIGTERM is sent before its record is
+            # written), but what this pass did could not all be recorded: say so, once,
+            # rather than plan again from an inventory that is behind.
+            raise full
         return outcomes
 
     def _apply(self, action: Action, record: Record | None, desired: DesiredState) -> Outcome:
@@ -156,6 +168,7 @@ class Executor:
         env = child_environment(self.environ, declared)
         env[INSTANCE_ENV] = instance
         env[SERVICE_ENV] = service.name
+        env[STATE_ENV] = str(self.logs_dir.parent)
         return env
 
     def _start(self, action: Action, service: DesiredService, previous: Record | None) -> Outcome:

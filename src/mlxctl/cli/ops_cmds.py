@@ -46,7 +46,13 @@ def down(output: str = "text") -> int:
     from mlxctl.app import stacks
     from mlxctl.status import report
 
-    result = stacks.down(paths())
+    notes: list[str] = []
+
+    def note(line: str) -> None:
+        notes.append(line)
+        (print if output == "text" else err)(line)
+
+    result = stacks.down(paths(), note=note)
     failed = [o for o in result.outcomes if not o.ok]
     code = ExitCode.APPLY_FAILED if failed else ExitCode.OK
     if output == "json":
@@ -57,7 +63,7 @@ def down(output: str = "text") -> int:
     else:
         for outcome in result.outcomes:
             print(report.outcome_line(outcome))
-        if not result.outcomes:
+        if not result.outcomes and not notes:
             print("nothing to stop")
     return int(code)
 

@@ -22,6 +22,23 @@ if TYPE_CHECKING:
 # Every process of a service's group carries this marker in its environment: it is how
 # members are told apart from strangers, and how an unrecorded spawn is found again.
 INSTANCE_ENV = "MLXCTL_INSTANCE"
+# The state directory a process was started for, also in every child's environment: a
+# process of ours that no record names (its record deleted, or a member that outlived
+# its group's leader and record) is still found by it, and ``down`` stops it.
+STATE_ENV = "MLXCTL_STATE"
+SERVICE_ENV = "MLXCTL_SERVICE"
+
+
+@dataclass(frozen=True)
+class Marked:
+    """A live process carrying a state directory's marker."""
+
+    pid: int
+    pgid: int
+    create_time: float
+    cmdline: tuple[str, ...]
+    instance: str
+    service: str
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,9 @@ class ProcessControl(Protocol):
 
     def port_owner(self, port: int) -> str | None:
         """A description of whoever listens on ``port`` on loopback, or None when free."""
+
+    def find_marked(self, state: str) -> list[Marked]:
+        """Every live process whose environment says it was started for ``state``."""
 
 
 class Prober(Protocol):

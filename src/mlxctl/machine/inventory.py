@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from mlxctl.errors import MlxctlError
+from mlxctl.errors import MlxctlError, storage_error
 from mlxctl.files import PRIVATE_FILE, private_dir, read_text_bounded
 from mlxctl.machine.record import Record
 
@@ -111,8 +111,20 @@ def write_atomic(path: Path, text: str, *, mode: int = PRIVATE_FILE) -> None:
     """Write ``text`` to ``path`` so readers see the old or the new file, never a part.
 
     The file is private (0600) in a private directory (0700) unless ``mode`` says
-    otherwise: everything mlxctl writes with this lives in its state directory.
+    otherwise: everything mlxctl writes with this lives in its state directory. A full
+    disk is a :class:`~mlxctl.errors.StorageError` naming ``path`` (not the temporary
+    file), and leaves ``path`` as it was.
     """
+    try:
+        _write_atomic(path, text, mode)
+    except OSError as exc:
+        full = storage_error(exc, path)
+        if full is None:
+            raise
+        raise full from exc
+
+
+def _write_atomic(path: Path, text: str, mode: int) -> None:
     private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

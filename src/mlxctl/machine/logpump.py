@@ -23,9 +23,15 @@ CHUNK = 65536
 
 
 def pump(source: int, path: Path, *, max_bytes: int = MAX_BYTES, keep: int = KEEP) -> None:
-    """Copy ``source`` (a file descriptor) into ``path`` until EOF, rotating by size."""
+    """Copy ``source`` (a file descriptor) into ``path`` until EOF, rotating by size.
+
+    A write that fails (a full disk) drops that line and goes on reading: a pump that
+    died would close the pipe and break the server's next write of its own output.
+    Once writing works again, one line says how much was lost.
+    """
     handle = open_append(path)  # reopened after each rotation
     size = handle.tell()
+    dropped, why = 0, ""
     try:
         while True:
             chunk = os.read(source, CHUNK)
@@ -33,7 +39,16 @@ def pump(source: int, path: Path, *, max_bytes: int = MAX_BYTES, keep: int = KEE
                 return
             # Line by line, so a file is only ever rotated between two whole lines.
             for line in chunk.splitlines(keepends=True):
-                handle.write(line)
+                try:
+                    if dropped:
+                        note = f"[mlxctl logpump: {dropped} bytes dropped: {why}]\n"
+                        handle.write(note.encode())
+                        dropped = 0
+                    handle.write(line)
+                except OSError as exc:
+                    why = (exc.strerror or str(exc)).lower()
+                    dropped += len(line)
+                    continue
                 size += len(line)
                 if size >= max_bytes and line.endswith(b"\n"):
                     handle.close()

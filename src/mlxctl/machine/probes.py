@@ -34,10 +34,17 @@ class HttpProber:
     """Runs a runtime adapter's check (``ready``: really serves; ``live``: still answers)."""
 
     def probe(self, spec: ProbeSpec, mode: ProbeMode, timeout: float) -> ProbeResult:
+        overall = timeout
+
         def call(
-            method: str, path: str, body: Mapping[str, Any] | None = None
+            method: str,
+            path: str,
+            body: Mapping[str, Any] | None = None,
+            *,
+            timeout: float | None = None,
         ) -> tuple[int, bytes]:
-            return _request(spec, method, path, timeout, body)
+            limit = overall if timeout is None else min(timeout, overall)
+            return _request(spec, method, path, limit, body)
 
         try:
             return runtime(spec.kind).check(call, mode, spec.model)

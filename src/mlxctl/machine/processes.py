@@ -22,7 +22,16 @@ from pathlib import Path
 
 import psutil
 
-from mlxctl.machine.interfaces import INSTANCE_ENV, Identity, ProcessStatus, Spawned, StopResult
+from mlxctl.machine.interfaces import (
+    INSTANCE_ENV,
+    SERVICE_ENV,
+    STATE_ENV,
+    Identity,
+    Marked,
+    ProcessStatus,
+    Spawned,
+    StopResult,
+)
 from mlxctl.machine.logfiles import open_log
 
 START_TIME_TOLERANCE = 0.05
@@ -171,6 +180,30 @@ class RealProcessControl:
             except (psutil.Error, ProcessLookupError, PermissionError):
                 continue
         return None
+
+    def find_marked(self, state: str) -> list[Marked]:
+        found: list[Marked] = []
+        for proc in psutil.process_iter():
+            try:
+                env = proc.environ()
+                if env.get(STATE_ENV) != state or INSTANCE_ENV not in env:
+                    continue
+                with proc.oneshot():
+                    if proc.status() == psutil.STATUS_ZOMBIE:
+                        continue
+                    found.append(
+                        Marked(
+                            proc.pid,
+                            os.getpgid(proc.pid),
+                            proc.create_time(),
+                            tuple(proc.cmdline()),
+                            env[INSTANCE_ENV],
+                            env.get(SERVICE_ENV, "?"),
+                        )
+                    )
+            except (psutil.Error, ProcessLookupError, PermissionError):
+                continue
+        return found
 
     def stop(self, ident: Identity, grace: float) -> StopResult:
         """Terminate, wait up to ``grace``, then kill: blocking, for tools and tests (the

@@ -49,6 +49,7 @@ def observe(
             detail=sample.detail,
             probe_failures=0 if sample.ok else sample.failures,
             fatal=sample.fatal,
+            poisoned=sample.poisoned,
         )
     present: set[str] = set()
     if desired is not None:

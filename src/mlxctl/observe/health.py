@@ -32,6 +32,8 @@ class HealthSample:
     # Consecutive failed probes of this kind (liveness failures count toward a replace).
     failures: int = 0
     mode: ProbeMode = "ready"
+    # It runs but can no longer generate, and a request did that (see ProbeResult).
+    poisoned: bool = False
 
 
 class HealthSource(Protocol):
@@ -77,7 +79,10 @@ class ProbeNow:
             result = self.prober.probe(probe_spec(record), mode, self.timeout)
             failures = 0 if result.ok else self.failures.get(record.name, 0) + 1
             self.failures[record.name] = failures
-            return record.name, HealthSample(result.ok, result.detail, result.fatal, failures, mode)
+            sample = HealthSample(
+                result.ok, result.detail, result.fatal, failures, mode, result.poisoned
+            )
+            return record.name, sample
 
         items = list(records)
         if len(items) <= 1:

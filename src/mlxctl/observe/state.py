@@ -32,6 +32,8 @@ class ObservedService:
     exit_code: int | None = None
     # The server answered that it will never become ready (its model failed to load).
     fatal: bool = False
+    # It runs but cannot generate, and a request caused it: replace it now, no crash counted.
+    poisoned: bool = False
     # The PID now belongs to another process (ours is gone).
     foreign: bool = False
     # The last lines of its log, read when it died before being ready.

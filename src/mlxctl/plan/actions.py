@@ -57,6 +57,9 @@ class Action:
     stop_process: bool = False
     # For "crash": the service did not become ready before its startup timeout.
     timed_out: bool = False
+    # For "crash": a request broke a running server (it cannot generate); it is replaced
+    # at once and the crash-loop count does not grow.
+    by_request: bool = False
     # For "wait": what is awaited.
     reason: WaitReason = ""
     # For "ready": when it became ready (readiness detail in ``cause``).

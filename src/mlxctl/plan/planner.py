@@ -17,6 +17,10 @@ from mlxctl.machine.record import Record
 from mlxctl.observe.state import ObservedService, ObservedState
 from mlxctl.plan.actions import Action, ActionKind, Plan, PlanOptions
 
+# How a replacement caused by a request (not a crash) begins its cause, in the plan,
+# the event log and the record's ``last_error``.
+BY_REQUEST = "caused by a request, not a crash"
+
 
 def plan(
     desired: DesiredState, observed: ObservedState, options: PlanOptions | None = None
@@ -92,6 +96,9 @@ class _Planner:
         if rec.ready_at is None:
             self.starting(service, seen)
             return
+        if seen.poisoned:
+            self.crashed(service, seen, stop=True, cause=seen.detail, by_request=True)
+            return
         if seen.probe_failures >= self.opts.liveness_threshold:
             cause = f"liveness failed {seen.probe_failures} times: {seen.detail}"
             self.crashed(service, seen, stop=True, cause=cause)
@@ -104,7 +111,7 @@ class _Planner:
         timeout = self.startup_timeout(service)
         if seen.fatal:
             cause = f"cannot become ready ({seen.detail})"
-            self.crashed(service, seen, stop=True, cause=cause)
+            self.crashed(service, seen, stop=True, cause=cause, by_request=seen.poisoned)
             return
         deadline = rec.started_at + timeout
         if self.now >= deadline:
@@ -131,6 +138,9 @@ class _Planner:
         self.start(service, "start", rec.stop_cause or "restart")
 
     def after_crash(self, service: DesiredService, rec: Record) -> None:
+        if (rec.last_error or "").startswith(BY_REQUEST):
+            self.heal(service, "replacing a server a request broke (not a crash)")
+            return
         if rec.not_before is None or self.now >= rec.not_before:
             self.heal(service, f"restarting after crash #{rec.consecutive_crashes}")
             return
@@ -157,16 +167,26 @@ class _Planner:
         stop: bool,
         cause: str | None = None,
         timed_out: bool = False,
+        by_request: bool = False,
     ) -> None:
+        """Record a crash (and stop what is left); ``by_request``: a request broke the
+        server, which says nothing about its launch, so it is replaced at once and the
+        crash-loop count stays where it was (a client cannot push a tier into backoff)."""
         rec = seen.record
         uptime = self.now - rec.started_at
-        crashes = self.opts.backoff.count_after_crash(rec.consecutive_crashes, uptime)
-        delay = self.opts.backoff.delay(crashes)
+        if by_request:
+            crashes, delay = rec.consecutive_crashes, 0.0
+        else:
+            crashes = self.opts.backoff.count_after_crash(rec.consecutive_crashes, uptime)
+            delay = self.opts.backoff.delay(crashes)
         if cause is None:
             code = f" with code {seen.exit_code}" if seen.exit_code is not None else ""
             when = " while starting" if rec.ready_at is None else ""
             cause = f"exited{code}{when} after {_duration(uptime)}"
-        full = f"{cause}; crash #{crashes}"
+        if by_request:
+            full = f"{BY_REQUEST}: {cause}; replaced at once, crash count stays {crashes}"
+        else:
+            full = f"{cause}; crash #{crashes}"
         if seen.log_tail:
             full += "; last log lines:\n" + "\n".join(seen.log_tail)
         self.add(
@@ -177,6 +197,7 @@ class _Planner:
             not_before=self.now + delay,
             stop_process=stop,
             timed_out=timed_out,
+            by_request=by_request,
         )
         if stop:
             return  # restarted once the stop completes (see after_stop)

@@ -145,11 +145,10 @@ class Controller:
                 except Exception as exc:  # a daemon survives a failed pass; the next one retries
                     if not self.watch:
                         raise
-                    self.log(f"reconcile failed: {exc!r}; retrying at the next trigger")
+                    why = str(exc) if isinstance(exc, MlxctlError) else repr(exc)
+                    self.log(f"reconcile failed: {why}; retrying at the next trigger")
                     self.ctx.event_log().emit(
-                        Event(
-                            self.ctx.clock.time(), "reconcile", "stack", "pass", "failed", repr(exc)
-                        )
+                        Event(self.ctx.clock.time(), "reconcile", "stack", "pass", "failed", why)
                     )
                     self._wake_at = self.ctx.clock.time() + self.interval / 6
                     continue

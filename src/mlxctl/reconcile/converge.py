@@ -26,6 +26,7 @@ from mlxctl.errors import ExitCode
 from mlxctl.plan.actions import Action, Plan, PlanOptions
 from mlxctl.reconcile.context import Context
 from mlxctl.reconcile.controller import Controller
+from mlxctl.reconcile.monitor import LIVE_TIMEOUT
 from mlxctl.reconcile.passes import PassResult
 
 # Wait reasons that mean work is in flight (something will trigger a pass).
@@ -190,6 +191,11 @@ def converge(
     controller = Controller(
         ctx, [], options, watch=False, desired=lambda: desired, poll_interval=poll_interval
     )
+    # A run that ends when nothing changes must see each running server's liveness
+    # before it decides (a server that cannot generate is replaced, not "converged").
+    # `down` (nothing desired) stops them all anyway: it never waits for a probe.
+    if desired.services:
+        controller.monitor.settings.first_answer_wait = LIVE_TIMEOUT
 
     def until(ctl: Controller, result: PassResult) -> bool:
         if run.first is None and on_plan is not None:

@@ -7,6 +7,7 @@ since when) only serves to tell the user who holds it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fcntl
 import json
@@ -16,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from mlxctl.errors import LockHeldError, MlxctlError
+from mlxctl.errors import LockHeldError, MlxctlError, storage_error
 from mlxctl.files import open_private
 
 
@@ -29,10 +30,13 @@ class StateLock:
     def acquire(self) -> None:
         try:
             fd = open_private(self.path, os.O_RDWR)
-        except OSError as exc:  # a directory at the lock's path, a read-only state dir...
+        except OSError as exc:  # a full disk, a directory at the lock's path, a read-only dir
+            full = storage_error(exc, self.path)
+            if full is not None:
+                raise full from exc
             reason = exc.strerror or str(exc)
             raise MlxctlError(f"cannot take the lock {self.path}: {reason}") from None
-        handle = os.fdopen(fd, "r+", encoding="utf-8", errors="replace")
+        handle = _text(fd)
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -40,19 +44,28 @@ class StateLock:
             holder = _describe(handle.read(4096))
             handle.close()
             raise LockHeldError(f"another mlxctl holds {self.path}: {holder}") from None
-        handle.seek(0)
-        handle.truncate()
-        since = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-        handle.write(json.dumps({"pid": os.getpid(), "command": self.command, "since": since}))
-        handle.flush()
         self._handle = handle
+        since = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        holder = json.dumps({"pid": os.getpid(), "command": self.command, "since": since})
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(holder)
+            handle.flush()
+        except OSError:
+            # The lock is the flock, which needs no space: on a full disk hold it
+            # without naming the holder (another mlxctl then says "holder unknown"), so
+            # that `down` can still stop everything.
+            pass
 
     def release(self) -> None:
         if self._handle is not None:
-            self._handle.seek(0)
-            self._handle.truncate()
+            with contextlib.suppress(OSError):
+                self._handle.seek(0)
+                self._handle.truncate()
             fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
-            self._handle.close()
+            with contextlib.suppress(OSError):  # a holder line a full disk never took
+                self._handle.close()
             self._handle = None
 
     def __enter__(self) -> StateLock:
@@ -74,3 +87,8 @@ def _describe(raw: str) -> str:
         return f"pid {info['pid']} ({info['command']}) since {info['since']}"
     except (ValueError, KeyError, TypeError):
         return "holder unknown"
+
+
+def _text(fd: int) -> IO[str]:
+    """The lock file as text (a seam for tests of a disk that fills)."""
+    return os.fdopen(fd, "r+", encoding="utf-8", errors="replace")

@@ -34,6 +34,11 @@ class MonitorSettings:
     live_interval: float = 10.0
     live_timeout: float = LIVE_TIMEOUT
     threshold: int = 3
+    # How long :meth:`HealthMonitor.sample` waits for a newly watched *ready* server's
+    # first liveness answer. 0 for the controller (a pass never waits: the answer
+    # triggers a pass); ``reconcile --once`` waits, so that its first pass sees a server
+    # that cannot generate instead of "no changes".
+    first_answer_wait: float = 0.0
 
 
 class HealthMonitor:
@@ -48,6 +53,8 @@ class HealthMonitor:
         self.settings = settings or MonitorSettings()
         self._samples: dict[Key, HealthSample] = {}
         self._watchers: dict[Key, threading.Event] = {}
+        # Set once a watcher stored its first answer.
+        self._answered: dict[Key, threading.Event] = {}
         self._lock = threading.Lock()
 
     # -- HealthSource ------------------------------------------------------------------
@@ -55,21 +62,29 @@ class HealthMonitor:
     def sample(self, records: Sequence[Record]) -> Mapping[str, HealthSample]:
         """The latest answers for ``records``; starts watching new ones, stops watching
         the ones that are gone (replaced, stopping, exited)."""
-        self.watch(records)
+        new = self.watch(records)
+        wait = self.settings.first_answer_wait
+        if wait > 0:
+            for record in new:
+                if probe_mode(record) == "live":
+                    self._answered[(record.name, record.instance)].wait(wait)
         with self._lock:
             found = {r.name: self._samples.get((r.name, r.instance)) for r in records}
         return {name: s for name, s in found.items() if s is not None}
 
-    def watch(self, records: Sequence[Record]) -> None:
+    def watch(self, records: Sequence[Record]) -> list[Record]:
+        """Watch ``records`` (and no others); returns the ones newly watched."""
         wanted = {(r.name, r.instance): r for r in records}
         with self._lock:
             for key in list(self._watchers):
                 if key not in wanted:
                     self._watchers.pop(key).set()
                     self._samples.pop(key, None)
+                    self._answered.pop(key, None)
             new = [r for key, r in wanted.items() if key not in self._watchers]
             for record in new:
                 self._watchers[(record.name, record.instance)] = threading.Event()
+                self._answered[(record.name, record.instance)] = threading.Event()
         for record in new:
             stop = self._watchers[(record.name, record.instance)]
             threading.Thread(
@@ -78,6 +93,7 @@ class HealthMonitor:
                 name=f"mlxctl-health-{record.name}",
                 daemon=True,
             ).start()
+        return new
 
     def stop(self) -> None:
         with self._lock:
@@ -91,6 +107,9 @@ class HealthMonitor:
         with self._lock:
             if not stop.is_set():
                 self._samples[key] = sample
+            answered = self._answered.get(key)
+        if answered is not None:
+            answered.set()
 
     def _watch_one(self, record: Record, stop: threading.Event) -> None:
         key = (record.name, record.instance)
@@ -106,7 +125,9 @@ class HealthMonitor:
                 failures = 0 if result.ok else failures + 1
                 self._store(
                     key,
-                    HealthSample(result.ok, result.detail, result.fatal, failures, "ready"),
+                    HealthSample(
+                        result.ok, result.detail, result.fatal, failures, "ready", result.poisoned
+                    ),
                     stop,
                 )
                 if result.ok:
@@ -124,7 +145,13 @@ class HealthMonitor:
             if stop.is_set():
                 return
             failures = 0 if result.ok else failures + 1
-            self._store(key, HealthSample(result.ok, result.detail, False, failures, "live"), stop)
-            if failures >= cfg.threshold:
+            sample = HealthSample(
+                result.ok, result.detail, False, failures, "live", result.poisoned
+            )
+            self._store(key, sample, stop)
+            if result.poisoned:
+                # One answer is enough: the server said it can no longer generate.
+                self.on_change(f"{record.name} cannot generate")
+            elif failures >= cfg.threshold:
                 self.on_change(f"{record.name} liveness failed {failures} times")
             stop.wait(cfg.live_interval)

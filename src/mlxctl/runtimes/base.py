@@ -37,14 +37,52 @@ class ProbeResult:
     detail: str = ""
     # The server answered, and its answer means it will never become ready.
     fatal: bool = False
+    # The server runs but can no longer generate, and a request did that to it (mlx-lm's
+    # "generation thread died"): replace it at once, without counting a crash.
+    poisoned: bool = False
 
 
 class Http(Protocol):
-    """One HTTP request to the service under check: ``(status, body)``."""
+    """One HTTP request to the service under check: ``(status, body)``.
+
+    ``timeout`` (seconds) shortens the probe's own timeout for this request; a request
+    that runs out of time raises :class:`TimeoutError`, any other failure ``OSError``.
+    """
 
     def __call__(
-        self, method: str, path: str, body: Mapping[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
     ) -> tuple[int, bytes]: ...
+
+
+# How long a liveness check waits for its 1-token completion. Only an *answer* counts
+# against a server: a completion still running after this long is queued behind a
+# generation (busy), never a failure; a hung server is caught by its /health timing out.
+COMPLETION_WAIT = 2.0
+COMPLETION_PROMPT = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+
+
+def generates(http: Http, model: str) -> tuple[int | None, bytes]:
+    """Ask for a 1-token completion: ``(status, body)``, or ``(None, b"")`` when the server
+    was still busy with it after :data:`COMPLETION_WAIT` seconds."""
+    try:
+        return http(
+            "POST",
+            "/v1/chat/completions",
+            {"model": model, **COMPLETION_PROMPT},
+            timeout=COMPLETION_WAIT,
+        )
+    except TimeoutError:
+        return None, b""
+
+
+def excerpt(raw: bytes, limit: int = 300) -> str:
+    """The start of an answer's body, on one line (it ends up in events and statuses)."""
+    return " ".join(raw[:limit].decode(errors="replace").split())
 
 
 @dataclass(frozen=True)

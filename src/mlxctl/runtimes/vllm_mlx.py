@@ -1,8 +1,16 @@
 """vllm-mlx: continuous batching on MLX, OpenAI-compatible.
 
 Its ``/health`` is always 200 and its body says whether the model is loaded, which
-is both readiness and liveness. When it fails while loading it exits, and only its
-log says why (the observer reads the log's tail).
+is where readiness starts. When it fails while loading it exits, and only its log says why (the
+observer reads the log's tail).
+
+``model_loaded: true`` does not prove it can generate, so readiness and liveness also
+ask for a 1-token completion and judges it by its answer, never its speed. Its
+simple engine serves one generation at a time and answers any other completion at
+once with 503 ``text_generation_busy`` (seen here during a 32768-token generation a
+``"top_p": 5`` request started): that is busy, not broken, as is a completion still
+running after ``COMPLETION_WAIT``. Malformed fields (``"stop": 123``) are refused
+with 422 by its request validation and harm nothing.
 """
 
 from __future__ import annotations
@@ -16,8 +24,13 @@ from mlxctl.runtimes.base import (
     ProbeResult,
     Runtime,
     ServerLaunch,
+    excerpt,
+    generates,
     render_args,
 )
+
+# What its simple engine answers to a completion while another generation runs.
+BUSY = b"text_generation_busy"
 
 
 def argv(launch: ServerLaunch) -> tuple[str, ...]:
@@ -32,10 +45,20 @@ def check(http: Http, mode: ProbeMode, model: str) -> ProbeResult:
         data = json.loads(body)
     except ValueError:
         return ProbeResult(False, f"/health answered {status} without JSON")
-    loaded = status == 200 and data.get("model_loaded") is True
-    return ProbeResult(
-        loaded, f"/health: status={data.get('status')} model_loaded={data.get('model_loaded')}"
+    loaded = status == 200 and isinstance(data, dict) and data.get("model_loaded") is True
+    detail = (
+        f"/health: status={data.get('status')} model_loaded={data.get('model_loaded')}"
+        if isinstance(data, dict)
+        else f"/health answered {status}"
     )
+    if not loaded:
+        return ProbeResult(loaded, detail)
+    answer, raw = generates(http, model)
+    if answer is None or (answer == 503 and BUSY in raw):
+        return ProbeResult(True, f"{detail}; busy (another generation runs)")
+    if answer == 200:
+        return ProbeResult(True, f"{detail}; 1-token completion answered")
+    return ProbeResult(False, f"cannot generate: completion answered {answer}: {excerpt(raw)}")
 
 
 RUNTIME = Runtime(

@@ -16,7 +16,10 @@ from typing import Literal
 from mlxctl.desired.state import ModelRef
 from mlxctl.machine.interfaces import (
     INSTANCE_ENV,
+    SERVICE_ENV,
+    STATE_ENV,
     Identity,
+    Marked,
     ProbeResult,
     ProcessStatus,
     ProgressFn,
@@ -141,6 +144,20 @@ class FakeProcs:
 
     # -- test controls ----------------------------------------------------------
 
+    def find_marked(self, state: str) -> list[Marked]:
+        return [
+            Marked(
+                p.pid,
+                p.pid,
+                p.create_time,
+                p.argv,
+                p.env[INSTANCE_ENV],
+                p.env.get(SERVICE_ENV, "?"),
+            )
+            for p in self.procs.values()
+            if p.alive and not p.foreign and p.env.get(STATE_ENV) == state and INSTANCE_ENV in p.env
+        ]
+
     def crash(self, pid: int, code: int = -9) -> None:
         self.procs[pid].alive = False
         self.procs[pid].exit_code = code
@@ -163,10 +180,14 @@ class FakeProber:
     fatal: dict[int, str] = field(default_factory=dict)
     # Ports whose probe fails this many more times before succeeding.
     slow: dict[int, int] = field(default_factory=dict)
+    # Ports whose server runs but cannot generate because a request broke it.
+    poisoned: dict[int, str] = field(default_factory=dict)
     calls: list[tuple[int, str]] = field(default_factory=list)
 
     def probe(self, spec: ProbeSpec, mode: Literal["ready", "live"], timeout: float) -> ProbeResult:
         self.calls.append((spec.port, mode))
+        if spec.port in self.poisoned:
+            return ProbeResult(False, self.poisoned[spec.port], fatal=True, poisoned=True)
         if spec.port in self.fatal:
             return ProbeResult(False, self.fatal[spec.port], fatal=True)
         if spec.port in self.failing:
