@@ -75,6 +75,15 @@ class _Planner:
         if not seen.alive:
             if changed:
                 self.start(service, "start", f"{changed} (was not running)")
+            elif seen.foreign and rec.died_at is None:
+                # Gone while nobody watched (a reboot, a controller that was down): its PID
+                # was reused, so its exit was never seen. Not a crash of the server.
+                self.start(
+                    service,
+                    "start",
+                    f"not running: PID {rec.pid} now belongs to another process "
+                    "(not counted as a crash)",
+                )
             elif rec.died_at is None:
                 self.crashed(service, seen, stop=False)
             else:
@@ -167,8 +176,11 @@ class _Planner:
             when = " while starting" if rec.ready_at is None else ""
             cause = f"exited{code}{when} after {_duration(uptime)}"
         full = f"{cause}; crash #{crashes}"
-        if seen.log_tail:
-            full += "; last log lines:\n" + "\n".join(seen.log_tail)
+        tail = [line for line in seen.log_tail if line.strip()]
+        if tail:
+            # The first line stands alone (status, events): it ends with the last log
+            # line, never with a dangling label; the full tail follows.
+            full += f"; last log line: {tail[-1].strip()}\n" + "\n".join(seen.log_tail)
         self.add(
             "crash",
             service.name,

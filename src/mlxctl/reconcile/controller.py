@@ -205,8 +205,6 @@ class Controller:
             self.trigger("follow-up")
         elif result.failed and self._wake_at is None:
             self._wake_at = self.ctx.clock.time() + self.interval / 6
-        if result.plan.refused and self.watch:
-            self.log(f"  refused: {result.plan.refused}")
         return result
 
     def _show_plan(self, reason: str, plan: Plan) -> None:
