@@ -26,14 +26,19 @@ from mlxctl.errors import ExitCode, MlxctlError, NotFoundError
 def status(path: Path | None = None, files: tuple[Path, ...] = (), output: str = "text") -> int:
     """Per tier and gateway: health, desired vs running (Synced/OutOfSync), PID, port, uptime."""
     from mlxctl.reconcile.context import real_context
-    from mlxctl.reconcile.passes import observe_state, resolve
+    from mlxctl.reconcile.passes import load_stack_keeping_last_good, observe_state, resolve
     from mlxctl.status import report
     from mlxctl.status.services import build_status, status_json
 
     ctx = real_context(paths())
     desired = None
     try:
-        desired = resolve(ctx, load_selected(targets(path, files)))
+        stack = load_stack_keeping_last_good(ctx, targets(path, files), save=False)
+        for file, problems in stack.invalid.items():
+            kept = file not in stack.unknown_files
+            note = "its last valid version is applied" if kept else "nothing is pruned"
+            err(f"invalid: {problems[0]} ({note})")
+        desired = resolve(ctx, stack)
     except MlxctlError as exc:
         err(f"warning: stack files not usable, sync unknown: {str(exc).splitlines()[0]}")
     rows = build_status(desired, observe_state(ctx, desired))

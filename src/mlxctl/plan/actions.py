@@ -43,7 +43,21 @@ PHASES: tuple[ActionKind, ...] = (
 )
 # Kinds that change nothing that runs (bookkeeping and waiting).
 QUIET: frozenset[ActionKind] = frozenset({"wait", "rehash", "ready", "adopt"})
-WaitReason = Literal["starting", "stopping", "preparing", "backoff", "memory", "spawning", ""]
+WaitReason = Literal[
+    "starting",
+    "stopping",
+    "preparing",
+    "backoff",
+    "memory",
+    "spawning",
+    # ``dependsOn``: a tier it depends on is not ready yet.
+    "dependency",
+    # ``suspend: true``: left alone; the cause says what a resume would do.
+    "suspended",
+    # Not pruned: a stack file is invalid with no last valid version.
+    "held",
+    "",
+]
 
 
 @dataclass(frozen=True)

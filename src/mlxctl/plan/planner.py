@@ -31,9 +31,14 @@ def plan(
         return Plan(refused=refusal, refusal="empty", memory=memory)
     planner = _Planner(desired, observed, opts)
     for service in desired.services:
-        planner.service(service)
+        if service.suspended:
+            planner.suspended(service)
+        else:
+            planner.service(service)
+    for name, why in desired.unresolved.items():
+        planner.blocked[name] = why  # left as it runs; the other tiers converge
     for name, seen in sorted(observed.services.items()):
-        if desired.get(name) is None:
+        if desired.get(name) is None and name not in desired.unresolved:
             planner.undesired(seen)
     return Plan(actions=tuple(planner.actions), blocked=planner.blocked, memory=memory)
 
@@ -104,6 +109,39 @@ class _Planner:
         if seen.probe_failures >= self.opts.liveness_threshold:
             cause = f"liveness failed {seen.probe_failures} times: {seen.detail}"
             self.crashed(service, seen, stop=True, cause=cause)
+
+    def suspended(self, service: DesiredService) -> None:
+        """Left alone: nothing is applied; the one "wait" says what a resume would do."""
+        resumed = _Planner(self.desired, self.observed, self.opts)
+        resumed.service(dataclasses.replace(service, suspended=False))
+        would = [f"{a.kind} ({a.cause.splitlines()[0]})" for a in resumed.actions if a.changes]
+        would += [f"blocked ({why})" for why in resumed.blocked.values()]
+        cause = "; ".join(would) if would else "nothing (in sync)"
+        self.add("wait", service.name, f"suspended; on resume: {cause}", reason="suspended")
+
+    def dependencies_ready(self, service: DesiredService) -> bool:
+        """``dependsOn``: every named tier is running and has answered its readiness check."""
+        waiting = []
+        for dep in service.depends_on:
+            seen = self.observed.services.get(dep)
+            ready = (
+                seen is not None
+                and seen.alive
+                and seen.record.spawned
+                and not seen.record.stopping
+                and (seen.record.ready_at is not None or seen.health == "ready")
+                and seen.health != "unready"
+            )
+            if not ready:
+                waiting.append(dep)
+        if waiting:
+            self.add(
+                "wait",
+                service.name,
+                f"waiting for {', '.join(waiting)} to be ready (dependsOn)",
+                reason="dependency",
+            )
+        return not waiting
 
     def startup_timeout(self, service: DesiredService) -> float:
         return self.opts.startup_timeout or service.startup_timeout
@@ -204,7 +242,10 @@ class _Planner:
             )
 
     def start(self, service: DesiredService, kind: ActionKind, cause: str) -> None:
-        """Start ``service`` when its model is there and its memory is free; else say why not."""
+        """Start ``service`` when the tiers it depends on are ready, its model is there and
+        its memory is free; else say why not."""
+        if not self.dependencies_ready(service):
+            return
         if not self.model_ready(service) or not self.memory_free(service):
             return
         self.add(kind, service.name, cause)
@@ -316,6 +357,16 @@ class _Planner:
     def undesired(self, seen: ObservedService) -> None:
         rec = seen.record
         prune = self.opts.prune_cause
+        scope = self.desired.scope
+        if rec.stack and scope is not None and rec.stack not in scope:
+            return  # another stack owns it: applying this selection never prunes it
+        if rec.stack and rec.stack in self.desired.suspended_stacks:
+            cause = f"suspended; on resume: stop ({prune})"
+            self.add("wait", rec.name, cause, reason="suspended")
+            return
+        if self.desired.hold_prune and not rec.stopping:
+            self.add("wait", rec.name, self.desired.hold_prune, reason="held")
+            return
         if not rec.spawned:
             if not self.unconfirmed(seen):
                 self.add("forget", rec.name, f"{prune} (its spawn never happened)")

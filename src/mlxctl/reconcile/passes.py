@@ -20,7 +20,11 @@ from mlxctl.observe.state import ObservedState
 from mlxctl.plan.actions import Plan, PlanOptions
 from mlxctl.plan.planner import plan
 from mlxctl.reconcile.context import Context, read_ports, save_ports
-from mlxctl.spec.loader import StackSet, load_stack_set
+from mlxctl.runtimes.litellm import Route
+from mlxctl.runtimes.registry import MODEL_SERVERS
+from mlxctl.runtimes.registry import runtime as runtime_named
+from mlxctl.spec.last_good import LastGood
+from mlxctl.spec.loader import StackSet, load_stack_set, load_stack_set_keeping_last_good
 
 if TYPE_CHECKING:
     from mlxctl.apply.executor import Outcome
@@ -28,6 +32,30 @@ if TYPE_CHECKING:
 
 def load_stack(targets: Sequence[Path]) -> StackSet:
     return load_stack_set(targets)
+
+
+def load_stack_keeping_last_good(ctx: Context, targets: Sequence[Path], *, save: bool) -> StackSet:
+    """The controller's (``save``) and ``status``'s read: an invalid file's last valid
+    version stands in for it (see :mod:`mlxctl.spec.last_good`)."""
+    store = LastGood(ctx.paths.last_good)
+    return load_stack_set_keeping_last_good(targets, store.read, store.save if save else None)
+
+
+def other_stacks_routes(ctx: Context, stack: StackSet) -> tuple[Route, ...]:
+    """The tiers other stacks own (recorded in the inventory): the one gateway routes to
+    every stack's tiers, whichever selection is applied."""
+    if stack.scope is None:
+        return ()
+    mine = {t.spec.name for t in stack.tiers}
+    routes = []
+    for rec in sorted(ctx.inventory.load().values(), key=lambda r: r.name):
+        runtime = str(rec.launch.get("runtime", ""))
+        if rec.role != "tier" or not rec.stack or rec.stack in stack.scope or rec.name in mine:
+            continue
+        if runtime not in MODEL_SERVERS:
+            continue
+        routes.append(Route(rec.name, rec.port, runtime_named(runtime).served_model_name(rec.name)))
+    return tuple(routes)
 
 
 def resolve(ctx: Context, stack: StackSet) -> DesiredState:
@@ -39,6 +67,8 @@ def resolve(ctx: Context, stack: StackSet) -> DesiredState:
         environ=ctx.environ,
         resolve_model=ctx.model_resolver or make_resolver(ctx.paths),
         assigned_ports=read_ports(ctx.paths),
+        extra_routes=other_stacks_routes(ctx, stack),
+        port_in_use=lambda port: ctx.procs.port_owner(port) is not None,
     )
     desired = resolve_desired(stack, rctx)
     from mlxctl.desired.admission import with_budget
@@ -61,9 +91,13 @@ def observe_state(ctx: Context, desired: DesiredState | None) -> ObservedState:
 
 def is_converged(desired: DesiredState, observed: ObservedState, the_plan: Plan) -> bool:
     """Nothing left to do and every desired service running and ready."""
-    if the_plan.refused or the_plan.blocked or any(a.kind != "rehash" for a in the_plan.actions):
+    if the_plan.refused or the_plan.blocked:
+        return False
+    if any(a.kind != "rehash" and a.reason != "suspended" for a in the_plan.actions):
         return False
     for service in desired.services:
+        if service.suspended:
+            continue  # left alone by request: converged is about the others
         seen = observed.services.get(service.name)
         if seen is None or not seen.alive or seen.record.ready_at is None:
             return False

@@ -47,4 +47,8 @@ RUNTIME = Runtime(
     served_model_name=lambda _tier: DEFAULT_MODEL,
     check=check,
     argv=argv,
+    # mlx_lm.server (0.31) decodes up to --decode-concurrency requests at once; it has no
+    # flag that bounds the KV cache of a sequence (--max-tokens bounds the reply only),
+    # so ``context`` is estimated but not enforced.
+    limit_flags={"concurrency": "decode-concurrency"},
 )

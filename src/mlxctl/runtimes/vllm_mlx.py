@@ -44,4 +44,7 @@ RUNTIME = Runtime(
     served_model_name=lambda tier: tier,
     check=check,
     argv=argv,
+    # vllm-mlx serve: --max-num-seqs "Max concurrent sequences", --max-kv-size "Maximum KV
+    # cache size per sequence" (a rotating cache past it).
+    limit_flags={"context": "max-kv-size", "concurrency": "max-num-seqs"},
 )

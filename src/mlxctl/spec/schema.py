@@ -55,6 +55,9 @@ class TierSpec(_Strict):
     startup_timeout: Annotated[float, Field(gt=0, le=3600)] | None = Field(
         default=None, alias="startupTimeout"
     )
+    # Controls (docs/reconciler.md, "Suspend and dependsOn"): neither enters the launch.
+    suspend: bool = False
+    depends_on: list[str] = Field(default_factory=list, alias="dependsOn")
 
     @field_validator("name")
     @classmethod
@@ -143,6 +146,8 @@ class StackSpec(_Strict):
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
     memory: MemorySpec | None = None
     tiers: list[TierSpec] = Field(default_factory=list)
+    # Every tier of this stack is left alone (no start, stop or heal) while true.
+    suspend: bool = False
 
     @model_validator(mode="after")
     def _unique(self) -> StackSpec:

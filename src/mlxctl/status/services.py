@@ -15,7 +15,7 @@ from mlxctl.observe.state import ObservedService, ObservedState
 HealthState = Literal[
     "ready", "starting", "degraded", "stopping", "preparing", "crash-looping", "crashed", "stopped"
 ]
-SyncState = Literal["Synced", "OutOfSync", "Unknown"]
+SyncState = Literal["Synced", "OutOfSync", "Unknown", "Suspended"]
 STATUS_SCHEMA = "mlxctl.status/v1"
 
 
@@ -82,6 +82,10 @@ def build_status(desired: DesiredState | None, observed: ObservedState) -> list[
             health, detail = "preparing", job.describe()
         if desired is None:
             sync: SyncState = "Unknown"
+        elif (want is not None and want.suspended) or (
+            want is None and rec is not None and rec.stack in desired.suspended_stacks
+        ):
+            sync = "Suspended"  # left alone until resumed, whatever runs
         elif want is None:
             sync = "OutOfSync"  # running but no longer in the stack
         elif seen is None or not seen.alive:
