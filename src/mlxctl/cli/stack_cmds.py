@@ -34,7 +34,13 @@ Files = tuple[Path, ...]
 
 def validate(path: Path | None = None, files: Files = ()) -> int:
     """Check stack files; print every problem as file:line:column: path: message."""
+    from mlxctl.desired.checks import stack_problems
+    from mlxctl.errors import SpecError
+
     stack = load_selected(targets(path, files))
+    problems = stack_problems(stack)
+    if problems:
+        raise SpecError(problems)
     print(f"valid: {len(stack.files)} file(s), {len(stack.tiers)} tier(s)")
     return int(ExitCode.OK)
 

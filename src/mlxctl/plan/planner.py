@@ -396,8 +396,8 @@ def _memory_check(desired: DesiredState) -> BudgetCheck | None:
 
 def _empty_refusal(desired: DesiredState, observed: ObservedState, opts: PlanOptions) -> str | None:
     """Why a plan that would stop every tier must not be applied, if it must not."""
-    if opts.allow_empty:
-        return None
+    if opts.allow_empty or desired.hold_prune:
+        return None  # held: nothing is stopped anyway (see _Planner.undesired)
     if desired.empty_files:
         names = ", ".join(str(p) for p in desired.empty_files)
         return (

@@ -35,6 +35,8 @@ class SourcedTier:
     stack: str = ""
     # The tier or its whole stack says ``suspend: true``.
     suspended: bool = False
+    # 1-based (line, column) of each key written in the tier, for messages.
+    keys: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -328,7 +330,12 @@ def _merge(
         for index, tier in enumerate(doc.spec.tiers):
             line = seq.lc.data[index][0] + 1 if seq is not None and index < len(seq) else 1
             suspended = tier.suspend or doc.spec.suspend
-            sourced = SourcedTier(tier, path, line, doc.metadata.name, suspended)
+            item = seq[index] if seq is not None and index < len(seq) else None
+            keys = {
+                str(k): (int(v[0]) + 1, int(v[1]) + 1)
+                for k, v in getattr(getattr(item, "lc", None), "data", {}).items()
+            }
+            sourced = SourcedTier(tier, path, line, doc.metadata.name, suspended, keys)
             if tier.depends_on:
                 depends.append((sourced, _key_line(seq[index], "dependsOn", line)))
             if tier.name in by_name:
