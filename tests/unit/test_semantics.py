@@ -184,3 +184,34 @@ def test_validate_rejects_what_diff_rejects(
     empty.write_text("")
     assert main(["validate", str(empty)]) == 3
     assert f"{empty}:1:1: the file is empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("env", "not_secret", "refused"),
+    [
+        ("{HF_TOKEN: hf_literal}", "", True),
+        ("{OPENAI_API_KEY: sk-1}", "", True),
+        ("{DB_PASSWORD: x}", "", True),
+        ('{HF_TOKEN: "${env:HF_TOKEN}"}', "", False),
+        ("{HF_TOKEN: hf_public_mirror}", "\n      notSecret: [HF_TOKEN]", False),
+        ("{HF_HUB_OFFLINE: '1', TOKENIZERS_PARALLELISM: 'false'}", "", False),
+    ],
+)
+def test_literal_secrets_are_refused_unless_marked_not_secret(
+    tmp_path: Path, env: str, not_secret: str, refused: bool
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "apiVersion: mlxctl/v1\nkind: Stack\nmetadata: {name: main}\nspec:\n  tiers:\n"
+        "    - name: a\n      runtime: mlx-lm\n      model: {path: /m}\n"
+        f"      env: {env}{not_secret}\n"
+    )
+    if not refused:
+        load_stack_set([path])
+        return
+    with pytest.raises(SpecError) as exc:
+        load_stack_set([path])
+    (problem,) = exc.value.problems
+    assert problem.startswith(f"{path}:9:12: spec.tiers[0].env: env.")
+    assert "looks like a secret" in problem and "notSecret" in problem
+    assert "hf_literal" not in problem and "sk-1" not in problem  # never echoed

@@ -227,7 +227,7 @@ def _format_errors(path: Path, node: Any, exc: ValidationError) -> list[str]:
                 message += f" (expected one of: {', '.join(sorted(allowed))})"
         elif err["type"] == "missing":
             message = f"missing required key '{keys[-1]}'" if keys else message
-        elif "input" in err and err["type"] not in ("model_type", "dict_type"):
+        elif "input" in err and err["type"] not in ("model_type", "dict_type", "secret_literal"):
             message = f"{message} (got {err['input']!r})"
         out.append(f"{path}:{line}:{col}: {dotted or '<root>'}: {message}")
     return sorted(set(out), key=out.index)

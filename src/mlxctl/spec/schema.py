@@ -10,11 +10,19 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from mlxctl.runtimes.base import ArgValue
 from mlxctl.runtimes.registry import MODEL_SERVERS
-from mlxctl.spec.secrets import ANY_REF, find_refs
+from mlxctl.spec.secrets import ANY_REF, find_refs, looks_secret
 
 API_VERSION = "mlxctl/v1"
 # The runtimes a tier may name: every model-server adapter in the registry.
@@ -49,6 +57,9 @@ class TierSpec(_Strict):
     quant: str | None = None
     port: Port | None = None
     args: dict[str, ArgValue] = Field(default_factory=dict)
+    # Env names that look like secrets (HF_TOKEN...) whose literal value is not one;
+    # declared before env so env's check can read it.
+    not_secret: list[str] = Field(default_factory=list, alias="notSecret")
     env: dict[str, str] = Field(default_factory=dict)
     context: Annotated[int, Field(gt=0)] | None = None
     concurrency: Annotated[int, Field(gt=0)] = 1
@@ -99,8 +110,17 @@ class TierSpec(_Strict):
 
     @field_validator("env")
     @classmethod
-    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+    def _env(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        not_secret = info.data.get("not_secret") or []
         for key, raw in value.items():
+            if looks_secret(key) and key not in not_secret and not find_refs(raw):
+                # Stack files live in git. The value is never echoed back.
+                raise PydanticCustomError(
+                    "secret_literal",
+                    f"env.{key} looks like a secret and is written literally; write "
+                    f"${{env:{key}}} or ${{file:PATH}}, or list it in notSecret: [{key}] "
+                    "if the value is not secret",
+                )
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise ValueError(f"'{key}' is not a valid environment variable name")
             if "${" in raw and not find_refs(raw):
