@@ -14,6 +14,7 @@ from mlxctl.errors import SpecError
 from mlxctl.plan.actions import PlanOptions
 from mlxctl.reconcile.passes import load_stack_keeping_last_good, resolve, run_pass
 from mlxctl.spec.loader import load_stack_set
+from mlxctl.spec.schema import PathSource
 from tests.unit.world import World, tier, tiers_yaml
 
 
@@ -215,3 +216,30 @@ def test_literal_secrets_are_refused_unless_marked_not_secret(
     assert problem.startswith(f"{path}:9:12: spec.tiers[0].env: env.")
     assert "looks like a secret" in problem and "notSecret" in problem
     assert "hf_literal" not in problem and "sk-1" not in problem  # never echoed
+
+
+def test_render_is_a_stack_that_plans_nothing_new(tmp_path: Path) -> None:
+    from mlxctl.desired.render import canonical_documents, to_yaml
+    from mlxctl.reconcile.context import read_ports
+
+    w = World(tmp_path)
+    w.write(stack_doc("main", tier("fast", 8001, model="../models/tiny")), "main.yaml")
+    w.write(
+        stack_doc("other", tier("slow", 8002, runtime="vllm-mlx") + "  context: 4096\n").replace(
+            "  tiers:", "  suspend: true\n  tiers:"
+        ),
+        "other.yaml",
+    )
+    w.apply()
+    stack = load_stack_set([w.stacks])
+    rendered = tmp_path / "rendered" / "all.yaml"
+    rendered.parent.mkdir()
+    rendered.write_text(to_yaml(canonical_documents(stack, read_ports(w.ctx.paths)), stack))
+    again = load_stack_set([rendered])  # validates
+    first = again.tiers[0].spec.model
+    assert isinstance(first, PathSource) and first.path == str(tmp_path / "models" / "tiny")
+    before, after = w.desired(), resolve(w.ctx, again)
+    assert [s.spec_hash for s in after.services] == [s.spec_hash for s in before.services]
+    assert after.suspended_stacks == frozenset({"other"})
+    the_plan = run_pass(w.ctx, after, options=PlanOptions(), dry_run=True).plan
+    assert not the_plan.has_changes

@@ -47,14 +47,19 @@ def validate(path: Path | None = None, files: Files = ()) -> int:
 
 def render(path: Path | None = None, files: Files = (), output: str = "text") -> int:
     """Print the canonical desired state: files merged, defaults applied, ports assigned."""
-    from mlxctl.desired.render import canonical, to_yaml
+    from mlxctl.desired.render import canonical_documents, to_yaml
+    from mlxctl.desired.resolve import master_key_ref
     from mlxctl.reconcile.context import read_ports
 
-    data = canonical(load_selected(targets(path, files)), read_ports(paths()))
+    stack = load_selected(targets(path, files))
+    docs = canonical_documents(stack, read_ports(paths()))
     if output == "json":
-        emit_json(data)
+        for doc in docs:  # one object per stack (JSON lines)
+            emit_json(doc)
     else:
-        sys.stdout.write(to_yaml(data))
+        generated = stack.gateway.master_key is None
+        header = f"gateway masterKey: generated, {master_key_ref(stack, paths().state)}"
+        sys.stdout.write(to_yaml(docs, stack, header if generated else ""))
     return int(ExitCode.OK)
 
 
