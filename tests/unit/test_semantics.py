@@ -4,6 +4,7 @@ limits the memory estimate assumes reach the servers' command lines."""
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from pathlib import Path
 
@@ -243,3 +244,37 @@ def test_render_is_a_stack_that_plans_nothing_new(tmp_path: Path) -> None:
     assert after.suspended_stacks == frozenset({"other"})
     the_plan = run_pass(w.ctx, after, options=PlanOptions(), dry_run=True).plan
     assert not the_plan.has_changes
+
+
+def test_diff_says_which_limits_the_server_does_not_enforce(tmp_path: Path) -> None:
+    from mlxctl.capacity.memory import MemoryEstimate
+    from mlxctl.status.report import plan_lines
+
+    w = World(tmp_path)
+    w.write(tiers_yaml(tier("fast", 8001) + "  context: 4096\n  concurrency: 2\n"))
+    desired = w.desired()
+    estimate = MemoryEstimate(weights=1, kv_cache=1, overhead=1, total=3, basis="test")
+    fast = dataclasses.replace(desired.tiers[0], memory=estimate)
+    desired = dataclasses.replace(desired, tiers=(fast,), budget_bytes=10**12)
+    the_plan = run_pass(w.ctx, desired, options=PlanOptions(), dry_run=True).plan
+    assert plan_lines(the_plan)[-1] == (
+        "Not enforced by the server (the estimate assumes it): "
+        "fast: context (mlx-lm has no flag for it)."
+    )
+
+
+def test_automatic_ports_skip_ports_in_use_then_stay_stable(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    w.procs.busy_ports[8001] = "pid 4242 (nginx)"
+    w.write(tiers_yaml(tier("fast", 8003).replace("  port: 8003\n", "")))
+    w.apply()
+    assert w.record("fast").port == 8002  # 8001 is held by another program
+    del w.procs.busy_ports[8001]
+    w.write(
+        tiers_yaml(
+            tier("fast", 8003).replace("  port: 8003\n", ""),
+            tier("slow", 8003).replace("  port: 8003\n", ""),
+        )
+    )
+    desired = w.desired()
+    assert desired.ports == {"fast": 8002, "slow": 8001}  # fast keeps its port

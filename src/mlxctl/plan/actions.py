@@ -100,6 +100,9 @@ class Plan:
     refusal: RefusalKind | None = None
     # The summed memory estimate against the budget (None without a budget).
     memory: BudgetCheck | None = None
+    # Per tier, the limits its estimate assumes that its server is not told (no flag in
+    # its runtime, or not written): the estimate is not what the server enforces.
+    unenforced: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def has_changes(self) -> bool:

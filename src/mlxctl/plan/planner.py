@@ -40,7 +40,13 @@ def plan(
     for name, seen in sorted(observed.services.items()):
         if desired.get(name) is None and name not in desired.unresolved:
             planner.undesired(seen)
-    return Plan(actions=tuple(planner.actions), blocked=planner.blocked, memory=memory)
+    unenforced = {t.name: t.unenforced for t in desired.tiers if t.unenforced and t.memory}
+    return Plan(
+        actions=tuple(planner.actions),
+        blocked=planner.blocked,
+        memory=memory,
+        unenforced=unenforced if memory is not None else {},
+    )
 
 
 class _Planner:

@@ -60,6 +60,12 @@ def plan_lines(plan: Plan) -> list[str]:
     ]
     lines += [f"  {'x':>3} {n:<{width}}  {'blocked':<13} {why}" for n, why in plan.blocked.items()]
     memory = [f"Memory: {plan.memory.message}."] if plan.memory else []
+    if plan.unenforced:
+        memory.append(
+            "Not enforced by the server (the estimate assumes it): "
+            + "; ".join(f"{n}: {', '.join(why)}" for n, why in plan.unenforced.items())
+            + "."
+        )
     return [*lines, summary_line(plan), *memory]
 
 
@@ -126,7 +132,12 @@ def summary_record(
         "converged": converged,
         "exit_code": exit_code,
         "memory": (
-            {"needed": plan.memory.total, "budget": plan.memory.budget, "fits": plan.memory.fits}
+            {
+                "needed": plan.memory.total,
+                "budget": plan.memory.budget,
+                "fits": plan.memory.fits,
+                "unenforced": {n: list(why) for n, why in plan.unenforced.items()},
+            }
             if plan.memory
             else None
         ),
