@@ -257,7 +257,7 @@ def test_diff_says_which_limits_the_server_does_not_enforce(tmp_path: Path) -> N
     fast = dataclasses.replace(desired.tiers[0], memory=estimate)
     desired = dataclasses.replace(desired, tiers=(fast,), budget_bytes=10**12)
     the_plan = run_pass(w.ctx, desired, options=PlanOptions(), dry_run=True).plan
-    assert plan_lines(the_plan)[-1] == (
+    assert plan_lines(the_plan)[-2] == (
         "Not enforced by the server (the estimate assumes it): "
         "fast: context (mlx-lm has no flag for it)."
     )

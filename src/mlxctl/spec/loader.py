@@ -127,10 +127,11 @@ def load_stack_set_keeping_last_good(
     fresh: dict[Path, str] = {}
     for path in files:
         problems: list[str] = []
-        loaded = _load_file(path, problems)
-        if loaded is not None and loaded:
+        text = _read(path, problems)
+        loaded = _load_file(path, problems, text) if text is not None else None
+        if loaded and text is not None:
             docs.extend((path, doc, node) for doc, node in loaded)
-            fresh[path] = path.read_text(encoding="utf-8")
+            fresh[path] = text  # the very text that validated
             continue
         if loaded is not None and not problems:
             problems = [f"{path}: the file is empty (a save in progress?)"]
@@ -176,15 +177,25 @@ def _yaml() -> Any:
     return YAML(typ="rt")
 
 
-def _load_file(path: Path, problems: list[str]) -> list[tuple[StackDocument, Any]] | None:
-    """Parse and validate one file; None when it has problems (appended to ``problems``)."""
-    from ruamel.yaml.error import MarkedYAMLError
-
+def _read(path: Path, problems: list[str]) -> str | None:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(f"{path}: cannot read: {exc}")
         return None
+
+
+def _load_file(
+    path: Path, problems: list[str], text: str | None = None
+) -> list[tuple[StackDocument, Any]] | None:
+    """Parse and validate one file (or ``text``, read from it); None when it has problems
+    (appended to ``problems``)."""
+    from ruamel.yaml.error import MarkedYAMLError
+
+    if text is None:
+        text = _read(path, problems)
+        if text is None:
+            return None
     try:
         nodes = [n for n in _yaml().load_all(text) if n is not None]
     except MarkedYAMLError as exc:

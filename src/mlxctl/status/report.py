@@ -59,13 +59,15 @@ def plan_lines(plan: Plan) -> list[str]:
         for a in plan.ordered()
     ]
     lines += [f"  {'x':>3} {n:<{width}}  {'blocked':<13} {why}" for n, why in plan.blocked.items()]
-    memory = [f"Memory: {plan.memory.message}."] if plan.memory else []
+    memory = []
     if plan.unenforced:
         memory.append(
             "Not enforced by the server (the estimate assumes it): "
             + "; ".join(f"{n}: {', '.join(why)}" for n, why in plan.unenforced.items())
             + "."
         )
+    if plan.memory:
+        memory.append(f"Memory: {plan.memory.message}.")
     return [*lines, summary_line(plan), *memory]
 
 
