@@ -135,3 +135,20 @@ def test_an_unresolved_tier_is_blocked_with_why() -> None:
 def test_a_dependency_wait_names_what_it_waits_for() -> None:
     wait = decide([], [service(depends_on=("slow", "big"))]).actions[0]
     assert wait.cause == "waiting for slow, big to be ready (dependsOn)"
+
+
+def test_an_empty_selection_is_not_refused_for_another_stacks_tiers() -> None:
+    other = seen(replace(READY, stack="other"), health="ready")
+    the_plan = plan(
+        DesiredState(tiers=(), gateway=None, scope=frozenset({"main"})),
+        ObservedState(now=NOW, services={"fast": other}),
+        PlanOptions(),
+    )
+    assert the_plan.refused is None and the_plan.actions == ()
+    mine = seen(replace(READY, stack="main"), health="ready")
+    refused = plan(
+        DesiredState(tiers=(), gateway=None, scope=frozenset({"main"})),
+        ObservedState(now=NOW, services={"fast": mine}),
+        PlanOptions(),
+    )
+    assert refused.refusal == "empty"

@@ -363,10 +363,9 @@ class _Planner:
     def undesired(self, seen: ObservedService) -> None:
         rec = seen.record
         prune = self.opts.prune_cause
-        scope = self.desired.scope
-        if rec.stack and scope is not None and rec.stack not in scope:
+        if rec.stack and self.desired.scope is not None and rec.stack not in self.desired.scope:
             return  # another stack owns it: applying this selection never prunes it
-        if rec.stack and rec.stack in self.desired.suspended_stacks:
+        if not _prunable(self.desired, rec):
             cause = f"suspended; on resume: stop ({prune})"
             self.add("wait", rec.name, cause, reason="suspended")
             return
@@ -410,13 +409,26 @@ def _empty_refusal(desired: DesiredState, observed: ObservedState, opts: PlanOpt
             f"stack file {names} is empty: not applied (a save in progress?); delete the file "
             "to remove its tiers, or pass --allow-empty"
         )
-    running = [n for n, s in observed.services.items() if s.alive and s.record.role == "tier"]
-    if not desired.tiers and running:
+    running = [
+        n
+        for n, s in observed.services.items()
+        if s.alive and s.record.role == "tier" and _prunable(desired, s.record)
+    ]
+    if not desired.tiers and not desired.unresolved and running:
         return (
             f"the desired state is empty: refusing to stop {len(running)} running tier(s) "
             f"({', '.join(sorted(running))}) without --allow-empty"
         )
     return None
+
+
+def _prunable(desired: DesiredState, rec: Record) -> bool:
+    """Whether this desired state speaks for ``rec``: its stack is in scope and not suspended."""
+    if not rec.stack:
+        return True
+    if desired.scope is not None and rec.stack not in desired.scope:
+        return False
+    return rec.stack not in desired.suspended_stacks
 
 
 def _launch_changed(service: DesiredService, seen: ObservedService) -> str:
