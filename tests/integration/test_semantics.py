@@ -50,6 +50,8 @@ def test_an_invalid_save_while_a_tier_is_killed_still_heals_it(
     assert status.returncode == 0
     assert "invalid:" in status.stderr and "its last valid version is applied" in status.stderr
     assert "fast" in status.stdout and "ready" in status.stdout
+    invalid = mlxctl.status()["invalid_files"]
+    assert list(invalid) == [str(mlxctl.stacks / "stack.yaml")]
 
     # Suspended: killed, and left alone until resumed.
     mlxctl.write("stack.yaml", stack_yaml([{**spec, "suspend": True}]))

@@ -32,8 +32,10 @@ def status(path: Path | None = None, files: tuple[Path, ...] = (), output: str =
 
     ctx = real_context(paths())
     desired = None
+    invalid: dict[Path, tuple[str, ...]] = {}
     try:
         stack = load_stack_keeping_last_good(ctx, targets(path, files), save=False)
+        invalid = dict(stack.invalid)
         for file, problems in stack.invalid.items():
             kept = file not in stack.unknown_files
             note = "its last valid version is applied" if kept else "nothing is pruned"
@@ -43,7 +45,7 @@ def status(path: Path | None = None, files: tuple[Path, ...] = (), output: str =
         err(f"warning: stack files not usable, sync unknown: {str(exc).splitlines()[0]}")
     rows = build_status(desired, observe_state(ctx, desired))
     if output == "json":
-        emit_json(status_json(rows))
+        emit_json(status_json(rows, invalid))
     elif rows:
         print(report.status_text(rows))
     else:
