@@ -278,3 +278,15 @@ def test_automatic_ports_skip_ports_in_use_then_stay_stable(tmp_path: Path) -> N
     )
     desired = w.desired()
     assert desired.ports == {"fast": 8002, "slow": 8001}  # fast keeps its port
+
+
+def test_a_flag_written_in_args_wins_over_the_derived_limit(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    w.write(
+        tiers_yaml(
+            tier("big", 8001, runtime="vllm-mlx", args="{max-num-seqs: 8}") + "  concurrency: 2\n"
+        )
+    )
+    (big,) = w.desired().tiers
+    assert big.argv.count("--max-num-seqs") == 1
+    assert big.argv[big.argv.index("--max-num-seqs") + 1] == "8"
