@@ -258,8 +258,8 @@ def test_diff_says_which_limits_the_server_does_not_enforce(tmp_path: Path) -> N
     desired = dataclasses.replace(desired, tiers=(fast,), budget_bytes=10**12)
     the_plan = run_pass(w.ctx, desired, options=PlanOptions(), dry_run=True).plan
     assert plan_lines(the_plan)[-2] == (
-        "Not enforced by the server (the estimate assumes it): "
-        "fast: context (mlx-lm has no flag for it)."
+        "Not enforced by the servers (the memory estimate assumes it): "
+        "context (mlx-lm has no flag for it) for fast."
     )
 
 
@@ -290,3 +290,13 @@ def test_a_flag_written_in_args_wins_over_the_derived_limit(tmp_path: Path) -> N
     (big,) = w.desired().tiers
     assert big.argv.count("--max-num-seqs") == 1
     assert big.argv[big.argv.index("--max-num-seqs") + 1] == "8"
+
+
+def test_a_plan_that_only_waits_does_not_claim_the_machine_matches() -> None:
+    from mlxctl.plan.actions import Action, Plan
+    from mlxctl.status.report import summary_line
+
+    waiting = Plan(actions=(Action("wait", "b", "waiting for a (dependsOn)", reason="dependency"),))
+    assert summary_line(waiting) == "No changes to apply now; 1 waiting (see above)."
+    starting = Plan(actions=(Action("wait", "b", "starting for 2s", reason="starting"),))
+    assert summary_line(starting) == "No changes. The machine matches the stack."

@@ -61,9 +61,13 @@ def plan_lines(plan: Plan) -> list[str]:
     lines += [f"  {'x':>3} {n:<{width}}  {'blocked':<13} {why}" for n, why in plan.blocked.items()]
     memory = []
     if plan.unenforced:
+        tiers_by_why: dict[str, list[str]] = {}
+        for name, whys in plan.unenforced.items():
+            for why in whys:
+                tiers_by_why.setdefault(why, []).append(name)
         memory.append(
-            "Not enforced by the server (the estimate assumes it): "
-            + "; ".join(f"{n}: {', '.join(why)}" for n, why in plan.unenforced.items())
+            "Not enforced by the servers (the memory estimate assumes it): "
+            + "; ".join(f"{why} for {', '.join(n)}" for why, n in tiers_by_why.items())
             + "."
         )
     if plan.memory:
@@ -83,6 +87,9 @@ def summary_line(plan: Plan) -> str:
     if plan.blocked:
         parts.append(f"{len(plan.blocked)} blocked")
     if not plan.has_changes and not plan.blocked:
+        held = [a for a in plan.actions if a.kind == "wait" and a.reason != "starting"]
+        if held:
+            return f"No changes to apply now; {len(held)} waiting (see above)."
         return "No changes. The machine matches the stack."
     return "Plan: " + ", ".join(parts) + "."
 
