@@ -54,8 +54,9 @@ def test_an_invalid_file_with_no_last_valid_version_prunes_nothing(tmp_path: Pat
 
 def test_a_file_selection_never_prunes_another_stacks_tiers(tmp_path: Path) -> None:
     w = World(tmp_path)
-    main_file = w.write(stack_doc("main", tier("alpha", 8001)), "main.yaml")
-    w.write(stack_doc("other", tier("beta", 8002)), "other.yaml")
+    # "zeta" sorts after "beta": the gateway's routes must not depend on what is applied.
+    main_file = w.write(stack_doc("main", tier("zeta", 8001)), "main.yaml")
+    w.write(stack_doc("other", tier("beta", 8002)), "a-other.yaml")  # read first
     w.apply()
     assert w.record("beta").stack == "other"
     desired = resolve(w.ctx, load_stack_set([main_file]))
@@ -70,7 +71,7 @@ def test_a_file_selection_never_prunes_another_stacks_tiers(tmp_path: Path) -> N
         for a in run_pass(w.ctx, desired, options=PlanOptions(), dry_run=True).plan.actions
         if a.kind == "stop"
     ]
-    assert stops == ["alpha"]
+    assert stops == ["zeta"]
 
 
 def test_one_unreadable_model_config_blocks_only_its_tier(tmp_path: Path) -> None:
