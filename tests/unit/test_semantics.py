@@ -301,3 +301,27 @@ def test_a_plan_that_only_waits_does_not_claim_the_machine_matches() -> None:
     assert summary_line(waiting) == "No changes to apply now; 1 waiting (see above)."
     starting = Plan(actions=(Action("wait", "b", "starting for 2s", reason="starting"),))
     assert summary_line(starting) == "No changes. The machine matches the stack."
+
+
+def test_a_file_without_gateway_settings_keeps_the_running_gateways(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    main_file = w.write(
+        stack_doc("main", tier("zeta", 8001)).replace(
+            "gateway: {port: 4000}", "gateway: {enabled: true}"
+        ),
+        "main.yaml",
+    )
+    w.write(
+        stack_doc("other", tier("beta", 8002)).replace(
+            "gateway: {port: 4000}", 'gateway: {port: 4100, masterKey: "${env:GATEWAY_KEY}"}'
+        ),
+        "a-other.yaml",
+    )
+    # main.yaml sets gateway too (enabled only): that setting would move the gateway.
+    main_file.write_text(main_file.read_text().replace("  gateway: {enabled: true}\n", ""))
+    w.apply()
+    assert w.record("gateway").port == 4100
+    desired = resolve(w.ctx, load_stack_set([main_file]))
+    assert desired.gateway is not None and desired.gateway.port == 4100
+    the_plan = run_pass(w.ctx, desired, options=PlanOptions(), dry_run=True).plan
+    assert [a for a in the_plan.actions if a.changes] == []

@@ -7,13 +7,14 @@ through the interfaces held by :class:`Context`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlxctl.desired.resolve import ResolveContext, resolve_desired
-from mlxctl.desired.state import DesiredState
+from mlxctl.desired.resolve import ResolveContext, master_key_ref, resolve_desired
+from mlxctl.desired.state import GATEWAY, DesiredState
 from mlxctl.errors import ExitCode
 from mlxctl.observe.gather import observe
 from mlxctl.observe.state import ObservedState
@@ -25,6 +26,7 @@ from mlxctl.runtimes.registry import MODEL_SERVERS
 from mlxctl.runtimes.registry import runtime as runtime_named
 from mlxctl.spec.last_good import LastGood
 from mlxctl.spec.loader import StackSet, load_stack_set, load_stack_set_keeping_last_good
+from mlxctl.spec.schema import GatewaySpec
 
 if TYPE_CHECKING:
     from mlxctl.apply.executor import Outcome
@@ -58,8 +60,27 @@ def other_stacks_routes(ctx: Context, stack: StackSet) -> tuple[Route, ...]:
     return tuple(routes)
 
 
+def running_gateway_settings(ctx: Context, stack: StackSet) -> StackSet:
+    """A file selection that does not set ``spec.gateway`` keeps the running gateway's
+    port and key (they may come from another stack's file), so applying one stack never
+    moves the shared gateway."""
+    if stack.scope is None or stack.gateway_set:
+        return stack
+    rec = ctx.inventory.load().get(GATEWAY)
+    if rec is None or rec.role != "gateway" or "port" not in rec.launch:
+        return stack
+    key = str(rec.launch.get("masterKey") or "")
+    generated = master_key_ref(dataclasses.replace(stack, gateway=GatewaySpec()), ctx.paths.state)
+    gateway = GatewaySpec.model_validate(
+        {"port": int(rec.launch["port"]), "masterKey": None if key in ("", generated) else key}
+    )
+    return dataclasses.replace(stack, gateway=gateway)
+
+
 def resolve(ctx: Context, stack: StackSet) -> DesiredState:
     from mlxctl.sources.registry import make_resolver
+
+    stack = running_gateway_settings(ctx, stack)
 
     rctx = ResolveContext(
         python=ctx.python,

@@ -60,6 +60,8 @@ class StackSet:
     unknown_files: tuple[Path, ...] = ()
     # Stacks whose ``spec.suspend`` is true.
     suspended_stacks: frozenset[str] = frozenset()
+    # Some file read sets ``spec.gateway`` (else ``gateway`` holds the defaults).
+    gateway_set: bool = False
 
 
 def stack_files(targets: Sequence[Path]) -> list[Path]:
@@ -392,6 +394,7 @@ def _merge(
         empty_files=tuple(empty),
         names=tuple(doc.metadata.name for _, doc, _ in docs),
         suspended_stacks=frozenset(doc.metadata.name for _, doc, _ in docs if doc.spec.suspend),
+        gateway_set=gateway is not None,
     )
 
 
