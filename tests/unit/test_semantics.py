@@ -325,3 +325,34 @@ def test_a_file_without_gateway_settings_keeps_the_running_gateways(tmp_path: Pa
     assert desired.gateway is not None and desired.gateway.port == 4100
     the_plan = run_pass(w.ctx, desired, options=PlanOptions(), dry_run=True).plan
     assert [a for a in the_plan.actions if a.changes] == []
+
+
+def test_the_controller_reports_an_invalid_file_once_and_when_it_is_valid_again(
+    tmp_path: Path,
+) -> None:
+    from mlxctl.reconcile.controller import Controller
+
+    w = World(tmp_path)
+    good = tiers_yaml(tier("fast", 8001))
+    path = w.write(good)
+    lines: list[str] = []
+    ctl = Controller(w.ctx, [w.stacks], PlanOptions(), log=lines.append)
+    ctl.run_pass("start")
+    path.write_text(good.replace("runtime:", "runtim:"))
+    for _ in range(3):
+        ctl.run_pass("periodic resync")
+    assert sum(line.startswith("invalid: ") for line in lines) == 1
+    path.write_text(good)
+    ctl.run_pass("changed")
+    ctl.run_pass("periodic resync")
+    assert [line for line in lines if line.startswith("valid again")] == [f"valid again: {path}"]
+    from mlxctl.apply.events import read_events
+
+    reports = [
+        e for e in read_events(w.ctx.paths.events) if e.cause in ("invalid file", "valid again")
+    ]
+    assert [(e.cause, e.result) for e in reports] == [
+        ("invalid file", "refused"),
+        ("valid again", "ok"),
+    ]
+    ctl.monitor.stop()
