@@ -39,6 +39,13 @@ SLOW_STARTING = seen(record("slow", port=8002))
         ([READY_SEEN], [SUSPENDED], {}, [("wait", "fast", "suspended")]),
         ([READY_SEEN], [service(args=2, suspended=True)], {}, [("wait", "fast", "suspended")]),
         ([seen(alive=False, exit_code=1)], [SUSPENDED], {}, [("wait", "fast", "suspended")]),
+        # a stop under way is seen through (escalated after the grace), nothing new begun
+        (
+            [seen(record(stop_requested_at=NOW - 20, stop_cause="x"))],
+            [SUSPENDED],
+            {},
+            [("kill", "fast", "")],
+        ),
         # a suspended stack's removed tier is not stopped
         (
             [seen(replace(READY, stack="main"), health="ready")],

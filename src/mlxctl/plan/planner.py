@@ -117,7 +117,13 @@ class _Planner:
             self.crashed(service, seen, stop=True, cause=cause)
 
     def suspended(self, service: DesiredService) -> None:
-        """Left alone: nothing is applied; the one "wait" says what a resume would do."""
+        """Left alone: nothing new is begun; the one "wait" says what a resume would do.
+
+        A stop already under way is still seen through (SIGKILL after the grace), so
+        suspending never leaves a half-stopped process behind."""
+        seen = self.observed.services.get(service.name)
+        if seen is not None and seen.record.stopping and self.stopping(seen):
+            return
         resumed = _Planner(self.desired, self.observed, self.opts)
         resumed.service(dataclasses.replace(service, suspended=False))
         would = [f"{a.kind} ({a.cause.splitlines()[0]})" for a in resumed.actions if a.changes]
