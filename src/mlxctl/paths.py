@@ -59,6 +59,11 @@ class Paths:
         return self.state / "jobs"
 
     @property
+    def last_good(self) -> Path:
+        """The last valid version of each stack file (see mlxctl.spec.last_good)."""
+        return self.state / "last-good"
+
+    @property
     def ports(self) -> Path:
         return self.state / "ports.json"
 

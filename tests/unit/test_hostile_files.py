@@ -171,16 +171,19 @@ def model_with_config(tmp_path: Path, config: str) -> Path:
         ("{not json", "cannot read the model config"),
     ],
 )
-def test_a_hostile_model_config_is_one_line_and_exit_3(
+def test_a_hostile_model_config_blocks_its_tier_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], config: str, says: str
 ) -> None:
+    """One tier's bad model blocks that tier only (issue 8): named, with why, on one line."""
     model = model_with_config(tmp_path, config)
     path = tmp_path / "s.yaml"
     path.write_text(HEAD + tier(model=f"{{path: {model}}}"))
-    code, lines, _ = run(["diff", str(path)], capsys)
-    assert code == 3, lines
-    assert_one_line_errors(lines, most=1)
-    assert lines[0].startswith(f"error: {model / 'config.json'}: ") and says in lines[0]
+    code = main(["diff", str(path)])
+    out = capsys.readouterr().out
+    assert code == 1, out  # a plan with a blocked tier
+    blocked = [line for line in out.splitlines() if " blocked " in line]
+    assert len(blocked) == 1 and str(model / "config.json") in blocked[0] and says in blocked[0]
+    assert "Traceback" not in out and len(blocked[0]) < 400
 
 
 @pytest.mark.parametrize(

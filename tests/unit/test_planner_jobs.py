@@ -157,7 +157,7 @@ def test_a_crash_while_starting_carries_the_log_tail() -> None:
     the_plan = decide([seen(alive=False, exit_code=1, log_tail=("boom",))], [service()])
     crash = the_plan.actions[0]
     assert crash.cause == (
-        "exited with code 1 while starting after 5s; crash #1; last log lines:\nboom"
+        "exited with code 1 while starting after 5s; crash #1; last log line: boom\nboom"
     )
 
 

@@ -10,21 +10,30 @@ are :class:`~mlxctl.errors.MlxctlError` subclasses.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mlxctl.apply.events import Listener
-from mlxctl.desired.render import canonical, to_yaml
+from mlxctl.desired.checks import stack_problems
+from mlxctl.desired.render import canonical_documents, to_yaml
+from mlxctl.desired.resolve import master_key_ref
 from mlxctl.desired.state import DesiredState
-from mlxctl.errors import MlxctlError, StorageError
+from mlxctl.errors import MlxctlError, SpecError, StorageError
 from mlxctl.paths import Paths
 from mlxctl.plan.actions import Plan, PlanOptions
 from mlxctl.reconcile.context import read_ports, real_context
 from mlxctl.reconcile.converge import ConvergeResult, converge
 from mlxctl.reconcile.lock import StateLock
-from mlxctl.reconcile.passes import PassResult, load_stack, observe_state, resolve, run_pass
+from mlxctl.reconcile.passes import (
+    PassResult,
+    load_stack,
+    load_stack_keeping_last_good,
+    observe_state,
+    resolve,
+    run_pass,
+)
 from mlxctl.reconcile.teardown import stop_recorded, stop_strays
 from mlxctl.spec.loader import StackSet
 from mlxctl.status.services import ServiceStatus, build_status
@@ -35,13 +44,24 @@ def load(targets: Sequence[Path]) -> StackSet:
     return load_stack(targets)
 
 
-def render(paths: Paths, stack: StackSet) -> dict[str, Any]:
-    """The canonical desired state: files merged, defaults applied, ports assigned."""
-    return canonical(stack, read_ports(paths))
+def validate(stack: StackSet) -> StackSet:
+    """Everything ``diff`` would reject, rejected here too (one validation path)."""
+    problems = stack_problems(stack)
+    if problems:
+        raise SpecError(problems)
+    return stack
 
 
-def render_yaml(data: dict[str, Any]) -> str:
-    return to_yaml(data)
+def render(paths: Paths, stack: StackSet) -> list[dict[str, Any]]:
+    """The canonical desired state, one stack document per ``metadata.name``: files
+    merged, defaults applied, ports assigned, paths resolved."""
+    return canonical_documents(stack, read_ports(paths))
+
+
+def render_yaml(paths: Paths, stack: StackSet, docs: list[dict[str, Any]]) -> str:
+    generated = stack.gateway.master_key is None
+    header = f"gateway masterKey: generated, {master_key_ref(stack, paths.state)}"
+    return to_yaml(docs, stack, header if generated else "")
 
 
 def diff(paths: Paths, stack: StackSet, *, allow_empty: bool = False) -> PassResult:
@@ -108,18 +128,29 @@ class Status:
     rows: list[ServiceStatus]
     # Why sync is unknown (the stack files are unusable right now), if it is.
     warning: str | None = None
+    # Files that are invalid now, with their problems (their last valid version applies).
+    invalid: Mapping[Path, tuple[str, ...]] = field(default_factory=dict)
+    # (first problem, whether a last valid version stands in) per invalid file.
+    invalid_notes: tuple[tuple[str, bool], ...] = ()
 
 
-def status(paths: Paths, load_stack_set: Callable[[], StackSet]) -> Status:
-    """Per service: health, sync, PID, port, uptime. Works when the files are broken."""
+def status(paths: Paths, targets: Sequence[Path]) -> Status:
+    """Per service: health, sync, PID, port, uptime. Works when the files are broken:
+    an invalid file's last valid version stands in, as in the controller."""
     ctx = real_context(paths)
     desired = None
     warning = None
+    invalid: dict[Path, tuple[str, ...]] = {}
+    notes: list[tuple[str, bool]] = []
     try:
-        desired = resolve(ctx, load_stack_set())
+        stack = load_stack_keeping_last_good(ctx, targets, save=False)
+        invalid = dict(stack.invalid)
+        notes = [(p[0], f not in stack.unknown_files) for f, p in stack.invalid.items()]
+        desired = resolve(ctx, stack)
     except MlxctlError as exc:
         warning = str(exc).splitlines()[0]
-    return Status(build_status(desired, observe_state(ctx, desired)), warning)
+    rows = build_status(desired, observe_state(ctx, desired))
+    return Status(rows, warning, invalid, tuple(notes))
 
 
 def service_rows(paths: Paths, desired: DesiredState) -> list[ServiceStatus]:

@@ -201,6 +201,7 @@ class Executor:
             restarts=(previous.restarts + 1) if previous else 0,
             consecutive_crashes=previous.consecutive_crashes if (previous and same_spec) else 0,
             memory_bytes=service.memory.total if service.memory is not None else None,
+            stack=service.stack,
         )
         # The intent is on disk before the process exists: nothing is ever unowned.
         self.ledger.put(intent)

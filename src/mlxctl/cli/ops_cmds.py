@@ -29,11 +29,14 @@ def status(path: Path | None = None, files: tuple[Path, ...] = (), output: str =
     from mlxctl.status import report
     from mlxctl.status.services import status_json
 
-    result = stacks.status(paths(), lambda: load_selected(targets(path, files)))
+    result = stacks.status(paths(), targets(path, files))
+    for problem, kept in result.invalid_notes:
+        note = "its last valid version is applied" if kept else "nothing is pruned"
+        err(f"invalid: {problem} ({note})")
     if result.warning is not None:
         err(f"warning: stack files not usable, sync unknown: {result.warning}")
     if output == "json":
-        emit_json(status_json(result.rows))
+        emit_json(status_json(result.rows, result.invalid))
     elif result.rows:
         print(report.status_text(result.rows))
     else:

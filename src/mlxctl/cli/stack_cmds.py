@@ -35,7 +35,9 @@ Files = tuple[Path, ...]
 
 def validate(path: Path | None = None, files: Files = ()) -> int:
     """Check stack files; print every problem as file:line:column: path: message."""
-    stack = load_selected(targets(path, files))
+    from mlxctl.app import stacks
+
+    stack = stacks.validate(load_selected(targets(path, files)))
     print(f"valid: {len(stack.files)} file(s), {len(stack.tiers)} tier(s)")
     return int(ExitCode.OK)
 
@@ -44,11 +46,13 @@ def render(path: Path | None = None, files: Files = (), output: str = "text") ->
     """Print the canonical desired state: files merged, defaults applied, ports assigned."""
     from mlxctl.app import stacks
 
-    data = stacks.render(paths(), load_selected(targets(path, files)))
+    stack = load_selected(targets(path, files))
+    docs = stacks.render(paths(), stack)
     if output == "json":
-        emit_json(data)
+        for doc in docs:  # one object per stack (JSON lines)
+            emit_json(doc)
     else:
-        sys.stdout.write(stacks.render_yaml(data))
+        sys.stdout.write(stacks.render_yaml(paths(), stack, docs))
     return int(ExitCode.OK)
 
 

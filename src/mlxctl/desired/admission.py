@@ -19,6 +19,7 @@ from mlxctl.capacity.memory import (
     smaller_variants,
 )
 from mlxctl.desired.state import DesiredService, DesiredState
+from mlxctl.errors import MlxctlError
 from mlxctl.spec.loader import SourcedTier, StackSet
 
 Alternatives = tuple[tuple[str, MemoryEstimate], ...]
@@ -40,14 +41,25 @@ def with_budget(
     sourced = {t.spec.name: t for t in stack.tiers}
     tiers: list[DesiredService] = []
     alternatives: dict[str, Alternatives] = {}
+    unresolved = dict(desired.unresolved)
     for service in desired.tiers:
-        estimate, options = _estimate(service, sourced[service.name])
+        try:
+            estimate, options = _estimate(service, sourced[service.name])
+        except MlxctlError as exc:
+            # Its model's files cannot be read (a broken config.json): this tier is
+            # blocked, named with why; the others are admitted and converge.
+            unresolved[service.name] = f"{service.source}: model: {str(exc).splitlines()[0]}"
+            continue
         tiers.append(dataclasses.replace(service, memory=estimate))
         if options:
             alternatives[service.name] = options
     budget = budget_bytes(memory_bytes(), stack.memory.budget if stack.memory else None)
     return dataclasses.replace(
-        desired, tiers=tuple(tiers), budget_bytes=budget, memory_alternatives=alternatives
+        desired,
+        tiers=tuple(tiers),
+        budget_bytes=budget,
+        memory_alternatives=alternatives,
+        unresolved=unresolved,
     )
 
 

@@ -5,18 +5,24 @@ Pure; the assigned ports are persisted by the composition root so they stay stab
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from mlxctl.spec.loader import StackSet
 
 FIRST_TIER_PORT = 8001
 
 
-def assign_ports(stack: StackSet, previous: Mapping[str, int]) -> dict[str, int]:
+def assign_ports(
+    stack: StackSet,
+    previous: Mapping[str, int],
+    in_use: Callable[[int], bool] | None = None,
+) -> dict[str, int]:
     """Ports for every tier: the declared one, else the one assigned before, else the next free.
 
-    Deterministic and stable: a tier keeps its port across runs as long as nobody
-    else declares it.
+    Stable: a tier keeps its port across runs as long as nobody else declares it. A
+    new assignment skips ports ``in_use`` says a process holds (the operating system is
+    asked once, at assignment; afterwards the port stays the tier's, so its own server
+    holding it never moves it).
     """
     taken = {t.spec.port for t in stack.tiers if t.spec.port is not None}
     if stack.gateway.enabled:
@@ -38,7 +44,7 @@ def assign_ports(stack: StackSet, previous: Mapping[str, int]) -> dict[str, int]
         if name in ports:
             continue
         port = FIRST_TIER_PORT
-        while port in taken:
+        while port in taken or (in_use is not None and in_use(port)):
             port += 1
         ports[name] = port
         taken.add(port)

@@ -24,13 +24,14 @@ from mlxctl.desired.state import (
     DesiredState,
     ModelRef,
 )
-from mlxctl.errors import SpecError
-from mlxctl.runtimes.base import ProbeSpec, ServerLaunch
+from mlxctl.errors import MlxctlError, SpecError
+from mlxctl.runtimes.base import ArgValue, ProbeSpec, Runtime, ServerLaunch
 from mlxctl.runtimes.litellm import GATEWAY_ENV, MASTER_KEY_ENV, Route, gateway_argv, render_config
 from mlxctl.runtimes.litellm import RUNTIME as GATEWAY_RUNTIME
 from mlxctl.runtimes.registry import runtime as runtime_named
 from mlxctl.spec import secrets
 from mlxctl.spec.loader import SourcedTier, StackSet
+from mlxctl.spec.schema import TierSpec
 
 ModelResolver = Callable[[SourcedTier], ModelRef]
 
@@ -45,6 +46,10 @@ class ResolveContext:
     resolve_model: ModelResolver
     assigned_ports: Mapping[str, int] = field(default_factory=dict)
     read_secret: Callable[[str], str] | None = None
+    # Tiers other stacks own (from the inventory) that the shared gateway routes to too.
+    extra_routes: tuple[Route, ...] = ()
+    # Whether a port is taken by some process (asked when a port is first assigned).
+    port_in_use: Callable[[int], bool] | None = None
 
 
 def spec_hash(
@@ -60,30 +65,71 @@ def spec_hash(
 
 def resolve_desired(stack: StackSet, ctx: ResolveContext) -> DesiredState:
     """Resolve a validated stack into the services to run; problems raise :class:`SpecError`."""
-    ports = assign_ports(stack, ctx.assigned_ports)
+    ports = assign_ports(stack, ctx.assigned_ports, ctx.port_in_use)
     problems: list[str] = []
     tiers: list[DesiredService] = []
+    unresolved: dict[str, str] = {}
+    routes: list[Route] = []
     for tier in stack.tiers:
+        name = tier.spec.name
+        runtime = runtime_named(tier.spec.runtime)
+        routes.append(Route(name, ports[name], runtime.served_model_name(name)))
         try:
-            tiers.append(_tier_service(tier, ports[tier.spec.name], ctx))
+            tiers.append(_tier_service(tier, ports[name], ctx))
         except (SpecError, secrets.MissingSecretError) as exc:
             problems.append(str(exc))
+        except (MlxctlError, OSError, ValueError) as exc:
+            # One tier's model cannot be read: that tier is blocked, the others converge.
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            unresolved[name] = f"{tier.file}:{tier.line}: model: {first}"
     gateway = None
-    # The gateway fronts tiers: with none to route to, it is not run.
-    if stack.gateway.enabled and tiers:
+    # The gateway fronts tiers (every stack's): with none to route to, it is not run.
+    routes += [r for r in ctx.extra_routes if r.name not in ports]
+    if stack.gateway.enabled and routes:
         try:
-            gateway = _gateway_service(stack, tiers, ctx)
+            gateway = _gateway_service(stack, routes, ctx)
         except secrets.MissingSecretError as exc:
             problems.append(str(exc))
     if problems:
         raise SpecError(problems)
+    unknown = ", ".join(str(p) for p in stack.unknown_files)
     return DesiredState(
         tiers=tuple(tiers),
         gateway=gateway,
         files=stack.files,
         empty_files=stack.empty_files,
         ports=ports,
+        scope=stack.scope,
+        suspended_stacks=stack.suspended_stacks,
+        unresolved=unresolved,
+        hold_prune=(
+            f"not pruned while {unknown} is invalid with no last valid version" if unknown else ""
+        ),
+        invalid_files=stack.invalid,
     )
+
+
+def _limit_args(spec: TierSpec, runtime: Runtime) -> tuple[dict[str, ArgValue], tuple[str, ...]]:
+    """The flags that make the server enforce the limits the memory estimate assumes, and
+    the limits it is not told (no flag in this runtime, or left to the server's default).
+
+    Only limits written in the file become flags, so a stack that does not write them
+    launches exactly as before (the same hash).
+    """
+    flags: dict[str, ArgValue] = {}
+    unenforced: list[str] = []
+    for limit in ("context", "concurrency"):
+        flag = runtime.limit_flags.get(limit)
+        written = limit in spec.model_fields_set
+        if flag is None:
+            unenforced.append(f"{limit} ({runtime.name} has no flag for it)")
+        elif flag in spec.args:
+            continue  # the user's own flag wins
+        elif written:
+            flags[flag] = getattr(spec, limit)
+        else:
+            unenforced.append(f"{limit} (not written: the server's default applies)")
+    return flags, tuple(unenforced)
 
 
 def _resolved_env(
@@ -108,14 +154,16 @@ def _tier_service(tier: SourcedTier, port: int, ctx: ResolveContext) -> DesiredS
     runtime = runtime_named(spec.runtime)
     assert runtime.argv is not None, f"{spec.runtime} is not a model server"
     served = runtime.served_model_name(spec.name)
-    argv = runtime.argv(ServerLaunch(ctx.python, model.directory, port, served, spec.args))
+    limits, unenforced = _limit_args(spec, runtime)
+    args = {**spec.args, **limits}
+    argv = runtime.argv(ServerLaunch(ctx.python, model.directory, port, served, args))
     env = tuple(sorted(spec.env.items()))
     hashed_env = _resolved_env(env, ctx, f"{where}: tier '{spec.name}'")
     launch = {
         "runtime": spec.runtime,
         "model": model.display,
         "port": port,
-        "args": {k: v for k, v in spec.args.items()},
+        "args": dict(args),
         "env": dict(env),
     }
     if model.revision:
@@ -135,6 +183,10 @@ def _tier_service(tier: SourcedTier, port: int, ctx: ResolveContext) -> DesiredS
         probe=ProbeSpec(kind=runtime.name, port=port, model=served),
         startup_timeout=spec.startup_timeout or runtime.startup_timeout,
         source=where,
+        stack=tier.stack,
+        suspended=tier.suspended,
+        depends_on=tuple(spec.depends_on),
+        unenforced=unenforced,
     )
 
 
@@ -144,11 +196,10 @@ def master_key_ref(stack: StackSet, state_dir: Path) -> str:
 
 
 def _gateway_service(
-    stack: StackSet, tiers: Sequence[DesiredService], ctx: ResolveContext
+    stack: StackSet, routes: Sequence[Route], ctx: ResolveContext
 ) -> DesiredService:
     gw = stack.gateway
     config_path = ctx.state_dir / GATEWAY / "config.yaml"
-    routes = [Route(t.name, t.port, t.probe.model) for t in tiers]
     config = render_config(routes)
     env = (*GATEWAY_ENV, (MASTER_KEY_ENV, master_key_ref(stack, ctx.state_dir)))
     env = tuple(sorted(env))

@@ -81,6 +81,14 @@ class DesiredService:
     source: str
     # Estimated memory (see mlxctl.desired.admission); None when it cannot be estimated.
     memory: MemoryEstimate | None = None
+    # The stack that declares it (recorded as the owner); "" for the shared gateway.
+    stack: str = ""
+    # Left alone (no start, stop or heal) while true: ``suspend`` on the tier or its stack.
+    suspended: bool = False
+    # Tiers that must be ready before this one starts (``dependsOn``).
+    depends_on: tuple[str, ...] = ()
+    # Launch settings the memory estimate assumes but the server is not told (no flag).
+    unenforced: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,19 @@ class DesiredState:
     memory_alternatives: Mapping[str, tuple[tuple[str, MemoryEstimate], ...]] = field(
         default_factory=dict
     )
+    # The stacks this state speaks for: None, every stack (a directory was read); else a
+    # record owned by another stack is never pruned.
+    scope: frozenset[str] | None = None
+    # Stacks with ``suspend: true``: their removed tiers are not pruned either.
+    suspended_stacks: frozenset[str] = frozenset()
+    # Tiers declared but not resolvable (their model cannot be read), with why: blocked
+    # alone, left as they run, while the other tiers converge.
+    unresolved: Mapping[str, str] = field(default_factory=dict)
+    # Why nothing may be pruned now ("" when pruning is allowed): a file is invalid and
+    # has no last valid version, so what it declares is unknown.
+    hold_prune: str = ""
+    # Invalid stack files and their problems (their last valid version is applied).
+    invalid_files: Mapping[Path, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def services(self) -> tuple[DesiredService, ...]:

@@ -50,6 +50,9 @@ class Record:
     kill_sent_at: float | None = None
     # The memory estimate the launch was admitted with (bytes), for admission in time.
     memory_bytes: int | None = None
+    # The stack (metadata.name) that created it: only that stack's applies prune it.
+    # "" for the gateway and for records written before owners were recorded.
+    stack: str = ""
 
     @property
     def spawned(self) -> bool:

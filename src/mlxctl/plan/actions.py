@@ -43,7 +43,21 @@ PHASES: tuple[ActionKind, ...] = (
 )
 # Kinds that change nothing that runs (bookkeeping and waiting).
 QUIET: frozenset[ActionKind] = frozenset({"wait", "rehash", "ready", "adopt"})
-WaitReason = Literal["starting", "stopping", "preparing", "backoff", "memory", "spawning", ""]
+WaitReason = Literal[
+    "starting",
+    "stopping",
+    "preparing",
+    "backoff",
+    "memory",
+    "spawning",
+    # ``dependsOn``: a tier it depends on is not ready yet.
+    "dependency",
+    # ``suspend: true``: left alone; the cause says what a resume would do.
+    "suspended",
+    # Not pruned: a stack file is invalid with no last valid version.
+    "held",
+    "",
+]
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,9 @@ class Plan:
     refusal: RefusalKind | None = None
     # The summed memory estimate against the budget (None without a budget).
     memory: BudgetCheck | None = None
+    # Per tier, the limits its estimate assumes that its server is not told (no flag in
+    # its runtime, or not written): the estimate is not what the server enforces.
+    unenforced: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def has_changes(self) -> bool:

@@ -35,11 +35,22 @@ def plan(
         return Plan(refused=refusal, refusal="empty", memory=memory)
     planner = _Planner(desired, observed, opts)
     for service in desired.services:
-        planner.service(service)
+        if service.suspended:
+            planner.suspended(service)
+        else:
+            planner.service(service)
+    for name, why in desired.unresolved.items():
+        planner.blocked[name] = why  # left as it runs; the other tiers converge
     for name, seen in sorted(observed.services.items()):
-        if desired.get(name) is None:
+        if desired.get(name) is None and name not in desired.unresolved:
             planner.undesired(seen)
-    return Plan(actions=tuple(planner.actions), blocked=planner.blocked, memory=memory)
+    unenforced = {t.name: t.unenforced for t in desired.tiers if t.unenforced and t.memory}
+    return Plan(
+        actions=tuple(planner.actions),
+        blocked=planner.blocked,
+        memory=memory,
+        unenforced=unenforced if memory is not None else {},
+    )
 
 
 class _Planner:
@@ -79,6 +90,15 @@ class _Planner:
         if not seen.alive:
             if changed:
                 self.start(service, "start", f"{changed} (was not running)")
+            elif seen.foreign and rec.died_at is None:
+                # Gone while nobody watched (a reboot, a controller that was down): its PID
+                # was reused, so its exit was never seen. Not a crash of the server.
+                self.start(
+                    service,
+                    "start",
+                    f"not running: PID {rec.pid} now belongs to another process "
+                    "(not counted as a crash)",
+                )
             elif rec.died_at is None:
                 self.crashed(service, seen, stop=False)
             else:
@@ -102,6 +122,45 @@ class _Planner:
         if seen.probe_failures >= self.opts.liveness_threshold:
             cause = f"liveness failed {seen.probe_failures} times: {seen.detail}"
             self.crashed(service, seen, stop=True, cause=cause)
+
+    def suspended(self, service: DesiredService) -> None:
+        """Left alone: nothing new is begun; the one "wait" says what a resume would do.
+
+        A stop already under way is still seen through (SIGKILL after the grace), so
+        suspending never leaves a half-stopped process behind."""
+        seen = self.observed.services.get(service.name)
+        if seen is not None and seen.record.stopping and self.stopping(seen):
+            return
+        resumed = _Planner(self.desired, self.observed, self.opts)
+        resumed.service(dataclasses.replace(service, suspended=False))
+        would = [f"{a.kind} ({a.cause.splitlines()[0]})" for a in resumed.actions if a.changes]
+        would += [f"blocked ({why})" for why in resumed.blocked.values()]
+        cause = "; ".join(would) if would else "nothing (in sync)"
+        self.add("wait", service.name, f"suspended; on resume: {cause}", reason="suspended")
+
+    def dependencies_ready(self, service: DesiredService) -> bool:
+        """``dependsOn``: every named tier is running and has answered its readiness check."""
+        waiting = []
+        for dep in service.depends_on:
+            seen = self.observed.services.get(dep)
+            ready = (
+                seen is not None
+                and seen.alive
+                and seen.record.spawned
+                and not seen.record.stopping
+                and (seen.record.ready_at is not None or seen.health == "ready")
+                and seen.health != "unready"
+            )
+            if not ready:
+                waiting.append(dep)
+        if waiting:
+            self.add(
+                "wait",
+                service.name,
+                f"waiting for {', '.join(waiting)} to be ready (dependsOn)",
+                reason="dependency",
+            )
+        return not waiting
 
     def startup_timeout(self, service: DesiredService) -> float:
         return self.opts.startup_timeout or service.startup_timeout
@@ -187,8 +246,11 @@ class _Planner:
             full = f"{BY_REQUEST}: {cause}; replaced at once, crash count stays {crashes}"
         else:
             full = f"{cause}; crash #{crashes}"
-        if seen.log_tail:
-            full += "; last log lines:\n" + "\n".join(seen.log_tail)
+        tail = [line for line in seen.log_tail if line.strip()]
+        if tail:
+            # The first line stands alone (status, events): it ends with the last log
+            # line, never with a dangling label; the full tail follows.
+            full += f"; last log line: {tail[-1].strip()}\n" + "\n".join(seen.log_tail)
         self.add(
             "crash",
             service.name,
@@ -213,7 +275,10 @@ class _Planner:
             )
 
     def start(self, service: DesiredService, kind: ActionKind, cause: str) -> None:
-        """Start ``service`` when its model is there and its memory is free; else say why not."""
+        """Start ``service`` when the tiers it depends on are ready, its model is there and
+        its memory is free; else say why not."""
+        if not self.dependencies_ready(service):
+            return
         if not self.model_ready(service) or not self.memory_free(service):
             return
         self.add(kind, service.name, cause)
@@ -325,6 +390,15 @@ class _Planner:
     def undesired(self, seen: ObservedService) -> None:
         rec = seen.record
         prune = self.opts.prune_cause
+        if rec.stack and self.desired.scope is not None and rec.stack not in self.desired.scope:
+            return  # another stack owns it: applying this selection never prunes it
+        if not _prunable(self.desired, rec):
+            cause = f"suspended; on resume: stop ({prune})"
+            self.add("wait", rec.name, cause, reason="suspended")
+            return
+        if self.desired.hold_prune and not rec.stopping:
+            self.add("wait", rec.name, self.desired.hold_prune, reason="held")
+            return
         if not rec.spawned:
             if not self.unconfirmed(seen):
                 self.add("forget", rec.name, f"{prune} (its spawn never happened)")
@@ -354,21 +428,34 @@ def _memory_check(desired: DesiredState) -> BudgetCheck | None:
 
 def _empty_refusal(desired: DesiredState, observed: ObservedState, opts: PlanOptions) -> str | None:
     """Why a plan that would stop every tier must not be applied, if it must not."""
-    if opts.allow_empty:
-        return None
+    if opts.allow_empty or desired.hold_prune:
+        return None  # held: nothing is stopped anyway (see _Planner.undesired)
     if desired.empty_files:
         names = ", ".join(str(p) for p in desired.empty_files)
         return (
             f"stack file {names} is empty: not applied (a save in progress?); delete the file "
             "to remove its tiers, or pass --allow-empty"
         )
-    running = [n for n, s in observed.services.items() if s.alive and s.record.role == "tier"]
-    if not desired.tiers and running:
+    running = [
+        n
+        for n, s in observed.services.items()
+        if s.alive and s.record.role == "tier" and _prunable(desired, s.record)
+    ]
+    if not desired.tiers and not desired.unresolved and running:
         return (
             f"the desired state is empty: refusing to stop {len(running)} running tier(s) "
             f"({', '.join(sorted(running))}) without --allow-empty"
         )
     return None
+
+
+def _prunable(desired: DesiredState, rec: Record) -> bool:
+    """Whether this desired state speaks for ``rec``: its stack is in scope and not suspended."""
+    if not rec.stack:
+        return True
+    if desired.scope is not None and rec.stack not in desired.scope:
+        return False
+    return rec.stack not in desired.suspended_stacks
 
 
 def _launch_changed(service: DesiredService, seen: ObservedService) -> str:

@@ -40,7 +40,12 @@ from mlxctl.machine.record import Record
 from mlxctl.plan.actions import Plan, PlanOptions
 from mlxctl.reconcile.context import Context
 from mlxctl.reconcile.monitor import HealthMonitor, MonitorSettings
-from mlxctl.reconcile.passes import PassResult, load_stack, resolve, run_pass
+from mlxctl.reconcile.passes import (
+    PassResult,
+    load_stack_keeping_last_good,
+    resolve,
+    run_pass,
+)
 from mlxctl.spec.loader import STACK_SUFFIXES
 from mlxctl.status import report
 
@@ -86,7 +91,14 @@ class Controller:
         self.poll_interval = poll_interval
         self.log = log
         self.watch = watch
-        self._desired = desired or (lambda: resolve(self.ctx, load_stack(self.targets)))
+        self._desired = desired or (
+            lambda: resolve(
+                self.ctx, load_stack_keeping_last_good(self.ctx, self.targets, save=True)
+            )
+        )
+        # What was last reported about invalid files, so each is said once, not per pass.
+        self._reported_invalid: dict[Path, tuple[str, ...]] = {}
+        self._reported_refusal = ""
         self._queue: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
         self._wake_at: float | None = None
@@ -182,14 +194,17 @@ class Controller:
         except MlxctlError as exc:
             if not self.watch:
                 raise
-            first = str(exc).splitlines()
-            self.log(f"reconcile ({reason}): stack not applied, nothing changed:")
-            for line in first:
-                self.log(f"  {line}")
-            self.ctx.event_log().emit(
-                Event(self.ctx.clock.time(), "reconcile", "stack", reason, "refused", str(exc))
-            )
+            if str(exc) != self._reported_refusal:
+                self._reported_refusal = str(exc)
+                self.log(f"reconcile ({reason}): stack not applied, nothing changed:")
+                for line in str(exc).splitlines():
+                    self.log(f"  {line}")
+                self.ctx.event_log().emit(
+                    Event(self.ctx.clock.time(), "reconcile", "stack", reason, "refused", str(exc))
+                )
             return None
+        self._reported_refusal = ""
+        self._report_invalid(desired)
         result = run_pass(
             self.ctx,
             desired,
@@ -204,9 +219,26 @@ class Controller:
             self.trigger("follow-up")
         elif result.failed and self._wake_at is None:
             self._wake_at = self.ctx.clock.time() + self.interval / 6
-        if result.plan.refused and self.watch:
-            self.log(f"  refused: {result.plan.refused}")
         return result
+
+    def _report_invalid(self, desired: DesiredState) -> None:
+        """Say once (log and event) that a file turned invalid, or valid again; meanwhile
+        its last valid version is applied and healing goes on."""
+        now = self.ctx.clock.time()
+        for path, problems in desired.invalid_files.items():
+            if self._reported_invalid.get(path) == problems:
+                continue
+            self._reported_invalid[path] = problems
+            self.log(f"invalid: {path} (its last valid version is applied; healing goes on):")
+            for line in problems:
+                self.log(f"  {line}")
+            self.ctx.event_log().emit(
+                Event(now, "reconcile", str(path), "invalid file", "refused", "\n".join(problems))
+            )
+        for path in [p for p in self._reported_invalid if p not in desired.invalid_files]:
+            del self._reported_invalid[path]
+            self.log(f"valid again: {path}")
+            self.ctx.event_log().emit(Event(now, "reconcile", str(path), "valid again", "ok"))
 
     def _show_plan(self, reason: str, plan: Plan) -> None:
         if not self.watch:

@@ -7,20 +7,26 @@ through the interfaces held by :class:`Context`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlxctl.desired.resolve import ResolveContext, resolve_desired
-from mlxctl.desired.state import DesiredState
+from mlxctl.desired.resolve import ResolveContext, master_key_ref, resolve_desired
+from mlxctl.desired.state import GATEWAY, DesiredState
 from mlxctl.errors import ExitCode
 from mlxctl.observe.gather import observe
 from mlxctl.observe.state import ObservedState
 from mlxctl.plan.actions import Plan, PlanOptions
 from mlxctl.plan.planner import plan
 from mlxctl.reconcile.context import Context, read_ports, save_ports
-from mlxctl.spec.loader import StackSet, load_stack_set
+from mlxctl.runtimes.litellm import Route
+from mlxctl.runtimes.registry import MODEL_SERVERS
+from mlxctl.runtimes.registry import runtime as runtime_named
+from mlxctl.spec.last_good import LastGood
+from mlxctl.spec.loader import StackSet, load_stack_set, load_stack_set_keeping_last_good
+from mlxctl.spec.schema import GatewaySpec
 
 if TYPE_CHECKING:
     from mlxctl.apply.executor import Outcome
@@ -30,8 +36,51 @@ def load_stack(targets: Sequence[Path]) -> StackSet:
     return load_stack_set(targets)
 
 
+def load_stack_keeping_last_good(ctx: Context, targets: Sequence[Path], *, save: bool) -> StackSet:
+    """The controller's (``save``) and ``status``'s read: an invalid file's last valid
+    version stands in for it (see :mod:`mlxctl.spec.last_good`)."""
+    store = LastGood(ctx.paths.last_good)
+    return load_stack_set_keeping_last_good(targets, store.read, store.save if save else None)
+
+
+def other_stacks_routes(ctx: Context, stack: StackSet) -> tuple[Route, ...]:
+    """The tiers other stacks own (recorded in the inventory): the one gateway routes to
+    every stack's tiers, whichever selection is applied."""
+    if stack.scope is None:
+        return ()
+    mine = {t.spec.name for t in stack.tiers}
+    routes = []
+    for rec in sorted(ctx.inventory.load().values(), key=lambda r: r.name):
+        runtime = str(rec.launch.get("runtime", ""))
+        if rec.role != "tier" or not rec.stack or rec.stack in stack.scope or rec.name in mine:
+            continue
+        if runtime not in MODEL_SERVERS:
+            continue
+        routes.append(Route(rec.name, rec.port, runtime_named(runtime).served_model_name(rec.name)))
+    return tuple(routes)
+
+
+def running_gateway_settings(ctx: Context, stack: StackSet) -> StackSet:
+    """A file selection that does not set ``spec.gateway`` keeps the running gateway's
+    port and key (they may come from another stack's file), so applying one stack never
+    moves the shared gateway."""
+    if stack.scope is None or stack.gateway_set:
+        return stack
+    rec = ctx.inventory.load().get(GATEWAY)
+    if rec is None or rec.role != "gateway" or "port" not in rec.launch:
+        return stack
+    key = str(rec.launch.get("masterKey") or "")
+    generated = master_key_ref(dataclasses.replace(stack, gateway=GatewaySpec()), ctx.paths.state)
+    gateway = GatewaySpec.model_validate(
+        {"port": int(rec.launch["port"]), "masterKey": None if key in ("", generated) else key}
+    )
+    return dataclasses.replace(stack, gateway=gateway)
+
+
 def resolve(ctx: Context, stack: StackSet) -> DesiredState:
     from mlxctl.sources.registry import make_resolver
+
+    stack = running_gateway_settings(ctx, stack)
 
     rctx = ResolveContext(
         python=ctx.python,
@@ -39,6 +88,8 @@ def resolve(ctx: Context, stack: StackSet) -> DesiredState:
         environ=ctx.environ,
         resolve_model=ctx.model_resolver or make_resolver(ctx.paths),
         assigned_ports=read_ports(ctx.paths),
+        extra_routes=other_stacks_routes(ctx, stack),
+        port_in_use=lambda port: ctx.procs.port_owner(port) is not None,
     )
     desired = resolve_desired(stack, rctx)
     from mlxctl.desired.admission import with_budget
@@ -61,9 +112,13 @@ def observe_state(ctx: Context, desired: DesiredState | None) -> ObservedState:
 
 def is_converged(desired: DesiredState, observed: ObservedState, the_plan: Plan) -> bool:
     """Nothing left to do and every desired service running and ready."""
-    if the_plan.refused or the_plan.blocked or any(a.kind != "rehash" for a in the_plan.actions):
+    if the_plan.refused or the_plan.blocked:
+        return False
+    if any(a.kind != "rehash" and a.reason != "suspended" for a in the_plan.actions):
         return False
     for service in desired.services:
+        if service.suspended:
+            continue  # left alone by request: converged is about the others
         seen = observed.services.get(service.name)
         if seen is None or not seen.alive or seen.record.ready_at is None:
             return False

@@ -11,7 +11,7 @@ Everything here is data and pure functions; the HTTP calls themselves are made b
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -109,6 +109,10 @@ class Runtime:
     check: Callable[[Http, ProbeMode, str], ProbeResult]
     # The full command line (model servers only; the gateway renders its own).
     argv: Callable[[ServerLaunch], tuple[str, ...]] | None = None
+    # The server flag that enforces each tier limit the memory estimate assumes
+    # ("context": tokens of KV cache per sequence, "concurrency": sequences at once).
+    # A limit missing here is estimated but not enforced, and ``diff`` says so.
+    limit_flags: Mapping[str, str] = field(default_factory=dict)
     # Flags (without dashes) whose value mlxctl decides: a tier's ``args`` may not set
     # them, nor any prefix of them (argparse takes an unambiguous prefix as the flag),
     # or the server would listen, serve or authenticate other than the stack says.

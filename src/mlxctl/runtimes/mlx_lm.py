@@ -88,4 +88,8 @@ RUNTIME = Runtime(
     argv=argv,
     # mlx_lm.server's parser (mlx_lm/server.py main): --model, --host, --port.
     managed_flags=frozenset({"model", "host", "port"}),
+    # mlx_lm.server (0.31) decodes up to --decode-concurrency requests at once; it has no
+    # flag that bounds the KV cache of a sequence (--max-tokens bounds the reply only),
+    # so ``context`` is estimated but not enforced.
+    limit_flags={"concurrency": "decode-concurrency"},
 )

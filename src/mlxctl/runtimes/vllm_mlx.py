@@ -73,4 +73,7 @@ RUNTIME = Runtime(
     managed_flags=frozenset(
         {"model", "models-config", "host", "port", "served-model-name", "api-key"}
     ),
+    # vllm-mlx serve: --max-num-seqs "Max concurrent sequences", --max-kv-size "Maximum KV
+    # cache size per sequence" (a rotating cache past it).
+    limit_flags={"context": "max-kv-size", "concurrency": "max-num-seqs"},
 )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlxctl.desired.state import ModelRef
-from mlxctl.errors import MlxctlError, NotFoundError, SpecError
+from mlxctl.errors import MlxctlError, SpecError
 from mlxctl.machine.interfaces import JobProgress, ProgressFn
 from mlxctl.paths import Paths
 from mlxctl.sources import demo, hub, hub_ref
@@ -29,12 +29,12 @@ PYPI_GGUF = "pypi-gguf"
 
 def catalog_ref(tier: SourcedTier, paths: Paths, *, online: bool = False) -> ModelRef:
     from mlxctl.catalog.entries import load_entry, resolve_variant
+    from mlxctl.desired.checks import catalog_problem
 
-    model_id = str(tier.spec.model)
-    try:
-        resolved = resolve_variant(load_entry(model_id), tier.spec.quant)
-    except NotFoundError as exc:
-        raise SpecError([f"{tier.file}:{tier.line}: tier '{tier.spec.name}': {exc}"]) from None
+    problem = catalog_problem(tier)
+    if problem is not None:
+        raise SpecError([problem])  # the same line ``validate`` prints
+    resolved = resolve_variant(load_entry(str(tier.spec.model)), tier.spec.quant)
     display = f"{resolved.model_id} ({resolved.quant})"
     if resolved.pypi_gguf is not None:
         src = resolved.pypi_gguf

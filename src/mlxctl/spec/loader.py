@@ -14,8 +14,8 @@ import re
 import types
 import typing
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,12 @@ class SourcedTier:
     spec: TierSpec
     file: Path
     line: int
+    # The stack (``metadata.name``) that declares it: the owner recorded in the inventory.
+    stack: str = ""
+    # The tier or its whole stack says ``suspend: true``.
+    suspended: bool = False
+    # 1-based (line, column) of each key written in the tier, for messages.
+    keys: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,19 @@ class StackSet:
     memory: MemorySpec | None
     empty_files: tuple[Path, ...]
     names: tuple[str, ...]
+    # The stacks this selection speaks for (see :func:`scope_of`): None for a directory,
+    # which is the whole desired state; else only the stacks named in the chosen files.
+    scope: frozenset[str] | None = None
+    # Files that are invalid now, with their problems; the last valid version of each
+    # (if there is one) is what the tiers above come from (see :mod:`mlxctl.spec.last_good`).
+    invalid: Mapping[Path, tuple[str, ...]] = field(default_factory=dict)
+    # Files invalid with no last valid version: what they declared is unknown, so
+    # nothing may be pruned while they stay so.
+    unknown_files: tuple[Path, ...] = ()
+    # Stacks whose ``spec.suspend`` is true.
+    suspended_stacks: frozenset[str] = frozenset()
+    # Some file read sets ``spec.gateway`` (else ``gateway`` holds the defaults).
+    gateway_set: bool = False
 
 
 def stack_files(targets: Sequence[Path]) -> list[Path]:
@@ -86,8 +105,17 @@ def stack_files(targets: Sequence[Path]) -> list[Path]:
     return found
 
 
+def scope_of(targets: Sequence[Path], names: Iterable[str]) -> frozenset[str] | None:
+    """What a selection is authoritative for: every stack when a directory is read (it is
+    the whole desired state, so a deleted file's tiers are pruned), else only the stacks
+    named in the chosen files (``-f main.yaml`` never prunes another stack's tiers)."""
+    if any(t.is_dir() for t in targets):
+        return None
+    return frozenset(names)
+
+
 def load_stack_set(targets: Sequence[Path]) -> StackSet:
-    """Load, validate and merge the stack files under ``targets``."""
+    """Load, validate and merge the stack files under ``targets`` (every problem raises)."""
     files = stack_files(targets)
     problems: list[str] = []
     docs: list[tuple[Path, StackDocument, Any]] = []
@@ -101,7 +129,72 @@ def load_stack_set(targets: Sequence[Path]) -> StackSet:
         docs.extend((path, doc, node) for doc, node in loaded)
     if problems:
         raise SpecError(problems)
-    return _merge(files, docs, empty)
+    stack = _merge(files, docs, empty)
+    return replace(stack, scope=scope_of(targets, stack.names))
+
+
+# Reads the last valid text of a file (None: there is none); saves a valid one.
+LastGoodRead = Callable[[Path], str | None]
+LastGoodSave = Callable[[Path, str], None]
+
+
+def load_stack_set_keeping_last_good(
+    targets: Sequence[Path], read_last: LastGoodRead, save: LastGoodSave | None = None
+) -> StackSet:
+    """Like :func:`load_stack_set`, but an invalid (or emptied) file does not stop the
+    others: its last valid version stands in for it, as Flux and Argo CD keep applying the
+    last good revision, and it is listed in ``invalid``. Valid files are handed to ``save``.
+    """
+    files = stack_files(targets)
+    docs: list[tuple[Path, StackDocument, Any]] = []
+    empty: list[Path] = []
+    invalid: dict[Path, tuple[str, ...]] = {}
+    unknown: list[Path] = []
+    fresh: dict[Path, str] = {}
+    for path in files:
+        problems: list[str] = []
+        text = _read(path, problems)
+        loaded = _load_file(path, problems, text) if text is not None else None
+        if loaded and text is not None:
+            docs.extend((path, doc, node) for doc, node in loaded)
+            fresh[path] = text  # the very text that validated
+            continue
+        if loaded is not None and not problems:
+            problems = [f"{path}: the file is empty (a save in progress?)"]
+        last = read_last(path)
+        kept = _load_text(path, last) if last is not None else None
+        if kept:
+            invalid[path] = tuple(problems)
+            docs.extend((path, doc, node) for doc, node in kept)
+        elif loaded is not None:
+            empty.append(path)  # empty with no last valid version: the planner refuses it
+        else:
+            invalid[path] = tuple(problems)
+            unknown.append(path)
+    # Valid alone, invalid together (a tier defined twice, a port used twice): the
+    # combination raises, as in load_stack_set.
+    stack = _merge(files, docs, empty)
+    for path, text in fresh.items():
+        if save is not None:
+            save(path, text)
+    return replace(
+        stack,
+        scope=scope_of(targets, stack.names),
+        invalid=invalid,
+        unknown_files=tuple(unknown),
+    )
+
+
+def _load_text(path: Path, text: str) -> list[tuple[StackDocument, Any]] | None:
+    """Validate a stored text of ``path`` (its last valid version); None when it no
+    longer validates (the schema changed since it was saved)."""
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        nodes = [n for n in _yaml().load_all(text) if n is not None]
+        return [(StackDocument.model_validate(n), n) for n in nodes if isinstance(n, dict)]
+    except (YAMLError, ValidationError):
+        return None
 
 
 # Bounds on one stack file. A real stack is a few kilobytes, a few levels deep and a
@@ -274,11 +367,15 @@ def _clip(text: str | None, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _load_file(path: Path, problems: list[str]) -> list[tuple[StackDocument, Any]] | None:
-    """Parse and validate one file; None when it has problems (appended to ``problems``)."""
-    text = _read(path, problems)
+def _load_file(
+    path: Path, problems: list[str], text: str | None = None
+) -> list[tuple[StackDocument, Any]] | None:
+    """Parse and validate one file (or ``text``, read from it before); None when it has
+    problems (appended to ``problems``)."""
     if text is None:
-        return None
+        text = _read(path, problems)
+        if text is None:
+            return None
     nodes = _parse(path, text, problems)
     if nodes is None:
         return None
@@ -326,7 +423,7 @@ def _format_errors(path: Path, node: Any, exc: ValidationError) -> list[str]:
             message = f"missing required key '{keys[-1]}'" if keys else message
         elif (
             "input" in err
-            and err["type"] not in ("model_type", "dict_type")
+            and err["type"] not in ("model_type", "dict_type", "secret_literal")
             and not key_error
             and "(got " not in message
         ):
@@ -445,11 +542,20 @@ def _merge(
     by_port: dict[int, str] = {}
     gateway: tuple[Path, GatewaySpec] | None = None
     memory: tuple[Path, MemorySpec] | None = None
+    depends: list[tuple[SourcedTier, int]] = []
     for path, doc, node in docs:
         seq: Any = node["spec"].get("tiers")
         for index, tier in enumerate(doc.spec.tiers):
             line = seq.lc.data[index][0] + 1 if seq is not None and index < len(seq) else 1
-            sourced = SourcedTier(tier, path, line)
+            suspended = tier.suspend or doc.spec.suspend
+            item = seq[index] if seq is not None and index < len(seq) else None
+            keys = {
+                str(k): (int(v[0]) + 1, int(v[1]) + 1)
+                for k, v in getattr(getattr(item, "lc", None), "data", {}).items()
+            }
+            sourced = SourcedTier(tier, path, line, doc.metadata.name, suspended, keys)
+            if tier.depends_on:
+                depends.append((sourced, _key_line(seq[index], "dependsOn", line)))
             if tier.name in by_name:
                 other = by_name[tier.name]
                 where = f"{other.file}:{other.line}"
@@ -476,6 +582,7 @@ def _merge(
                     f"{path}: spec.memory differs from the one in {memory[0]}; set it in one file"
                 )
             memory = (path, doc.spec.memory)
+    problems += dependency_problems(depends, by_name)
     gw = gateway[1] if gateway else GatewaySpec()
     if gw.enabled and gw.port in by_port:
         problems.append(
@@ -491,4 +598,57 @@ def _merge(
         memory=memory[1] if memory else None,
         empty_files=tuple(empty),
         names=tuple(doc.metadata.name for _, doc, _ in docs),
+        suspended_stacks=frozenset(doc.metadata.name for _, doc, _ in docs if doc.spec.suspend),
+        gateway_set=gateway is not None,
     )
+
+
+def _key_line(node: Any, key: str, default: int) -> int:
+    try:
+        return int(node.lc.data[key][0]) + 1
+    except (AttributeError, KeyError, TypeError):
+        return default
+
+
+def dependency_problems(
+    depends: Sequence[tuple[SourcedTier, int]], by_name: Mapping[str, SourcedTier]
+) -> list[str]:
+    """``dependsOn`` names tiers of the stack set, never itself, and never in a cycle."""
+    problems: list[str] = []
+    for sourced, line in depends:
+        where = f"{sourced.file}:{line}:1: tier '{sourced.spec.name}': dependsOn"
+        for dep in sourced.spec.depends_on:
+            if dep == sourced.spec.name:
+                problems.append(f"{where}: a tier cannot depend on itself")
+            elif dep not in by_name:
+                close = difflib.get_close_matches(dep, list(by_name), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                problems.append(f"{where}: no tier named '{dep}'{hint}")
+    if problems:
+        return problems
+    graph = {t.spec.name: list(t.spec.depends_on) for t, _ in depends}
+    lines = {t.spec.name: (t, line) for t, line in depends}
+    reported: set[frozenset[str]] = set()
+    for start in graph:
+        cycle = _cycle_from(start, graph)
+        if cycle and frozenset(cycle) not in reported:
+            reported.add(frozenset(cycle))
+            tier, line = lines[cycle[0]]
+            path = " -> ".join([*cycle, cycle[0]])
+            problems.append(f"{tier.file}:{line}:1: tier '{cycle[0]}': dependsOn: a cycle: {path}")
+    return problems
+
+
+def _cycle_from(start: str, graph: Mapping[str, list[str]]) -> list[str] | None:
+    """The first cycle reachable from ``start`` that passes through it, as a path."""
+    stack: list[tuple[str, list[str]]] = [(start, [start])]
+    seen: set[str] = set()
+    while stack:
+        node, path = stack.pop()
+        for nxt in graph.get(node, []):
+            if nxt == start:
+                return path
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, [*path, nxt]))
+    return None

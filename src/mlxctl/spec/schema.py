@@ -21,12 +21,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from mlxctl.errors import echo
 from mlxctl.runtimes.base import ArgValue, managed_flag_for
 from mlxctl.runtimes.registry import MODEL_SERVERS
 from mlxctl.runtimes.registry import runtime as runtime_named
-from mlxctl.spec.secrets import ANY_REF, find_refs
+from mlxctl.spec.secrets import ANY_REF, find_refs, looks_secret
 
 API_VERSION = "mlxctl/v1"
 # The runtimes a tier may name: every model-server adapter in the registry.
@@ -164,12 +165,18 @@ class TierSpec(_Strict):
     quant: Annotated[Text, Field(max_length=64)] | None = None
     port: Port | None = None
     args: dict[ArgKey, ArgValue] = Field(default_factory=dict)
+    # Env names that look like secrets (HF_TOKEN...) whose literal value is not one;
+    # declared before env so env's check can read it.
+    not_secret: list[str] = Field(default_factory=list, alias="notSecret")
     env: dict[str, str] = Field(default_factory=dict)
     context: Annotated[int, Field(gt=0, le=MAX_CONTEXT)] | None = None
     concurrency: Annotated[int, Field(gt=0, le=MAX_CONCURRENCY)] = 1
     startup_timeout: Annotated[float, Field(gt=0, le=3600)] | None = Field(
         default=None, alias="startupTimeout"
     )
+    # Controls (docs/reconciler.md, "Suspend and dependsOn"): neither enters the launch.
+    suspend: bool = False
+    depends_on: list[str] = Field(default_factory=list, alias="dependsOn")
 
     @field_validator("name")
     @classmethod
@@ -211,10 +218,19 @@ class TierSpec(_Strict):
 
     @field_validator("env")
     @classmethod
-    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+    def _env(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        not_secret = info.data.get("not_secret") or []
         for key, raw in value.items():
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", key):
                 raise ValueError(f"{echo(key)} is not a valid environment variable name")
+            if looks_secret(key) and key not in not_secret and not find_refs(raw):
+                # Stack files live in git. The value is never echoed back.
+                raise PydanticCustomError(
+                    "secret_literal",
+                    f"env.{key} looks like a secret and is written literally; write "
+                    f"${{env:{key}}} or ${{file:PATH}}, or list it in notSecret: [{key}] "
+                    "if the value is not secret",
+                )
             _no_nul(raw)
             if "${" in raw and not find_refs(raw):
                 raise ValueError(
@@ -261,6 +277,8 @@ class StackSpec(_Strict):
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
     memory: MemorySpec | None = None
     tiers: list[TierSpec] = Field(default_factory=list)
+    # Every tier of this stack is left alone (no start, stop or heal) while true.
+    suspend: bool = False
 
     @model_validator(mode="after")
     def _unique(self) -> StackSpec:

@@ -24,6 +24,20 @@ ANY_REF = re.compile(r"\$\{(env|file):([^}]+)\}")
 MAX_SECRET_BYTES = 64 * 1024
 
 
+# Environment variable names that hold secrets by convention (HF_TOKEN, OPENAI_API_KEY,
+# DB_PASSWORD, AWS_SECRET_ACCESS_KEY, ...): a literal value for one is refused unless the
+# tier lists the name in ``notSecret``.
+SECRET_NAME = re.compile(
+    r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|PASS|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIALS?|AUTH)"
+    r"(_|$)"
+)
+
+
+def looks_secret(name: str) -> bool:
+    """Whether an environment variable's name says it holds a secret."""
+    return bool(SECRET_NAME.search(name.upper()))
+
+
 def find_refs(text: str) -> list[str]:
     """The references (``env:NAME`` or ``file:PATH``) in ``text``."""
     return [f"{kind}:{name}" for kind, name in ANY_REF.findall(text)]

@@ -59,7 +59,19 @@ def plan_lines(plan: Plan) -> list[str]:
         for a in plan.ordered()
     ]
     lines += [f"  {'x':>3} {n:<{width}}  {'blocked':<13} {why}" for n, why in plan.blocked.items()]
-    memory = [f"Memory: {plan.memory.message}."] if plan.memory else []
+    memory = []
+    if plan.unenforced:
+        tiers_by_why: dict[str, list[str]] = {}
+        for name, whys in plan.unenforced.items():
+            for why in whys:
+                tiers_by_why.setdefault(why, []).append(name)
+        memory.append(
+            "Not enforced by the servers (the memory estimate assumes it): "
+            + "; ".join(f"{why} for {', '.join(n)}" for why, n in tiers_by_why.items())
+            + "."
+        )
+    if plan.memory:
+        memory.append(f"Memory: {plan.memory.message}.")
     return [*lines, summary_line(plan), *memory]
 
 
@@ -75,6 +87,9 @@ def summary_line(plan: Plan) -> str:
     if plan.blocked:
         parts.append(f"{len(plan.blocked)} blocked")
     if not plan.has_changes and not plan.blocked:
+        held = [a for a in plan.actions if a.kind == "wait" and a.reason != "starting"]
+        if held:
+            return f"No changes to apply now; {len(held)} waiting (see above)."
         return "No changes. The machine matches the stack."
     return "Plan: " + ", ".join(parts) + "."
 
@@ -126,7 +141,12 @@ def summary_record(
         "converged": converged,
         "exit_code": exit_code,
         "memory": (
-            {"needed": plan.memory.total, "budget": plan.memory.budget, "fits": plan.memory.fits}
+            {
+                "needed": plan.memory.total,
+                "budget": plan.memory.budget,
+                "fits": plan.memory.fits,
+                "unenforced": {n: list(why) for n, why in plan.unenforced.items()},
+            }
             if plan.memory
             else None
         ),

@@ -6,7 +6,9 @@ or ready and OutOfSync (an edit not applied yet).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from mlxctl.desired.state import DesiredState
@@ -15,7 +17,7 @@ from mlxctl.observe.state import ObservedService, ObservedState
 HealthState = Literal[
     "ready", "starting", "degraded", "stopping", "preparing", "crash-looping", "crashed", "stopped"
 ]
-SyncState = Literal["Synced", "OutOfSync", "Unknown"]
+SyncState = Literal["Synced", "OutOfSync", "Unknown", "Suspended"]
 STATUS_SCHEMA = "mlxctl.status/v1"
 
 
@@ -85,6 +87,10 @@ def build_status(desired: DesiredState | None, observed: ObservedState) -> list[
                 detail += f", {job.done / elapsed / 1e6:.1f} MB/s"
         if desired is None:
             sync: SyncState = "Unknown"
+        elif (want is not None and want.suspended) or (
+            want is None and rec is not None and rec.stack in desired.suspended_stacks
+        ):
+            sync = "Suspended"  # left alone until resumed, whatever runs
         elif want is None:
             sync = "OutOfSync"  # running but no longer in the stack
         elif seen is None or not seen.alive:
@@ -122,8 +128,12 @@ def build_status(desired: DesiredState | None, observed: ObservedState) -> list[
     return rows
 
 
-def status_json(rows: list[ServiceStatus]) -> dict[str, Any]:
-    """The public JSON shape: ``tiers`` (list) and ``gateway`` (object or null)."""
+def status_json(
+    rows: list[ServiceStatus], invalid: Mapping[Path, Sequence[str]] | None = None
+) -> dict[str, Any]:
+    """The public JSON shape: ``tiers`` (list), ``gateway`` (object or null) and
+    ``invalid_files`` (file -> its problems; its last valid version is what is applied)."""
     tiers = [r.to_json() for r in rows if r.role == "tier"]
     gateway = next((r.to_json() for r in rows if r.role == "gateway"), None)
-    return {"schema": STATUS_SCHEMA, "tiers": tiers, "gateway": gateway}
+    files = {str(path): list(problems) for path, problems in (invalid or {}).items()}
+    return {"schema": STATUS_SCHEMA, "tiers": tiers, "gateway": gateway, "invalid_files": files}

@@ -1,0 +1,47 @@
+"""The last valid version of each stack file, kept in the state directory.
+
+Flux and Argo CD keep applying the last good revision while a new one is broken;
+mlxctl does the same per file: each time a file validates, its text is saved here,
+and while it is invalid (a typo, a save in progress) this copy stands in for it. The
+copy outlives the controller, so a restart with a broken file still heals what the
+file last asked for, and ``status`` (another process) applies the same rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+class LastGood:
+    """One JSON file per stack file, named by a digest of its absolute path."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _file(self, path: Path) -> Path:
+        key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+        return self.directory / f"{key}.json"
+
+    def read(self, path: Path) -> str | None:
+        try:
+            data = json.loads(self._file(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        text = data.get("text") if isinstance(data, dict) else None
+        return text if isinstance(text, str) else None
+
+    def save(self, path: Path, text: str) -> None:
+        """Store ``text`` as the last valid version of ``path`` (atomically; unchanged
+        text is not rewritten)."""
+        if self.read(path) == text:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        payload = json.dumps({"path": str(path.resolve()), "text": text})
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(payload)
+        os.replace(tmp, self._file(path))
