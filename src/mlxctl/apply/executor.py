@@ -119,6 +119,8 @@ class Executor:
         for action in ordered:
             if action.kind in ("forget", "crash", "rehash"):
                 outcomes.append(self._bookkeeping(action, records.get(action.target), desired))
+            elif action.kind == "reconfigure":
+                outcomes.append(self._reconfigure(action, desired))
         # Identities of models whose preparation failed: no tier using one may start.
         failed_models: set[str] = set()
         for action in ordered:
@@ -224,6 +226,14 @@ class Executor:
         self._emit(action, "ok")
         return Outcome(action, True)
 
+    def _reconfigure(self, action: Action, desired: DesiredState) -> Outcome:
+        """Replace a running service's files atomically; the gateway reloads its routes."""
+        service = desired.get(action.target)
+        assert service is not None
+        self._write_files(service)
+        self._emit(action, "ok")
+        return Outcome(action, True)
+
     def _prepare(self, action: Action, desired: DesiredState) -> Outcome:
         service = desired.get(action.target)
         assert service is not None and service.model is not None
@@ -298,7 +308,8 @@ class Executor:
 
     def _write_files(self, service: DesiredService) -> None:
         for path, content in service.files:
-            write_atomic(Path(path), content)
+            # The gateway's routes name remotes and key variables: its owner's only.
+            write_atomic(Path(path), content, mode=0o600)
         for _key, raw in service.env:
             for ref in secrets.find_refs(raw):
                 kind, _, name = ref.partition(":")

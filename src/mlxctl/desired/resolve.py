@@ -26,7 +26,15 @@ from mlxctl.desired.state import (
 )
 from mlxctl.errors import SpecError
 from mlxctl.runtimes.base import ProbeSpec, ServerLaunch
-from mlxctl.runtimes.litellm import GATEWAY_ENV, MASTER_KEY_ENV, Route, gateway_argv, render_config
+from mlxctl.runtimes.litellm import (
+    GATEWAY_ENV,
+    MASTER_KEY_ENV,
+    REMOTE_KEY_ENV_PREFIX,
+    RemoteRoute,
+    Route,
+    gateway_argv,
+    render_config,
+)
 from mlxctl.runtimes.litellm import RUNTIME as GATEWAY_RUNTIME
 from mlxctl.runtimes.registry import runtime as runtime_named
 from mlxctl.spec import secrets
@@ -140,28 +148,71 @@ def master_key_ref(stack: StackSet, state_dir: Path) -> str:
     return stack.gateway.master_key or f"${{file:{state_dir / GATEWAY / 'master_key'}}}"
 
 
+def remote_key_env(name: str) -> str:
+    """The gateway environment variable that carries remote ``name``'s API key."""
+    return REMOTE_KEY_ENV_PREFIX + name.upper().replace("-", "_")
+
+
 def _gateway_service(
     stack: StackSet, tiers: Sequence[DesiredService], ctx: ResolveContext
 ) -> DesiredService:
+    """The gateway: launched by argv, port, bind address and keys; routed by its file.
+
+    The routes file (tiers, aliases, fallbacks, limits) is left out of the hash: the
+    gateway reloads it in place when it is replaced, so a tier added, removed or
+    re-routed never restarts the gateway (and never interrupts the other tiers).
+    """
     gw = stack.gateway
-    config_path = ctx.state_dir / GATEWAY / "config.yaml"
-    routes = [Route(t.name, t.port, t.probe.model) for t in tiers]
-    config = render_config(routes)
-    env = (*GATEWAY_ENV, (MASTER_KEY_ENV, master_key_ref(stack, ctx.state_dir)))
-    env = tuple(sorted(env))
+    config_path = ctx.state_dir / GATEWAY / "config.json"
+    specs = {t.spec.name: t.spec for t in stack.tiers}
+    routes = [
+        Route(
+            name=t.name,
+            port=t.port,
+            served_model=t.probe.model,
+            aliases=tuple(specs[t.name].aliases),
+            # Enough to keep a batching server busy, never a burst past mlx_lm.server's
+            # listen backlog of 5 (the rest wait in the gateway).
+            max_concurrency=max(4, specs[t.name].concurrency),
+        )
+        for t in tiers
+    ]
+    routed = {t.name for t in tiers}
+    remotes = [
+        RemoteRoute(
+            name=r.name,
+            model=r.model,
+            api_base=r.api_base,
+            api_key_env=remote_key_env(r.name) if r.api_key else None,
+        )
+        for r in gw.remotes
+    ]
+    # A fallback to a tier that is not resolved (its model is missing) is left out.
+    fallbacks = {
+        name: [f for f in specs[name].fallbacks if f in routed or f in {r.name for r in remotes}]
+        for name in sorted(routed)
+    }
+    config = render_config(
+        routes, remotes=remotes, fallbacks=fallbacks, retries=gw.retries, timeout=gw.timeout
+    )
+    env_pairs = [*GATEWAY_ENV, (MASTER_KEY_ENV, master_key_ref(stack, ctx.state_dir))]
+    env_pairs += [(remote_key_env(r.name), r.api_key) for r in gw.remotes if r.api_key]
+    env = tuple(sorted(env_pairs))
     where = f"{stack.files[0] if stack.files else '<stack>'}: gateway"
     # A generated key is stable by construction (created once when the gateway first
     # starts): leave it out of the hash so its creation restarts nothing.
     hashed = env if gw.master_key is not None else [(k, v) for k, v in env if k != MASTER_KEY_ENV]
     hashed_env = _resolved_env(hashed, ctx, where)
-    argv = gateway_argv(python=ctx.python, config=config_path, port=gw.port)
+    argv = gateway_argv(python=ctx.python, config=config_path, port=gw.port, host=gw.host)
     files = ((str(config_path), config),)
     launch = {
         "runtime": "litellm",
         "port": gw.port,
+        "host": gw.host,
         "routes": {r.name: f"{r.port}/{r.served_model}" for r in routes},
         "masterKey": master_key_ref(stack, ctx.state_dir),
     }
+    probe_host = gw.host if gw.host not in ("0.0.0.0", "::") else "127.0.0.1"
     return DesiredService(
         name=GATEWAY,
         role="gateway",
@@ -172,8 +223,8 @@ def _gateway_service(
         files=files,
         model=None,
         launch=launch,
-        spec_hash=spec_hash(argv, hashed_env, dict(files), ""),
-        probe=ProbeSpec(kind=GATEWAY_RUNTIME.name, port=gw.port),
+        spec_hash=spec_hash(argv, hashed_env, {}, ""),
+        probe=ProbeSpec(kind=GATEWAY_RUNTIME.name, port=gw.port, host=probe_host),
         startup_timeout=GATEWAY_RUNTIME.startup_timeout,
         source=where,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from mlxctl.desired.state import DesiredState
@@ -75,7 +76,20 @@ def observe(
         now=clock.time(),
         services={s.record.name: s for s in services},
         models_present=frozenset(present),
+        files=_files_on_disk(desired),
     )
+
+
+def _files_on_disk(desired: DesiredState | None) -> dict[str, str | None]:
+    """The current text of the files the gateway reloads (None when missing or unreadable)."""
+    out: dict[str, str | None] = {}
+    if desired is not None and desired.gateway is not None:
+        for path, _ in desired.gateway.files:
+            try:
+                out[path] = Path(path).read_text(encoding="utf-8")
+            except OSError:
+                out[path] = None
+    return out
 
 
 def _kind(record: Record) -> str:

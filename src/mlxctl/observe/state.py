@@ -35,3 +35,6 @@ class ObservedState:
     services: Mapping[str, ObservedService] = field(default_factory=dict)
     # Identities (ModelRef.identity) of the models whose files are present.
     models_present: frozenset[str] = frozenset()
+    # The text on disk of each file a desired service reads while running (path -> text,
+    # None when missing): the gateway's routes file, which it reloads in place.
+    files: Mapping[str, str | None] = field(default_factory=dict)

@@ -21,6 +21,7 @@ ActionKind = Literal[
     "crash",  # record a crash (stopping the process when it hangs); backoff follows
     "wait",  # nothing to do yet: a service is starting or backing off
     "rehash",  # the hash recipe changed but the launch did not: update the record only
+    "reconfigure",  # rewrite a running service's files (gateway routes): it reloads them
 ]
 # The order in which an executor applies action kinds: stops free memory before starts.
 PHASES: tuple[ActionKind, ...] = (
@@ -28,6 +29,7 @@ PHASES: tuple[ActionKind, ...] = (
     "forget",
     "crash",
     "rehash",
+    "reconfigure",
     "prepare",
     "restart",
     "start",

@@ -137,6 +137,10 @@ def _plan_service(
         return
     if rec.spec_hash != service.spec_hash:
         actions.append(Action("rehash", name, "hash recipe changed; launch unchanged"))
+    if service.role == "gateway" and observed.files:
+        stale = [p for p, text in service.files if observed.files.get(p) != text]
+        if stale:
+            actions.append(Action("reconfigure", name, _routes_cause(service, observed, stale)))
     if seen.health == "ready":
         if rec.ready_at is None:  # became ready while nobody was waiting: record it
             actions.append(Action("wait", name, "starting: ready now", starting=True))
@@ -202,6 +206,24 @@ def _crashed(
                 not_before=now + delay,
             )
         )
+
+
+def _routes_cause(service: DesiredService, observed: ObservedState, stale: list[str]) -> str:
+    """``routes changed: + big, - small`` (the gateway reloads its routes file in place)."""
+    import json
+
+    def names(text: str | None) -> set[str]:
+        try:
+            data = json.loads(text or "{}")
+            return {n for r in data.get("routes", []) for n in (r["name"], *r.get("aliases", []))}
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return set()
+
+    files = dict(service.files)
+    old = set().union(*(names(observed.files.get(p)) for p in stale))
+    new = set().union(*(names(files[p]) for p in stale))
+    delta = [f"+ {n}" for n in sorted(new - old)] + [f"- {n}" for n in sorted(old - new)]
+    return "routes changed" + (f": {', '.join(delta)}" if delta else " (fallbacks, limits)")
 
 
 def _launch_changed(service: DesiredService, seen: ObservedService) -> str:

@@ -30,6 +30,7 @@ SYMBOLS = {
     "crash": "!",
     "wait": ".",
     "rehash": "~",
+    "reconfigure": "~",
 }
 VERBS = {
     "start": "start",
@@ -40,6 +41,7 @@ VERBS = {
     "crash": "crashed",
     "wait": "wait",
     "rehash": "update record",
+    "reconfigure": "reload routes",
 }
 
 

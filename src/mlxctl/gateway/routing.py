@@ -1,0 +1,96 @@
+"""The routing table: a ``litellm.Router`` built from the routes file, and its limits.
+
+A :class:`RoutingTable` is immutable once built. A reload builds a new one and the
+app swaps a single reference, so requests already running finish on the table they
+started with and new requests see the new routes: no restart, no failed request.
+The per-tier concurrency gates are carried over from the old table when the tier
+is unchanged, so a reload never lets a burst through to a busy backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mlxctl.runtimes.base import HOST
+from mlxctl.runtimes.litellm import GatewayConfig, Route
+
+
+@dataclass(frozen=True)
+class Gate:
+    """At most ``limit`` requests at once to one backend; the rest wait their turn."""
+
+    key: tuple[str, int, int]
+    semaphore: asyncio.Semaphore
+
+
+def deployment(route: Route) -> dict[str, Any]:
+    """The Router deployment of a local tier (LiteLLM's OpenAI-compatible adapter)."""
+    return {
+        "model_name": route.name,
+        "litellm_params": {
+            "model": f"openai/{route.served_model}",
+            "api_base": f"http://{HOST}:{route.port}/v1",
+            "api_key": "none",
+        },
+    }
+
+
+def router_kwargs(config: GatewayConfig, environ: Mapping[str, str]) -> dict[str, Any]:
+    """``litellm.Router`` arguments for ``config``; remote keys come from ``environ``."""
+    model_list = [deployment(r) for r in config.routes]
+    for remote in config.remotes:
+        params: dict[str, Any] = {"model": remote.model}
+        if remote.api_base:
+            params["api_base"] = remote.api_base
+        if remote.api_key_env:
+            params["api_key"] = environ.get(remote.api_key_env, "")
+        model_list.append({"model_name": remote.name, "litellm_params": params})
+    return {
+        "model_list": model_list,
+        # Where the Router reads fallbacks: a list of {model_group: [fallback groups]}.
+        "fallbacks": [{name: list(targets)} for name, targets in config.fallbacks.items()],
+        # The fast path made the first attempt: the Router's own first attempt on the
+        # tier is the first retry.
+        "num_retries": max(0, config.retries - 1) if config.fast_path else config.retries,
+        "timeout": config.timeout,
+        "stream_timeout": config.timeout,
+        # One deployment per tier: a cooldown would refuse every request to the tier
+        # for seconds after a single failure ("No deployments available").
+        "disable_cooldowns": True,
+    }
+
+
+class RoutingTable:
+    """The routes of one version of the routes file."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        previous: RoutingTable | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        from litellm.router import Router
+
+        self.config = config
+        self.names = config.public_names()
+        self.router = Router(**router_kwargs(config, os.environ if environ is None else environ))
+        old = previous.gates if previous else {}
+        self.gates: dict[str, Gate] = {}
+        for route in config.routes:
+            key = (route.name, route.port, route.max_concurrency)
+            gate = old.get(route.name)
+            if gate is None or gate.key != key:
+                gate = Gate(key, asyncio.Semaphore(route.max_concurrency))
+            self.gates[route.name] = gate
+
+    def resolve(self, name: str) -> str | None:
+        """The route a public name (tier name or alias) reaches, or None."""
+        return self.names.get(name)
+
+    def models(self) -> list[str]:
+        return sorted(self.names)
