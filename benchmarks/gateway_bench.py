@@ -82,10 +82,11 @@ def proxy_config(port: int) -> dict[str, Any]:
     }
 
 
-def ours_config(port: int) -> dict[str, Any]:
+def ours_config(port: int, *, fast_path: bool) -> dict[str, Any]:
     return {
         "routes": [{"name": "fast", "port": port, "served_model": "default_model"}],
         "retries": 0,
+        "fast_path": fast_path,
     }
 
 
@@ -242,7 +243,7 @@ def start_backend(model: Path, work: Path) -> tuple[Proc, str]:
 
 def start_gateways(backend_port: int, work: Path) -> dict[str, tuple[Proc, str, float]]:
     gateways: dict[str, tuple[Proc, str, float]] = {}
-    pport, oport = free_port(), free_port()
+    pport = free_port()
     pcfg = work / "proxy.yaml"
     pcfg.write_text(json.dumps(proxy_config(backend_port)))
     argv = [str(PY.parent / "litellm"), "--config", str(pcfg), "--host", "127.0.0.1",
@@ -251,13 +252,25 @@ def start_gateways(backend_port: int, work: Path) -> dict[str, tuple[Proc, str, 
     gateways["litellm-proxy"] = (proxy, f"http://127.0.0.1:{pport}", 0.0)
     took = wait_ready(f"http://127.0.0.1:{pport}/health/liveliness", proxy)
     gateways["litellm-proxy"] = (proxy, f"http://127.0.0.1:{pport}", took)
-    ocfg = work / "routes.json"
-    ocfg.write_text(json.dumps(ours_config(backend_port)))
-    argv = [str(PY), "-m", "mlxctl.gateway", "--config", str(ocfg), "--port", str(oport)]
-    ours = Proc(argv, work / "ours.log")
-    took = wait_ready(f"http://127.0.0.1:{oport}/health/liveliness", ours)
-    gateways["mlxctl-gateway"] = (ours, f"http://127.0.0.1:{oport}", took)
+    for name, fast_path in (("mlxctl-router", False), ("mlxctl-gateway", True)):
+        port = free_port()
+        cfg = work / f"{name}.json"
+        cfg.write_text(json.dumps(ours_config(backend_port, fast_path=fast_path)))
+        argv = [str(PY), "-m", "mlxctl.gateway", "--config", str(cfg), "--port", str(port)]
+        ours = Proc(argv, work / f"{name}.log")
+        took = wait_ready(f"http://127.0.0.1:{port}/health/liveliness", ours)
+        gateways[name] = (ours, f"http://127.0.0.1:{port}", took)
+        # Measured from here on with LiteLLM imported and its Router built.
+        wait_log(work / f"{name}.log", "litellm.Router ready")
     return gateways
+
+
+def wait_log(path: Path, text: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{path}: no {text!r} after {timeout}s")
+        time.sleep(0.2)
 
 
 def main() -> None:
@@ -305,7 +318,7 @@ def main() -> None:
         # kills the backend's generation thread.
         result["errors"] = {
             name: error_cases(gateways[name][1], direct)
-            for name in ("mlxctl-gateway", "litellm-proxy")
+            for name in ("mlxctl-gateway", "mlxctl-router", "litellm-proxy")
         }
     finally:
         for proc, _, _ in gateways.values():
@@ -318,8 +331,8 @@ def main() -> None:
 
 def render(r: dict[str, Any], n: int) -> str:
     lines = [f"machine: {r['machine']}; versions: {r['versions']}", ""]
-    lines.append(f"{'measure':<34}{'litellm-proxy':>16}{'mlxctl-gateway':>16}")
-    names = ("litellm-proxy", "mlxctl-gateway")
+    names = ("litellm-proxy", "mlxctl-router", "mlxctl-gateway")
+    lines.append(f"{'measure':<34}" + "".join(f"{n:>16}" for n in names))
 
     def row(label: str, values: dict[str, Any]) -> None:
         lines.append(f"{label:<34}" + "".join(f"{values.get(k, '-')!s:>16}" for k in names))
@@ -328,8 +341,8 @@ def render(r: dict[str, Any], n: int) -> str:
     for key, label in (("tokens_1", "1 token"), ("tokens_64", "64 tokens"),
                        ("stream_ttfb", "stream TTFB")):  # fmt: skip
         d = r[key]
-        lines.append(f"{label + ' direct p50/p99 (ms)':<34}{d['direct']['p50_ms']:>16}"
-                     f"{d['direct']['p99_ms']:>16}")  # fmt: skip
+        direct = f"{d['direct']['p50_ms']} / {d['direct']['p99_ms']}"
+        lines.append(f"{label + ' direct p50 / p99 (ms)':<34}{direct:>16}")
         row(f"{label} added p50 (ms)", {k: d[k]["added_p50_ms"] for k in names})
         row(f"{label} added p99 (ms)", {k: d[k]["added_p99_ms"] for k in names})
     row("RSS after start (MB)", r["rss_mb_after_start"])

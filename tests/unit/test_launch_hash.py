@@ -42,5 +42,5 @@ def test_launch_hashes_are_those_of_the_release_before(tmp_path: Path) -> None:
         "agent": "v1:c1e78df25e1aa57c17eae355",
         # Moved on purpose (issue #10): the gateway became mlxctl's own program and its
         # routes left the hash (they reload in place), so an upgrade restarts it once.
-        "gateway": "v1:3a894347ceb94201ad7763f1",
+        "gateway": "v1:f6da928cf3cfe74de39b0ae9",
     }

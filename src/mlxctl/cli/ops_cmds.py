@@ -137,12 +137,23 @@ def events(tail_n: int = 50, output: str = "text") -> int:
     return int(ExitCode.OK)
 
 
-def gateway_key(path: Path | None = None, files: tuple[Path, ...] = ()) -> int:
-    """Print the gateway's API key (to use as the Bearer token)."""
-    from mlxctl.desired.resolve import master_key_ref
+def gateway_key(
+    path: Path | None = None, files: tuple[Path, ...] = (), rotate: bool = False
+) -> int:
+    """Print the gateway's API key (to use as the Bearer token); --rotate replaces it."""
+    from mlxctl.desired.resolve import generated_key_path, master_key_ref
     from mlxctl.spec import secrets
 
     stack = load_selected(targets(path, files))
+    if rotate:
+        if stack.gateway.master_key is not None:
+            raise MlxctlError(
+                f"the gateway key is yours ({stack.gateway.master_key}): change it there, "
+                "then run mlxctl reconcile --once (only the gateway restarts)",
+                exit_code=ExitCode.USAGE,
+            )
+        rotate_generated_key(generated_key_path(paths().state))
+        err("rotated: the running gateway accepts only the new key from its next poll (<1 s)")
     ref = master_key_ref(stack, paths().state)
     try:
         print(secrets.resolve(ref, os.environ, where="gateway key"))
@@ -154,6 +165,15 @@ def gateway_key(path: Path | None = None, files: tuple[Path, ...] = ()) -> int:
             "(mlxctl reconcile --once)"
         ) from None
     return int(ExitCode.OK)
+
+
+def rotate_generated_key(path: Path) -> None:
+    """Replace the generated key atomically (0600); the gateway re-reads the file in place."""
+    import secrets as pysecrets
+
+    from mlxctl.machine.inventory import write_atomic
+
+    write_atomic(path, "sk-mlxctl-" + pysecrets.token_urlsafe(32) + "\n", mode=0o600)
 
 
 def quickstart(timeout: float | None = None) -> int:
@@ -236,7 +256,16 @@ def register(app: click.Group) -> None:
             "--tail", "-n", "tail_n", default=50, show_default=True, help="How many recent events."
         )(output_option(events))
     )
-    app.command("gateway-key")(stack_selection(gateway_key))
+    rotate = click.option(
+        "--rotate", is_flag=True, help="Replace the generated key (the gateway reloads it)."
+    )
+    app.command("gateway-key")(stack_selection(rotate(gateway_key)))
+
+    @app.group("gateway")
+    def gateway_group() -> None:
+        """The gateway in front of every tier."""
+
+    gateway_group.command("key")(stack_selection(rotate(gateway_key)))
     app.command("quickstart")(
         click.option("--timeout", type=float, help="Startup timeout, seconds.")(quickstart)
     )

@@ -28,6 +28,7 @@ from mlxctl.errors import SpecError
 from mlxctl.runtimes.base import ProbeSpec, ServerLaunch
 from mlxctl.runtimes.litellm import (
     GATEWAY_ENV,
+    KEY_FILE_ENV,
     MASTER_KEY_ENV,
     REMOTE_KEY_ENV_PREFIX,
     RemoteRoute,
@@ -143,9 +144,14 @@ def _tier_service(tier: SourcedTier, port: int, ctx: ResolveContext) -> DesiredS
     )
 
 
+def generated_key_path(state_dir: Path) -> Path:
+    """Where mlxctl keeps the gateway key it generated (mode 0600)."""
+    return state_dir / GATEWAY / "master_key"
+
+
 def master_key_ref(stack: StackSet, state_dir: Path) -> str:
     """The gateway key reference: the user's, or the key mlxctl generated (mode 0600)."""
-    return stack.gateway.master_key or f"${{file:{state_dir / GATEWAY / 'master_key'}}}"
+    return stack.gateway.master_key or f"${{file:{generated_key_path(state_dir)}}}"
 
 
 def remote_key_env(name: str) -> str:
@@ -196,6 +202,8 @@ def _gateway_service(
         routes, remotes=remotes, fallbacks=fallbacks, retries=gw.retries, timeout=gw.timeout
     )
     env_pairs = [*GATEWAY_ENV, (MASTER_KEY_ENV, master_key_ref(stack, ctx.state_dir))]
+    if gw.master_key is None:
+        env_pairs.append((KEY_FILE_ENV, str(generated_key_path(ctx.state_dir))))
     env_pairs += [(remote_key_env(r.name), r.api_key) for r in gw.remotes if r.api_key]
     env = tuple(sorted(env_pairs))
     where = f"{stack.files[0] if stack.files else '<stack>'}: gateway"

@@ -76,15 +76,19 @@ class Gateway:
     """The app's state: the master key, the current routing table, the backend client."""
 
     def __init__(self, key: str, table: RoutingTable) -> None:
-        if not key:
-            raise ValueError("the gateway needs a master key")
-        self._key = key.encode()
+        self._key = b""
+        self.set_key(key)
         self.table = table
         self.requests_done = 0
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(table.config.timeout, connect=CONNECT_TIMEOUT),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
         )
+
+    def set_key(self, key: str) -> None:
+        if not key.strip():
+            raise ValueError("the gateway needs a master key")
+        self._key = key.strip().encode()
 
     def authorized(self, request: Request) -> bool:
         header = request.headers.get("authorization", "")
@@ -164,8 +168,8 @@ class Gateway:
     ) -> Response:
         """Through ``litellm.Router``: its retries, timeouts and fallbacks (local or remote)."""
         params = dict(checked.params)
-        router = table.router
         try:
+            router = await table.router()
             if endpoint == "chat":
                 result = await router.acompletion(model=name, **params)
             else:

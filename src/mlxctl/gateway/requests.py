@@ -52,7 +52,7 @@ class Checked:
 
 
 @cache
-def _adapters(
+def request_adapters(
     endpoint: Endpoint,
 ) -> tuple[TypeAdapter[Any], dict[str, TypeAdapter[Any]], frozenset[str]]:
     """The top-level adapter, adapters for list fields, and the schema's field names.
@@ -110,7 +110,7 @@ def check_request(body: Any, endpoint: Endpoint) -> Checked:
             code="unsupported_parameter",
             param=loaders[0],
         )
-    top, lists, fields = _adapters(endpoint)
+    top, lists, fields = request_adapters(endpoint)
     try:
         top.validate_python(body)
     except ValidationError as exc:

@@ -65,7 +65,12 @@ def router_kwargs(config: GatewayConfig, environ: Mapping[str, str]) -> dict[str
 
 
 class RoutingTable:
-    """The routes of one version of the routes file."""
+    """The routes of one version of the routes file.
+
+    The ``litellm.Router`` is built on first need (:meth:`router`), in a thread: importing
+    LiteLLM takes ~6-12 s here, and the fast path never needs it, so the gateway serves
+    within a second or two of its start while the Router warms up behind it.
+    """
 
     def __init__(
         self,
@@ -74,11 +79,11 @@ class RoutingTable:
         previous: RoutingTable | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
-        from litellm.router import Router
-
         self.config = config
         self.names = config.public_names()
-        self.router = Router(**router_kwargs(config, os.environ if environ is None else environ))
+        self._environ = os.environ if environ is None else environ
+        self._router: Any = None
+        self._building: asyncio.Lock | None = None
         old = previous.gates if previous else {}
         self.gates: dict[str, Gate] = {}
         for route in config.routes:
@@ -87,6 +92,21 @@ class RoutingTable:
             if gate is None or gate.key != key:
                 gate = Gate(key, asyncio.Semaphore(route.max_concurrency))
             self.gates[route.name] = gate
+
+    def _build_router(self) -> Any:
+        from litellm.router import Router
+
+        return Router(**router_kwargs(self.config, self._environ))
+
+    async def router(self) -> Any:
+        """The ``litellm.Router`` of these routes (built once, off the event loop)."""
+        if self._router is None:
+            if self._building is None:
+                self._building = asyncio.Lock()
+            async with self._building:
+                if self._router is None:
+                    self._router = await asyncio.to_thread(self._build_router)
+        return self._router
 
     def resolve(self, name: str) -> str | None:
         """The route a public name (tier name or alias) reaches, or None."""

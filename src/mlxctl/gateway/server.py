@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 
 from mlxctl.gateway.app import Gateway, build_app, log
+from mlxctl.gateway.requests import request_adapters
 from mlxctl.gateway.routing import RoutingTable
-from mlxctl.runtimes.litellm import MASTER_KEY_ENV, GatewayConfig, parse_config
+from mlxctl.runtimes.litellm import KEY_FILE_ENV, MASTER_KEY_ENV, GatewayConfig, parse_config
 
 POLL_SECONDS = 0.5
 
@@ -55,14 +56,41 @@ def read_config(path: Path) -> GatewayConfig:
     return parse_config(path.read_text(encoding="utf-8"))
 
 
-class Reloader:
-    """Swaps the gateway's routing table when the routes file changes."""
+def read_key(key_file: Path | None) -> str:
+    """The master key: the generated key's file when there is one, else the environment."""
+    if key_file is not None:
+        try:
+            key = key_file.read_text(encoding="utf-8").strip()
+        except OSError:
+            key = ""
+        if key:
+            return key
+    return os.environ.get(MASTER_KEY_ENV, "").strip()
 
-    def __init__(self, gateway: Gateway, path: Path) -> None:
+
+class Reloader:
+    """Swaps the routing table when the routes file changes, and the key when its file does."""
+
+    def __init__(self, gateway: Gateway, path: Path, key_file: Path | None = None) -> None:
         self.gateway = gateway
         self.path = path
         self.stamp = _stamp(path)
+        self.key_file = key_file
+        self.key_stamp = _stamp(key_file) if key_file else None
         self.wake = asyncio.Event()
+        self.warm: asyncio.Future[object] | None = None
+
+    def reload_key(self) -> None:
+        if self.key_file is None:
+            return
+        stamp = _stamp(self.key_file)
+        if stamp is None or stamp == self.key_stamp:
+            return
+        self.key_stamp = stamp
+        key = read_key(self.key_file)
+        if key:
+            self.gateway.set_key(key)
+            log(f"master key re-read from {self.key_file}")
 
     def reload(self) -> bool:
         stamp = _stamp(self.path)
@@ -75,6 +103,7 @@ class Reloader:
             if config == self.gateway.table.config:
                 return False
             table = RoutingTable(config, previous=self.gateway.table)
+            self.warm = asyncio.ensure_future(table.router())
         except Exception as exc:  # a bad file must never take the serving routes down
             log(f"routes file {self.path} not loaded, keeping the current routes: {exc}")
             return False
@@ -88,6 +117,7 @@ class Reloader:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), POLL_SECONDS)
             self.wake.clear()
+            self.reload_key()
             self.reload()
 
 
@@ -106,12 +136,14 @@ async def serve(config_path: Path, host: str, port: int) -> None:
     import uvicorn
 
     started = time.perf_counter()
-    key = os.environ.get(MASTER_KEY_ENV, "")
+    key_file = Path(os.environ[KEY_FILE_ENV]) if os.environ.get(KEY_FILE_ENV) else None
+    key = read_key(key_file)
     if not key:
-        raise SystemExit(f"gateway: no master key in {MASTER_KEY_ENV}")
-    _quiet_litellm()
+        raise SystemExit(f"gateway: no master key in {MASTER_KEY_ENV} or {KEY_FILE_ENV}")
     gateway = Gateway(key, RoutingTable(read_config(config_path)))
-    reloader = Reloader(gateway, config_path)
+    for endpoint in ("chat", "text"):  # the OpenAI schema, compiled before the first request
+        request_adapters(endpoint)
+    reloader = Reloader(gateway, config_path, key_file)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, reloader.wake.set)
     watcher = asyncio.create_task(reloader.run())
@@ -126,9 +158,17 @@ async def serve(config_path: Path, host: str, port: int) -> None:
         )
     )
     sock = bind(host, port)
-    log(f"serving {', '.join(gateway.table.models())} on {host}:{port} "
-        f"({time.perf_counter() - started:.2f} s to build the routes)")  # fmt: skip
+    models = ", ".join(gateway.table.models())
+    log(f"serving {models} on {host}:{port} ({time.perf_counter() - started:.2f} s after start)")
+
+    async def warm_router() -> None:
+        await asyncio.to_thread(_quiet_litellm)
+        await gateway.table.router()
+        log(f"litellm.Router ready ({time.perf_counter() - started:.2f} s after start)")
+
+    warming = asyncio.create_task(warm_router())
     try:
         await server.serve(sockets=[sock])
     finally:
         watcher.cancel()
+        warming.cancel()

@@ -23,6 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from mlxctl.runtimes.base import HOST, Http, ProbeMode, ProbeResult, Runtime
 
 MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
+# The generated key's file (a path, no secret): the gateway re-reads it when it is
+# replaced, so ``mlxctl gateway key --rotate`` takes effect without a restart.
+KEY_FILE_ENV = "MLXCTL_GATEWAY_KEY_FILE"
 # Environment variable that carries the remote fallback ``NAME``'s API key.
 REMOTE_KEY_ENV_PREFIX = "MLXCTL_REMOTE_KEY_"
 
