@@ -201,3 +201,29 @@ def test_routes_do_not_move_the_gateway_hash_but_its_port_does(tmp_path: Path) -
     moved = resolve(tmp_path, STACK.replace("port: 4000", "port: 4001")).gateway
     assert moved.spec_hash != base.spec_hash
     json.loads(moved.files[0][1])  # the file is JSON
+
+
+def test_a_vllm_mlx_catalog_tier_gets_its_parsers_from_the_catalog(tmp_path: Path) -> None:
+    from mlxctl.desired.state import ModelRef
+
+    def fake_ref(tier: Any) -> ModelRef:
+        return ModelRef("hf", f"hf:{tier.spec.model}", tmp_path, str(tier.spec.model))
+
+    ctx = ResolveContext(
+        python=Path("/py/bin/python"), state_dir=Path("/state"), environ={}, resolve_model=fake_ref
+    )
+    body = """\
+        tiers:
+          - {name: agent, runtime: vllm-mlx, model: qwen3-14b, port: 8001}
+          - {name: mine, runtime: vllm-mlx, model: qwen3-14b, port: 8002,
+             args: {tool-call-parser: hermes, reasoning-parser: false}}
+          - {name: plain, runtime: mlx-lm, model: qwen3-14b, port: 8003}
+        """
+    desired = resolve_desired(load_stack_set([write(tmp_path, body)]), ctx)
+    argv = {t.name: " ".join(t.argv) for t in desired.tiers}
+    assert (
+        "--enable-auto-tool-choice --reasoning-parser qwen3 --tool-call-parser qwen3"
+        in argv["agent"]
+    )
+    assert "--tool-call-parser hermes" in argv["mine"] and "reasoning" not in argv["mine"]
+    assert "parser" not in argv["plain"]  # mlx_lm.server reads tool calls from the template

@@ -24,8 +24,8 @@ from mlxctl.desired.state import (
     DesiredState,
     ModelRef,
 )
-from mlxctl.errors import SpecError
-from mlxctl.runtimes.base import ProbeSpec, ServerLaunch
+from mlxctl.errors import NotFoundError, SpecError
+from mlxctl.runtimes.base import ArgValue, ProbeSpec, ServerLaunch
 from mlxctl.runtimes.litellm import (
     GATEWAY_ENV,
     KEY_FILE_ENV,
@@ -40,6 +40,7 @@ from mlxctl.runtimes.litellm import RUNTIME as GATEWAY_RUNTIME
 from mlxctl.runtimes.registry import runtime as runtime_named
 from mlxctl.spec import secrets
 from mlxctl.spec.loader import SourcedTier, StackSet
+from mlxctl.spec.schema import TierSpec
 
 ModelResolver = Callable[[SourcedTier], ModelRef]
 
@@ -117,14 +118,15 @@ def _tier_service(tier: SourcedTier, port: int, ctx: ResolveContext) -> DesiredS
     runtime = runtime_named(spec.runtime)
     assert runtime.argv is not None, f"{spec.runtime} is not a model server"
     served = runtime.served_model_name(spec.name)
-    argv = runtime.argv(ServerLaunch(ctx.python, model.directory, port, served, spec.args))
+    args = {**catalog_serving_args(spec), **spec.args}
+    argv = runtime.argv(ServerLaunch(ctx.python, model.directory, port, served, args))
     env = tuple(sorted(spec.env.items()))
     hashed_env = _resolved_env(env, ctx, f"{where}: tier '{spec.name}'")
     launch = {
         "runtime": spec.runtime,
         "model": model.display,
         "port": port,
-        "args": {k: v for k, v in spec.args.items()},
+        "args": dict(args),
         "env": dict(env),
     }
     return DesiredService(
@@ -147,6 +149,28 @@ def _tier_service(tier: SourcedTier, port: int, ctx: ResolveContext) -> DesiredS
 def generated_key_path(state_dir: Path) -> Path:
     """Where mlxctl keeps the gateway key it generated (mode 0600)."""
     return state_dir / GATEWAY / "master_key"
+
+
+def catalog_serving_args(spec: TierSpec) -> dict[str, ArgValue]:
+    """vllm-mlx flags a catalog model's capabilities call for (tool calls, reasoning).
+
+    Without ``--tool-call-parser`` a tool call reaches the client as plain text; the
+    catalog knows each model's parser. The tier's own ``args`` win (``false`` drops one).
+    """
+    if spec.runtime != "vllm-mlx" or not isinstance(spec.model, str):
+        return {}
+    from mlxctl.catalog.entries import load_entry
+
+    try:
+        caps = load_entry(spec.model).capabilities
+    except (NotFoundError, SpecError, OSError, ValueError):
+        return {}  # resolving the model reports an unknown id with its line
+    out: dict[str, ArgValue] = {}
+    if caps.tool_calling and caps.tool_call_parser:
+        out |= {"enable-auto-tool-choice": True, "tool-call-parser": caps.tool_call_parser}
+    if caps.reasoning_parser:
+        out["reasoning-parser"] = caps.reasoning_parser
+    return out
 
 
 def master_key_ref(stack: StackSet, state_dir: Path) -> str:
