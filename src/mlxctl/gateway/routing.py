@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,23 @@ def router_kwargs(config: GatewayConfig, environ: Mapping[str, str]) -> dict[str
     }
 
 
+_IMPORT_LOCK = threading.Lock()
+
+
+def _litellm_router_class() -> Any:
+    """Import LiteLLM once, with nothing in the request path this gateway does not need."""
+    import litellm
+    from litellm.router import Router
+
+    litellm.telemetry = False
+    litellm.suppress_debug_info = True
+    litellm.drop_params = True
+    litellm.callbacks = []
+    litellm.success_callback = []
+    litellm.failure_callback = []
+    return Router
+
+
 class RoutingTable:
     """The routes of one version of the routes file.
 
@@ -94,9 +112,9 @@ class RoutingTable:
             self.gates[route.name] = gate
 
     def _build_router(self) -> Any:
-        from litellm.router import Router
-
-        return Router(**router_kwargs(self.config, self._environ))
+        with _IMPORT_LOCK:  # two threads importing LiteLLM at once see it half-initialised
+            router_class = _litellm_router_class()
+        return router_class(**router_kwargs(self.config, self._environ))
 
     async def router(self) -> Any:
         """The ``litellm.Router`` of these routes (built once, off the event loop)."""

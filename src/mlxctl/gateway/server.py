@@ -31,19 +31,6 @@ from mlxctl.runtimes.litellm import KEY_FILE_ENV, MASTER_KEY_ENV, GatewayConfig,
 POLL_SECONDS = 0.5
 
 
-def _quiet_litellm() -> None:
-    """Nothing in the request path that this gateway does not need."""
-    import litellm
-
-    litellm.telemetry = False
-    litellm.suppress_debug_info = True
-    litellm.drop_params = True
-    litellm.turn_off_message_logging = True
-    litellm.callbacks = []
-    litellm.success_callback = []
-    litellm.failure_callback = []
-
-
 def _stamp(path: Path) -> tuple[int, int, int] | None:
     try:
         st = path.stat()
@@ -162,7 +149,6 @@ async def serve(config_path: Path, host: str, port: int) -> None:
     log(f"serving {models} on {host}:{port} ({time.perf_counter() - started:.2f} s after start)")
 
     async def warm_router() -> None:
-        await asyncio.to_thread(_quiet_litellm)
         await gateway.table.router()
         log(f"litellm.Router ready ({time.perf_counter() - started:.2f} s after start)")
 
