@@ -60,6 +60,7 @@ def routes(ports: dict[str, int], **extra: Any) -> dict[str, Any]:
             route("standard"),
             route("doomed"),
             route("lonely"),  # nothing listens on its port
+            route("tools"),
         ],
         "remotes": [
             {
@@ -87,13 +88,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="module")
 def setup(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     work = tmp_path_factory.mktemp("gateway")
-    names = ("fast", "standard", "doomed", "lonely", "gateway")
+    from mlxctl.testing.tiny_model import build_tool_call_model
+
+    tool_model = build_tool_call_model(work / "tool-model")
+    names = ("fast", "standard", "doomed", "lonely", "tools", "gateway")
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     servers: dict[str, subprocess.Popen[bytes]] = {}
     gateway: subprocess.Popen[bytes] | None = None
     try:
-        for name in ("fast", "standard", "doomed"):
-            argv = [sys.executable, "-m", "mlx_lm", "server", "--model", str(tiny_model)]
+        for name in ("fast", "standard", "doomed", "tools"):
+            model = tool_model if name == "tools" else tiny_model
+            argv = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model)]
             argv += ["--port", str(ports[name])]
             with open(work / f"{name}.log", "wb") as log:
                 servers[name] = subprocess.Popen(
@@ -134,7 +139,7 @@ def setup(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             except httpx.HTTPError:
                 return False
 
-        wait_for(serving, 120, "three tiers and the gateway")
+        wait_for(serving, 120, "four tiers and the gateway")
         yield setup
     finally:
         for proc in [*servers.values(), *([gateway] if gateway else [])]:
@@ -155,7 +160,7 @@ def test_missing_or_wrong_key_is_401_through_the_sdk_and_raw_http(setup: Setup) 
 def test_models_list_names_and_aliases_and_an_alias_answers(setup: Setup) -> None:
     client = setup.client()
     ids = sorted(m.id for m in client.models.list())
-    assert ids == ["doomed", "fast", "gpt-4o-mini", "lonely", "standard"]
+    assert ids == ["doomed", "fast", "gpt-4o-mini", "lonely", "standard", "tools"]
     answer = client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=2)  # type: ignore[arg-type]
     assert answer.choices[0].message.content
 
@@ -167,7 +172,7 @@ def test_an_unknown_model_is_404_naming_the_models(setup: Setup) -> None:
             messages=MSG,  # type: ignore[arg-type]
             max_tokens=1,
         )
-    assert "fast, gpt-4o-mini, lonely, standard" in str(err.value)
+    assert "fast, gpt-4o-mini, lonely, standard, tools" in str(err.value)
 
 
 def test_stop_123_is_refused_and_the_tier_still_serves(setup: Setup) -> None:
@@ -192,6 +197,46 @@ def test_a_stream_arrives_chunk_by_chunk(setup: Setup) -> None:
     ]
     assert len(deltas) >= 2
     assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+
+
+def test_a_tool_call_passes_through_streamed_and_not(setup: Setup) -> None:
+    client = setup.client()
+    answer = client.chat.completions.create(
+        model="tools",
+        messages=MSG,  # type: ignore[arg-type]
+        tools=TOOLS,  # type: ignore[arg-type]
+        max_tokens=8,
+    )
+    (call,) = answer.choices[0].message.tool_calls or []
+    assert call.function.name == "get_weather"  # type: ignore[union-attr]
+    assert json.loads(call.function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+    assert answer.choices[0].finish_reason == "tool_calls"
+    stream = client.chat.completions.create(
+        model="tools",
+        messages=MSG,  # type: ignore[arg-type]
+        tools=TOOLS,  # type: ignore[arg-type]
+        max_tokens=8,
+        stream=True,
+    )
+    names = [
+        tc.function.name
+        for chunk in stream
+        if chunk.choices and chunk.choices[0].delta.tool_calls
+        for tc in chunk.choices[0].delta.tool_calls
+        if tc.function and tc.function.name
+    ]
+    assert names == ["get_weather"]
 
 
 def test_eight_concurrent_requests_all_answer_through_a_gate_of_two(setup: Setup) -> None:
