@@ -61,6 +61,7 @@ def routes(ports: dict[str, int], **extra: Any) -> dict[str, Any]:
             route("doomed"),
             route("lonely"),  # nothing listens on its port
             route("tools"),
+            route("late"),  # started by a test while a request waits for it
         ],
         "remotes": [
             {
@@ -91,7 +92,7 @@ def setup(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     from mlxctl.testing.tiny_model import build_tool_call_model
 
     tool_model = build_tool_call_model(work / "tool-model")
-    names = ("fast", "standard", "doomed", "lonely", "tools", "gateway")
+    names = ("fast", "standard", "doomed", "lonely", "tools", "late", "gateway")
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     servers: dict[str, subprocess.Popen[bytes]] = {}
     gateway: subprocess.Popen[bytes] | None = None
@@ -160,7 +161,7 @@ def test_missing_or_wrong_key_is_401_through_the_sdk_and_raw_http(setup: Setup) 
 def test_models_list_names_and_aliases_and_an_alias_answers(setup: Setup) -> None:
     client = setup.client()
     ids = sorted(m.id for m in client.models.list())
-    assert ids == ["doomed", "fast", "gpt-4o-mini", "lonely", "standard", "tools"]
+    assert ids == ["doomed", "fast", "gpt-4o-mini", "late", "lonely", "standard", "tools"]
     answer = client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=2)  # type: ignore[arg-type]
     assert answer.choices[0].message.content
 
@@ -172,7 +173,7 @@ def test_an_unknown_model_is_404_naming_the_models(setup: Setup) -> None:
             messages=MSG,  # type: ignore[arg-type]
             max_tokens=1,
         )
-    assert "fast, gpt-4o-mini, lonely, standard, tools" in str(err.value)
+    assert "fast, gpt-4o-mini, late, lonely, standard, tools" in str(err.value)
 
 
 def test_stop_123_is_refused_and_the_tier_still_serves(setup: Setup) -> None:
@@ -269,6 +270,33 @@ def test_a_dead_tier_is_answered_by_its_fallback(setup: Setup) -> None:
     # One failure never takes a tier out of service: no cooldown on the next request.
     assert setup.post({"model": "fast", "messages": MSG, "max_tokens": 1}).status_code == 200
     assert "did not answer; the Router retries" in setup.log.read_text()
+
+
+def test_a_request_waits_for_a_tier_that_is_starting(
+    setup: Setup, tiny_model: Path, tmp_path: Path
+) -> None:
+    answers: list[httpx.Response] = []
+    asking = threading.Thread(
+        target=lambda: answers.append(
+            setup.post({"model": "late", "messages": MSG, "max_tokens": 1})
+        )
+    )
+    asking.start()
+    time.sleep(1.0)
+    assert asking.is_alive()  # held: nothing listens on the tier's port yet
+    argv = [sys.executable, "-m", "mlx_lm", "server", "--model", str(tiny_model)]
+    with open(tmp_path / "late.log", "wb") as log:
+        server = subprocess.Popen(
+            [*argv, "--port", str(setup.ports["late"])],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        asking.join(60)
+        assert [a.status_code for a in answers] == [200], answers[0].text if answers else ""
+    finally:
+        stop(server)
 
 
 def test_the_remote_fallback_gets_its_key_from_the_environment_only(setup: Setup) -> None:

@@ -20,6 +20,7 @@ is where on-demand start and request accounting hook in.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import sys
@@ -42,6 +43,7 @@ PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "text": "/v1/compl
 # A refused connection is known at once; a tier that accepts but never answers
 # headers is slow, not dead, and gets the whole request timeout.
 CONNECT_TIMEOUT = 5.0
+HOLD_POLL = 0.25
 
 
 def error(
@@ -116,7 +118,7 @@ class Gateway:
         try:
             route = table.config.route(name)
             if route is not None and table.config.fast_path:
-                answer = await self._relay(route, checked, endpoint, release)
+                answer = await self._relay(table, route, checked, endpoint, release)
                 if answer is not None:
                     return answer
                 log(f"tier '{name}' did not answer; the Router retries it and its fallbacks")
@@ -126,15 +128,31 @@ class Gateway:
             raise
 
     async def _relay(
-        self, route: Route, checked: Checked, endpoint: Endpoint, release: Callable[[], None]
+        self,
+        table: RoutingTable,
+        route: Route,
+        checked: Checked,
+        endpoint: Endpoint,
+        release: Callable[[], None],
     ) -> Response | None:
         """The fast path: the tier's answer as is, or None when the tier failed to answer."""
         body = {**checked.params, "model": route.served_model}
         url = f"http://{HOST}:{route.port}{PATHS[endpoint]}"
+        # A tier without a fallback that refuses connections is restarting (or starting):
+        # hold the request until it listens again, up to ``hold`` seconds.
+        config = table.config
+        held_until = None if config.fallbacks.get(route.name) else time.monotonic() + config.hold
         try:
-            resp = await self.client.send(
-                self.client.build_request("POST", url, json=body), stream=True
-            )
+            while True:
+                try:
+                    resp = await self.client.send(
+                        self.client.build_request("POST", url, json=body), stream=True
+                    )
+                    break
+                except httpx.ConnectError:
+                    if held_until is None or time.monotonic() >= held_until:
+                        raise
+                    await asyncio.sleep(HOLD_POLL)
         except httpx.TimeoutException as exc:
             if isinstance(exc, httpx.ConnectTimeout):
                 return None

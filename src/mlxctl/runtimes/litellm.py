@@ -81,6 +81,9 @@ class GatewayConfig(_Frozen):
     # only when the tier fails (False: every request through the Router; measured in
     # docs/gateway.md, it costs ~7 ms a request here).
     fast_path: bool = True
+    # Seconds a request waits for a tier that refuses connections (it is restarting)
+    # when the tier has no fallback to go to instead.
+    hold: float = Field(default=30.0, ge=0)
 
     def route(self, name: str) -> Route | None:
         return next((r for r in self.routes if r.name == name), None)
