@@ -227,3 +227,56 @@ def test_a_vllm_mlx_catalog_tier_gets_its_parsers_from_the_catalog(tmp_path: Pat
     )
     assert "--tool-call-parser hermes" in argv["mine"] and "reasoning" not in argv["mine"]
     assert "parser" not in argv["plain"]  # mlx_lm.server reads tool calls from the template
+
+
+def test_a_replaced_routes_file_is_reloaded_and_a_broken_one_is_not(tmp_path: Path) -> None:
+    from mlxctl.gateway.app import Gateway
+    from mlxctl.gateway.routing import RoutingTable
+    from mlxctl.gateway.server import Reloader
+
+    path = tmp_path / "routes.json"
+    path.write_text(config().model_dump_json())
+    gateway = Gateway("sk-k", RoutingTable(parse_config(path.read_text())))
+    reloader = Reloader(gateway, path)
+    old = gateway.table
+    assert reloader.reload() is False  # unchanged file: nothing to do
+
+    grown = config(fallbacks={"fast": ("standard",)}).model_copy(
+        update={"routes": (*config().routes, Route(name="extra", port=8003, served_model="x"))}
+    )
+    tmp = tmp_path / "new.json"
+    tmp.write_text(grown.model_dump_json())
+    tmp.replace(path)  # the way mlxctl writes it: a new file renamed over the old
+    assert reloader.reload() is True
+    assert gateway.table is not old and gateway.table.resolve("extra") == "extra"
+    # An unchanged tier keeps its gate (a reload never lets a burst through).
+    assert gateway.table.gates["fast"] is old.gates["fast"]
+
+    tmp.write_text("{not json")
+    tmp.replace(path)
+    current = gateway.table
+    assert reloader.reload() is False and gateway.table is current
+
+
+def test_a_rotated_key_file_replaces_the_key(tmp_path: Path) -> None:
+    from mlxctl.gateway.app import Gateway
+    from mlxctl.gateway.routing import RoutingTable
+    from mlxctl.gateway.server import Reloader, read_key
+
+    key_file = tmp_path / "master_key"
+    key_file.write_text("sk-old\n")
+    routes = tmp_path / "routes.json"
+    routes.write_text(config().model_dump_json())
+    gateway = Gateway(read_key(key_file), RoutingTable(config()))
+    reloader = Reloader(gateway, routes, key_file)
+    new = tmp_path / "k.tmp"
+    new.write_text("sk-new\n")
+    new.replace(key_file)
+    from starlette.requests import Request
+
+    def with_key(key: str) -> Request:
+        return Request({"type": "http", "headers": [(b"authorization", f"Bearer {key}".encode())]})
+
+    assert gateway.authorized(with_key("sk-old"))
+    reloader.reload_key()
+    assert gateway.authorized(with_key("sk-new")) and not gateway.authorized(with_key("sk-old"))
