@@ -34,6 +34,10 @@ def canonical(stack: StackSet, assigned_ports: Mapping[str, int]) -> dict[str, A
             tier["context"] = t.context
         if t.startup_timeout is not None:
             tier["startupTimeout"] = t.startup_timeout
+        if t.aliases:
+            tier["aliases"] = list(t.aliases)
+        if t.fallbacks:
+            tier["fallbacks"] = list(t.fallbacks)
         tier["source"] = f"{sourced.file}:{sourced.line}"
         tiers.append(tier)
     gw = stack.gateway
@@ -41,7 +45,15 @@ def canonical(stack: StackSet, assigned_ports: Mapping[str, int]) -> dict[str, A
         "gateway": {
             "enabled": gw.enabled,
             "port": gw.port,
+            "host": gw.host,
             "masterKey": gw.master_key or "(generated, stored in the state directory)",
+            "retries": gw.retries,
+            "timeout": gw.timeout,
+            **(
+                {"remotes": [r.model_dump(by_alias=True, exclude_none=True) for r in gw.remotes]}
+                if gw.remotes
+                else {}
+            ),
         },
         "tiers": tiers,
     }
