@@ -241,18 +241,18 @@ def start_backend(model: Path, work: Path) -> tuple[Proc, str]:
     return proc, base
 
 
-def start_gateways(backend_port: int, work: Path) -> dict[str, tuple[Proc, str, float]]:
+DESIGNS = ("litellm-proxy", "mlxctl-router", "mlxctl-gateway")
+
+
+def start_gateways(
+    backend_port: int, work: Path, designs: tuple[str, ...] = DESIGNS
+) -> dict[str, tuple[Proc, str, float]]:
     gateways: dict[str, tuple[Proc, str, float]] = {}
-    pport = free_port()
-    pcfg = work / "proxy.yaml"
-    pcfg.write_text(json.dumps(proxy_config(backend_port)))
-    argv = [str(PY.parent / "litellm"), "--config", str(pcfg), "--host", "127.0.0.1",
-            "--port", str(pport), "--num_workers", "1"]  # fmt: skip
-    proxy = Proc(argv, work / "proxy.log")
-    gateways["litellm-proxy"] = (proxy, f"http://127.0.0.1:{pport}", 0.0)
-    took = wait_ready(f"http://127.0.0.1:{pport}/health/liveliness", proxy)
-    gateways["litellm-proxy"] = (proxy, f"http://127.0.0.1:{pport}", took)
+    if "litellm-proxy" in designs:
+        start_proxy(backend_port, work, gateways)
     for name, fast_path in (("mlxctl-router", False), ("mlxctl-gateway", True)):
+        if name not in designs:
+            continue
         port = free_port()
         cfg = work / f"{name}.json"
         cfg.write_text(json.dumps(ours_config(backend_port, fast_path=fast_path)))
@@ -263,6 +263,20 @@ def start_gateways(backend_port: int, work: Path) -> dict[str, tuple[Proc, str, 
         # Measured from here on with LiteLLM imported and its Router built.
         wait_log(work / f"{name}.log", "litellm.Router ready")
     return gateways
+
+
+def start_proxy(
+    backend_port: int, work: Path, gateways: dict[str, tuple[Proc, str, float]]
+) -> None:
+    pport = free_port()
+    pcfg = work / "proxy.yaml"
+    pcfg.write_text(json.dumps(proxy_config(backend_port)))
+    argv = [str(PY.parent / "litellm"), "--config", str(pcfg), "--host", "127.0.0.1",
+            "--port", str(pport), "--num_workers", "1"]  # fmt: skip
+    proxy = Proc(argv, work / "proxy.log")
+    gateways["litellm-proxy"] = (proxy, f"http://127.0.0.1:{pport}", 0.0)
+    took = wait_ready(f"http://127.0.0.1:{pport}/health/liveliness", proxy)
+    gateways["litellm-proxy"] = (proxy, f"http://127.0.0.1:{pport}", took)
 
 
 def wait_log(path: Path, text: str, timeout: float = 120) -> None:
@@ -278,6 +292,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=200)
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--designs", default=",".join(DESIGNS), help=f"comma-separated, of {', '.join(DESIGNS)}"
+    )
     args = parser.parse_args()
     from mlxctl.testing.tiny_model import build_tiny_model
 
@@ -290,7 +307,8 @@ def main() -> None:
         "versions": {p: version(p) for p in ("litellm", "mlx-lm", "starlette", "uvicorn", "httpx")},
     }
     try:
-        gateways = start_gateways(int(direct.rsplit(":", 1)[1]), work)
+        designs = tuple(d for d in DESIGNS if d in args.designs.split(","))
+        gateways = start_gateways(int(direct.rsplit(":", 1)[1]), work, designs)
         targets = {"direct": (direct, "default_model")}
         targets |= {name: (base, "fast") for name, (_, base, _) in gateways.items()}
         for _, base, _ in gateways.values():  # warm each path
@@ -319,19 +337,19 @@ def main() -> None:
         result["errors"] = {
             name: error_cases(gateways[name][1], direct)
             for name in ("mlxctl-gateway", "mlxctl-router", "litellm-proxy")
+            if name in gateways
         }
     finally:
         for proc, _, _ in gateways.values():
             proc.stop()
         backend.stop()
-    print(render(result, args.requests))
+    print(render(result, args.requests, designs))
     if args.json:
         write_results(args.json, "gateway", result)
 
 
-def render(r: dict[str, Any], n: int) -> str:
+def render(r: dict[str, Any], n: int, names: tuple[str, ...] = DESIGNS) -> str:
     lines = [f"machine: {r['machine']}; versions: {r['versions']}", ""]
-    names = ("litellm-proxy", "mlxctl-router", "mlxctl-gateway")
     lines.append(f"{'measure':<34}" + "".join(f"{n:>16}" for n in names))
 
     def row(label: str, values: dict[str, Any]) -> None:
