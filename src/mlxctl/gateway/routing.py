@@ -10,6 +10,7 @@ is unchanged, so a reload never lets a burst through to a busy backend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import Mapping
@@ -80,6 +81,28 @@ def _litellm_router_class() -> Any:
     litellm.success_callback = []
     litellm.failure_callback = []
     return Router
+
+
+def warm_litellm() -> None:
+    """Run LiteLLM's request path once against a port that refuses, in this thread.
+
+    Its first real call imports the provider code (~3-4 s here): without this, the
+    first request that fails over would wait that long. A socket bound but not
+    listening refuses at once, so nothing is sent anywhere.
+    """
+    import socket
+
+    with _IMPORT_LOCK:
+        router_class = _litellm_router_class()
+    with socket.socket() as closed:
+        closed.bind((HOST, 0))
+        port = closed.getsockname()[1]
+        warm = Route(name="warm-up", port=port, served_model="warm-up")
+        router = router_class(model_list=[deployment(warm)], num_retries=0, disable_cooldowns=True)
+        call = router.acompletion(model="warm-up", messages=[{"role": "user", "content": "."}])
+        # The refusal is the point: the code path is imported now.
+        with contextlib.suppress(Exception):
+            asyncio.run(call)
 
 
 class RoutingTable:

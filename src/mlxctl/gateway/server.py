@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mlxctl.gateway.app import Gateway, build_app, log
 from mlxctl.gateway.requests import request_adapters
-from mlxctl.gateway.routing import RoutingTable
+from mlxctl.gateway.routing import RoutingTable, warm_litellm
 from mlxctl.runtimes.litellm import KEY_FILE_ENV, MASTER_KEY_ENV, GatewayConfig, parse_config
 
 POLL_SECONDS = 0.5
@@ -150,6 +150,7 @@ async def serve(config_path: Path, host: str, port: int) -> None:
 
     async def warm_router() -> None:
         await gateway.table.router()
+        await asyncio.to_thread(warm_litellm)
         log(f"litellm.Router ready ({time.perf_counter() - started:.2f} s after start)")
 
     warming = asyncio.create_task(warm_router())
