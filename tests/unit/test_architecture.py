@@ -32,6 +32,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "mlxctl"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "files", "paths"),
     ("runtimes",),  # runtime adapters: data and pure functions
+    ("gateway",),  # the gateway process (its own program: only errors, paths, runtimes below it)
     ("spec",),  # the stack files as written
     ("catalog",),  # knowledge
     ("capacity",),  # knowledge: hardware, memory, init
@@ -135,6 +136,24 @@ def test_imports_go_down_the_layers(module: str) -> None:
         if imported.startswith("mlxctl.") and RANK.get(folder(imported), -1) > rank
     )
     assert upward == [], f"{module} imports a higher layer"
+
+
+def test_the_gateway_stands_alone() -> None:
+    """The gateway runs in its own process: it sees only errors, paths and runtimes, and
+    nothing else in mlxctl imports it (the core talks to it through its routes file)."""
+    inside = [m for m in all_modules() if folder(m) == "gateway"]
+    assert "mlxctl.gateway.app" in inside  # the check sees the package
+    allowed = {"gateway", "errors", "paths", "runtimes"}
+    for module in inside:
+        below = {folder(i) for i in runtime_imports(module) if i.startswith("mlxctl.")}
+        assert below <= allowed, f"{module} imports {below - allowed}"
+    users = [
+        m
+        for m in all_modules()
+        if folder(m) != "gateway"
+        and any(i.startswith("mlxctl.gateway") for i in runtime_imports(m))
+    ]
+    assert users == []
 
 
 def adapters(kind: str) -> dict[str, str]:

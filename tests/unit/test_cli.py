@@ -173,3 +173,36 @@ def test_gateway_key_before_the_gateway_ever_started_is_not_found(
         "error: no gateway key yet: mlxctl generates it when the gateway first starts "
         "(mlxctl reconcile --once)"
     )
+
+
+def test_gateway_key_rotate_replaces_the_generated_key_privately(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MLXCTL_HOME", str(tmp_path / "home"))
+    stack = tmp_path / "s.yaml"
+    stack.write_text(
+        "apiVersion: mlxctl/v1\nkind: Stack\nmetadata: {name: t}\nspec:\n"
+        "  tiers: [{name: fast, runtime: mlx-lm, model: {path: /m}}]\n"
+    )
+    assert main(["gateway", "key", "--rotate", str(stack)]) == 0
+    first = capsys.readouterr().out.strip()
+    assert main(["gateway-key", "--rotate", str(stack)]) == 0  # the old spelling works too
+    second = capsys.readouterr().out.strip()
+    assert first.startswith("sk-mlxctl-") and second.startswith("sk-mlxctl-") and first != second
+    key_file = tmp_path / "home" / "state" / "gateway" / "master_key"
+    assert key_file.read_text().strip() == second and key_file.stat().st_mode & 0o777 == 0o600
+    assert main(["gateway", "key", str(stack)]) == 0
+    assert capsys.readouterr().out.strip() == second
+
+
+def test_gateway_key_rotate_refuses_a_key_the_user_owns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = tmp_path / "s.yaml"
+    stack.write_text(
+        "apiVersion: mlxctl/v1\nkind: Stack\nmetadata: {name: t}\nspec:\n"
+        "  gateway: {masterKey: '${env:MY_KEY}'}\n"
+        "  tiers: [{name: fast, runtime: mlx-lm, model: {path: /m}}]\n"
+    )
+    assert main(["gateway", "key", "--rotate", str(stack)]) == 2
+    assert "${env:MY_KEY}" in capsys.readouterr().err

@@ -40,5 +40,7 @@ def test_launch_hashes_are_those_of_the_release_before(tmp_path: Path) -> None:
     assert {s.name: s.spec_hash for s in desired.services} == {
         "fast": "v1:d3211b2718d50de02f90b2b6",
         "agent": "v1:c1e78df25e1aa57c17eae355",
-        "gateway": "v1:01ab7742af733ec26e6e6711",
+        # Moved on purpose (issue #10): the gateway became mlxctl's own program and its
+        # routes left the hash (they reload in place), so an upgrade restarts it once.
+        "gateway": "v1:f6da928cf3cfe74de39b0ae9",
     }

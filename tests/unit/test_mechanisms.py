@@ -19,7 +19,7 @@ from mlxctl.paths import default_paths
 from mlxctl.plan.backoff import BackoffPolicy
 from mlxctl.reconcile.lock import StateLock
 from mlxctl.runtimes.base import render_args
-from mlxctl.runtimes.litellm import Route, render_config
+from mlxctl.runtimes.litellm import RemoteRoute, Route, parse_config, render_config
 from mlxctl.spec import secrets
 
 
@@ -29,15 +29,21 @@ def test_args_render_sorted_with_bare_and_omitted_flags() -> None:
 
 
 def test_gateway_config_pins_each_name_to_its_tier_and_holds_no_secret() -> None:
-    config = json.loads(render_config([Route("b", 8002, "b"), Route("a", 8001, "default_model")]))
-    assert [m["model_name"] for m in config["model_list"]] == ["a", "b"]
-    assert config["model_list"][0]["litellm_params"] == {
-        "model": "openai/default_model",
-        "api_base": "http://127.0.0.1:8001/v1",
-        "api_key": "none",
-    }
-    assert config["general_settings"]["master_key"] == "os.environ/LITELLM_MASTER_KEY"
-    assert "fallbacks" not in config["general_settings"]
+    routes = [
+        Route(name="b", port=8002, served_model="b"),
+        Route(name="a", port=8001, served_model="default_model", aliases=("gpt-4o-mini",)),
+    ]
+    remote = RemoteRoute(
+        name="cloud", model="openrouter/x/y", api_key_env="MLXCTL_REMOTE_KEY_CLOUD"
+    )
+    text = render_config(routes, remotes=[remote], fallbacks={"a": ["b", "cloud"], "b": []})
+    config = parse_config(text)
+    assert [r.name for r in config.routes] == ["a", "b"]
+    assert config.public_names() == {"a": "a", "b": "b", "gpt-4o-mini": "a"}
+    assert config.fallbacks == {"a": ("b", "cloud")}  # an empty list is left out
+    assert json.loads(text)["remotes"][0]["api_key_env"] == "MLXCTL_REMOTE_KEY_CLOUD"
+    # Same routes in another order: the same bytes (no needless reload).
+    assert render_config(routes[::-1], remotes=[remote], fallbacks={"a": ["b", "cloud"]}) == text
 
 
 def test_secret_references_resolve_and_report_missing() -> None:

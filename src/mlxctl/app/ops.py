@@ -61,3 +61,21 @@ def gateway_key(paths: Paths, stack: StackSet, environ: Mapping[str, str] | None
             "no gateway key yet: mlxctl generates it when the gateway first starts "
             "(mlxctl reconcile --once)"
         ) from None
+
+
+def rotate_gateway_key(paths: Paths, stack: StackSet) -> None:
+    """Replace the generated key atomically (0600); the running gateway re-reads it in
+    place (no restart). A key the stack names is the user's to change."""
+    import secrets as pysecrets
+
+    from mlxctl.desired.resolve import generated_key_path
+    from mlxctl.machine.inventory import write_atomic
+
+    if stack.gateway.master_key is not None:
+        raise MlxctlError(
+            f"the gateway key is yours ({stack.gateway.master_key}): change it there, "
+            "then run mlxctl reconcile --once (only the gateway restarts)",
+            exit_code=ExitCode.USAGE,
+        )
+    path = generated_key_path(paths.state)
+    write_atomic(path, "sk-mlxctl-" + pysecrets.token_urlsafe(32) + "\n", mode=0o600)

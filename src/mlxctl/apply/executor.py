@@ -95,6 +95,13 @@ class Executor:
             service = desired.get(action.target)
             assert service is not None, f"plan starts unknown service {action.target}"
             return self._start(action, service, record)
+        if kind == "reconfigure":
+            # Replace the running gateway's routes file atomically: it reloads it in place.
+            service = desired.get(action.target)
+            assert service is not None
+            self._write_files(service)
+            self.ledger.emit(action, "ok")
+            return Outcome(action, True)
         if kind == "prepare":
             service = desired.get(action.target)
             assert service is not None and service.model is not None

@@ -125,11 +125,17 @@ def events(tail_n: int = 50, output: str = "text") -> int:
     return int(ExitCode.OK)
 
 
-def gateway_key(path: Path | None = None, files: tuple[Path, ...] = ()) -> int:
-    """Print the gateway's API key (to use as the Bearer token)."""
+def gateway_key(
+    path: Path | None = None, files: tuple[Path, ...] = (), rotate: bool = False
+) -> int:
+    """Print the gateway's API key (to use as the Bearer token); --rotate replaces it."""
     from mlxctl.app import ops
 
-    print(ops.gateway_key(paths(), load_selected(targets(path, files))))
+    stack = load_selected(targets(path, files))
+    if rotate:
+        ops.rotate_gateway_key(paths(), stack)
+        err("rotated: the running gateway accepts only the new key from its next poll (<1 s)")
+    print(ops.gateway_key(paths(), stack))
     return int(ExitCode.OK)
 
 
@@ -226,7 +232,16 @@ def register(app: click.Group) -> None:
             "--tail", "-n", "tail_n", default=50, show_default=True, help="How many recent events."
         )(output_option(events))
     )
-    app.command("gateway-key")(stack_selection(gateway_key))
+    rotate = click.option(
+        "--rotate", is_flag=True, help="Replace the generated key (the gateway reloads it)."
+    )
+    app.command("gateway-key")(stack_selection(rotate(gateway_key)))
+
+    @app.group("gateway")
+    def gateway_group() -> None:
+        """The gateway in front of every tier."""
+
+    gateway_group.command("key")(stack_selection(rotate(gateway_key)))
     app.command("quickstart")(
         click.option("--timeout", type=float, help="Startup timeout, seconds.")(quickstart)
     )

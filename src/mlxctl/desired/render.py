@@ -63,6 +63,8 @@ def _tier(sourced: SourcedTier, port: int) -> dict[str, Any]:
     tier["startupTimeout"] = t.startup_timeout or runtime_named(t.runtime).startup_timeout
     tier["suspend"] = t.suspend
     tier["dependsOn"] = list(t.depends_on)
+    tier["aliases"] = list(t.aliases)
+    tier["fallbacks"] = list(t.fallbacks)
     return tier
 
 
@@ -75,7 +77,17 @@ def canonical_documents(stack: StackSet, assigned_ports: Mapping[str, int]) -> l
         spec: dict[str, Any] = {}
         if index == 0:  # the shared settings, once
             gw = stack.gateway
-            spec["gateway"] = {"enabled": gw.enabled, "port": gw.port}
+            spec["gateway"] = {
+                "enabled": gw.enabled,
+                "port": gw.port,
+                "host": gw.host,
+                "retries": gw.retries,
+                "timeout": gw.timeout,
+            }
+            if gw.remotes:
+                spec["gateway"]["remotes"] = [
+                    r.model_dump(by_alias=True, exclude_none=True) for r in gw.remotes
+                ]
             if gw.master_key is not None:
                 spec["gateway"]["masterKey"] = gw.master_key
             if stack.memory is not None:

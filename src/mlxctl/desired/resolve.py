@@ -24,9 +24,18 @@ from mlxctl.desired.state import (
     DesiredState,
     ModelRef,
 )
-from mlxctl.errors import MlxctlError, SpecError
+from mlxctl.errors import MlxctlError, NotFoundError, SpecError
 from mlxctl.runtimes.base import ArgValue, ProbeSpec, Runtime, ServerLaunch
-from mlxctl.runtimes.litellm import GATEWAY_ENV, MASTER_KEY_ENV, Route, gateway_argv, render_config
+from mlxctl.runtimes.litellm import (
+    GATEWAY_ENV,
+    KEY_FILE_ENV,
+    MASTER_KEY_ENV,
+    REMOTE_KEY_ENV_PREFIX,
+    RemoteRoute,
+    Route,
+    gateway_argv,
+    render_config,
+)
 from mlxctl.runtimes.litellm import RUNTIME as GATEWAY_RUNTIME
 from mlxctl.runtimes.registry import runtime as runtime_named
 from mlxctl.spec import secrets
@@ -73,7 +82,17 @@ def resolve_desired(stack: StackSet, ctx: ResolveContext) -> DesiredState:
     for tier in stack.tiers:
         name = tier.spec.name
         runtime = runtime_named(tier.spec.runtime)
-        routes.append(Route(name, ports[name], runtime.served_model_name(name)))
+        routes.append(
+            Route(
+                name=name,
+                port=ports[name],
+                served_model=runtime.served_model_name(name),
+                aliases=tuple(tier.spec.aliases),
+                # Enough to keep a batching server busy, never a burst past mlx_lm.server's
+                # listen backlog of 5 (the rest wait in the gateway).
+                max_concurrency=max(4, tier.spec.concurrency),
+            )
+        )
         try:
             tiers.append(_tier_service(tier, ports[name], ctx))
         except (SpecError, secrets.MissingSecretError) as exc:
@@ -155,7 +174,7 @@ def _tier_service(tier: SourcedTier, port: int, ctx: ResolveContext) -> DesiredS
     assert runtime.argv is not None, f"{spec.runtime} is not a model server"
     served = runtime.served_model_name(spec.name)
     limits, unenforced = _limit_args(spec, runtime)
-    args = {**spec.args, **limits}
+    args = {**catalog_serving_args(spec), **spec.args, **limits}
     argv = runtime.argv(ServerLaunch(ctx.python, model.directory, port, served, args))
     env = tuple(sorted(spec.env.items()))
     hashed_env = _resolved_env(env, ctx, f"{where}: tier '{spec.name}'")
@@ -190,32 +209,94 @@ def _tier_service(tier: SourcedTier, port: int, ctx: ResolveContext) -> DesiredS
     )
 
 
+def generated_key_path(state_dir: Path) -> Path:
+    """Where mlxctl keeps the gateway key it generated (mode 0600)."""
+    return state_dir / GATEWAY / "master_key"
+
+
+def catalog_serving_args(spec: TierSpec) -> dict[str, ArgValue]:
+    """vllm-mlx flags a catalog model's capabilities call for (tool calls, reasoning).
+
+    Without ``--tool-call-parser`` a tool call reaches the client as plain text; the
+    catalog knows each model's parser. The tier's own ``args`` win (``false`` drops one).
+    """
+    if spec.runtime != "vllm-mlx" or not isinstance(spec.model, str):
+        return {}
+    from mlxctl.catalog.entries import load_entry
+
+    try:
+        caps = load_entry(spec.model).capabilities
+    except (NotFoundError, SpecError, OSError, ValueError):
+        return {}  # resolving the model reports an unknown id with its line
+    out: dict[str, ArgValue] = {}
+    if caps.tool_calling and caps.tool_call_parser:
+        out |= {"enable-auto-tool-choice": True, "tool-call-parser": caps.tool_call_parser}
+    if caps.reasoning_parser:
+        out["reasoning-parser"] = caps.reasoning_parser
+    return out
+
+
 def master_key_ref(stack: StackSet, state_dir: Path) -> str:
     """The gateway key reference: the user's, or the key mlxctl generated (mode 0600)."""
-    return stack.gateway.master_key or f"${{file:{state_dir / GATEWAY / 'master_key'}}}"
+    return stack.gateway.master_key or f"${{file:{generated_key_path(state_dir)}}}"
+
+
+def remote_key_env(name: str) -> str:
+    """The gateway environment variable that carries remote ``name``'s API key."""
+    return REMOTE_KEY_ENV_PREFIX + name.upper().replace("-", "_")
 
 
 def _gateway_service(
     stack: StackSet, routes: Sequence[Route], ctx: ResolveContext
 ) -> DesiredService:
+    """The gateway: launched by argv, port, bind address and keys; routed by its file.
+
+    The routes file (tiers, aliases, fallbacks, limits) is left out of the hash: the
+    gateway reloads it in place when it is replaced, so a tier added, removed or
+    re-routed never restarts the gateway (and never interrupts the other tiers).
+    """
     gw = stack.gateway
-    config_path = ctx.state_dir / GATEWAY / "config.yaml"
-    config = render_config(routes)
-    env = (*GATEWAY_ENV, (MASTER_KEY_ENV, master_key_ref(stack, ctx.state_dir)))
-    env = tuple(sorted(env))
+    config_path = ctx.state_dir / GATEWAY / "config.json"
+    specs = {t.spec.name: t.spec for t in stack.tiers}
+    routed = {r.name for r in routes}
+    remotes = [
+        RemoteRoute(
+            name=r.name,
+            model=r.model,
+            api_base=r.api_base,
+            api_key_env=remote_key_env(r.name) if r.api_key else None,
+        )
+        for r in gw.remotes
+    ]
+    # A fallback to a tier that is not resolved (its model is missing) is left out.
+    fallbacks = {
+        name: [f for f in specs[name].fallbacks if f in routed or f in {r.name for r in remotes}]
+        for name in sorted(routed)
+        if name in specs  # another stack's tier: its own stack declares its fallbacks
+    }
+    config = render_config(
+        routes, remotes=remotes, fallbacks=fallbacks, retries=gw.retries, timeout=gw.timeout
+    )
+    env_pairs = [*GATEWAY_ENV, (MASTER_KEY_ENV, master_key_ref(stack, ctx.state_dir))]
+    if gw.master_key is None:
+        env_pairs.append((KEY_FILE_ENV, str(generated_key_path(ctx.state_dir))))
+    env_pairs += [(remote_key_env(r.name), r.api_key) for r in gw.remotes if r.api_key]
+    env = tuple(sorted(env_pairs))
     where = f"{stack.files[0] if stack.files else '<stack>'}: gateway"
     # A generated key is stable by construction (created once when the gateway first
     # starts): leave it out of the hash so its creation restarts nothing.
     hashed = env if gw.master_key is not None else [(k, v) for k, v in env if k != MASTER_KEY_ENV]
     hashed_env = _resolved_env(hashed, ctx, where)
-    argv = gateway_argv(python=ctx.python, config=config_path, port=gw.port)
+    argv = gateway_argv(python=ctx.python, config=config_path, port=gw.port, host=gw.host)
     files = ((str(config_path), config),)
     launch = {
         "runtime": "litellm",
         "port": gw.port,
+        "host": gw.host,
         "routes": {r.name: f"{r.port}/{r.served_model}" for r in routes},
         "masterKey": master_key_ref(stack, ctx.state_dir),
     }
+    probe_host = gw.host if gw.host not in ("0.0.0.0", "::") else "127.0.0.1"
     return DesiredService(
         name=GATEWAY,
         role="gateway",
@@ -226,8 +307,8 @@ def _gateway_service(
         files=files,
         model=None,
         launch=launch,
-        spec_hash=spec_hash(argv, hashed_env, dict(files), ""),
-        probe=ProbeSpec(kind=GATEWAY_RUNTIME.name, port=gw.port),
+        spec_hash=spec_hash(argv, hashed_env, {}, ""),
+        probe=ProbeSpec(kind=GATEWAY_RUNTIME.name, port=gw.port, host=probe_host),
         startup_timeout=GATEWAY_RUNTIME.startup_timeout,
         source=where,
     )

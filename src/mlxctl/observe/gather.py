@@ -61,7 +61,20 @@ def observe(
         services=services,
         models_present=frozenset(present),
         prepares=dict(prepares or {}),
+        files=_files_on_disk(desired),
     )
+
+
+def _files_on_disk(desired: DesiredState | None) -> dict[str, str | None]:
+    """The current text of the files the gateway reloads (None when missing or unreadable)."""
+    out: dict[str, str | None] = {}
+    if desired is not None and desired.gateway is not None:
+        for path, _ in desired.gateway.files:
+            try:
+                out[path] = Path(path).read_text(encoding="utf-8")
+            except OSError:
+                out[path] = None
+    return out
 
 
 def _process(record: Record, procs: ProcessControl) -> ObservedService:

@@ -74,3 +74,6 @@ class ObservedState:
     models_present: frozenset[str] = frozenset()
     # Model prepares in flight or failed, by model identity.
     prepares: Mapping[str, PrepareJob] = field(default_factory=dict)
+    # The text on disk of each file a desired service reads while running (path -> text,
+    # None when missing): the gateway's routes file, which it reloads in place.
+    files: Mapping[str, str | None] = field(default_factory=dict)

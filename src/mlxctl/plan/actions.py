@@ -24,6 +24,7 @@ ActionKind = Literal[
     "ready",  # record that a starting service answered its readiness check
     "wait",  # nothing to do yet: starting, stopping, preparing, backing off, memory
     "rehash",  # the hash recipe changed but the launch did not: update the record only
+    "reconfigure",  # rewrite a running service's files (gateway routes): it reloads them
 ]
 # The order in which an executor applies action kinds within one pass: stops begin
 # first; a start never shares a pass with the stop it depends on (the planner plans it
@@ -36,6 +37,7 @@ PHASES: tuple[ActionKind, ...] = (
     "adopt",
     "ready",
     "rehash",
+    "reconfigure",
     "prepare",
     "restart",
     "start",

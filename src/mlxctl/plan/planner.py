@@ -109,6 +109,10 @@ class _Planner:
             return
         if rec.spec_hash != service.spec_hash:
             self.add("rehash", service.name, "hash recipe changed; launch unchanged")
+        if service.role == "gateway" and self.observed.files:
+            stale = [p for p, text in service.files if self.observed.files.get(p) != text]
+            if stale:
+                self.add("reconfigure", service.name, _routes_cause(service, self.observed, stale))
         if seen.health == "ready":
             if rec.ready_at is None:
                 self.add("ready", service.name, seen.detail or "ready")
@@ -456,6 +460,24 @@ def _prunable(desired: DesiredState, rec: Record) -> bool:
     if desired.scope is not None and rec.stack not in desired.scope:
         return False
     return rec.stack not in desired.suspended_stacks
+
+
+def _routes_cause(service: DesiredService, observed: ObservedState, stale: list[str]) -> str:
+    """``routes changed: + big, - small`` (the gateway reloads its routes file in place)."""
+    import json
+
+    def names(text: str | None) -> set[str]:
+        try:
+            data = json.loads(text or "{}")
+            return {n for r in data.get("routes", []) for n in (r["name"], *r.get("aliases", []))}
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return set()
+
+    files = dict(service.files)
+    old = set().union(*(names(observed.files.get(p)) for p in stale))
+    new = set().union(*(names(files[p]) for p in stale))
+    delta = [f"+ {n}" for n in sorted(new - old)] + [f"- {n}" for n in sorted(old - new)]
+    return "routes changed" + (f": {', '.join(delta)}" if delta else " (fallbacks, limits)")
 
 
 def _launch_changed(service: DesiredService, seen: ObservedService) -> str:

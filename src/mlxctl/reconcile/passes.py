@@ -56,7 +56,8 @@ def other_stacks_routes(ctx: Context, stack: StackSet) -> tuple[Route, ...]:
             continue
         if runtime not in MODEL_SERVERS:
             continue
-        routes.append(Route(rec.name, rec.port, runtime_named(runtime).served_model_name(rec.name)))
+        served = runtime_named(runtime).served_model_name(rec.name)
+        routes.append(Route(name=rec.name, port=rec.port, served_model=served))
     return tuple(routes)
 
 

@@ -1,77 +1,142 @@
-"""The LiteLLM gateway: its command line, its health check and its configuration.
+"""The gateway: its command line, its health check and the routes file it reads.
 
-One public model name per tier, each pinned to the single model that tier's server
-holds: a client names ``fast`` and can never make a backend load another model.
-The master key never appears in the file; LiteLLM reads it from the environment
-(``os.environ/LITELLM_MASTER_KEY``). The rendering is deterministic (sorted, JSON,
-which LiteLLM reads as YAML) so the gateway restarts only when a route changes,
-never because a tier behind it restarted.
+The gateway is mlxctl's own small ASGI app around ``litellm.Router``
+(:mod:`mlxctl.gateway`, chosen over LiteLLM's proxy server by measurement, see
+``docs/gateway.md``). This adapter is the contract between the two sides: mlxctl
+renders a :class:`GatewayConfig` to a JSON file (mode 0600); the gateway validates
+the same model when it reads that file, and reads it again whenever the file is
+replaced, so a route change never restarts the gateway process.
+
+One public model name per tier (plus its aliases), each pinned to the single model
+that tier's server holds: a client names ``fast`` and can never make a backend load
+another model. No secret is ever in the file: the master key and a remote
+fallback's key reach the gateway through its environment, named here.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from mlxctl.runtimes.base import HOST, Http, ProbeMode, ProbeResult, Runtime
 
 MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
+# The generated key's file (a path, no secret): the gateway re-reads it when it is
+# replaced, so ``mlxctl gateway key --rotate`` takes effect without a restart.
+KEY_FILE_ENV = "MLXCTL_GATEWAY_KEY_FILE"
+# Environment variable that carries the remote fallback ``NAME``'s API key.
+REMOTE_KEY_ENV_PREFIX = "MLXCTL_REMOTE_KEY_"
 
 # Environment every gateway process gets: no remote cost-map fetch at start (the
-# machine may be offline, and it slows start-up), no telemetry.
+# machine may be offline, and it slows start-up by seconds), no telemetry.
 GATEWAY_ENV: tuple[tuple[str, str], ...] = (
     ("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
     ("LITELLM_TELEMETRY", "False"),
 )
 
+# Defaults for local models: a cold model is slow on its first token and a stream
+# may run for minutes, so the timeout is long; one retry rides over a tier that is
+# restarting (connection refused) without making a failing request slow.
+DEFAULT_TIMEOUT = 600.0
+DEFAULT_RETRIES = 1
 
-@dataclass(frozen=True)
-class Route:
-    """One public model name and the server behind it."""
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Route(_Frozen):
+    """One tier behind the gateway: its public name, aliases and server."""
 
     name: str
     port: int
     served_model: str
+    aliases: tuple[str, ...] = ()
+    # Requests the gateway sends this server at once; the rest wait in the gateway.
+    max_concurrency: int = Field(default=4, gt=0)
 
 
-def render_config(routes: Sequence[Route], *, request_timeout: float = 600.0) -> str:
-    """The LiteLLM proxy config for ``routes``."""
-    model_list = [
-        {
-            "model_name": r.name,
-            "litellm_params": {
-                "model": f"openai/{r.served_model}",
-                "api_base": f"http://{HOST}:{r.port}/v1",
-                "api_key": "none",
-            },
-        }
-        for r in sorted(routes, key=lambda r: r.name)
-    ]
-    config = {
-        "model_list": model_list,
-        "litellm_settings": {"drop_params": True, "request_timeout": request_timeout},
-        "router_settings": {"num_retries": 0},
-        "general_settings": {"master_key": f"os.environ/{MASTER_KEY_ENV}"},
-    }
-    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+class RemoteRoute(_Frozen):
+    """A remote fallback: a LiteLLM model string, reached only when a local tier fails."""
+
+    name: str
+    model: str
+    api_base: str | None = None
+    # The environment variable holding the API key (never the key itself).
+    api_key_env: str | None = None
 
 
-def gateway_argv(*, python: Path, config: Path, port: int) -> tuple[str, ...]:
+class GatewayConfig(_Frozen):
+    """Everything the gateway routes by. Rendered by mlxctl, read by the gateway."""
+
+    routes: tuple[Route, ...] = ()
+    remotes: tuple[RemoteRoute, ...] = ()
+    # {"fast": ["standard", "remote"]}: tried in order when ``fast`` fails.
+    fallbacks: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    retries: int = Field(default=DEFAULT_RETRIES, ge=0, le=10)
+    timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0)
+    # Relay a local tier's answer byte for byte, and hand the request to the Router
+    # only when the tier fails (False: every request through the Router; measured in
+    # docs/gateway.md, it costs ~7 ms a request here).
+    fast_path: bool = True
+    # Seconds a request waits for a tier that refuses connections (it is restarting)
+    # when the tier has no fallback to go to instead.
+    hold: float = Field(default=30.0, ge=0)
+
+    def route(self, name: str) -> Route | None:
+        return next((r for r in self.routes if r.name == name), None)
+
+    def public_names(self) -> dict[str, str]:
+        """Every name a client may send, mapped to the route it reaches."""
+        names = {r.name: r.name for r in self.routes}
+        for route in self.routes:
+            for alias in route.aliases:
+                names.setdefault(alias, route.name)
+        return names
+
+
+def render_config(
+    routes: Sequence[Route],
+    *,
+    remotes: Sequence[RemoteRoute] = (),
+    fallbacks: Mapping[str, Sequence[str]] | None = None,
+    retries: int = DEFAULT_RETRIES,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> str:
+    """The gateway's routes file: deterministic JSON, so equal routes give equal bytes."""
+    config = GatewayConfig(
+        routes=tuple(sorted(routes, key=lambda r: r.name)),
+        remotes=tuple(sorted(remotes, key=lambda r: r.name)),
+        fallbacks={k: tuple(v) for k, v in sorted((fallbacks or {}).items()) if v},
+        retries=retries,
+        timeout=timeout,
+    )
+    return config.model_dump_json(indent=2) + "\n"
+
+
+def parse_config(text: str) -> GatewayConfig:
+    """The routes file as the gateway reads it (raises pydantic's ValidationError)."""
+    return GatewayConfig.model_validate_json(text)
+
+
+def gateway_argv(*, python: Path, config: Path, port: int, host: str = HOST) -> tuple[str, ...]:
     return (
-        str(python.parent / "litellm"),
+        str(python),
+        "-m",
+        "mlxctl.gateway",
         "--config",
         str(config),
         "--host",
-        HOST,
+        host,
         "--port",
         str(port),
     )
 
 
 def check(http: Http, mode: ProbeMode, model: str) -> ProbeResult:
-    """``/health/liveliness``: LiteLLM's ``/health`` calls every model behind it."""
+    """``/health/liveliness``: answered only once the router is built and serving."""
     status, _ = http("GET", "/health/liveliness")
     return ProbeResult(status == 200, f"/health/liveliness answered {status}")
 

@@ -584,6 +584,7 @@ def _merge(
             memory = (path, doc.spec.memory)
     problems += dependency_problems(depends, by_name)
     gw = gateway[1] if gateway else GatewaySpec()
+    problems += _route_problems(tiers, gw)
     if gw.enabled and gw.port in by_port:
         problems.append(
             f"{gateway[0] if gateway else files[0]}: gateway port {gw.port} is also used by "
@@ -652,3 +653,26 @@ def _cycle_from(start: str, graph: Mapping[str, list[str]]) -> list[str] | None:
                 seen.add(nxt)
                 stack.append((nxt, [*path, nxt]))
     return None
+
+
+def _route_problems(tiers: Sequence[SourcedTier], gw: GatewaySpec) -> list[str]:
+    """Fallbacks name a tier or remote; every name a client may send reaches one tier."""
+    problems: list[str] = []
+    targets = {t.spec.name for t in tiers} | {r.name for r in gw.remotes}
+    owner: dict[str, str] = {t.spec.name: f"tier '{t.spec.name}'" for t in tiers}
+    for remote in gw.remotes:
+        if remote.name in owner:
+            problems.append(f"gateway remote '{remote.name}' has the name of a tier")
+        owner[remote.name] = f"remote '{remote.name}'"
+    for t in tiers:
+        where = f"{t.file}:{t.line}:1: tier '{t.spec.name}'"
+        for name in t.spec.fallbacks:
+            if name not in targets:
+                known = ", ".join(sorted(targets - {t.spec.name})) or "none"
+                problems.append(f"{where}: fallback '{name}' is no tier or remote (known: {known})")
+        for alias in t.spec.aliases:
+            if alias in owner:
+                problems.append(f"{where}: alias '{alias}' is already the name of {owner[alias]}")
+            else:
+                owner[alias] = f"an alias of tier '{t.spec.name}'"
+    return problems

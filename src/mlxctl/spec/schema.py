@@ -36,6 +36,9 @@ RESERVED_NAMES = frozenset({"gateway"})
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 Port = Annotated[int, Field(ge=1024, le=65535)]
 
+# A model name a client may send: tier names, aliases ("gpt-4o-mini", "openai/gpt-4o").
+ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$"
+
 # Flags mlxctl renders itself, per runtime (each adapter's ``managed_flags``): a user
 # value would fight the controller. A tier whose runtime is unknown is checked
 # against all of them.
@@ -177,6 +180,18 @@ class TierSpec(_Strict):
     # Controls (docs/reconciler.md, "Suspend and dependsOn"): neither enters the launch.
     suspend: bool = False
     depends_on: list[str] = Field(default_factory=list, alias="dependsOn")
+    # More model names the gateway routes to this tier (listed in /v1/models).
+    aliases: list[Annotated[str, Field(pattern=ALIAS_PATTERN)]] = Field(default_factory=list)
+    # Tiers or remotes tried in order when this tier fails (the gateway's Router fallbacks).
+    fallbacks: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _not_own_fallback(self) -> TierSpec:
+        if self.name in self.fallbacks:
+            raise ValueError(f"tier '{self.name}' cannot fall back to itself")
+        if self.name in self.aliases:
+            raise ValueError(f"alias '{self.name}' is the tier's own name")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -239,12 +254,62 @@ class TierSpec(_Strict):
         return value
 
 
+class RemoteSpec(_Strict):
+    """A remote model a tier may fall back to (e.g. an OpenRouter model), never routed directly."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    # A LiteLLM model string: ``openrouter/meta-llama/llama-3.1-8b-instruct``.
+    model: str = Field(min_length=1)
+    api_base: str | None = Field(default=None, alias="apiBase")
+    api_key: str | None = Field(default=None, alias="apiKey")
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_is_reference(cls, value: str | None) -> str | None:
+        if value is not None and not ANY_REF.fullmatch(value):
+            raise ValueError("the API key must be a reference like ${env:OPENROUTER_API_KEY}")
+        return value
+
+
 class GatewaySpec(_Strict):
-    """The LiteLLM gateway in front of every tier."""
+    """The gateway in front of every tier."""
 
     enabled: bool = True
     port: Port = 4000
+    # 127.0.0.1 unless the stack asks otherwise; any other address needs masterKey set.
+    host: str = "127.0.0.1"
     master_key: str | None = Field(default=None, alias="masterKey")
+    # Attempts after a failed one, per request (a tier restarting refuses connections).
+    retries: Annotated[int, Field(ge=0, le=10)] = 1
+    # Seconds a request (a whole stream included) may take: local models start slowly.
+    timeout: Annotated[float, Field(gt=0, le=86400)] = 600.0
+    remotes: list[RemoteSpec] = Field(default_factory=list)
+
+    @field_validator("host")
+    @classmethod
+    def _host_is_address(cls, value: str) -> str:
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError("an IP address like 127.0.0.1 or 0.0.0.0") from None
+        return value
+
+    @model_validator(mode="after")
+    def _exposed_needs_key(self) -> GatewaySpec:
+        import ipaddress
+
+        if not ipaddress.ip_address(self.host).is_loopback and self.master_key is None:
+            raise ValueError(
+                f"host {self.host} exposes the gateway beyond this machine: set masterKey "
+                "(a reference like ${env:MLXCTL_GATEWAY_KEY}) so the key is yours to share"
+            )
+        names = [r.name for r in self.remotes]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"remote name {dup[0]!r} appears twice")
+        return self
 
     @field_validator("master_key")
     @classmethod

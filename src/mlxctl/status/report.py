@@ -33,6 +33,7 @@ SYMBOLS = {
     "ready": "=",
     "wait": ".",
     "rehash": "~",
+    "reconfigure": "~",
 }
 VERBS = {
     "start": "start",
@@ -46,6 +47,7 @@ VERBS = {
     "ready": "ready",
     "wait": "wait",
     "rehash": "update record",
+    "reconfigure": "reload routes",
 }
 
 

@@ -7,6 +7,7 @@ The same seed gives the same weights and tokenizer.
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,64 @@ def build_tiny_model(out_dir: Path, *, seed: int = 0) -> Path:
     args_class: Any = llama.ModelArgs  # untyped library boundary
     model = llama.Model(args_class.from_dict(config))
     weights = dict(tree_flatten(model.parameters()))
+    mx.eval(weights)
+    with staging_dir(out_dir) as tmp:
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
+    return out_dir
+
+
+TOOL_CALL = {"name": "get_weather", "arguments": {"city": "Paris"}}
+# Names the tool-call markers the way mlx-lm recognises its ``json_tools`` format; the
+# branch never renders.
+_TOOL_TEMPLATE = (
+    CHATML_TEMPLATE + "{% if false %}<tool_call>{{ tool_call.name }}</tool_call>{% endif %}"
+)
+
+
+def build_tool_call_model(out_dir: Path) -> Path:
+    """A tiny model whose every answer is one tool call: ``get_weather(city="Paris")``.
+
+    Its layers add nothing (their output projections are zero), so each next token
+    depends on the last one alone, and its (untied) output layer is a successor table:
+    end of prompt -> ``<tool_call>`` -> the call's JSON (one added token) ->
+    ``</tool_call>`` -> end of turn. mlx_lm.server parses that as a tool call, which lets
+    tests prove tool calls pass through the gateway with a real server and no network.
+    """
+    import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_unflatten
+    from mlx_lm.models import llama
+
+    out_dir = Path(out_dir)
+    tokenizer = _train_tokenizer()
+    body = json.dumps(TOOL_CALL)
+    tokenizer.add_tokens(["<tool_call>", body, "</tool_call>"])
+    tokenizer.chat_template = _TOOL_TEMPLATE
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "weather?"}], add_generation_prompt=True, tokenize=False
+    )
+    prompt = tokenizer.encode(text, add_special_tokens=False)
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<tool_call>", body, "</tool_call>")]
+    chain = [int(prompt[-1]), *ids, int(tokenizer.convert_tokens_to_ids("<|im_end|>"))]
+    config = {**tiny_config(len(tokenizer)), "tie_word_embeddings": False}
+    mx.random.seed(0)
+    args_class: Any = llama.ModelArgs  # untyped library boundary
+    model = llama.Model(args_class.from_dict(config))
+    weights = dict(tree_flatten(model.parameters()))
+    hidden, vocab = config["hidden_size"], config["vocab_size"]
+    embed = mx.random.normal((vocab, hidden)) * 0.01
+    head = mx.random.normal((vocab, hidden)) * 0.01
+    for step, (token, successor) in enumerate(pairwise(chain)):
+        embed[token] = mx.zeros((hidden,))
+        embed[token, step] = 1.0
+        head[successor, step] = 10.0
+    for name in weights:
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            weights[name] = mx.zeros_like(weights[name])
+    weights["model.embed_tokens.weight"] = embed
+    weights["lm_head.weight"] = head
+    model.update(tree_unflatten(list(weights.items())))
     mx.eval(weights)
     with staging_dir(out_dir) as tmp:
         tokenizer.save_pretrained(str(tmp))

@@ -1,0 +1,157 @@
+"""The routing table: a ``litellm.Router`` built from the routes file, and its limits.
+
+A :class:`RoutingTable` is immutable once built. A reload builds a new one and the
+app swaps a single reference, so requests already running finish on the table they
+started with and new requests see the new routes: no restart, no failed request.
+The per-tier concurrency gates are carried over from the old table when the tier
+is unchanged, so a reload never lets a burst through to a busy backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mlxctl.runtimes.base import HOST
+from mlxctl.runtimes.litellm import GatewayConfig, Route
+
+
+@dataclass(frozen=True)
+class Gate:
+    """At most ``limit`` requests at once to one backend; the rest wait their turn."""
+
+    key: tuple[str, int, int]
+    semaphore: asyncio.Semaphore
+
+
+def deployment(route: Route) -> dict[str, Any]:
+    """The Router deployment of a local tier (LiteLLM's OpenAI-compatible adapter)."""
+    return {
+        "model_name": route.name,
+        "litellm_params": {
+            "model": f"openai/{route.served_model}",
+            "api_base": f"http://{HOST}:{route.port}/v1",
+            "api_key": "none",
+        },
+    }
+
+
+def router_kwargs(config: GatewayConfig, environ: Mapping[str, str]) -> dict[str, Any]:
+    """``litellm.Router`` arguments for ``config``; remote keys come from ``environ``."""
+    model_list = [deployment(r) for r in config.routes]
+    for remote in config.remotes:
+        params: dict[str, Any] = {"model": remote.model}
+        if remote.api_base:
+            params["api_base"] = remote.api_base
+        if remote.api_key_env:
+            params["api_key"] = environ.get(remote.api_key_env, "")
+        model_list.append({"model_name": remote.name, "litellm_params": params})
+    return {
+        "model_list": model_list,
+        # Where the Router reads fallbacks: a list of {model_group: [fallback groups]}.
+        "fallbacks": [{name: list(targets)} for name, targets in config.fallbacks.items()],
+        # The fast path made the first attempt: the Router's own first attempt on the
+        # tier is the first retry.
+        "num_retries": max(0, config.retries - 1) if config.fast_path else config.retries,
+        "timeout": config.timeout,
+        "stream_timeout": config.timeout,
+        # One deployment per tier: a cooldown would refuse every request to the tier
+        # for seconds after a single failure ("No deployments available").
+        "disable_cooldowns": True,
+    }
+
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def _litellm_router_class() -> Any:
+    """Import LiteLLM once, with nothing in the request path this gateway does not need."""
+    import litellm
+    from litellm.router import Router
+
+    litellm.telemetry = False
+    litellm.suppress_debug_info = True
+    litellm.drop_params = True
+    litellm.callbacks = []
+    litellm.success_callback = []
+    litellm.failure_callback = []
+    return Router
+
+
+def warm_litellm() -> None:
+    """Run LiteLLM's request path once against a port that refuses, in this thread.
+
+    Its first real call imports the provider code (~3-4 s here): without this, the
+    first request that fails over would wait that long. A socket bound but not
+    listening refuses at once, so nothing is sent anywhere.
+    """
+    import socket
+
+    with _IMPORT_LOCK:
+        router_class = _litellm_router_class()
+    with socket.socket() as closed:
+        closed.bind((HOST, 0))
+        port = closed.getsockname()[1]
+        warm = Route(name="warm-up", port=port, served_model="warm-up")
+        router = router_class(model_list=[deployment(warm)], num_retries=0, disable_cooldowns=True)
+        call = router.acompletion(model="warm-up", messages=[{"role": "user", "content": "."}])
+        # The refusal is the point: the code path is imported now.
+        with contextlib.suppress(Exception):
+            asyncio.run(call)
+
+
+class RoutingTable:
+    """The routes of one version of the routes file.
+
+    The ``litellm.Router`` is built on first need (:meth:`router`), in a thread: importing
+    LiteLLM takes ~6-12 s here, and the fast path never needs it, so the gateway serves
+    within a second or two of its start while the Router warms up behind it.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        previous: RoutingTable | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.names = config.public_names()
+        self._environ = os.environ if environ is None else environ
+        self._router: Any = None
+        self._building: asyncio.Lock | None = None
+        old = previous.gates if previous else {}
+        self.gates: dict[str, Gate] = {}
+        for route in config.routes:
+            key = (route.name, route.port, route.max_concurrency)
+            gate = old.get(route.name)
+            if gate is None or gate.key != key:
+                gate = Gate(key, asyncio.Semaphore(route.max_concurrency))
+            self.gates[route.name] = gate
+
+    def _build_router(self) -> Any:
+        with _IMPORT_LOCK:  # two threads importing LiteLLM at once see it half-initialised
+            router_class = _litellm_router_class()
+        return router_class(**router_kwargs(self.config, self._environ))
+
+    async def router(self) -> Any:
+        """The ``litellm.Router`` of these routes (built once, off the event loop)."""
+        if self._router is None:
+            if self._building is None:
+                self._building = asyncio.Lock()
+            async with self._building:
+                if self._router is None:
+                    self._router = await asyncio.to_thread(self._build_router)
+        return self._router
+
+    def resolve(self, name: str) -> str | None:
+        """The route a public name (tier name or alias) reaches, or None."""
+        return self.names.get(name)
+
+    def models(self) -> list[str]:
+        return sorted(self.names)
