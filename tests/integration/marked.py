@@ -1,6 +1,7 @@
 """Finding the processes a test's state directory owns, by what they carry in their
-environment (the test's MLXCTL_HOME and mlxctl's instance marker), whatever the
-inventory says: the check that nothing was left unowned."""
+environment (the state directory marker every child of mlxctl carries, and the
+instance marker), whatever the inventory says: the check that nothing was left
+unowned."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ def ours(ctl: Mlxctl) -> list[psutil.Process]:
     for proc in psutil.process_iter():
         try:
             env = proc.environ()
-            mine = env.get("MLXCTL_HOME") == str(ctl.home) and "MLXCTL_INSTANCE" in env
+            state = env.get("MLXCTL_STATE")
+            mine = state == str(ctl.home / "state") and "MLXCTL_INSTANCE" in env
             if mine and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
         except psutil.Error:

@@ -74,10 +74,12 @@ def test_another_machine_gets_the_locked_commit_and_update_restarts_only_that_ti
 
     diff = mlxctl.run("diff", str(mlxctl.stacks))
     assert diff.returncode == 1, diff.stderr
+    # The new revision is pulled first while the old server keeps serving; the restart
+    # follows once it is there.
     [line] = [ln for ln in diff.stdout.splitlines() if "restart" in ln and "Plan:" not in ln]
-    assert "hub" in line
+    assert "hub" in line and "restart once its model is ready" in line
     assert f"revision changed: {first[:12]} -> {second[:12]}" in line
-    assert "Plan: 0 to start, 1 to restart, 0 to stop, 1 model(s) to prepare." in diff.stdout
+    assert "1 model(s) to prepare" in diff.stdout
 
     again = mlxctl.run("reconcile", "--once", str(mlxctl.stacks), timeout=180)
     assert again.returncode == 0, again.stderr

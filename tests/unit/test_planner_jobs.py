@@ -222,3 +222,23 @@ def test_a_start_waits_for_the_memory_a_stop_still_holds() -> None:
 def test_once_runs_do_not_restart_what_they_stop_healing(opts: dict[str, Any]) -> None:
     the_plan = decide([seen(READY, alive=False, exit_code=-9)], [service()], **opts)
     assert rows(the_plan) == [("crash", "fast", ""), ("wait", "fast", "backoff")]
+
+
+def test_a_changed_model_is_prepared_while_the_old_server_keeps_serving() -> None:
+    ready = seen(READY, health="ready")
+    pulling = decide([ready], [service(args=2, model=MODEL)], present=frozenset())
+    assert rows(pulling) == [("prepare", "fast", ""), ("wait", "fast", "preparing")]
+    assert pulling.actions[1].cause.startswith("restart once its model is ready: ")
+    there = decide([ready], [service(args=2, model=MODEL)])
+    assert rows(there) == [("restart", "fast", "")]
+
+
+def test_a_server_that_never_became_ready_is_a_crash_even_if_it_says_poisoned() -> None:
+    """A model that fails to load answers "generation thread died" like a poisoned
+    server; counted as a crash, it backs off instead of restarting every 2 s."""
+    first = decide([seen(fatal=True, poisoned=True, detail="generation thread died")], [service()])
+    [crash] = first.actions
+    assert crash.kind == "crash" and not crash.by_request and crash.crashes == 1
+    again = record(consecutive_crashes=1)
+    second = decide([seen(again, fatal=True, poisoned=True)], [service()])
+    assert second.actions[0].crashes == 2 and second.actions[0].not_before == NOW + 10

@@ -105,7 +105,17 @@ class _Planner:
                 self.after_crash(service, rec)
             return
         if changed:
-            self.add("restart", service.name, changed)
+            # The new launch's model first, while the old server keeps serving: a download
+            # of minutes must not be minutes of downtime.
+            if self.model_ready(service):
+                self.add("restart", service.name, changed)
+            else:
+                self.add(
+                    "wait",
+                    service.name,
+                    f"restart once its model is ready: {changed}",
+                    reason="preparing",
+                )
             return
         if rec.spec_hash != service.spec_hash:
             self.add("rehash", service.name, "hash recipe changed; launch unchanged")
@@ -173,8 +183,10 @@ class _Planner:
         rec = seen.record
         timeout = self.startup_timeout(service)
         if seen.fatal:
+            # Never ready, so never broken by a request: a model that fails to load says
+            # "generation thread died" too, and must back off like any crash loop.
             cause = f"cannot become ready ({seen.detail})"
-            self.crashed(service, seen, stop=True, cause=cause, by_request=seen.poisoned)
+            self.crashed(service, seen, stop=True, cause=cause)
             return
         deadline = rec.started_at + timeout
         if self.now >= deadline:

@@ -9,6 +9,7 @@ mlxctl can produce it itself (a conversion, a download), produces it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,3 +40,10 @@ class Source:
 def has_config(model: ModelRef) -> bool:
     """An MLX model directory is there when its ``config.json`` is."""
     return (model.directory / "config.json").is_file()
+
+
+# Conversions (GGUF to MLX, local quantization) run one at a time in a process: prepares
+# run as background jobs, and MLX compute plus the lazy transformers/mlx_lm imports they
+# need are not safe from two threads at once (seen here: an ImportError from a half-done
+# ``transformers`` import, and an abort inside MLX). Downloads still run concurrently.
+CONVERSIONS = threading.Lock()

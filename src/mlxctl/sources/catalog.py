@@ -17,7 +17,7 @@ from mlxctl.errors import MlxctlError, SpecError
 from mlxctl.machine.interfaces import JobProgress, ProgressFn
 from mlxctl.paths import Paths
 from mlxctl.sources import demo, hub, hub_ref
-from mlxctl.sources.base import Source
+from mlxctl.sources.base import CONVERSIONS, Source
 from mlxctl.sources.gguf import SOURCE_MARKER, read_source_marker, staging_dir
 from mlxctl.spec.loader import SourcedTier
 
@@ -115,15 +115,15 @@ def present(model: ModelRef) -> bool:
 
 def _quantize(model: ModelRef, progress: ProgressFn) -> Path:
     """Pull the base variant, then quantize it with mlx-lm's convert (once)."""
-    from mlx_lm import convert
-
     assert model.ledger is not None
     pin = hub_ref.pin_of(model, progress)
     base = hub.pull(pin, model.ledger.parents[2], progress=progress)
     marker = _quantize_marker(model)
     marker["base"] = f"{pin.repo}@{pin.commit}"
     progress(JobProgress(f"quantizing {pin.repo} to {marker['bits']} bits"))
-    with staging_dir(model.directory) as tmp:
+    with CONVERSIONS, staging_dir(model.directory) as tmp:
+        from mlx_lm import convert
+
         out = tmp / "converted"
         convert(
             hf_path=str(base),

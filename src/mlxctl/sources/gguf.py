@@ -469,7 +469,7 @@ def build_tokenizer(metadata: Mapping[str, Any]) -> Any:
     return fast
 
 
-def convert_gguf(
+def _convert_gguf_unlocked(
     gguf_path: Path,
     out_dir: Path,
     *,
@@ -529,3 +529,20 @@ def _check_complete(shapes: Mapping[str, Sequence[int]], config: Mapping[str, An
     missing = [name for name in required if name not in shapes]
     if missing:
         raise GgufError(f"GGUF lacks {len(missing)} tensors, first {missing[0]!r}")
+
+
+def convert_gguf(
+    gguf_path: Path,
+    out_dir: Path,
+    *,
+    source_sha256: str | None = None,
+    marker_extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Convert ``gguf_path`` into an MLX model directory at ``out_dir`` (see
+    :func:`_convert_gguf_unlocked`), one conversion at a time in this process."""
+    from mlxctl.sources.base import CONVERSIONS
+
+    with CONVERSIONS:
+        return _convert_gguf_unlocked(
+            gguf_path, out_dir, source_sha256=source_sha256, marker_extra=marker_extra
+        )
