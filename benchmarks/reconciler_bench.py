@@ -9,7 +9,9 @@ table of medians (with min and max) and writes the raw samples as JSON on reques
 Measured:
 - ``status``: wall time of ``mlxctl status -o json`` with one ready tier (CLI start
   included), against ``python -c pass`` as the interpreter's floor.
-- ``noop``: ``mlxctl reconcile --once`` on a converged stack (observe + plan + verify).
+- ``diff``: ``mlxctl diff`` on a converged stack (exit 0), whole CLI process.
+- ``noop``: ``mlxctl reconcile --once`` on a converged stack (a pass, and the first
+  liveness answer of each running server).
 - ``controller pass``: one resync of a running controller on that stack, in-process.
 - ``crash noticed`` / ``crash healed``: ``kill -9`` of a tier under the controller to
   its ``exit noticed`` event, and to the restarted tier being ready again.
@@ -129,12 +131,14 @@ def bench_status_and_noop(b: Bench, model: Path, runs: int) -> dict[str, list[fl
         for _ in range(runs)
     ]
     status = [timed(lambda: b.run("status", str(b.stacks), "-o", "json")) for _ in range(runs)]
+    diff = [timed(lambda: b.run("diff", str(b.stacks), check=False)) for _ in range(runs)]
     noop = [timed(lambda: b.run("reconcile", "--once", str(b.stacks))) for _ in range(runs)]
     passes = controller_pass(b, 30)
     b.run("down")
     return {
         "python -c pass (floor)": floor,
         "status -o json": status,
+        "diff (no changes)": diff,
         "reconcile --once (no-op)": noop,
         "controller pass, no-op (in-process)": passes,
     }
