@@ -2,9 +2,10 @@
 
 Before passes became non-blocking, a pass waited inside the executor until every start
 was ready, so a ``kill -9`` or a save while a slow tier loaded waited for that tier
-(29.3 s and 11.8 s measured). Here the slow tier is a real vllm-mlx server (about 15 s
-to load on this CPU), and the fast one a real mlx_lm.server; the event log's
-timestamps prove the order.
+(29.3 s and 11.8 s measured). Here the slow tier is a real vllm-mlx server, frozen with
+SIGSTOP while it starts so that it stays "loading" for as long as the test needs
+(loading takes 3-15 s on this CPU, depending on the load: too short to rely on), and the
+fast one a real mlx_lm.server; the event log's timestamps prove the order.
 """
 
 from __future__ import annotations
@@ -65,9 +66,11 @@ def test_crash_and_edit_are_handled_while_another_tier_loads(
     mlxctl.start("reconcile", str(mlxctl.stacks), "--interval", "3600", log=tmp_path / "ctl.log")
     fast = wait_for(lambda: ready_pid(mlxctl), 120, "the fast tier to be ready")
 
-    # A slow tier is added; while it loads, the fast one is killed.
+    # A slow tier is added (and held "loading"); meanwhile the fast one is killed.
     stack.write_text(tiers(tiny_model, ports))
     wait_for(lambda: slow_starting(mlxctl), 60, "the slow tier to be starting")
+    slow = int(mlxctl.inventory()["slow"]["pid"])
+    os.kill(slow, signal.SIGSTOP)
     killed_at = time.time()
     os.kill(fast, signal.SIGKILL)
     healed = wait_for(lambda: ready_pid(mlxctl, other_than=fast), 60, "the fast tier healed")
@@ -75,7 +78,7 @@ def test_crash_and_edit_are_handled_while_another_tier_loads(
     assert replaced is not None and replaced - killed_at < 1.0
 
     # Still while it loads, an edit to the fast tier is applied.
-    assert slow_starting(mlxctl), "the slow tier became ready too early for this test"
+    assert slow_starting(mlxctl)
     saved_at = time.time()
     stack.write_text(tiers(tiny_model, ports, max_tokens=128))
     wait_for(lambda: ready_pid(mlxctl, other_than=healed), 60, "the edit to be applied")
@@ -84,7 +87,9 @@ def test_crash_and_edit_are_handled_while_another_tier_loads(
     assert restarted is not None and restarted - saved_at < 1.0
     assert mlxctl.inventory()["fast"]["launch"]["args"] == {"max-tokens": 128}
 
-    # Both happened before the slow tier was ready, which it then became.
+    # Both happened before the slow tier was ready, which it then becomes.
+    assert slow_starting(mlxctl) and mlxctl.inventory()["slow"]["pid"] == slow
+    os.kill(slow, signal.SIGCONT)
     wait_for(lambda: ready_pid(mlxctl, name="slow"), 180, "the slow tier to be ready")
     slow_ready = event_ts(mlxctl, "slow", "ready", "ok")
     assert slow_ready is not None and slow_ready > restarted > replaced
