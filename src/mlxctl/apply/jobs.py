@@ -49,7 +49,6 @@ class PrepareJobs:
         self.spawn = spawn
         self._running: set[str] = set()
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
         self._owner: Owner | None = None
         self._slots = threading.BoundedSemaphore(MAX_RUNNING)
 
@@ -57,10 +56,6 @@ class PrepareJobs:
         if self._owner is None:
             self._owner = Owner.this_process()
         return self._owner
-
-    def running(self) -> frozenset[str]:
-        with self._lock:
-            return frozenset(self._running)
 
     def submit(self, model: ModelRef, target: str, cause: str) -> bool:
         """Start preparing ``model`` unless this process already is; returns at once."""
@@ -117,15 +112,9 @@ class PrepareJobs:
         finally:
             with self._lock:
                 self._running.discard(model.identity)
-                self._idle.notify_all()
         duration = self.clock.time() - job.started_at
         self.events.emit(
             Event(self.clock.time(), "prepare", target, cause, result, message, duration)
         )
         if self.on_change is not None:
             self.on_change(f"prepare of {model.display} {'done' if result == 'ok' else result}")
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no job runs (for tools and tests; passes never call it)."""
-        with self._idle:
-            return self._idle.wait_for(lambda: not self._running, timeout)

@@ -31,16 +31,21 @@ output_option = click.option(
 )
 
 
-def stack_selection(func: F) -> F:
-    """``[PATH]`` and ``-f/--file`` (repeatable): which stack files a command reads."""
-    func = click.option(
+def files_option(help_text: str) -> Callable[[F], F]:
+    """``-f/--file FILE`` (repeatable), bound to the ``files`` parameter."""
+    return click.option(
         "--file",
         "-f",
         "files",
         multiple=True,
         type=click.Path(path_type=Path),
-        help="A stack file to read (repeatable); replaces PATH.",
-    )(func)
+        help=help_text,
+    )
+
+
+def stack_selection(func: F) -> F:
+    """``[PATH]`` and ``-f/--file`` (repeatable): which stack files a command reads."""
+    func = files_option("A stack file to read (repeatable); replaces PATH.")(func)
     return click.argument("path", required=False, type=click.Path(path_type=Path))(func)
 
 

@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mlxctl.cli.common import emit_json, err, output_option, paths, stack_selection, targets
+from mlxctl.cli.common import (
+    emit_json,
+    err,
+    files_option,
+    output_option,
+    paths,
+    stack_selection,
+    targets,
+)
 from mlxctl.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -287,13 +295,8 @@ def register(app: click.Group) -> None:
     models.command("ls")(stack_selection(output_option(ls)))
     # SOURCE is optional: without it, every tier's model of the stack (-f FILE or the
     # default stacks directory) is pulled.
-    pull_cmd = click.option(
-        "--file",
-        "-f",
-        "files",
-        multiple=True,
-        type=click.Path(path_type=Path),
-        help="A stack file whose tiers reference SOURCE, or whose models to pull (repeatable).",
+    pull_cmd = files_option(
+        "A stack file whose tiers reference SOURCE, or whose models to pull (repeatable)."
     )(quant(output_option(pull)))
     models.command("pull")(click.argument("source", required=False)(pull_cmd))
     models.command("rm")(click.argument("source")(quant(stack_selection(output_option(rm)))))
@@ -304,12 +307,7 @@ def register(app: click.Group) -> None:
         help="Also collect cache entries mlxctl did not download.",
     )(gc_cmd)
     models.command("gc")(stack_selection(output_option(gc_cmd)))
-    update_cmd = click.option(
-        "--file",
-        "-f",
-        "files",
-        multiple=True,
-        type=click.Path(path_type=Path),
-        help="A stack file to read (repeatable); default: the stacks directory.",
-    )(output_option(update))
+    update_cmd = files_option("A stack file to read (repeatable); default: the stacks directory.")(
+        output_option(update)
+    )
     models.command("update")(click.argument("tiers", nargs=-1)(update_cmd))
