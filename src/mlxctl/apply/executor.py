@@ -111,6 +111,10 @@ class Executor:
         if record is None:
             return Outcome(action, True, "nothing recorded")
         now = self.clock.time()
+        if kind == "restart" and action.overlap:
+            service = desired.get(action.target)
+            assert service is not None
+            return self._hand_over(action, service, record)
         if kind in ("stop", "restart"):
             return self._terminate(action, record, record, action.cause)
         if kind == "crash":
@@ -163,6 +167,16 @@ class Executor:
         )
         return Outcome(action, True, message)
 
+    def _hand_over(self, action: Action, service: DesiredService, record: Record) -> Outcome:
+        """An overlapping restart: the running instance is renamed ``NAME~PID`` (it keeps
+        serving; the planner stops it once the new one is ready) and the new one starts
+        under the service's name."""
+        retiring = record.retiring()
+        outcome = self._start(action, service, record, retiring=retiring)
+        if not outcome.ok:
+            return outcome
+        return Outcome(action, True, f"{outcome.message}; {retiring.name} serves until it is ready")
+
     # -- starting -------------------------------------------------------------------
 
     def _child_env(self, service: DesiredService, instance: str) -> dict[str, str]:
@@ -178,9 +192,22 @@ class Executor:
         env[STATE_ENV] = str(self.logs_dir.parent)
         return env
 
-    def _start(self, action: Action, service: DesiredService, previous: Record | None) -> Outcome:
+    def _start(
+        self,
+        action: Action,
+        service: DesiredService,
+        previous: Record | None,
+        *,
+        retiring: Record | None = None,
+    ) -> Outcome:
+        """Record the intent, spawn, record the PID. ``retiring``: ``previous`` renamed,
+        written with the intent in one inventory write (and named back if the spawn
+        fails), so the running instance is never without its record."""
+        shared = self._shared_port(service) or (
+            retiring is not None and retiring.port == service.port
+        )
         try:
-            owner = self.procs.port_owner(service.port)
+            owner = None if shared else self.procs.port_owner(service.port)
             if owner is not None:
                 raise OSError(f"port {service.port} is already in use by {owner}")
             self._write_files(service)
@@ -211,11 +238,15 @@ class Executor:
             stack=service.stack,
         )
         # The intent is on disk before the process exists: nothing is ever unowned.
-        self.ledger.put(intent)
+        self.ledger.change(put=(intent, retiring) if retiring else (intent,))
         try:
             spawned = self.procs.spawn(service.argv, env, log)
         except OSError as exc:
-            self.ledger.remove(service.name, action, "failed", str(exc))
+            if retiring is not None and previous is not None:
+                self.ledger.change(put=(previous,), remove=(retiring.name,))
+                self.ledger.emit(action, "failed", str(exc))
+            else:
+                self.ledger.remove(service.name, action, "failed", str(exc))
             return Outcome(action, False, str(exc))
         record = intent.evolve(
             pid=spawned.pid,
@@ -226,6 +257,14 @@ class Executor:
         message = f"pid {spawned.pid}, port {service.port}"
         self.ledger.put(record, action, "started", message)
         return Outcome(action, True, message)
+
+    def _shared_port(self, service: DesiredService) -> bool:
+        """The port is held by an instance this one replaces (it listens with
+        ``SO_REUSEPORT`` and keeps serving until this one is ready): not a conflict."""
+        return any(
+            rec.handover_to == service.name and rec.port == service.port and not rec.stopping
+            for rec in self.ledger.load().values()
+        )
 
     def _write_files(self, service: DesiredService) -> None:
         for path, content in service.files:

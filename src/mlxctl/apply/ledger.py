@@ -55,6 +55,16 @@ class Ledger:
         if action is not None:
             self.emit(action, result, message, duration)
 
+    def change(self, put: tuple[Record, ...] = (), remove: tuple[str, ...] = ()) -> None:
+        """Several records put and removed in one write: readers never see half of it."""
+        with self._lock:
+            records = self.inventory.load()
+            for name in remove:
+                records.pop(name, None)
+            for record in put:
+                records[record.name] = record
+            self.inventory.save(records)
+
     def remove(self, name: str, action: Action, result: str = "ok", message: str = "") -> None:
         with self._lock:
             self.inventory.remove(name)

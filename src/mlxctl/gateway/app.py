@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -279,7 +280,9 @@ def build_app(gateway: Gateway) -> Starlette:
         return JSONResponse({"object": "list", "data": data})
 
     async def live(_: Request) -> Response:
-        return JSONResponse({"status": "ok", "routes": len(gateway.table.config.routes)})
+        routes = len(gateway.table.config.routes)
+        # The PID tells mlxctl's probe which gateway answered while two share the port.
+        return JSONResponse({"status": "ok", "routes": routes, "pid": os.getpid()})
 
     routes = [
         HttpRoute("/v1/chat/completions", chat, methods=["POST"]),

@@ -47,9 +47,13 @@ class HttpProber:
             return _request(spec, method, path, limit, body)
 
         try:
-            return runtime(spec.kind).check(call, mode, spec.model)
+            result = runtime(spec.kind).check(call, mode, spec.model)
         except (OSError, http.client.HTTPException) as exc:
             return ProbeResult(False, _short(exc))
+        if result.ok and spec.pid and result.pid is not None and result.pid != spec.pid:
+            # Its port is shared (a gateway replacing another): the other one answered.
+            return ProbeResult(False, f"answered by pid {result.pid}, not by pid {spec.pid}")
+        return result
 
 
 def _short(exc: BaseException) -> str:

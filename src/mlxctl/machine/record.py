@@ -53,6 +53,9 @@ class Record:
     # The stack (metadata.name) that created it: only that stack's applies prune it.
     # "" for the gateway and for records written before owners were recorded.
     stack: str = ""
+    # A retiring instance (its record renamed ``NAME~PID``): it keeps serving until the
+    # service named here is ready, then it is stopped (the gateway's overlapping restart).
+    handover_to: str = ""
 
     @property
     def spawned(self) -> bool:
@@ -62,6 +65,10 @@ class Record:
     @property
     def stopping(self) -> bool:
         return self.stop_requested_at is not None
+
+    def retiring(self) -> Record:
+        """This instance under a name of its own, serving until its successor is ready."""
+        return replace(self, name=f"{self.name}~{self.pid}", handover_to=self.name)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -38,7 +38,9 @@ def observe(
     for record in records.values():
         seen = _process(record, procs)
         services[record.name] = seen
-        if seen.alive and record.spawned and not record.stopping:
+        # A retiring instance is not probed: its port answers for its successor too, and
+        # nothing is decided from its health (it stops once the successor is ready).
+        if seen.alive and record.spawned and not record.stopping and not record.handover_to:
             live.append(record)
     for name, sample in health.sample(live).items():
         seen = services[name]

@@ -51,7 +51,7 @@ def probe_kind(record: Record) -> str:
 def probe_spec(record: Record) -> ProbeSpec:
     kind = probe_kind(record)
     model = "" if record.role == "gateway" else runtime(kind).served_model_name(record.name)
-    return ProbeSpec(kind=kind, port=record.port, model=model)
+    return ProbeSpec(kind=kind, port=record.port, model=model, pid=record.pid)
 
 
 def probe_mode(record: Record) -> ProbeMode:

@@ -16,6 +16,7 @@ ActionKind = Literal[
     "prepare",  # begin preparing a model mlxctl can produce itself (a job)
     "start",  # record the intent, then spawn a service that is not running
     "restart",  # begin stopping a running service whose launch changed; it starts once gone
+    # (``overlap``: the new one starts at once beside the old one, which stops later)
     "stop",  # begin stopping a service no longer desired; it is forgotten once gone
     "kill",  # SIGKILL a stopping service whose grace period ran out
     "forget",  # drop the record of a service that is gone and not desired
@@ -26,16 +27,18 @@ ActionKind = Literal[
     "rehash",  # the hash recipe changed but the launch did not: update the record only
     "reconfigure",  # rewrite a running service's files (gateway routes): it reloads them
 ]
-# The order in which an executor applies action kinds within one pass: stops begin
-# first; a start never shares a pass with the stop it depends on (the planner plans it
-# only once the old process is gone, and holds starts that need memory a stop frees).
+# The order in which an executor applies action kinds within one pass: what was seen
+# is recorded first (a readiness answer: a gateway's replacement is ready before the
+# old one is stopped, and the event log says so in that order), then stops begin; a
+# start never shares a pass with the stop it depends on (the planner plans it only
+# once the old process is gone, and holds starts that need memory a stop frees).
 PHASES: tuple[ActionKind, ...] = (
+    "ready",
     "stop",
     "kill",
     "forget",
     "crash",
     "adopt",
-    "ready",
     "rehash",
     "reconfigure",
     "prepare",
@@ -58,6 +61,8 @@ WaitReason = Literal[
     "suspended",
     # Not pruned: a stack file is invalid with no last valid version.
     "held",
+    # A retiring instance serves until the one that replaces it is ready.
+    "handover",
     "",
 ]
 
@@ -76,6 +81,9 @@ class Action:
     # For "crash": a request broke a running server (it cannot generate); it is replaced
     # at once and the crash-loop count does not grow.
     by_request: bool = False
+    # For "restart": start the new process now, beside the old one, which keeps serving
+    # until the new one is ready (the gateway: both listen on one port, SO_REUSEPORT).
+    overlap: bool = False
     # For "wait": what is awaited.
     reason: WaitReason = ""
     # For "ready": when it became ready (readiness detail in ``cause``).

@@ -105,6 +105,10 @@ class _Planner:
                 self.after_crash(service, rec)
             return
         if changed:
+            if _can_overlap(service, seen):
+                cause = f"{changed} (the old one serves until the new one is ready)"
+                self.add("restart", service.name, cause, overlap=True)
+                return
             # The new launch's model first, while the old server keeps serving: a download
             # of minutes must not be minutes of downtime.
             if self.model_ready(service):
@@ -157,15 +161,7 @@ class _Planner:
         waiting = []
         for dep in service.depends_on:
             seen = self.observed.services.get(dep)
-            ready = (
-                seen is not None
-                and seen.alive
-                and seen.record.spawned
-                and not seen.record.stopping
-                and (seen.record.ready_at is not None or seen.health == "ready")
-                and seen.health != "unready"
-            )
-            if not ready:
+            if seen is None or not _serves(seen):
                 waiting.append(dep)
         if waiting:
             self.add(
@@ -412,6 +408,8 @@ class _Planner:
             cause = f"suspended; on resume: stop ({prune})"
             self.add("wait", rec.name, cause, reason="suspended")
             return
+        if rec.handover_to and not rec.stopping and self.serving_until_successor(seen):
+            return
         if self.desired.hold_prune and not rec.stopping:
             self.add("wait", rec.name, self.desired.hold_prune, reason="held")
             return
@@ -424,9 +422,74 @@ class _Planner:
                 self.add("forget", rec.name, f"{rec.stop_cause or prune}: stopped")
             return
         if seen.alive:
-            self.add("stop", rec.name, prune)
+            self.add("stop", rec.name, self.handed_over(rec) or prune)
         else:
             self.add("forget", rec.name, f"{prune} (already exited)")
+
+    def serving_until_successor(self, seen: ObservedService) -> bool:
+        """A retiring instance that has served keeps serving while the one replacing it is
+        desired and not ready yet (it may be starting, or crash-looping: clients keep an
+        answer either way, as a rolling update keeps its old pods). True: it waits."""
+        rec = seen.record
+        if not seen.alive or rec.ready_at is None or self.desired.get(rec.handover_to) is None:
+            return False
+        successor = self.observed.services.get(rec.handover_to)
+        if successor is not None and _serves(successor):
+            return False
+        state = "not started" if successor is None else _successor_state(successor)
+        self.add(
+            "wait",
+            rec.name,
+            f"serving until the new {rec.handover_to} is ready ({state})",
+            reason="handover",
+        )
+        return True
+
+    def handed_over(self, rec: Record) -> str:
+        """The stop cause of a retiring instance whose successor serves ("" otherwise)."""
+        successor = self.observed.services.get(rec.handover_to) if rec.handover_to else None
+        if successor is None or not _serves(successor):
+            return ""
+        return f"replaced: the new {rec.handover_to} (pid {successor.record.pid}) serves"
+
+
+def _can_overlap(service: DesiredService, seen: ObservedService) -> bool:
+    """Whether a changed launch may start beside the running one instead of after it.
+
+    Only the gateway: it holds no model memory, and ours opens its port with
+    ``SO_REUSEPORT`` once it can serve, so the new process shares the old one's port
+    and the old one stops only when the new one answers (no window of refused
+    connections). The old process must be one that serves (not still starting) and,
+    on the same port, an ``mlxctl.gateway`` (the LiteLLM proxy of earlier versions
+    binds without ``SO_REUSEPORT``, so the new one could not bind beside it).
+    """
+    rec = seen.record
+    if service.role != "gateway" or rec.ready_at is None:
+        return False
+    return rec.port != service.port or "mlxctl.gateway" in rec.cmdline
+
+
+def _serves(seen: ObservedService) -> bool:
+    """Running, and ready (recorded, or answered just now) and not failing its probe."""
+    rec = seen.record
+    return (
+        seen.alive
+        and rec.spawned
+        and not rec.stopping
+        and seen.health != "unready"
+        and (rec.ready_at is not None or seen.health == "ready")
+    )
+
+
+def _successor_state(seen: ObservedService) -> str:
+    rec = seen.record
+    if rec.stopping:
+        return "stopping"
+    if not seen.alive:
+        return "not running"
+    if rec.ready_at is None:
+        return f"starting, pid {rec.pid}" + (f": {seen.detail}" if seen.detail else "")
+    return seen.detail or "not answering"
 
 
 def _memory_check(desired: DesiredState) -> BudgetCheck | None:

@@ -29,6 +29,9 @@ class ProbeSpec:
     port: int
     model: str = ""
     host: str = HOST
+    # The process that must be the one answering (0: any). Two gateways share a port
+    # while one replaces the other; an answer from the other one proves nothing.
+    pid: int = 0
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class ProbeResult:
     # The server runs but can no longer generate, and a request did that to it (mlx-lm's
     # "generation thread died"): replace it at once, without counting a crash.
     poisoned: bool = False
+    # The process that answered, when the server says (the gateway does).
+    pid: int | None = None
 
 
 class Http(Protocol):

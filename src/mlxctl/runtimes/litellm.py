@@ -15,6 +15,7 @@ fallback's key reach the gateway through its environment, named here.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -136,9 +137,20 @@ def gateway_argv(*, python: Path, config: Path, port: int, host: str = HOST) -> 
 
 
 def check(http: Http, mode: ProbeMode, model: str) -> ProbeResult:
-    """``/health/liveliness``: answered only once the router is built and serving."""
-    status, _ = http("GET", "/health/liveliness")
-    return ProbeResult(status == 200, f"/health/liveliness answered {status}")
+    """``/health/liveliness``: answered only once the gateway serves, with its PID (while
+    one gateway replaces another on the same port, either may answer)."""
+    status, body = http("GET", "/health/liveliness")
+    pid: int | None = None
+    try:
+        data = json.loads(body)
+        pid = data.get("pid") if isinstance(data, dict) else None
+    except ValueError:
+        pass
+    return ProbeResult(
+        status == 200,
+        f"/health/liveliness answered {status}",
+        pid=pid if isinstance(pid, int) else None,
+    )
 
 
 RUNTIME = Runtime(

@@ -66,6 +66,8 @@ def build_status(desired: DesiredState | None, observed: ObservedState) -> list[
         n for n, s in observed.services.items() if s.record.role == "tier" and n not in names
     )
     names.append("gateway")
+    # A gateway being replaced (``gateway~PID``) serves until the new one is ready.
+    names += sorted(n for n, s in observed.services.items() if s.record.handover_to)
     rows: list[ServiceStatus] = []
     for name in names:
         want = desired.get(name) if desired else None
@@ -85,6 +87,8 @@ def build_status(desired: DesiredState | None, observed: ObservedState) -> list[
             elapsed = observed.now - job.started_at
             if job.done and elapsed > 0:
                 detail += f", {job.done / elapsed / 1e6:.1f} MB/s"
+        if rec is not None and rec.handover_to and seen is not None and health == "ready":
+            detail = f"being replaced: serves until the new {rec.handover_to} is ready"
         if desired is None:
             sync: SyncState = "Unknown"
         elif (want is not None and want.suspended) or (
@@ -134,6 +138,14 @@ def status_json(
     """The public JSON shape: ``tiers`` (list), ``gateway`` (object or null) and
     ``invalid_files`` (file -> its problems; its last valid version is what is applied)."""
     tiers = [r.to_json() for r in rows if r.role == "tier"]
-    gateway = next((r.to_json() for r in rows if r.role == "gateway"), None)
+    gateways = [r.to_json() for r in rows if r.role == "gateway"]
+    gateway = next((g for g in gateways if g["name"] == "gateway"), None)
     files = {str(path): list(problems) for path, problems in (invalid or {}).items()}
-    return {"schema": STATUS_SCHEMA, "tiers": tiers, "gateway": gateway, "invalid_files": files}
+    return {
+        "schema": STATUS_SCHEMA,
+        "tiers": tiers,
+        "gateway": gateway,
+        # Gateways being replaced (``gateway~PID``): each serves until the new one is ready.
+        "retiring": [g for g in gateways if g["name"] != "gateway"],
+        "invalid_files": files,
+    }
