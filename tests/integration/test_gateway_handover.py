@@ -6,14 +6,20 @@ stopped. A client sending requests back to back through the OpenAI SDK sees no e
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import psutil
 import pytest
-from tests.integration.conftest import Mlxctl, free_ports, stack_yaml
+from tests.integration.conftest import Mlxctl, free_ports, stack_yaml, wait_for
 
 pytestmark = pytest.mark.integration
 MSG: Any = [{"role": "user", "content": "Hello"}]
@@ -102,3 +108,61 @@ def test_a_gateway_restart_starts_the_new_one_first_and_no_request_fails(
     ], handover
     stop = next(e for e in events if e["kind"] == "stop" and e["target"] == f"gateway~{old_pid}")
     assert stop["cause"] == f"replaced: the new gateway (pid {new_pid}) serves"
+
+
+def _gateway(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "LITELLM_MASTER_KEY": "sk-drain", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    argv = [sys.executable, "-m", "mlxctl.gateway", "--config", str(config), "--port", str(port)]
+    with log.open("ab") as handle:
+        return subprocess.Popen(
+            argv, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_sigterm_moves_keep_alive_clients_to_the_new_gateway_without_an_error(
+    tmp_path: Path,
+) -> None:
+    """The old gateway drains: its listener closes, the next request on an open
+    keep-alive connection is answered with ``Connection: close`` (by the old one), and
+    the client's following request reaches the new one on a new connection."""
+    (port,) = free_ports(1)
+    config = tmp_path / "routes.json"
+    config.write_text('{"routes": []}')
+    log = tmp_path / "gateway.log"
+    old = _gateway(config, port, log)
+    new: subprocess.Popen[bytes] | None = None
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+
+            def answer() -> tuple[int, str]:
+                r = client.get("/health/liveliness")
+                return int(r.json()["pid"]), r.headers.get("connection", "")
+
+            wait_for(lambda: _answers(client), 120, "the old gateway")
+            assert answer()[0] == old.pid
+            new = _gateway(config, port, log)
+            wait_for(lambda: log.read_text().count("serving") >= 2, 120, "the new gateway")
+            os.killpg(old.pid, signal.SIGTERM)
+            time.sleep(0.3)  # the drain has begun: the old listener is closed
+            assert answer() == (old.pid, "close")  # the open connection, closed after
+            assert answer()[0] == new.pid  # a new connection: only the new one listens
+            old.wait(10)  # the drain ends as soon as no connection is left
+            for _ in range(5):
+                assert answer()[0] == new.pid
+    finally:
+        for proc in (old, new):
+            if proc is not None:
+                _stop(proc)
+
+
+def _answers(client: httpx.Client) -> bool:
+    try:
+        return client.get("/health/liveliness").status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from mlxctl.gateway.app import Gateway, build_app, log
+from mlxctl.gateway.drain import DrainingServer, closing_while_draining
 from mlxctl.gateway.requests import request_adapters
 from mlxctl.gateway.routing import RoutingTable, warm_litellm
 from mlxctl.runtimes.litellm import KEY_FILE_ENV, MASTER_KEY_ENV, GatewayConfig, parse_config
@@ -134,9 +135,11 @@ async def serve(config_path: Path, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, reloader.wake.set)
     watcher = asyncio.create_task(reloader.run())
-    server = uvicorn.Server(
+    server: DrainingServer | None = None
+    app = closing_while_draining(build_app(gateway), lambda: server is not None and server.draining)
+    server = DrainingServer(
         uvicorn.Config(
-            build_app(gateway),
+            app,
             log_level="warning",
             access_log=False,
             lifespan="off",
