@@ -25,46 +25,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).parent))
-from _shared import free_port, write_results
+from _shared import BackToBack, free_port, write_results
 
 BODY = {"model": "fast", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 KEY_ENV = "BENCH_REMOTE_KEY"
-
-
-class Client(threading.Thread):
-    """Back-to-back requests, no retries; records (time, ok) for each."""
-
-    def __init__(self, url: str, key: str) -> None:
-        super().__init__(daemon=True)
-        self.url, self.key = url, key
-        self.results: list[tuple[float, bool]] = []
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        headers = {"Authorization": f"Bearer {self.key}"}
-        with httpx.Client(headers=headers, timeout=30) as client:
-            while not self.done.is_set():
-                try:
-                    r = client.post(f"{self.url}/v1/chat/completions", json=BODY)
-                    ok = r.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                self.results.append((time.monotonic(), ok))
-                if not ok:
-                    time.sleep(0.01)
-
-    def summary(self) -> dict[str, Any]:
-        failed = [t for t, ok in self.results if not ok]
-        window = (failed[-1] - failed[0]) if failed else 0.0
-        return {"requests": len(self.results), "failed": len(failed), "window_s": round(window, 2)}
 
 
 def stack(model: Path, tier_port: int, gw_port: int) -> str:
@@ -94,7 +63,7 @@ def one_run(mlxctl: str, model: Path, work: Path) -> dict[str, Any]:
         if first.returncode != 0:
             raise SystemExit(f"{mlxctl}: first reconcile failed: {first.stderr[-500:]}")
         key = run("gateway", "key", str(stacks)).stdout.strip()
-        client = Client(f"http://127.0.0.1:{gw_port}", key)
+        client = BackToBack(f"http://127.0.0.1:{gw_port}", key, BODY)
         client.start()
         time.sleep(1.0)
         env[KEY_ENV] = "value-1"

@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _shared import free_port, write_results
+from _shared import BackToBack, free_port, write_results
 
 KEY = "sk-restart-bench"
 ENV = {**os.environ, "LITELLM_MASTER_KEY": KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
@@ -64,42 +63,13 @@ def wait_log(path: Path, text: str, count: int, timeout: float = 180) -> None:
         time.sleep(0.02)
 
 
-class Client(threading.Thread):
-    """Back-to-back requests; records (time, ok) for each."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.url = url
-        self.results: list[tuple[float, bool]] = []
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        headers = {"Authorization": f"Bearer {KEY}"}
-        with httpx.Client(headers=headers, timeout=30) as client:
-            while not self.done.is_set():
-                try:
-                    ok = (
-                        client.post(f"{self.url}/v1/chat/completions", json=BODY).status_code == 200
-                    )
-                except httpx.HTTPError:
-                    ok = False
-                self.results.append((time.monotonic(), ok))
-                if not ok:
-                    time.sleep(0.01)
-
-    def summary(self) -> dict[str, Any]:
-        failed = [t for t, ok in self.results if not ok]
-        window = (failed[-1] - failed[0]) if failed else 0.0
-        return {"requests": len(self.results), "failed": len(failed), "window_s": round(window, 2)}
-
-
 def one_run(way: str, config: Path, port: int, work: Path) -> dict[str, Any]:
     log = work / f"{way}.log"
     log.write_text("")
     argv = [sys.executable, "-m", "mlxctl.gateway", "--config", str(config), "--port", str(port)]
     old = spawn(argv, log)
     wait_log(log, "litellm.Router ready", 1)
-    client = Client(f"http://127.0.0.1:{port}")
+    client = BackToBack(f"http://127.0.0.1:{port}", KEY, BODY)
     client.start()
     time.sleep(1.0)
     if way == "stop-then-start":
