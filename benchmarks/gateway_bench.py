@@ -91,10 +91,10 @@ def ours_config(port: int, *, fast_path: bool) -> dict[str, Any]:
 
 
 class Proc:
-    def __init__(self, argv: list[str], log: Path) -> None:
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log.open("w")
         self.popen = subprocess.Popen(
-            argv, env=ENV, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            argv, env=env or ENV, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     def stop(self) -> None:
