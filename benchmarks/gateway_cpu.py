@@ -160,16 +160,28 @@ def profile_kind(base: str, pid: int, out: Path, kind: str, count: int, top: int
     }
 
 
-def in_process(iterations: int = 20_000) -> dict[str, float]:
-    """JSON parse and schema check of the benchmark's body, in this process (us per call)."""
+def in_process(direct: str, iterations: int = 20_000) -> dict[str, float]:
+    """In this process, us per call: the JSON parse and schema check of the benchmark's body,
+    and renaming the model in a real 1-token answer and in one real stream event."""
+    from mlxctl.gateway.answers import StreamRenamer, renamed
     from mlxctl.gateway.requests import check_request, request_adapters
 
     request_adapters("chat")
     raw = json.dumps(CHAT).encode()
+    body = {**CHAT, "model": "default_model"}
+    answer = httpx.post(f"{direct}/v1/chat/completions", json=body, timeout=60).content
+    with httpx.stream(
+        "POST", f"{direct}/v1/chat/completions", json={**body, "stream": True}, timeout=60
+    ) as resp:
+        event = next(line for line in resp.iter_lines() if line.startswith("data: {"))
+    event_bytes = event.encode() + b"\n\n"
+    renamer = StreamRenamer("fast")
     out = {}
     for name, call in (
         ("json_loads", lambda: json.loads(raw)),
         ("check_request", lambda: check_request(json.loads(raw), "chat")),
+        ("rename_answer", lambda: renamed(answer, "fast")),
+        ("rename_stream_event", lambda: renamer.feed(event_bytes)),
     ):
         for _ in range(500):
             call()
@@ -178,6 +190,8 @@ def in_process(iterations: int = 20_000) -> dict[str, float]:
             call()
         out[name] = round((time.process_time() - start) / iterations * 1e6, 1)
     out["check_request"] = round(out["check_request"] - out["json_loads"], 1)
+    out["answer_bytes"] = len(answer)
+    out["event_bytes"] = len(event_bytes)
     return out
 
 
@@ -223,7 +237,7 @@ def main() -> None:
         for proc, _ in gateways.values():
             proc.stop()
         gateways = {}
-        result["in_process_us"] = in_process()
+        result["in_process_us"] = in_process(direct)
         if args.profile:
             result[f"profile_{args.profile}"] = {}
             for name, path in paths.items():

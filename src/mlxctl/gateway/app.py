@@ -7,18 +7,18 @@ or wrong key, 404 naming the models that exist, 400 for a request outside the
 OpenAI schema, and the backend's own 4xx passed on.
 
 A validated request to a local tier is relayed to it as is (the fast path: the
-answer, streamed or not, goes back as the tier wrote it, chunk by chunk, tool calls
+answer, streamed or not, goes back as the tier wrote it, event by event, tool calls
 and reasoning fields included, with only its ``model`` set to the name the client
 asked for: :mod:`mlxctl.gateway.answers`). Only when the tier fails to answer
 (refused connection, reset, a 5xx) is the request handed to ``litellm.Router``,
 which retries it and walks the stack's fallbacks, local or remote. Measured here,
-LiteLLM's completion path costs ~7 ms of CPU a request; the whole fast path about
-1 ms (see ``docs/gateway.md``).
+LiteLLM's completion path costs ~7 ms of CPU a request; the whole fast path, HTTP
+server included, ~1.3-1.5 ms (see ``docs/gateway.md``).
 
 The client to the tiers is aiohttp, not httpx: measured in process against
-``mlx_lm.server``, one 1-token completion costs ~0.8-1 ms of CPU through aiohttp and
-~1.8-2.5 ms through httpx (httpcore, anyio's cancel scopes and h11 in pure Python),
-which was most of the gateway's own CPU per request.
+``mlx_lm.server``, one 1-token completion costs ~0.75-1.1 ms of CPU through aiohttp
+and ~1.7-2.5 ms through httpx (httpcore, anyio's cancel scopes and h11 in pure
+Python), which was most of the gateway's own CPU per request.
 
 Every request passes through :meth:`Gateway.handle`: one place that holds it (the
 tier's concurrency gate) and sees it end (a stream ends with its last byte), which
