@@ -91,10 +91,10 @@ def ours_config(port: int, *, fast_path: bool) -> dict[str, Any]:
 
 
 class Proc:
-    def __init__(self, argv: list[str], log: Path) -> None:
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log.open("w")
         self.popen = subprocess.Popen(
-            argv, env=ENV, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            argv, env=env or ENV, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     def stop(self) -> None:
@@ -242,6 +242,7 @@ def start_backend(model: Path, work: Path) -> tuple[Proc, str]:
 
 
 DESIGNS = ("litellm-proxy", "mlxctl-router", "mlxctl-gateway")
+VERSIONS = ("litellm", "mlx-lm", "starlette", "uvicorn", "httpx", "aiohttp", "httptools", "uvloop")
 
 
 def start_gateways(
@@ -304,7 +305,9 @@ def main() -> None:
     gateways: dict[str, tuple[Proc, str, float]] = {}
     result: dict[str, Any] = {
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
-        "versions": {p: version(p) for p in ("litellm", "mlx-lm", "starlette", "uvicorn", "httpx")},
+        "versions": {p: version(p) for p in VERSIONS},
+        # The machine is shared: how busy it was says how far to trust the tails.
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
     }
     try:
         designs = tuple(d for d in DESIGNS if d in args.designs.split(","))
@@ -343,6 +346,7 @@ def main() -> None:
         for proc, _, _ in gateways.values():
             proc.stop()
         backend.stop()
+    result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     print(render(result, args.requests, designs))
     if args.json:
         write_results(args.json, "gateway", result)

@@ -164,6 +164,33 @@ def test_models_list_names_and_aliases_and_an_alias_answers(setup: Setup) -> Non
     assert ids == ["doomed", "fast", "gpt-4o-mini", "late", "lonely", "standard", "tools"]
     answer = client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=2)  # type: ignore[arg-type]
     assert answer.choices[0].message.content
+    assert answer.model == "gpt-4o-mini"
+
+
+@pytest.mark.parametrize("model", ["fast", "gpt-4o-mini"])
+def test_answers_name_the_model_the_client_asked_for(setup: Setup, model: str) -> None:
+    """Not the tier's served name (``default_model``), nor the tier behind an alias."""
+    client = setup.client()
+    answer = client.chat.completions.create(model=model, messages=MSG, max_tokens=2)  # type: ignore[arg-type]
+    assert answer.model == model and answer.choices[0].message.content
+    text = client.completions.create(model=model, prompt="Hello world", max_tokens=2)
+    assert text.model == model and text.choices[0].text
+    stream = client.chat.completions.create(
+        model=model,
+        messages=MSG,  # type: ignore[arg-type]
+        max_tokens=4,
+        stream=True,
+    )
+    chunks = list(stream)
+    assert len(chunks) >= 2 and {c.model for c in chunks} == {model}
+    # Raw: every event renamed, the stream still ends with [DONE].
+    body = {"model": model, "messages": MSG, "max_tokens": 4, "stream": True}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.stream("POST", f"{setup.url}/v1/chat/completions", json=body,
+                      headers=headers, timeout=60) as resp:  # fmt: skip
+        data = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    assert {json.loads(d)["model"] for d in data[:-1]} == {model}
 
 
 def test_an_unknown_model_is_404_naming_the_models(setup: Setup) -> None:
@@ -260,13 +287,16 @@ def test_a_dead_tier_is_answered_by_its_fallback(setup: Setup) -> None:
     body = {"model": "doomed", "messages": MSG, "max_tokens": 2}
     answer = setup.post(body)
     assert answer.status_code == 200, answer.text
+    assert answer.json()["model"] == "doomed"  # the Router's answers are renamed too
     streamed = setup.client().chat.completions.create(
         model="doomed",
         messages=MSG,  # type: ignore[arg-type]
         max_tokens=4,
         stream=True,
     )
-    assert [c for c in streamed if c.choices and c.choices[0].delta.content]
+    chunks = list(streamed)
+    assert [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert {c.model for c in chunks} == {"doomed"}
     # One failure never takes a tier out of service: no cooldown on the next request.
     assert setup.post({"model": "fast", "messages": MSG, "max_tokens": 1}).status_code == 200
     assert "did not answer; the Router retries" in setup.log.read_text()

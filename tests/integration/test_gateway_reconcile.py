@@ -86,6 +86,10 @@ def test_adding_and_removing_a_tier_reroutes_without_a_restart_or_a_failure(
         answer = httpx.post(f"{url}/v1/chat/completions", json=extra,
                             headers={"Authorization": f"Bearer {key}"}, timeout=30)  # fmt: skip
         assert answer.status_code == 200, answer.text
+        assert answer.json()["model"] == "extra"  # the name asked for, not "default_model"
+        alias = httpx.post(f"{url}/v1/chat/completions", json={**extra, "model": "gpt-4o-mini"},
+                           headers={"Authorization": f"Bearer {key}"}, timeout=30)  # fmt: skip
+        assert alias.status_code == 200 and alias.json()["model"] == "gpt-4o-mini", alias.text
 
         mlxctl.write("stack.yaml", stack_yaml(base, gateway=gateway))
         removed = mlxctl.run("reconcile", "--once", stacks)

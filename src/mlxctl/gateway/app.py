@@ -7,11 +7,18 @@ or wrong key, 404 naming the models that exist, 400 for a request outside the
 OpenAI schema, and the backend's own 4xx passed on.
 
 A validated request to a local tier is relayed to it as is (the fast path: the
-answer, streamed or not, goes back byte for byte, tool calls and reasoning fields
-included). Only when the tier fails to answer (refused connection, reset, a 5xx)
-is the request handed to ``litellm.Router``, which retries it and walks the
-stack's fallbacks, local or remote. Measured here, LiteLLM's completion path costs
-~7 ms a request; the fast path costs ~1 ms (see ``docs/gateway.md``).
+answer, streamed or not, goes back as the tier wrote it, event by event, tool calls
+and reasoning fields included, with only its ``model`` set to the name the client
+asked for: :mod:`mlxctl.gateway.answers`). Only when the tier fails to answer
+(refused connection, reset, a 5xx) is the request handed to ``litellm.Router``,
+which retries it and walks the stack's fallbacks, local or remote. Measured here,
+LiteLLM's completion path costs ~7 ms of CPU a request; the whole fast path, HTTP
+server included, ~1.3-1.5 ms (see ``docs/gateway.md``).
+
+The client to the tiers is aiohttp, not httpx: measured in process against
+``mlx_lm.server``, one 1-token completion costs ~0.75-1.1 ms of CPU through aiohttp
+and ~1.7-2.5 ms through httpx (httpcore, anyio's cancel scopes and h11 in pure
+Python), which was most of the gateway's own CPU per request.
 
 Every request passes through :meth:`Gateway.handle`: one place that holds it (the
 tier's concurrency gate) and sees it end (a stream ends with its last byte), which
@@ -29,18 +36,20 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import httpx
+import aiohttp
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
 
+from mlxctl.gateway.answers import StreamRenamer, renamed
 from mlxctl.gateway.requests import Checked, Endpoint, RequestError, check_request
 from mlxctl.gateway.routing import RoutingTable
 from mlxctl.runtimes.base import HOST
 from mlxctl.runtimes.litellm import Route
 
 PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "text": "/v1/completions"}
+JSON_BODY = {"Content-Type": "application/json"}
 # A refused connection is known at once; a tier that accepts but never answers
 # headers is slow, not dead, and gets the whole request timeout.
 CONNECT_TIMEOUT = 5.0
@@ -83,10 +92,22 @@ class Gateway:
         self.set_key(key)
         self.table = table
         self.requests_done = 0
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(table.config.timeout, connect=CONNECT_TIMEOUT),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-        )
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The client to the tiers, made on first use (aiohttp binds it to the running loop)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                # No pool limit: each tier's gate bounds its requests.
+                connector=aiohttp.TCPConnector(limit=0),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
     def set_key(self, key: str) -> None:
         if not key.strip():
@@ -136,46 +157,53 @@ class Gateway:
         endpoint: Endpoint,
         release: Callable[[], None],
     ) -> Response | None:
-        """The fast path: the tier's answer as is, or None when the tier failed to answer."""
-        body = {**checked.params, "model": route.served_model}
+        """The fast path: the tier's answer, or None when the tier failed to answer."""
+        body = json.dumps({**checked.params, "model": route.served_model}).encode()
         url = f"http://{HOST}:{route.port}{PATHS[endpoint]}"
+        config = table.config
+        # Per read, not in total: a stream may run for minutes, a cold model is slow to
+        # its first token; a refused connection is known at once.
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=CONNECT_TIMEOUT, sock_read=config.timeout
+        )
         # A tier without a fallback that refuses connections is restarting (or starting):
         # hold the request until it listens again, up to ``hold`` seconds.
-        config = table.config
         held_until = None if config.fallbacks.get(route.name) else time.monotonic() + config.hold
         try:
             while True:
                 try:
-                    resp = await self.client.send(
-                        self.client.build_request("POST", url, json=body), stream=True
+                    resp = await self.session.post(
+                        url, data=body, headers=JSON_BODY, timeout=timeout
                     )
                     break
-                except httpx.ConnectError:
+                except aiohttp.ClientConnectorError:
                     if held_until is None or time.monotonic() >= held_until:
                         raise
                     await asyncio.sleep(HOLD_POLL)
-        except httpx.TimeoutException as exc:
-            if isinstance(exc, httpx.ConnectTimeout):
-                return None
+        except aiohttp.ConnectionTimeoutError:
+            return None
+        except TimeoutError:  # connected, but no answer within the timeout
             release()
             return error(504, f"tier '{route.name}' did not answer in time", code="timeout",
                          type_="timeout_error")  # fmt: skip
-        except httpx.TransportError:
+        except aiohttp.ClientError:
             return None  # refused or reset: the Router retries and falls back
-        if resp.status_code >= 500:
-            await resp.aclose()
+        if resp.status >= 500:
+            resp.release()
             return None
-        media = resp.headers.get("content-type", "application/json")
-        if not checked.stream or resp.status_code != 200:
+        media = resp.headers.get("Content-Type", "application/json")
+        if not checked.stream or resp.status != 200:
             try:
-                content = await resp.aread()
-            except httpx.TransportError:
+                content = await resp.read()
+            except (aiohttp.ClientError, TimeoutError):
                 return None
             finally:
-                await resp.aclose()
+                resp.release()
             release()
-            return Response(content, status_code=resp.status_code, media_type=media)
-        return StreamingResponse(_bytes(resp, release), media_type=media)
+            if resp.status == 200:
+                content = renamed(content, checked.model)
+            return Response(content, status_code=resp.status, media_type=media)
+        return StreamingResponse(_events(resp, checked.model, release), media_type=media)
 
     async def _route(
         self,
@@ -198,22 +226,28 @@ class Gateway:
             return backend_error(exc)
         if not checked.stream:
             release()
-            return Response(_dump(result, name), media_type="application/json")
-        return StreamingResponse(_sse(result, name, release), media_type="text/event-stream")
+            return Response(_dump(result, checked.model), media_type="application/json")
+        stream = _sse(result, checked.model, release)
+        return StreamingResponse(stream, media_type="text/event-stream")
 
 
-async def _bytes(resp: httpx.Response, release: Callable[[], None]) -> AsyncIterator[bytes]:
-    """A tier's stream, chunk by chunk as it arrives; the gate opens when it ends."""
+async def _events(
+    resp: aiohttp.ClientResponse, model: str, release: Callable[[], None]
+) -> AsyncIterator[bytes]:
+    """A tier's stream, each event as soon as it is complete; the gate opens when it ends."""
+    events = StreamRenamer(model)
     try:
-        async for chunk in resp.aiter_raw():
-            yield chunk
-    except httpx.TransportError as exc:  # the tier died mid-stream: say so, in-band
-        body = {
-            "error": {"message": f"the tier stopped mid-stream: {exc}", "code": "backend_error"}
-        }
+        async for chunk in resp.content.iter_any():
+            if out := events.feed(chunk):
+                yield out
+        if rest := events.flush():
+            yield rest
+    except (aiohttp.ClientError, TimeoutError) as exc:  # the tier died mid-stream: in-band
+        message = f"the tier stopped mid-stream: {exc!r}"
+        body = {"error": {"message": message, "code": "backend_error"}}
         yield b"data: " + json.dumps(body).encode() + b"\n\n"
     finally:
-        await resp.aclose()
+        resp.release()
         release()
 
 

@@ -140,6 +140,7 @@ async def serve(config_path: Path, host: str, port: int) -> None:
     server = DrainingServer(
         uvicorn.Config(
             app,
+            http="httptools",  # C parser: ~0.2 ms less CPU a request than h11 (docs/gateway.md)
             log_level="warning",
             access_log=False,
             lifespan="off",
