@@ -56,6 +56,17 @@ def test_bad_value_points_at_the_value(tmp_path: Path) -> None:
     assert "'mlx-lm' or 'vllm-mlx'" in problem and "got 'mlx-llm'" in problem
 
 
+def test_a_key_spelled_like_pydantics_key_marker_is_an_unknown_key(tmp_path: Path) -> None:
+    # Found by the fuzz test: pydantic writes "[key]" in an error's location for a dict
+    # key's validator; a file's own key "[key]" crashed the message builder.
+    path = tmp_path / "s.yaml"
+    path.write_text("{'[key]': null}\n")
+    assert problems(path)[-1] == (
+        f"{path}:1:2: ['[key]']: unknown key '[key]' "
+        "(expected one of: apiVersion, kind, metadata, spec)"
+    )
+
+
 def test_model_mapping_typo_reports_only_the_mapping_branch(tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -401,7 +401,9 @@ def _format_errors(path: Path, node: Any, exc: ValidationError) -> list[str]:
         loc, form = _without_model_tag(tuple(err["loc"]))
         if _is_losing_union_branch(loc, errors):
             continue
-        key_error = bool(loc) and loc[-1] == "[key]"
+        # pydantic marks a dict key's own failed validator with a "[key]" location part;
+        # an unknown key is reported at its own name, which a file may spell "[key]" too.
+        key_error = bool(loc) and loc[-1] == "[key]" and err["type"] != "extra_forbidden"
         if key_error:
             loc = loc[:-1]  # a dict key's own validator failed: point at the key
         keys, (line, col) = _locate(
