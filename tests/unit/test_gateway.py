@@ -3,6 +3,7 @@ fields behind them, and what resolution puts in the routes file and the launch h
 
 from __future__ import annotations
 
+import asyncio
 import json
 import textwrap
 from pathlib import Path
@@ -230,6 +231,12 @@ def test_a_vllm_mlx_catalog_tier_gets_its_parsers_from_the_catalog(tmp_path: Pat
 
 
 def test_a_replaced_routes_file_is_reloaded_and_a_broken_one_is_not(tmp_path: Path) -> None:
+    # Inside a running loop, as in the gateway: a reload schedules the new Router's build
+    # as a task (cancelled unstarted when the loop ends).
+    asyncio.run(_reload_scenario(tmp_path))
+
+
+async def _reload_scenario(tmp_path: Path) -> None:
     from mlxctl.gateway.app import Gateway
     from mlxctl.gateway.routing import RoutingTable
     from mlxctl.gateway.server import Reloader

@@ -163,3 +163,4 @@ async def serve(config_path: Path, host: str, port: int) -> None:
     finally:
         watcher.cancel()
         warming.cancel()
+        await gateway.aclose()  # the tiers' connections, closed rather than dropped

@@ -78,7 +78,8 @@ class GatewayConfig(_Frozen):
     fallbacks: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     retries: int = Field(default=DEFAULT_RETRIES, ge=0, le=10)
     timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0)
-    # Relay a local tier's answer byte for byte, and hand the request to the Router
+    # Relay a local tier's answer as it wrote it (but for its ``model``: the name the
+    # client sent), and hand the request to the Router
     # only when the tier fails (False: every request through the Router; measured in
     # docs/gateway.md, it costs ~7 ms a request here).
     fast_path: bool = True
