@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import httpx
 from tests.integration.conftest import Mlxctl, free_ports
@@ -60,6 +61,14 @@ def test_quickstart_serves_the_demo_model_through_the_gateway(mlxctl: Mlxctl) ->
         answer = ask(port, key.group(1), tier, "What is the capital of France?")
         assert answer.status_code == 200, answer.text
         assert "Paris" in answer.json()["choices"][0]["message"]["content"]
+        assert answer.json()["model"] == tier  # the name asked for, not the served one
+    # vllm-mlx keeps the gateway's connection open, and closes it after 5 idle seconds:
+    # the next request must not trip over the closed connection.
+    time.sleep(6)
+    again = ask(port, key.group(1), "chat-vllm", "What is the capital of France?")
+    assert again.status_code == 200 and again.json()["model"] == "chat-vllm", again.text
+    gateway_log = (mlxctl.home / "state" / "logs" / "gateway.log").read_text()
+    assert "did not answer" not in gateway_log  # answered on the fast path, not by retry
 
     # The gateway pins each name to its tier's model: no other model can be loaded.
     other = ask(port, key.group(1), "/some/other/model", "hi")
