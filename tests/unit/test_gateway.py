@@ -188,6 +188,11 @@ def test_the_routes_file_has_aliases_fallbacks_limits_and_no_secret(tmp_path: Pa
     assert ("MLXCTL_REMOTE_KEY_CLOUD", "${env:OR_KEY}") in gw.env
     assert gw.argv[1:3] == ("-m", "mlxctl.gateway")
     assert gw.argv[gw.argv.index("--host") + 1] == "127.0.0.1"
+    assert (routes.retries, routes.timeout, routes.hold) == (2, 600.0, 120.0)
+    held = parse_config(
+        resolve(tmp_path, STACK.replace("retries: 2", "hold: 5")).gateway.files[0][1]
+    )
+    assert (held.retries, held.hold) == (1, 5.0)
 
 
 def test_routes_do_not_move_the_gateway_hash_but_its_port_does(tmp_path: Path) -> None:

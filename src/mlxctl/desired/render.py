@@ -83,6 +83,7 @@ def canonical_documents(stack: StackSet, assigned_ports: Mapping[str, int]) -> l
                 "host": gw.host,
                 "retries": gw.retries,
                 "timeout": gw.timeout,
+                "hold": gw.hold,
             }
             if gw.remotes:
                 spec["gateway"]["remotes"] = [

@@ -275,7 +275,12 @@ def _gateway_service(
         if name in specs  # another stack's tier: its own stack declares its fallbacks
     }
     config = render_config(
-        routes, remotes=remotes, fallbacks=fallbacks, retries=gw.retries, timeout=gw.timeout
+        routes,
+        remotes=remotes,
+        fallbacks=fallbacks,
+        retries=gw.retries,
+        timeout=gw.timeout,
+        hold=gw.hold,
     )
     env_pairs = [*GATEWAY_ENV, (MASTER_KEY_ENV, master_key_ref(stack, ctx.state_dir))]
     if gw.master_key is None:

@@ -42,6 +42,10 @@ GATEWAY_ENV: tuple[tuple[str, str], ...] = (
 # restarting (connection refused) without making a failing request slow.
 DEFAULT_TIMEOUT = 600.0
 DEFAULT_RETRIES = 1
+# Seconds a request waits for a tier that refuses connections (starting or restarting)
+# when it has no fallback: long enough for a large model to load (30 s cut a 45 s load's
+# first requests off with a 502), short of a client's own timeout (OpenAI SDK: 600 s).
+DEFAULT_HOLD = 120.0
 
 
 class _Frozen(BaseModel):
@@ -83,9 +87,9 @@ class GatewayConfig(_Frozen):
     # only when the tier fails (False: every request through the Router; measured in
     # docs/gateway.md, it costs ~7 ms a request here).
     fast_path: bool = True
-    # Seconds a request waits for a tier that refuses connections (it is restarting)
-    # when the tier has no fallback to go to instead.
-    hold: float = Field(default=30.0, ge=0)
+    # Seconds a request waits for a tier that refuses connections (it is starting or
+    # restarting) when the tier has no fallback to go to instead.
+    hold: float = Field(default=DEFAULT_HOLD, ge=0)
 
     def route(self, name: str) -> Route | None:
         return next((r for r in self.routes if r.name == name), None)
@@ -106,6 +110,7 @@ def render_config(
     fallbacks: Mapping[str, Sequence[str]] | None = None,
     retries: int = DEFAULT_RETRIES,
     timeout: float = DEFAULT_TIMEOUT,
+    hold: float = DEFAULT_HOLD,
 ) -> str:
     """The gateway's routes file: deterministic JSON, so equal routes give equal bytes."""
     config = GatewayConfig(
@@ -114,6 +119,7 @@ def render_config(
         fallbacks={k: tuple(v) for k, v in sorted((fallbacks or {}).items()) if v},
         retries=retries,
         timeout=timeout,
+        hold=hold,
     )
     return config.model_dump_json(indent=2) + "\n"
 

@@ -281,8 +281,13 @@ class GatewaySpec(_Strict):
     master_key: str | None = Field(default=None, alias="masterKey")
     # Attempts after a failed one, per request (a tier restarting refuses connections).
     retries: Annotated[int, Field(ge=0, le=10)] = 1
-    # Seconds a request (a whole stream included) may take: local models start slowly.
+    # Seconds the gateway waits for a tier's answer to begin, and between two parts of a
+    # streamed one: a cold model is slow to its first token, a long answer streams for
+    # minutes.
     timeout: Annotated[float, Field(gt=0, le=86400)] = 600.0
+    # Seconds a request waits for a tier that is starting or restarting (it refuses
+    # connections) when the tier has no fallback.
+    hold: Annotated[float, Field(ge=0, le=86400)] = 120.0
     remotes: list[RemoteSpec] = Field(default_factory=list)
 
     @field_validator("host")
