@@ -217,6 +217,7 @@ def test_a_key_change_starts_the_new_gateway_before_the_old_one_stops(world: Wor
 
 
 def test_the_retiring_gateway_shows_in_status(world: World) -> None:
+    from mlxctl.status.report import status_text
     from mlxctl.status.services import build_status, status_json
 
     world.write(tiers_yaml(tier("fast", 8001)))
@@ -232,8 +233,11 @@ def test_the_retiring_gateway_shows_in_status(world: World) -> None:
     assert status["gateway"]["name"] == "gateway" and status["gateway"]["health"] == "starting"
     (retiring,) = status["retiring"]
     assert retiring["name"] == f"gateway~{old.pid}" and retiring["pid"] == old.pid
-    assert retiring["health"] == "ready"
-    assert retiring["detail"] == "being replaced: serves until the new gateway is ready"
+    assert retiring["health"] == "ready" and retiring["replaced_by"] == "gateway"
+    text = status_text(build_status(desired, observe_state(world.ctx, desired)))
+    row = next(line for line in text.splitlines() if line.startswith(f"gateway~{old.pid}"))
+    assert row.split()[1:3] == ["litellm", "ready"]
+    assert row.endswith("being replaced: serves until the new gateway is ready")
 
 
 def test_a_failed_spawn_gives_the_old_gateway_its_name_back(world: World) -> None:

@@ -209,6 +209,8 @@ def status_cells(rows: Iterable[ServiceStatus]) -> list[tuple[str, ...]]:
         note = r.last_error if r.last_error and r.health != "ready" else (r.model or "")
         if r.restart_in is not None:
             note = f"restart in {r.restart_in:.0f}s: {note}"
+        if r.replaced_by and r.health == "ready":
+            note = f"being replaced: serves until the new {r.replaced_by} is ready"
         cells.append(
             (
                 r.name,

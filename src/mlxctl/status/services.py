@@ -37,6 +37,9 @@ class ServiceStatus:
     detail: str
     # Seconds until a crash-looping service is restarted (its backoff expires).
     restart_in: float | None = None
+    # A gateway being replaced (``gateway~PID``): the service it serves for until the
+    # new one is ready.
+    replaced_by: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,8 +90,6 @@ def build_status(desired: DesiredState | None, observed: ObservedState) -> list[
             elapsed = observed.now - job.started_at
             if job.done and elapsed > 0:
                 detail += f", {job.done / elapsed / 1e6:.1f} MB/s"
-        if rec is not None and rec.handover_to and seen is not None and health == "ready":
-            detail = f"being replaced: serves until the new {rec.handover_to} is ready"
         if desired is None:
             sync: SyncState = "Unknown"
         elif (want is not None and want.suspended) or (
@@ -127,6 +128,7 @@ def build_status(desired: DesiredState | None, observed: ObservedState) -> list[
                     if rec is not None and rec.not_before is not None and health == "crash-looping"
                     else None
                 ),
+                replaced_by=rec.handover_to or None if rec is not None else None,
             )
         )
     return rows
