@@ -77,7 +77,9 @@ def one_run(mlxctl: str, model: Path, work: Path) -> dict[str, Any]:
         client.join(30)
         return {**client.summary(), "reconcile_s": round(took, 2)}
     finally:
-        run("down", str(stacks))
+        down = run("down")  # every process this state directory owns, by identity
+        if down.returncode != 0:
+            print(f"{mlxctl} down failed, stop {home}'s servers: {down.stderr[-300:]}")
 
 
 def main() -> None:
