@@ -261,7 +261,8 @@ def layout_from_config(config: Mapping[str, Any]) -> KvLayout | None:
 def estimate_from_config(
     model: ModelDir, *, context: int | None = None, concurrency: int = 1, basis: str = ""
 ) -> MemoryEstimate:
-    """The estimate for a model directory already read (:func:`mlxctl.capacity.model_dir.read_model_dir`); pure."""
+    """The estimate for a model directory already read
+    (:func:`mlxctl.capacity.model_dir.read_model_dir`); pure."""
     layout = layout_from_config(model.config)
     text = model.config.get("text_config")
     cfg = {**model.config, **text} if isinstance(text, Mapping) else model.config
