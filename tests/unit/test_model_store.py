@@ -160,3 +160,29 @@ def test_interrupted_downloads_are_listed_and_collected_unless_a_download_holds_
     # Once no download holds it, it goes too.
     gc(paths, stack, delete=True, environ=env, running={})
     assert not busy.exists()
+
+
+def test_a_fifo_among_the_refs_is_refused_in_one_line_before_the_scan(tmp_path: Path) -> None:
+    import threading
+
+    paths, env = store(tmp_path)
+    cache = Path(env["HF_HUB_CACHE"])
+    cached(cache, "org/tiny", COMMIT, FILES)
+    cached(cache, "org/other", OTHER, FILES)
+    models = find_stored("org/tiny", list_models(paths, None, environ=env, running={}))
+    os.mkfifo(hub.repo_dir("org/other", cache) / "refs" / "pr")
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            remove(models, paths, environ=env)
+        except MlxctlError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "models rm hung on a FIFO in refs/"
+    [error] = errors
+    assert "refs/pr: not a ref" in str(error) and "\n" not in str(error)
+    assert (hub.repo_dir("org/tiny", cache) / "snapshots" / COMMIT / "config.json").exists()

@@ -47,6 +47,30 @@ def incomplete_blobs(repo_path: Path) -> list[Incomplete]:
     return out
 
 
+# A ref holds a 40-hex commit; huggingface_hub's scan reads each one whole.
+MAX_REF_BYTES = 1024
+
+
+def check_refs(cache: Path) -> None:
+    """Refuse, in one line, a cache whose ``refs/`` hold something other than small files.
+
+    huggingface_hub's scan opens and reads every ref of every repo: a FIFO there would
+    hang ``models rm``, a link to ``/dev/zero`` fill memory. Checked with ``lstat``
+    (nothing is opened) before any scan.
+    """
+    for refs in sorted(cache.glob("*/refs")):
+        for ref in sorted(refs.glob("**/*")):
+            with contextlib.suppress(OSError):
+                info = ref.lstat()
+                if stat.S_ISDIR(info.st_mode):
+                    continue
+                if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_REF_BYTES:
+                    raise MlxctlError(
+                        f"{ref}: not a ref of the hub cache (a ref is a small regular file); "
+                        "nothing deleted: remove it first"
+                    )
+
+
 def delete_revisions(cache: Path, repo_path: Path, commits: Iterable[str]) -> int:
     """Delete ``commits`` of the one cached repo at ``repo_path``; return the bytes freed.
 
@@ -55,6 +79,7 @@ def delete_revisions(cache: Path, repo_path: Path, commits: Iterable[str]) -> in
     """
     from huggingface_hub import scan_cache_dir
 
+    check_refs(cache)
     wanted = set(commits)
     info = scan_cache_dir(cache)
     target = os.path.realpath(repo_path)
