@@ -186,3 +186,17 @@ def test_a_fifo_among_the_refs_is_refused_in_one_line_before_the_scan(tmp_path: 
     [error] = errors
     assert "refs/pr: not a ref" in str(error) and "\n" not in str(error)
     assert (hub.repo_dir("org/tiny", cache) / "snapshots" / COMMIT / "config.json").exists()
+
+
+def test_rm_of_a_repo_takes_its_partial_downloads_and_a_revision_does_not(tmp_path: Path) -> None:
+    paths, env = store(tmp_path)
+    cache = Path(env["HF_HUB_CACHE"])
+    cached(cache, "org/tiny", COMMIT, FILES)
+    partial = hub.repo_dir("org/tiny", cache) / "blobs" / f"{'e' * 64}.1a2b3c4d.incomplete"
+    partial.write_bytes(b"x" * 5000)
+    models = list_models(paths, None, environ=env, running={})
+    assert [m.kind for m in find_stored(f"org/tiny@{COMMIT[:8]}", models)] == ["hub"]
+    named = find_stored("org/tiny", models)
+    assert sorted(m.kind for m in named) == ["hub", "incomplete"]
+    assert remove(named, paths, environ=env) == 5000 + sum(len(d) for d in FILES.values())
+    assert not hub.repo_dir("org/tiny", cache).exists()

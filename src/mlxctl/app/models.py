@@ -444,9 +444,11 @@ def find_stored(
         repo, rev = ref.repo, None
     else:
         repo, rev = match["repo"], match["rev"]
-    found = [m for m in models if m.kind == "hub" and m.name == repo]
-    if rev is not None:
-        found = [m for m in found if m.revision.startswith(rev) or rev in m.refs]
+    found = [m for m in models if m.kind in ("hub", "incomplete") and m.name == repo]
+    if rev is not None:  # a revision names a snapshot, never a partial download
+        found = [
+            m for m in found if m.kind == "hub" and (m.revision.startswith(rev) or rev in m.refs)
+        ]
     if not found:
         raise NotFoundError(f"{text} is not in the hub cache or the converted store")
     return found
@@ -471,6 +473,12 @@ def remove(
         )
     cache = hub_cache(environ)
     freed = 0
+    # Partial downloads first, each under its download lock (a repo deleted whole below
+    # would take them without asking).
+    for m in models:
+        if m.kind == "incomplete":
+            repo_path = hub.repo_dir(m.name, cache)
+            freed += delete_incomplete(cache, repo_path, incomplete_blobs(repo_path))
     by_repo: dict[str, list[StoredModel]] = {}
     for m in models:
         if m.kind == "hub":
@@ -480,10 +488,7 @@ def remove(
         for m in snaps:
             hub.ledger_path(paths.models, m.name, m.revision).unlink(missing_ok=True)
     for m in models:
-        if m.kind == "incomplete":
-            repo_path = hub.repo_dir(m.name, cache)
-            freed += delete_incomplete(cache, repo_path, incomplete_blobs(repo_path))
-        elif m.kind == "converted":
+        if m.kind == "converted":
             freed += m.size
             shutil.rmtree(m.path, ignore_errors=True)
     return freed
