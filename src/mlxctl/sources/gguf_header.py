@@ -144,17 +144,19 @@ class _Cursor:
         self.pos += n
 
 
-def _value(cur: _Cursor, kind: int, key: str, *, depth: int = 0) -> Any:
+def _value(cur: _Cursor, kind: int, key: str) -> Any:
+    """One metadata value: a scalar, a string, or an array (of scalars or strings only:
+    no real model nests arrays, and refusing them keeps the walk flat)."""
     if kind in _SCALARS:
         fmt, size = _SCALARS[kind]
         return cur.scalar(fmt, size, key)
     if kind == _STRING:
         return cur.string(key)
-    if kind != _ARRAY or depth > 0:
-        raise cur.fail(
-            key, f"value type {kind} is not a GGUF type" if kind != _ARRAY else "an array of arrays"
-        )
+    if kind != _ARRAY:
+        raise cur.fail(key, f"value type {kind} is not a GGUF type")
     item = int(cur.scalar("<I", 4, f"{key} (item type)"))
+    if item == _ARRAY:
+        raise cur.fail(key, "an array of arrays")
     if item not in _SCALARS and item != _STRING:
         raise cur.fail(key, f"array item type {item} is not a GGUF scalar or string")
     item_min = _SCALARS[item][1] if item in _SCALARS else 8
