@@ -19,7 +19,6 @@ from mlxctl.capacity.memory import (
     default_budget_bytes,
     estimate,
     estimate_catalog_variant,
-    estimate_from_model_dir,
     estimate_throughput,
     kv_cache_bytes,
     layout_from_config,
@@ -27,6 +26,7 @@ from mlxctl.capacity.memory import (
     runtime_overhead,
     smaller_variants,
 )
+from mlxctl.capacity.model_dir import estimate_from_model_dir
 from mlxctl.catalog.entries import Catalog, load_catalog
 from mlxctl.errors import AdmissionError, ExitCode, SpecError
 

@@ -10,6 +10,7 @@ directory.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
@@ -297,6 +298,24 @@ def _tree_size(directory: Path) -> int:
     return total
 
 
+# A ref file holds a 40-hex commit (a branch name is its path): a few bytes.
+MAX_REF_BYTES = 1024
+
+
+def _ref_names(refs_dir: Path) -> dict[str, list[str]]:
+    """commit -> the refs naming it; a ref that is not a small regular UTF-8 file is skipped."""
+    from mlxctl.files import read_text_bounded
+
+    out: dict[str, list[str]] = {}
+    for ref in sorted(refs_dir.rglob("*")) if refs_dir.is_dir() else []:
+        try:
+            commit = read_text_bounded(ref, MAX_REF_BYTES).strip()
+        except (OSError, UnicodeDecodeError):
+            continue  # a directory, a FIFO, a huge or binary file: not a ref
+        out.setdefault(commit, []).append(str(ref.relative_to(refs_dir)))
+    return out
+
+
 def list_models(
     paths: Paths,
     stack: StackSet | None,
@@ -304,19 +323,16 @@ def list_models(
     environ: Mapping[str, str] | None = None,
     running: Mapping[str, tuple[str, ...]] | None = None,
 ) -> list[StoredModel]:
-    """Every model on disk: hub cache snapshots and converted models, with their users."""
+    """Every model on disk: hub cache snapshots, partial downloads left by interrupted
+    pulls (kind ``incomplete``), and converted models, with their users."""
+    from mlxctl.app.cache_prune import incomplete_blobs
+
     cache = hub_cache(environ)
     users = tier_models(stack, paths) if stack is not None else []
     live = running_tiers(paths) if running is None else running
     out: list[StoredModel] = []
     for repo, repo_path in hub.cached_repos(cache):
-        refs_dir = repo_path / "refs"
-        ref_names: dict[str, list[str]] = {}
-        if refs_dir.is_dir():
-            for ref in refs_dir.rglob("*"):
-                if ref.is_file():
-                    commit = ref.read_text(encoding="utf-8").strip()
-                    ref_names.setdefault(commit, []).append(str(ref.relative_to(refs_dir)))
+        ref_names = _ref_names(repo_path / "refs")
         snapshots = repo_path / "snapshots"
         for snap in sorted(snapshots.iterdir()) if snapshots.is_dir() else []:
             ledger = hub.ledger_path(paths.models, repo, snap.name)
@@ -332,6 +348,22 @@ def list_models(
                     pulled=ledger.is_file(),
                     verified=bool(files) and hub.verified(files[0], snap, ledger),
                     refs=tuple(sorted(ref_names.get(snap.name, []))),
+                )
+            )
+        partial = incomplete_blobs(repo_path)
+        if partial:
+            # No snapshot links them and huggingface_hub never resumes another process's
+            # partial file: garbage once no download holds its lock (see cache_prune).
+            ledgers = hub.ledger_path(paths.models, repo, "x").parent
+            out.append(
+                StoredModel(
+                    "incomplete",
+                    repo,
+                    "",
+                    repo_path / "blobs",
+                    sum(f.size for f in partial),
+                    pulled_by_mlxctl=ledgers.is_dir(),
+                    verified=False,
                 )
             )
     # Converted models: the store's top level (the demo model) and gguf/ (GGUF imports).
@@ -358,6 +390,24 @@ def list_models(
     return out
 
 
+def _same_dir(a: Path, b: Path) -> bool:
+    """Whether two paths name the same directory (links resolved), never raising."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
+def uses(argv: Sequence[str], path: Path) -> bool:
+    """Whether a command line names the directory ``path`` (as itself or via links).
+
+    Only absolute arguments are compared, and by the directory they resolve to: a
+    server started on ``models--org--a/snapshots/C`` does not use ``models--org--b``'s
+    snapshot of the same commit, and one started through a symlinked cache does.
+    """
+    return any(arg.startswith("/") and _same_dir(Path(arg), path) for arg in argv)
+
+
 def _stored(
     kind: str,
     name: str,
@@ -371,7 +421,7 @@ def _stored(
     refs: tuple[str, ...] = (),
 ) -> StoredModel:
     tiers = tuple(sorted(u.tier for u in users if u.model.directory == path))
-    running = tuple(sorted(name for name, argv in live.items() if str(path) in argv))
+    running = tuple(sorted(name for name, argv in live.items() if uses(argv, path)))
     return StoredModel(
         kind, name, revision, path, _tree_size(path), pulled, verified, tiers, running, refs
     )
@@ -394,9 +444,11 @@ def find_stored(
         repo, rev = ref.repo, None
     else:
         repo, rev = match["repo"], match["rev"]
-    found = [m for m in models if m.kind == "hub" and m.name == repo]
-    if rev is not None:
-        found = [m for m in found if m.revision.startswith(rev) or rev in m.refs]
+    found = [m for m in models if m.kind in ("hub", "incomplete") and m.name == repo]
+    if rev is not None:  # a revision names a snapshot, never a partial download
+        found = [
+            m for m in found if m.kind == "hub" and (m.revision.startswith(rev) or rev in m.refs)
+        ]
     if not found:
         raise NotFoundError(f"{text} is not in the hub cache or the converted store")
     return found
@@ -405,7 +457,13 @@ def find_stored(
 def remove(
     models: Sequence[StoredModel], paths: Paths, *, environ: Mapping[str, str] | None = None
 ) -> int:
-    """Delete ``models`` (refusing if a running tier uses one); return the bytes freed."""
+    """Delete exactly ``models`` (refusing if a running tier uses one); return the bytes freed.
+
+    A hub snapshot is deleted within its own repo only (see :mod:`mlxctl.app.cache_prune`),
+    so another repo holding the same commit is never touched.
+    """
+    from mlxctl.app.cache_prune import delete_incomplete, delete_revisions, incomplete_blobs
+
     busy = [m for m in models if m.running]
     if busy:
         m = busy[0]
@@ -413,16 +471,21 @@ def remove(
             f"{m.name}{'@' + hub.short(m.revision) if m.revision else ''} is used by running "
             f"tier(s) {', '.join(m.running)}: remove them from the stack (or `mlxctl down`) first"
         )
+    cache = hub_cache(environ)
     freed = 0
-    hub_models = [m for m in models if m.kind == "hub"]
-    if hub_models:
-        from huggingface_hub import scan_cache_dir
-
-        info = scan_cache_dir(hub_cache(environ))
-        strategy = info.delete_revisions(*(m.revision for m in hub_models))
-        freed += strategy.expected_freed_size
-        strategy.execute()
-        for m in hub_models:
+    # Partial downloads first, each under its download lock (a repo deleted whole below
+    # would take them without asking).
+    for m in models:
+        if m.kind == "incomplete":
+            repo_path = hub.repo_dir(m.name, cache)
+            freed += delete_incomplete(cache, repo_path, incomplete_blobs(repo_path))
+    by_repo: dict[str, list[StoredModel]] = {}
+    for m in models:
+        if m.kind == "hub":
+            by_repo.setdefault(m.name, []).append(m)
+    for repo, snaps in by_repo.items():
+        freed += delete_revisions(cache, hub.repo_dir(repo, cache), [m.revision for m in snaps])
+        for m in snaps:
             hub.ledger_path(paths.models, m.name, m.revision).unlink(missing_ok=True)
     for m in models:
         if m.kind == "converted":

@@ -14,8 +14,7 @@ The budget is a share of unified memory; by default everything but
 ``max(4 GiB, 25%)``, which is left to macOS and other apps. The SUM of all tiers must
 fit: :func:`check_budget` is the admission check, and explains what to drop or shrink.
 
-Everything is pure except :func:`read_model_dir` (and :func:`estimate_from_model_dir`,
-which calls it).
+Everything here is pure; reading a model directory is :mod:`mlxctl.capacity.model_dir`.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlxctl.errors import AdmissionError, SpecError
@@ -223,39 +221,6 @@ class ModelDir:
     weights_bytes: int
 
 
-def read_model_dir(path: Path) -> ModelDir:
-    """Read ``config.json`` and add up the ``*.safetensors`` sizes (the only I/O here)."""
-    import json
-    import stat
-
-    config_path = path / "config.json"
-    try:
-        # Only a regular file of sane size (mlxctl.files.read_bounded does the same on an
-        # open descriptor; this module stays free of os for the planner's purity).
-        info = config_path.stat()
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_CONFIG_BYTES:
-            raise ValueError(f"not a regular file of at most {MAX_CONFIG_BYTES} bytes")
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
-        reason = str(exc) if not isinstance(exc, RecursionError) else "nested too deeply"
-        raise SpecError([f"{config_path}: cannot read the model config: {reason[:160]}"]) from None
-    if not isinstance(config, dict):
-        raise SpecError([f"{config_path}: not a JSON object"])
-    for scope in (config, config.get("text_config")):
-        for key, value in scope.items() if isinstance(scope, dict) else ():
-            if isinstance(value, int) and abs(value) > MAX_CONFIG_INT:
-                raise SpecError(
-                    [
-                        f"{config_path}: {key} is a {len(str(abs(value)))}-digit number; "
-                        "not a model's"
-                    ]
-                )
-    weights = sum(p.stat().st_size for p in path.glob("*.safetensors"))
-    if weights == 0:
-        weights = sum(p.stat().st_size for p in path.glob("*.gguf"))
-    return ModelDir(config=config, weights_bytes=weights)
-
-
 def layout_from_config(config: Mapping[str, Any]) -> KvLayout | None:
     """The KV layout described by a Hugging Face / MLX ``config.json``; pure.
 
@@ -296,7 +261,8 @@ def layout_from_config(config: Mapping[str, Any]) -> KvLayout | None:
 def estimate_from_config(
     model: ModelDir, *, context: int | None = None, concurrency: int = 1, basis: str = ""
 ) -> MemoryEstimate:
-    """The estimate for a model directory already read by :func:`read_model_dir`; pure."""
+    """The estimate for a model directory already read
+    (:func:`mlxctl.capacity.model_dir.read_model_dir`); pure."""
     layout = layout_from_config(model.config)
     text = model.config.get("text_config")
     cfg = {**model.config, **text} if isinstance(text, Mapping) else model.config
@@ -309,15 +275,6 @@ def estimate_from_config(
         context=ctx,
         concurrency=concurrency,
         basis=f"{basis}, {note}" if basis else note,
-    )
-
-
-def estimate_from_model_dir(
-    path: Path, *, context: int | None = None, concurrency: int = 1
-) -> MemoryEstimate:
-    """Estimate a local MLX model directory from its config.json and weight files."""
-    return estimate_from_config(
-        read_model_dir(path), context=context, concurrency=concurrency, basis=path.name
     )
 
 

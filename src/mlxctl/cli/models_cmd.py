@@ -22,6 +22,7 @@ from mlxctl.cli.common import (
 from mlxctl.errors import ExitCode
 
 if TYPE_CHECKING:
+    from mlxctl.app.models import StoredModel
     from mlxctl.machine.interfaces import JobProgress, ProgressFn
     from mlxctl.spec.loader import StackSet
 
@@ -38,6 +39,13 @@ def _size(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{n} B"
+
+
+def _label(m: StoredModel) -> str:
+    """``org/repo@0123456789ab``, ``NAME``, or the partial downloads of ``org/repo``."""
+    if m.kind == "incomplete":
+        return f"interrupted downloads of {m.name}"
+    return f"{m.name}{'@' + m.revision[:12] if m.revision else ''}"
 
 
 def ls(path: Path | None = None, files: tuple[Path, ...] = (), output: str = "text") -> int:
@@ -59,7 +67,9 @@ def ls(path: Path | None = None, files: tuple[Path, ...] = (), output: str = "te
         note = []
         if m.kind == "converted":
             note.append("converted")
-        elif not m.pulled_by_mlxctl:
+        elif m.kind == "incomplete":
+            note.append("interrupted download (gc collects it)")
+        if m.kind != "converted" and not m.pulled_by_mlxctl:
             note.append("not pulled by mlxctl")
         if m.refs:
             note.append("refs: " + ",".join(m.refs))
@@ -207,7 +217,7 @@ def rm(
         emit_json({"removed": [m.to_json() for m in models], "freed": freed})
     else:
         for m in models:
-            print(f"removed {m.name}{'@' + m.revision[:12] if m.revision else ''} ({m.path})")
+            print(f"removed {_label(m)} ({m.path})")
         print(f"freed {_size(freed)}")
     return int(ExitCode.OK)
 
@@ -239,7 +249,7 @@ def gc(
         return int(ExitCode.OK)
     verb = "removed" if yes else "would remove"
     for m in result.candidates:
-        print(f"{verb} {m.name}{'@' + m.revision[:12] if m.revision else ''} ({_size(m.size)})")
+        print(f"{verb} {_label(m)} ({_size(m.size)})")
     if not result.candidates:
         print("nothing to collect")
     elif not yes:

@@ -15,9 +15,9 @@ from mlxctl.capacity.memory import (
     MemoryEstimate,
     budget_bytes,
     estimate_catalog_variant,
-    estimate_from_model_dir,
     smaller_variants,
 )
+from mlxctl.capacity.model_dir import estimate_from_model_dir
 from mlxctl.desired.state import DesiredService, DesiredState
 from mlxctl.errors import MlxctlError
 from mlxctl.spec.loader import SourcedTier, StackSet

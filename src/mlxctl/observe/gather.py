@@ -10,10 +10,12 @@ disk. Everything here is quick: a pass takes milliseconds whatever is in flight.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from mlxctl.desired.state import DesiredState
+from mlxctl.files import read_text_bounded
 from mlxctl.machine.interfaces import Clock, ModelStore, ProcessControl
 from mlxctl.machine.logfiles import tail
 from mlxctl.machine.record import Record
@@ -54,27 +56,60 @@ def observe(
             poisoned=sample.poisoned,
         )
     present: set[str] = set()
+    unusable: dict[str, str] = {}
     if desired is not None:
         for service in desired.tiers:
-            if service.model is not None and store.present(service.model):
-                present.add(service.model.identity)
+            model = service.model
+            if model is None or model.identity in present or not store.present(model):
+                continue
+            problem = config_problem(model.directory)
+            if problem is None:
+                present.add(model.identity)
+            else:
+                unusable[model.identity] = problem
     return ObservedState(
         now=clock.time(),
         services=services,
         models_present=frozenset(present),
+        models_unusable=unusable,
         prepares=dict(prepares or {}),
         files=_files_on_disk(desired),
     )
 
 
+# The gateway's routes file is mlxctl's own and small; a bigger one is not ours.
+MAX_GATEWAY_FILE_BYTES = 8 * 1024 * 1024
+
+
+def config_problem(directory: Path) -> str | None:
+    """Why a present model's ``config.json`` cannot be used, in one line naming it; None
+    when it can, or when there is none (whether a model is there is the store's say).
+
+    A runtime started on an unreadable config (a just-pulled file that is not JSON)
+    crashes while starting; the planner blocks that tier with this line instead and
+    the others converge. Read bounded, like every file mlxctl reads.
+    """
+    from mlxctl.capacity.model_dir import read_model_config
+    from mlxctl.errors import SpecError
+
+    if not os.path.lexists(directory / "config.json"):
+        return None
+    try:
+        read_model_config(directory)
+    except SpecError as exc:
+        return str(exc)
+    return None
+
+
 def _files_on_disk(desired: DesiredState | None) -> dict[str, str | None]:
-    """The current text of the files the gateway reloads (None when missing or unreadable)."""
+    """The current text of the files the gateway reloads (None when missing, unreadable,
+    not a regular file or over :data:`MAX_GATEWAY_FILE_BYTES`)."""
     out: dict[str, str | None] = {}
     if desired is not None and desired.gateway is not None:
         for path, _ in desired.gateway.files:
             try:
-                out[path] = Path(path).read_text(encoding="utf-8")
-            except OSError:
+                out[path] = read_text_bounded(path, MAX_GATEWAY_FILE_BYTES)
+            except (OSError, UnicodeDecodeError):
                 out[path] = None
     return out
 

@@ -72,6 +72,9 @@ class ObservedState:
     services: Mapping[str, ObservedService] = field(default_factory=dict)
     # Identities (ModelRef.identity) of the models whose files are present.
     models_present: frozenset[str] = frozenset()
+    # Models that are there but cannot be used (their config.json is not a readable JSON
+    # object), by identity, with the one-line why: their tiers are blocked, not started.
+    models_unusable: Mapping[str, str] = field(default_factory=dict)
     # Model prepares in flight or failed, by model identity.
     prepares: Mapping[str, PrepareJob] = field(default_factory=dict)
     # The text on disk of each file a desired service reads while running (path -> text,

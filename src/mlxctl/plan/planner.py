@@ -300,6 +300,11 @@ class _Planner:
         if model is None or model.identity in self.observed.models_present:
             return True
         name = service.name
+        unusable = self.observed.models_unusable.get(model.identity)
+        if unusable is not None:
+            # There, but a runtime would crash on it: blocked, the others converge.
+            self.blocked[name] = f"model {model.display} cannot be used: {unusable}"
+            return False
         job = self.observed.prepares.get(model.identity)
         if job is not None and job.running:
             self.add("wait", name, f"model {model.display}: {job.describe()}", reason="preparing")

@@ -32,12 +32,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mlxctl.errors import MlxctlError
+from mlxctl.errors import MlxctlError, echo
 
 # Bump when the output of the converter changes, so converted copies are redone.
 CONVERTER_VERSION = 1
 # The marker file a converted directory carries: where it came from and how.
 SOURCE_MARKER = ".mlxctl-source.json"
+# The marker is a few hundred bytes written by mlxctl; a bigger one is not ours.
+MAX_MARKER_BYTES = 64 * 1024
 # Every GGUF block format that mlx.core.load turns into MLX quantized tensors
 # (Q4_0, Q4_1, Q8_0) packs 32 values per block: one scale/bias per 32 columns.
 GGUF_BLOCK_SIZE = 32
@@ -93,25 +95,27 @@ class GgufError(MlxctlError):
 
 
 def check_supported(gguf_path: Path) -> dict[str, str]:
-    """Read the header (no tensor data) and refuse what cannot convert, in one line.
+    """Check the header (no tensor data) and refuse what cannot convert, in one line.
 
-    Returns tensor name -> type name. Done before ``mlx.core.load``, whose error for an
-    unknown block format ("gguf_tensor_to_f16 failed") names neither the type nor the tensor.
+    Returns tensor name -> type name. The header is walked and bounds-checked by
+    :func:`mlxctl.sources.gguf_header.read_header` before anything else reads the file
+    (``GGUFReader``, ``mlx.core.load``); done before ``mlx.core.load``, whose error for
+    an unknown block format ("gguf_tensor_to_f16 failed") names neither the type nor
+    the tensor.
     """
-    from gguf import GGUFReader
+    from mlxctl.sources.gguf_header import GgufHeaderError, read_header
 
     try:
-        reader = GGUFReader(str(gguf_path))
-    except (OSError, ValueError) as exc:
-        raise GgufError(f"cannot read GGUF {gguf_path}: {exc}") from exc
-    field = reader.get_field("general.architecture")
-    arch = str(field.contents()) if field is not None else ""
+        header = read_header(gguf_path)
+    except GgufHeaderError as exc:
+        raise GgufError(str(exc)) from None
+    arch = header.metadata.get("general.architecture", "")
     if arch not in ARCHITECTURES:
         raise GgufError(
-            f"unsupported GGUF architecture {arch!r} in {gguf_path.name} "
+            f"unsupported GGUF architecture {echo(arch)} in {gguf_path.name} "
             f"(mlxctl converts: {', '.join(sorted(ARCHITECTURES))})"
         )
-    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    types = {t.name: t.type_name for t in header.tensors}
     for name, kind in types.items():
         if kind not in TENSOR_TYPES:
             raise GgufError(
@@ -363,10 +367,13 @@ def publish_dir(tmp: Path, out_dir: Path) -> None:
 
 
 def read_source_marker(model_dir: Path) -> dict[str, Any] | None:
-    """The marker a converted directory carries, or None if absent or unreadable."""
+    """The marker a converted directory carries, or None if absent or unreadable (not a
+    regular file, over :data:`MAX_MARKER_BYTES`, not JSON): then the model converts again."""
+    from mlxctl.files import read_text_bounded
+
     try:
-        data = json.loads((model_dir / SOURCE_MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_text_bounded(model_dir / SOURCE_MARKER, MAX_MARKER_BYTES))
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
