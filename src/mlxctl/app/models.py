@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlxctl.desired.hub_names import CommitId, GitRef, RepoId, revision
 from mlxctl.desired.state import ModelRef
-from mlxctl.errors import MlxctlError, NotFoundError, SpecError
+from mlxctl.errors import ExitCode, MlxctlError, NotFoundError, SpecError
 from mlxctl.machine.interfaces import ProgressFn, no_progress
 from mlxctl.paths import Paths
 from mlxctl.sources import hub, hub_ref, lockfile
-from mlxctl.sources.hf_cache import hub_cache
+from mlxctl.sources.hf_cache import hub_cache, read_ref
 from mlxctl.spec.loader import StackSet
 
 _REF = re.compile(
@@ -32,10 +33,10 @@ _REF = re.compile(
 
 @dataclass(frozen=True)
 class Reference:
-    """A hub model as a user names it on the command line."""
+    """A hub model as a user names it on the command line (validated names)."""
 
-    repo: str
-    requested: str
+    repo: RepoId
+    requested: CommitId | GitRef
     display: str
 
 
@@ -111,11 +112,18 @@ class GcResult:
 
 
 def parse_reference(text: str, quant: str | None = None) -> Reference:
-    """``hf:org/repo[@rev]``, ``org/repo[@rev]`` or a catalog id (with ``quant``)."""
+    """``hf:org/repo[@rev]``, ``org/repo[@rev]`` or a catalog id (with ``quant``).
+
+    The repo id and revision become path parts (the cache's ``refs/``, the ledger):
+    a revision that is not a branch, tag or commit is a usage error (exit 2) here.
+    """
     match = _REF.match(text)
     if match:
-        rev = match["rev"] or "main"
-        return Reference(match["repo"], rev, f"{match['repo']}@{rev}")
+        try:
+            repo, rev = RepoId(match["repo"]), revision(match["rev"] or "main")
+        except ValueError as exc:
+            raise MlxctlError(str(exc), exit_code=ExitCode.USAGE) from None
+        return Reference(repo, rev, f"{repo}@{rev}")
     from mlxctl.catalog.entries import load_entry, resolve_variant
 
     resolved = resolve_variant(load_entry(text), quant)
@@ -123,7 +131,11 @@ def parse_reference(text: str, quant: str | None = None) -> Reference:
         raise MlxctlError(
             f"{text} ({resolved.quant}) is not a hub model; `mlxctl reconcile` converts it"
         )
-    return Reference(resolved.repo, "main", f"{text} ({resolved.quant}) {resolved.repo}")
+    try:
+        repo = RepoId(resolved.repo)
+    except ValueError as exc:
+        raise MlxctlError(f"{text}: {exc}") from None
+    return Reference(repo, GitRef("main"), f"{text} ({resolved.quant}) {resolved.repo}")
 
 
 def tier_models(stack: StackSet, paths: Paths) -> list[TierModel]:
@@ -169,10 +181,12 @@ def pull(
 
     When a tier of ``stack`` names the same repo and revision, its lock file decides
     the commit (pinning it first when absent). Otherwise the revision is resolved now
-    and nothing is recorded in any lock.
+    and nothing is recorded in any lock. Every lock file of ``stack`` is read first: an
+    invalid one refuses the pull (exit 3) before anything is touched.
     """
     lock: Path | None = None
     if stack is not None:
+        read_locks(stack)
         for tier in tier_models(stack, paths):
             model = tier.model
             if (model.repo, model.requested, model.include) == (ref.repo, ref.requested, ()):
@@ -198,6 +212,14 @@ class TierPull:
     already_present: bool
 
 
+def read_locks(stack: StackSet) -> None:
+    """Read (and so validate) the lock file beside each stack file: a :class:`SpecError`
+    (exit 3, ``file:line:col``) for the first invalid one. ``tier_models`` skips tiers
+    it cannot resolve; a command that acts on the locks must not skip a bad lock."""
+    for file in dict.fromkeys(tier.file for tier in stack.tiers):
+        lockfile.read_lock(lockfile.lock_path(file))
+
+
 def pull_stack(
     stack: StackSet, paths: Paths, *, progress: ProgressFn = no_progress
 ) -> list[TierPull]:
@@ -205,6 +227,7 @@ def pull_stack(
     starting anything; models shared by tiers are produced once."""
     from mlxctl.sources.registry import DiskModelStore, make_resolver
 
+    read_locks(stack)
     resolve = make_resolver(paths, online=True)
     store = DiskModelStore(paths.models)
     done: dict[str, Path] = {}
@@ -234,12 +257,14 @@ def update_locks(
     """Re-resolve the hub references of ``tiers`` (all when empty) and rewrite the locks.
 
     Returns one change per tier whose pinned commit moved (or was not pinned before).
-    Updating every tier also drops lock entries no tier references any more.
+    Updating every tier also drops lock entries no tier references any more. An
+    invalid lock file is refused (exit 3) rather than read as "nothing locked".
     """
     known = {t.spec.name for t in stack.tiers}
     unknown = [t for t in tiers if t not in known]
     if unknown:
         raise NotFoundError(f"no tier named {', '.join(unknown)} in the stack")
+    read_locks(stack)
     models = tier_models(stack, paths)
     chosen = [m for m in models if m.model.repo and (not tiers or m.tier in tiers)]
     changes: list[RevisionChange] = []
@@ -250,8 +275,8 @@ def update_locks(
         old = lockfile.read_lock(lock).get(key)
         if (lock, key) not in resolved:
             entry = hub_ref.lock_reference(
-                tm.model.repo,
-                tm.model.requested,
+                RepoId(tm.model.repo),
+                revision(tm.model.requested),
                 lock,
                 environ=environ,
                 include=tm.model.include,
@@ -314,12 +339,14 @@ def list_models(
         ref_names: dict[str, list[str]] = {}
         if refs_dir.is_dir():
             for ref in refs_dir.rglob("*"):
-                if ref.is_file():
-                    commit = ref.read_text(encoding="utf-8").strip()
+                commit = read_ref(ref) if ref.is_file() else None
+                if commit is not None:
                     ref_names.setdefault(commit, []).append(str(ref.relative_to(refs_dir)))
         snapshots = repo_path / "snapshots"
         for snap in sorted(snapshots.iterdir()) if snapshots.is_dir() else []:
-            ledger = hub.ledger_path(paths.models, repo, snap.name)
+            if not hub.COMMIT.match(snap.name):
+                continue  # not a snapshot huggingface_hub names: not one mlxctl can name
+            ledger = hub.ledger_path(paths.models, repo, CommitId(snap.name))
             files = [u.model.files for u in users if u.model.directory == snap and u.model.files]
             out.append(
                 _stored(
@@ -391,7 +418,7 @@ def find_stored(
     match = _REF.match(text)
     if match is None:
         ref = parse_reference(text, quant)
-        repo, rev = ref.repo, None
+        repo, rev = str(ref.repo), None
     else:
         repo, rev = match["repo"], match["rev"]
     found = [m for m in models if m.kind == "hub" and m.name == repo]
@@ -423,7 +450,8 @@ def remove(
         freed += strategy.expected_freed_size
         strategy.execute()
         for m in hub_models:
-            hub.ledger_path(paths.models, m.name, m.revision).unlink(missing_ok=True)
+            ledger = hub.ledger_path(paths.models, RepoId(m.name), CommitId(m.revision))
+            ledger.unlink(missing_ok=True)
     for m in models:
         if m.kind == "converted":
             freed += m.size
