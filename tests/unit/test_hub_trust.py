@@ -167,3 +167,32 @@ def test_the_ledger_is_written_a_logarithmic_number_of_times(
     assert len(hub.read_ledger(hub.ledger_path(state, pin.repo, pin.commit))) == count
     assert sum(writes) <= 3 * count, writes  # linear work in all (was count**2 / 2)
     assert len(writes) <= 30
+
+
+def test_a_hub_that_answered_is_not_called_unreachable_and_is_one_line() -> None:
+    """huggingface_hub wraps "the hub answered, but not usably" as "not in the cache"."""
+    import httpx
+    from huggingface_hub.errors import (
+        FileMetadataError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+    )
+
+    def wrapped(cause: Exception) -> LocalEntryNotFoundError:
+        try:
+            try:
+                raise cause
+            except Exception as inner:
+                raise LocalEntryNotFoundError("An error happened\nwhile trying...") from inner
+        except LocalEntryNotFoundError as exc:
+            return exc
+
+    no_header = FileMetadataError("Response is missing the 'X-Repo-Commit' header, so\nit ...")
+    message = str(hub.explain(wrapped(no_header), "org/tiny", "main"))
+    assert "cannot reach" not in message and "\n" not in message
+    assert message.startswith("the hub's answer for org/tiny@main is not usable")
+    response = httpx.Response(500, request=httpx.Request("HEAD", "http://hub/x"))
+    failed = HfHubHTTPError("500 Server Error\nRequest ID: 1", response=response)
+    assert str(hub.explain(wrapped(failed), "org/tiny", "main")) == (
+        "the hub answered HTTP 500 for org/tiny; try again later"
+    )

@@ -116,6 +116,7 @@ def short(commit: str) -> str:
 def explain(exc: BaseException, repo: str, revision: str) -> HubError:
     """One line for a hub failure, saying what to do; the token is never part of it."""
     from huggingface_hub.errors import (
+        FileMetadataError,
         GatedRepoError,
         HfHubHTTPError,
         LocalEntryNotFoundError,
@@ -131,7 +132,7 @@ def explain(exc: BaseException, repo: str, revision: str) -> HubError:
         # huggingface_hub wraps "the hub answered, but not usably" in "not in the
         # cache": say what the hub did, not that it could not be reached.
         cause = exc.__cause__
-        if isinstance(cause, HfHubHTTPError | OSError | ConnectionError | TimeoutError):
+        if not isinstance(cause, FileMetadataError):
             return explain(cause, repo, revision)
         return HubError(
             f"the hub's answer for {repo}@{short(revision)} is not usable "
@@ -590,7 +591,7 @@ def _check_remote(pin: Pin, f: ModelFile, env: Mapping[str, str]) -> None:
         )
     if meta.etag not in {f.sha256, f.blob} - {None, ""}:
         raise HubError(
-            f"{where}: the hub's digest (ETag {echo(meta.etag)}) is not the pinned one; "
+            f"{where}: the hub's digest (ETag {echo(meta.etag, 70)}) is not the pinned one; "
             "nothing downloaded"
         )
 
