@@ -18,7 +18,8 @@ Faults a test can inject: cut a file's next download after N bytes (the client
 resumes with ``Range``), refuse everything (an outage), gate a repo behind a token.
 Lies a test can tell, as a hostile hub or mirror would: extra tree entries (paths such
 as ``../../x`` or ``/abs``, any size or digest), a commit ``sha`` that is not 40 hex,
-an ``X-Repo-Commit`` other than the one asked for, a body longer than the listed size
+an ``X-Repo-Commit`` other than the one asked for, an ``ETag`` that is a path (the
+client names the blob after it), a body longer than the listed size
 or one that never ends (``ENDLESS``, capped so a test of the old code still ends).
 Every request is logged (``requests``) so a test can assert what was fetched. Used by
 tests and benchmarks; the standard library only.
@@ -118,6 +119,9 @@ class LocalHub:
         self.fake_sha: str | None = None
         # The ``X-Repo-Commit`` of every file answer (HEAD and GET).
         self.fake_repo_commit: str | None = None
+        # The ``ETag`` / ``X-Linked-Etag`` of every file answer (huggingface_hub names the
+        # blob after it).
+        self.fake_etag: str | None = None
         # path -> bytes sent past the file's real end on GET (no Content-Length: the
         # body ends when the connection closes); ``ENDLESS`` for a body that never ends.
         self.overrun: dict[str, int] = {}
@@ -348,9 +352,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.send_response(206 if start else 200)
         self.send_header("X-Repo-Commit", self.hub.fake_repo_commit or sha)
-        self.send_header("ETag", f'"{file.etag}"')
+        etag = self.hub.fake_etag or file.etag
+        self.send_header("ETag", f'"{etag}"')
         if file.lfs:
-            self.send_header("X-Linked-Etag", f'"{file.etag}"')
+            self.send_header("X-Linked-Etag", f'"{etag}"')
             self.send_header("X-Linked-Size", str(len(data)))
         if start:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
