@@ -261,3 +261,23 @@ def test_an_etag_that_is_a_path_writes_nothing_outside_the_cache(
         hub.pull(pin, tmp_path / "home" / "models")
     outside_untouched(tmp_path, sentinel, before)
     assert local_hub.downloads() == []
+
+
+def test_a_hub_that_changes_its_answer_after_the_check_is_not_used(
+    local_hub: LocalHub, tmp_path: Path
+) -> None:
+    """The check's HEAD is truthful, huggingface_hub's own HEAD lies: the bytes land
+    outside the snapshot (the documented gap), and the pull refuses to use them."""
+    local_hub.commit(REPO, {"config.json": "{}"})
+    pin = hub.resolve_pin(REPO, "main")
+    local_hub.truthful_heads = 1
+    local_hub.fake_etag = "../../../outside-blob"
+    with pytest.raises(hub.HubError, match=r"put config\.json outside the cache"):
+        hub.pull(pin, tmp_path / "home" / "models")
+    snapshot = hub.snapshot_dir(pin.repo, pin.commit, tmp_path / "hf-cache")
+    assert not (snapshot / "config.json").is_symlink()
+    local_hub.truthful_heads = 1
+    local_hub.fake_etag = None
+    local_hub.fake_repo_commit = "c" * 40
+    with pytest.raises(hub.HubError, match="from another commit"):
+        hub.pull(pin, tmp_path / "home" / "models")

@@ -552,6 +552,14 @@ def _fetch_one(
                 f"{pin.repo}@{short(pin.commit)}: the hub served {f.path} from another commit "
                 f"({echo(path.parent.name)}) while downloading it; nothing of it is used"
             )
+        if not path.resolve().is_relative_to(repo_dir(pin.repo, cache).resolve()):
+            # huggingface_hub names the blob after the ETag of its own HEAD: one that
+            # changed since _check_remote can put the bytes elsewhere. Never used.
+            path.unlink(missing_ok=True)
+            raise HubError(
+                f"{pin.repo}@{short(pin.commit)}: the hub's answer put {f.path} outside the "
+                "cache while downloading it; not used"
+            )
         if file_matches(path, f):
             return
         _remove_cached(pin.repo, pin.commit, f.path, cache)

@@ -122,6 +122,9 @@ class LocalHub:
         # The ``ETag`` / ``X-Linked-Etag`` of every file answer (huggingface_hub names the
         # blob after it).
         self.fake_etag: str | None = None
+        # The fake commit and ETag are told only after this many file HEADs were answered
+        # truthfully (a hub that changes its answer between a check and the download).
+        self.truthful_heads = 0
         # path -> bytes sent past the file's real end on GET (no Content-Length: the
         # body ends when the connection closes); ``ENDLESS`` for a body that never ends.
         self.overrun: dict[str, int] = {}
@@ -350,9 +353,14 @@ class _Handler(BaseHTTPRequestHandler):
         if overrun is not None:
             self._overrun(file, sha, body, overrun)
             return
+        lie = True
+        if head:
+            with self.hub._lock:
+                lie = self.hub.truthful_heads <= 0
+                self.hub.truthful_heads -= 1
         self.send_response(206 if start else 200)
-        self.send_header("X-Repo-Commit", self.hub.fake_repo_commit or sha)
-        etag = self.hub.fake_etag or file.etag
+        self.send_header("X-Repo-Commit", (self.hub.fake_repo_commit if lie else None) or sha)
+        etag = (self.hub.fake_etag if lie else None) or file.etag
         self.send_header("ETag", f'"{etag}"')
         if file.lfs:
             self.send_header("X-Linked-Etag", f'"{etag}"')
