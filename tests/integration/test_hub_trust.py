@@ -281,3 +281,19 @@ def test_a_hub_that_changes_its_answer_after_the_check_is_not_used(
     local_hub.fake_repo_commit = "c" * 40
     with pytest.raises(hub.HubError, match="from another commit"):
         hub.pull(pin, tmp_path / "home" / "models")
+
+
+def test_models_update_refuses_a_revision_that_is_a_path(
+    mlxctl: Mlxctl, local_hub: LocalHub, tmp_path: Path, sentinel: Path
+) -> None:
+    local_hub.commit(REPO, FILES)
+    model = {"hf": REPO, "revision": UP + "outside/victimdir/x"}
+    stack = mlxctl.write(
+        "laptop.yaml", stack_yaml([{"name": "fast", "runtime": "mlx-lm", "model": model}])
+    )
+    before = tree(sentinel)
+    result = mlxctl.run("models", "update", "-f", str(stack))
+    outside_untouched(tmp_path, sentinel, before)
+    line = one_error_line(result, ExitCode.INVALID_SPEC)
+    assert "is not a branch, tag or commit" in line
+    assert not stack.with_name("laptop.lock.yaml").exists()

@@ -138,8 +138,10 @@ def parse_reference(text: str, quant: str | None = None) -> Reference:
     return Reference(repo, GitRef("main"), f"{text} ({resolved.quant}) {resolved.repo}")
 
 
-def tier_models(stack: StackSet, paths: Paths) -> list[TierModel]:
-    """Every tier's ModelRef, resolved offline (tiers whose model cannot be resolved skipped)."""
+def tier_models(stack: StackSet, paths: Paths, *, strict: bool = False) -> list[TierModel]:
+    """Every tier's ModelRef, resolved offline (tiers whose model cannot be resolved skipped;
+    with ``strict``, an invalid reference or lock is raised: ``models update`` must not
+    report "current" for a tier it could not read)."""
     from mlxctl.sources.registry import make_resolver
 
     resolve = make_resolver(paths)
@@ -147,6 +149,9 @@ def tier_models(stack: StackSet, paths: Paths) -> list[TierModel]:
     for tier in stack.tiers:
         try:
             out.append(TierModel(tier.spec.name, tier.file, resolve(tier)))
+        except SpecError:
+            if strict:
+                raise
         except MlxctlError:
             continue
     return out
@@ -265,7 +270,7 @@ def update_locks(
     if unknown:
         raise NotFoundError(f"no tier named {', '.join(unknown)} in the stack")
     read_locks(stack)
-    models = tier_models(stack, paths)
+    models = tier_models(stack, paths, strict=True)
     chosen = [m for m in models if m.model.repo and (not tiers or m.tier in tiers)]
     changes: list[RevisionChange] = []
     resolved: dict[tuple[Path, str], str] = {}
