@@ -54,7 +54,7 @@ PURE_FOR_PLANNER = frozenset(
     {
         "mlxctl.errors", "mlxctl.runtimes.base", "mlxctl.capacity.hardware",
         "mlxctl.capacity.memory", "mlxctl.machine.interfaces", "mlxctl.machine.record",
-        "mlxctl.desired.state", "mlxctl.observe.state",
+        "mlxctl.desired.state", "mlxctl.desired.hub_names", "mlxctl.observe.state",
     }
 )  # fmt: skip
 # Modules (top-level names) that start processes, talk to the network, sleep or read

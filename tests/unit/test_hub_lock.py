@@ -60,7 +60,7 @@ def test_lock_entries_round_trip_and_record_keeps_the_others(tmp_path: Path) -> 
 def test_an_invalid_lock_file_is_one_spec_error(tmp_path: Path) -> None:
     lock = tmp_path / "s.lock.yaml"
     lock.write_text("kind: Stack\nmodels: {}\n")
-    with pytest.raises(SpecError, match=r"invalid lock file: kind is 'Stack', expected 'Lock'"):
+    with pytest.raises(SpecError, match=r"s\.lock\.yaml:1:7: kind: is 'Stack', expected 'Lock'$"):
         lockfile.read_lock(lock)
 
 

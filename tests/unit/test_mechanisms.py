@@ -140,8 +140,9 @@ def test_hub_snapshot_follows_the_cache_layout(tmp_path: Path) -> None:
     repo = tmp_path / "models--mlx-community--Qwen3-8B-4bit"
     assert hf_snapshot("mlx-community/Qwen3-8B-4bit", environ=env) == repo
     (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text("abc123\n")
-    assert hf_snapshot("mlx-community/Qwen3-8B-4bit", environ=env) == repo / "snapshots" / "abc123"
+    (repo / "refs" / "main").write_text("abc123" * 6 + "abcd\n")  # a commit id
+    snapshot = repo / "snapshots" / ("abc123" * 6 + "abcd")
+    assert hf_snapshot("mlx-community/Qwen3-8B-4bit", environ=env) == snapshot
 
 
 def test_log_pump_rotates_by_size_and_loses_no_line(tmp_path: Path) -> None:

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlxctl.desired.hub_names import CommitId, GitRef, RepoId, revision
 from mlxctl.desired.state import ModelRef
-from mlxctl.errors import MlxctlError, NotFoundError, SpecError
+from mlxctl.errors import ExitCode, MlxctlError, NotFoundError, SpecError
 from mlxctl.machine.interfaces import ProgressFn, no_progress
 from mlxctl.paths import Paths
 from mlxctl.sources import hub, hub_ref, lockfile
-from mlxctl.sources.hf_cache import hub_cache
+from mlxctl.sources.hf_cache import hub_cache, read_ref, repo_dir
 from mlxctl.spec.loader import StackSet
 
 _REF = re.compile(
@@ -33,10 +34,10 @@ _REF = re.compile(
 
 @dataclass(frozen=True)
 class Reference:
-    """A hub model as a user names it on the command line."""
+    """A hub model as a user names it on the command line (validated names)."""
 
-    repo: str
-    requested: str
+    repo: RepoId
+    requested: CommitId | GitRef
     display: str
 
 
@@ -112,11 +113,18 @@ class GcResult:
 
 
 def parse_reference(text: str, quant: str | None = None) -> Reference:
-    """``hf:org/repo[@rev]``, ``org/repo[@rev]`` or a catalog id (with ``quant``)."""
+    """``hf:org/repo[@rev]``, ``org/repo[@rev]`` or a catalog id (with ``quant``).
+
+    The repo id and revision become path parts (the cache's ``refs/``, the ledger):
+    a revision that is not a branch, tag or commit is a usage error (exit 2) here.
+    """
     match = _REF.match(text)
     if match:
-        rev = match["rev"] or "main"
-        return Reference(match["repo"], rev, f"{match['repo']}@{rev}")
+        try:
+            repo, rev = RepoId(match["repo"]), revision(match["rev"] or "main")
+        except ValueError as exc:
+            raise MlxctlError(str(exc), exit_code=ExitCode.USAGE) from None
+        return Reference(repo, rev, f"{repo}@{rev}")
     from mlxctl.catalog.entries import load_entry, resolve_variant
 
     resolved = resolve_variant(load_entry(text), quant)
@@ -124,11 +132,17 @@ def parse_reference(text: str, quant: str | None = None) -> Reference:
         raise MlxctlError(
             f"{text} ({resolved.quant}) is not a hub model; `mlxctl reconcile` converts it"
         )
-    return Reference(resolved.repo, "main", f"{text} ({resolved.quant}) {resolved.repo}")
+    try:
+        repo = RepoId(resolved.repo)
+    except ValueError as exc:
+        raise MlxctlError(f"{text}: {exc}") from None
+    return Reference(repo, GitRef("main"), f"{text} ({resolved.quant}) {resolved.repo}")
 
 
-def tier_models(stack: StackSet, paths: Paths) -> list[TierModel]:
-    """Every tier's ModelRef, resolved offline (tiers whose model cannot be resolved skipped)."""
+def tier_models(stack: StackSet, paths: Paths, *, strict: bool = False) -> list[TierModel]:
+    """Every tier's ModelRef, resolved offline (tiers whose model cannot be resolved skipped;
+    with ``strict``, an invalid reference or lock is raised: ``models update`` must not
+    report "current" for a tier it could not read)."""
     from mlxctl.sources.registry import make_resolver
 
     resolve = make_resolver(paths)
@@ -136,6 +150,9 @@ def tier_models(stack: StackSet, paths: Paths) -> list[TierModel]:
     for tier in stack.tiers:
         try:
             out.append(TierModel(tier.spec.name, tier.file, resolve(tier)))
+        except SpecError:
+            if strict:
+                raise
         except MlxctlError:
             continue
     return out
@@ -170,10 +187,12 @@ def pull(
 
     When a tier of ``stack`` names the same repo and revision, its lock file decides
     the commit (pinning it first when absent). Otherwise the revision is resolved now
-    and nothing is recorded in any lock.
+    and nothing is recorded in any lock. Every lock file of ``stack`` is read first: an
+    invalid one refuses the pull (exit 3) before anything is touched.
     """
     lock: Path | None = None
     if stack is not None:
+        read_locks(stack)
         for tier in tier_models(stack, paths):
             model = tier.model
             if (model.repo, model.requested, model.include) == (ref.repo, ref.requested, ()):
@@ -199,6 +218,14 @@ class TierPull:
     already_present: bool
 
 
+def read_locks(stack: StackSet) -> None:
+    """Read (and so validate) the lock file beside each stack file: a :class:`SpecError`
+    (exit 3, ``file:line:col``) for the first invalid one. ``tier_models`` skips tiers
+    it cannot resolve; a command that acts on the locks must not skip a bad lock."""
+    for file in dict.fromkeys(tier.file for tier in stack.tiers):
+        lockfile.read_lock(lockfile.lock_path(file))
+
+
 def pull_stack(
     stack: StackSet, paths: Paths, *, progress: ProgressFn = no_progress
 ) -> list[TierPull]:
@@ -206,6 +233,7 @@ def pull_stack(
     starting anything; models shared by tiers are produced once."""
     from mlxctl.sources.registry import DiskModelStore, make_resolver
 
+    read_locks(stack)
     resolve = make_resolver(paths, online=True)
     store = DiskModelStore(paths.models)
     done: dict[str, Path] = {}
@@ -235,13 +263,15 @@ def update_locks(
     """Re-resolve the hub references of ``tiers`` (all when empty) and rewrite the locks.
 
     Returns one change per tier whose pinned commit moved (or was not pinned before).
-    Updating every tier also drops lock entries no tier references any more.
+    Updating every tier also drops lock entries no tier references any more. An
+    invalid lock file is refused (exit 3) rather than read as "nothing locked".
     """
     known = {t.spec.name for t in stack.tiers}
     unknown = [t for t in tiers if t not in known]
     if unknown:
         raise NotFoundError(f"no tier named {', '.join(unknown)} in the stack")
-    models = tier_models(stack, paths)
+    read_locks(stack)
+    models = tier_models(stack, paths, strict=True)
     chosen = [m for m in models if m.model.repo and (not tiers or m.tier in tiers)]
     changes: list[RevisionChange] = []
     resolved: dict[tuple[Path, str], str] = {}
@@ -251,8 +281,8 @@ def update_locks(
         old = lockfile.read_lock(lock).get(key)
         if (lock, key) not in resolved:
             entry = hub_ref.lock_reference(
-                tm.model.repo,
-                tm.model.requested,
+                RepoId(tm.model.repo),
+                revision(tm.model.requested),
                 lock,
                 environ=environ,
                 include=tm.model.include,
@@ -298,21 +328,14 @@ def _tree_size(directory: Path) -> int:
     return total
 
 
-# A ref file holds a 40-hex commit (a branch name is its path): a few bytes.
-MAX_REF_BYTES = 1024
-
-
 def _ref_names(refs_dir: Path) -> dict[str, list[str]]:
-    """commit -> the refs naming it; a ref that is not a small regular UTF-8 file is skipped."""
-    from mlxctl.files import read_text_bounded
-
+    """commit -> the refs naming it; a ref that is not a small regular file holding a
+    commit id is skipped (:func:`~mlxctl.sources.hf_cache.read_ref`)."""
     out: dict[str, list[str]] = {}
     for ref in sorted(refs_dir.rglob("*")) if refs_dir.is_dir() else []:
-        try:
-            commit = read_text_bounded(ref, MAX_REF_BYTES).strip()
-        except (OSError, UnicodeDecodeError):
-            continue  # a directory, a FIFO, a huge or binary file: not a ref
-        out.setdefault(commit, []).append(str(ref.relative_to(refs_dir)))
+        commit = read_ref(ref)
+        if commit is not None:
+            out.setdefault(commit, []).append(str(ref.relative_to(refs_dir)))
     return out
 
 
@@ -335,7 +358,9 @@ def list_models(
         ref_names = _ref_names(repo_path / "refs")
         snapshots = repo_path / "snapshots"
         for snap in sorted(snapshots.iterdir()) if snapshots.is_dir() else []:
-            ledger = hub.ledger_path(paths.models, repo, snap.name)
+            if not hub.COMMIT.match(snap.name):
+                continue  # not a snapshot huggingface_hub names: not one mlxctl can name
+            ledger = hub.ledger_path(paths.models, repo, CommitId(snap.name))
             files = [u.model.files for u in users if u.model.directory == snap and u.model.files]
             out.append(
                 _stored(
@@ -354,7 +379,7 @@ def list_models(
         if partial:
             # No snapshot links them and huggingface_hub never resumes another process's
             # partial file: garbage once no download holds its lock (see cache_prune).
-            ledgers = hub.ledger_path(paths.models, repo, "x").parent
+            ledgers = hub.ledger_dir(paths.models, repo)
             out.append(
                 StoredModel(
                     "incomplete",
@@ -441,7 +466,7 @@ def find_stored(
     match = _REF.match(text)
     if match is None:
         ref = parse_reference(text, quant)
-        repo, rev = ref.repo, None
+        repo, rev = str(ref.repo), None
     else:
         repo, rev = match["repo"], match["rev"]
     found = [m for m in models if m.kind in ("hub", "incomplete") and m.name == repo]
@@ -477,16 +502,17 @@ def remove(
     # would take them without asking).
     for m in models:
         if m.kind == "incomplete":
-            repo_path = hub.repo_dir(m.name, cache)
+            repo_path = repo_dir(RepoId(m.name), cache)
             freed += delete_incomplete(cache, repo_path, incomplete_blobs(repo_path))
     by_repo: dict[str, list[StoredModel]] = {}
     for m in models:
         if m.kind == "hub":
             by_repo.setdefault(m.name, []).append(m)
     for repo, snaps in by_repo.items():
-        freed += delete_revisions(cache, hub.repo_dir(repo, cache), [m.revision for m in snaps])
+        freed += delete_revisions(cache, repo_dir(RepoId(repo), cache), [m.revision for m in snaps])
         for m in snaps:
-            hub.ledger_path(paths.models, m.name, m.revision).unlink(missing_ok=True)
+            ledger = hub.ledger_path(paths.models, RepoId(m.name), CommitId(m.revision))
+            ledger.unlink(missing_ok=True)
     for m in models:
         if m.kind == "converted":
             freed += m.size

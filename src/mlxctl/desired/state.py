@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mlxctl.capacity.memory import MemoryEstimate
+from mlxctl.desired.hub_names import RepoPath, digest
 from mlxctl.runtimes.base import ProbeSpec
 
 HASH_VERSION = "v1"
@@ -19,16 +20,40 @@ GATEWAY = "gateway"
 Role = Literal["tier", "gateway"]
 
 
+# The largest file a pin may name: far above any model shard (the hub's own HTTP limit is
+# 50 GB), far below what an int from a hostile lock or hub could claim.
+MAX_FILE_SIZE = 1 << 40
+
+
 @dataclass(frozen=True)
 class ModelFile:
-    """One file of a pinned hub model, as the hub (and the lock file) describe it."""
+    """One file of a pinned hub model, as the hub (and the lock file) describe it.
 
-    path: str
+    Validated when built (``ValueError``): whoever builds one from a lock file or a hub
+    answer turns that into its own one-line error, and every ModelFile that exists has
+    a :class:`RepoPath` (it stays inside the snapshot), a size and digests of the right
+    form.
+    """
+
+    path: RepoPath
     size: int
     # sha256 for LFS files (the hub gives one); None for small git files.
     sha256: str | None = None
     # The git blob id (sha1 of ``blob <size>\0<bytes>``), which the hub gives for every file.
     blob: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", RepoPath(self.path))
+        if (
+            not isinstance(self.size, int)
+            or isinstance(self.size, bool)
+            or not 0 <= self.size <= MAX_FILE_SIZE
+        ):
+            raise ValueError(f"{self.path}: size is not a number of bytes up to 2^40")
+        if self.sha256 is not None:
+            digest(self.sha256, "sha256")
+        if self.blob:
+            digest(self.blob, "blob")
 
 
 @dataclass(frozen=True)

@@ -107,16 +107,21 @@ def _check_fields(name: str, rec: object) -> None:
         raise TypeError(f"record '{name[:40]}': cmdline is not a list of strings")
 
 
-def write_atomic(path: Path, text: str, *, mode: int = PRIVATE_FILE) -> None:
+def write_atomic(
+    path: Path, text: str, *, mode: int = PRIVATE_FILE, foreign_dir: bool = False
+) -> None:
     """Write ``text`` to ``path`` so readers see the old or the new file, never a part.
 
     The file is private (0600) in a private directory (0700) unless ``mode`` says
-    otherwise: everything mlxctl writes with this lives in its state directory. A full
+    otherwise (its state directory is mlxctl's alone). With
+    ``foreign_dir`` the directory is not mlxctl's (the user's stack directory holding a
+    lock file, the shared Hugging Face cache's ``refs/``): it is created when missing
+    with the user's umask and its mode is never changed. A full
     disk is a :class:`~mlxctl.errors.StorageError` naming ``path`` (not the temporary
     file), and leaves ``path`` as it was.
     """
     try:
-        _write_atomic(path, text, mode)
+        _write_atomic(path, text, mode, foreign_dir)
     except OSError as exc:
         full = storage_error(exc, path)
         if full is None:
@@ -124,8 +129,11 @@ def write_atomic(path: Path, text: str, *, mode: int = PRIVATE_FILE) -> None:
         raise full from exc
 
 
-def _write_atomic(path: Path, text: str, mode: int) -> None:
-    private_dir(path.parent)
+def _write_atomic(path: Path, text: str, mode: int, foreign_dir: bool) -> None:
+    if foreign_dir:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

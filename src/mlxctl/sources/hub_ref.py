@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from mlxctl.desired.hub_names import CommitId, GitRef, RepoId, revision
 from mlxctl.desired.state import ModelRef
-from mlxctl.errors import MlxctlError
+from mlxctl.errors import MlxctlError, SpecError
 from mlxctl.machine.interfaces import JobProgress, ProgressFn
 from mlxctl.paths import Paths
 from mlxctl.sources import hub, lockfile
@@ -37,14 +38,20 @@ def hub_model_ref(
 ) -> ModelRef:
     """The ModelRef of ``repo@requested`` for a tier declared in ``stack_file``.
 
-    ``include``: the repo files to pin (default: what a runtime reads).
+    ``include``: the repo files to pin (default: what a runtime reads). The repo id and
+    the revision become path parts (the cache's ``refs/``, the ledger): they are
+    validated here, where they enter from the stack file (a :class:`SpecError`).
     """
+    try:
+        rid, rev = RepoId(repo), revision(requested)
+    except ValueError as exc:
+        raise SpecError([f"{stack_file}: {display}: {exc}"]) from None
     lock = lockfile.lock_path(stack_file)
-    key = lockfile.ref_key(repo, requested, include)
+    key = lockfile.ref_key(rid, rev, include)
     entry = lockfile.read_lock(lock).get(key)
     if entry is None and online:
         try:
-            entry = lock_reference(repo, requested, lock, environ=environ, include=include)
+            entry = lock_reference(rid, rev, lock, environ=environ, include=include)
         except MlxctlError:
             entry = None  # stays unpinned: its prepare fails with the reason, for this tier only
     cache = hub_cache(environ)
@@ -52,7 +59,7 @@ def hub_model_ref(
         return ModelRef(
             source="hf",
             identity=f"hf:{key}",
-            directory=hf_snapshot(repo, requested, environ),
+            directory=hf_snapshot(rid, rev, environ),
             display=f"{display} (not locked yet)",
             prepare=HF,
             repo=repo,
@@ -60,14 +67,14 @@ def hub_model_ref(
             requested=requested,
             lock_file=lock,
             # Where the ledgers live; the commit is not known yet.
-            ledger=hub.ledger_path(paths.models, repo, "unresolved"),
+            ledger=hub.ledger_dir(paths.models, rid) / "unresolved.json",
             lock_key=key,
             include=include,
         )
     return ModelRef(
         source="hf",
         identity=f"hf:{repo}@{entry.revision}",
-        directory=hub.snapshot_dir(repo, entry.revision, cache),
+        directory=hub.snapshot_dir(rid, entry.revision, cache),
         display=display,
         prepare=HF,
         repo=repo,
@@ -75,15 +82,15 @@ def hub_model_ref(
         requested=requested,
         files=entry.files,
         lock_file=lock,
-        ledger=hub.ledger_path(paths.models, repo, entry.revision),
+        ledger=hub.ledger_path(paths.models, rid, entry.revision),
         lock_key=key,
         include=include,
     )
 
 
 def lock_reference(
-    repo: str,
-    requested: str,
+    repo: RepoId,
+    requested: CommitId | GitRef,
     lock: Path,
     *,
     environ: Mapping[str, str] | None = None,
@@ -97,7 +104,10 @@ def lock_reference(
 
 
 def resolve(
-    repo: str, requested: str, include: tuple[str, ...], environ: Mapping[str, str] | None = None
+    repo: RepoId,
+    requested: CommitId | GitRef,
+    include: tuple[str, ...],
+    environ: Mapping[str, str] | None = None,
 ) -> hub.Pin:
     patterns = include or hub.RUNTIME_PATTERNS
     return hub.resolve_pin(repo, requested, patterns=patterns, environ=environ)
@@ -105,12 +115,18 @@ def resolve(
 
 def pin_of(model: ModelRef, progress: ProgressFn) -> hub.Pin:
     """The pin of a hub ModelRef: from the lock, or resolved now (and recorded)."""
-    if model.files:
-        return hub.Pin(model.repo, model.requested, model.revision, model.files)
+    try:
+        # Validated when the ModelRef was built (hub_model_ref); built again as types.
+        repo, requested = RepoId(model.repo), revision(model.requested)
+        if model.files:
+            return hub.Pin(repo, requested, CommitId(model.revision), model.files)
+        wanted = revision(model.revision)
+    except ValueError as exc:
+        raise hub.HubError(f"{model.display}: {exc}") from None
     progress(JobProgress(f"resolving {model.repo}@{model.revision}"))
-    pin = resolve(model.repo, model.revision, model.include)
+    pin = resolve(repo, wanted, model.include)
     if model.lock_file is not None:
-        entry = lockfile.LockEntry(model.repo, model.requested, pin.commit, pin.files)
+        entry = lockfile.LockEntry(repo, requested, pin.commit, pin.files)
         lockfile.record(model.lock_file, model.lock_key, entry)
     return pin
 

@@ -7,7 +7,9 @@ that reads the lock pulls exactly that commit and verifies exactly those digests
 ``mlxctl models update`` re-resolves and rewrites it. The stack loader skips
 ``*.lock.yaml`` files, so a lock in a stack directory is never read as a stack.
 
-Reading is cheap and offline (``status`` and ``diff`` read it); writing is atomic.
+Reading is cheap and offline (``status`` and ``diff`` read it) and bounded, and every
+name in it is validated on the way in (see :func:`read_lock`); writing is atomic and
+leaves the stack directory's mode alone.
 """
 
 from __future__ import annotations
@@ -17,10 +19,23 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from mlxctl.desired.state import ModelFile
-from mlxctl.errors import MlxctlError, SpecError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from mlxctl.desired.hub_names import CommitId, GitRef, RepoId, RepoPath, digest, revision
+from mlxctl.desired.state import MAX_FILE_SIZE, ModelFile
+from mlxctl.errors import MlxctlError, SpecError, echo
+from mlxctl.files import FileRefusedError, read_bounded
 
 LOCK_SUFFIX = ".lock.yaml"
 KIND = "Lock"
@@ -33,9 +48,12 @@ _write_lock = threading.Lock()
 
 @dataclass(frozen=True)
 class LockEntry:
-    repo: str
-    requested: str
-    revision: str
+    """One pin, validated: whoever builds one got its names through the types of
+    :mod:`mlxctl.desired.hub_names` (from the lock file here, or from the hub)."""
+
+    repo: RepoId
+    requested: CommitId | GitRef
+    revision: CommitId
     files: tuple[ModelFile, ...]
 
 
@@ -54,60 +72,212 @@ def ref_key(repo: str, requested: str, include: tuple[str, ...] = ()) -> str:
     return f"{repo}@{requested}" + ("#" + ",".join(include) if include else "")
 
 
+# A lock entry pins what a runtime reads; the largest MLX repos hold a few hundred
+# shards, so this is far above any real one and keeps a lock (and every verification
+# pass that walks it) small. ``hub.MAX_PINNED_FILES`` applies the same bound to the hub.
+MAX_PINNED_FILES = 2000
+# About 200 bytes per file: a lock of a few full-size entries stays well under this.
+MAX_LOCK_BYTES = 4 * 1024 * 1024
+
+
 def read_lock(path: Path) -> dict[str, LockEntry]:
-    """The entries of ``path`` ({} when it does not exist); an invalid file is a SpecError."""
+    """The entries of ``path`` ({} when it does not exist); anything else that is not a
+    valid lock file is a :class:`SpecError` of one line, ``file:line:col: where: why``.
+
+    Read like a stack file (regular file only, at most ``MAX_LOCK_BYTES``, UTF-8, the
+    stack loader's bounded YAML parser), because it is committed and pulled like one:
+    every path, commit and digest in it is validated here, before anything uses it.
+    """
     try:
-        stamp = path.stat().st_mtime_ns
-    except OSError:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
         return {}
-    return dict(_read(str(path), stamp))
+    except OSError as exc:
+        raise SpecError([f"{path}: cannot read the lock file: {exc.strerror or exc}"]) from None
+    except ValueError:  # NUL in the path
+        raise SpecError([f"{echo(str(path))}: not a usable lock file path"]) from None
+    return dict(_read(str(path), (st.st_mtime_ns, st.st_size, st.st_ino)))
 
 
 @functools.lru_cache(maxsize=32)
-def _read(path: str, _stamp: int) -> tuple[tuple[str, LockEntry], ...]:
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
-
-    try:
-        data = YAML(typ="safe").load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, YAMLError) as exc:
-        raise SpecError([f"{path}: cannot read the lock file: {exc}"]) from None
-    if data is None:
+def _read(path: str, _stamp: tuple[int, int, int]) -> tuple[tuple[str, LockEntry], ...]:
+    problems: list[str] = []
+    text = _read_text(Path(path), problems)
+    nodes = _parse(Path(path), text, problems) if text is not None else None
+    if nodes is None:
+        raise SpecError([_one_line(problems)])
+    if not nodes:
         return ()
+    if len(nodes) > 1:
+        raise SpecError([f"{path}:1:1: a lock file is one YAML document"])
+    node = nodes[0]
     try:
-        if data.get("kind") != KIND:
-            raise ValueError(f"kind is {data.get('kind')!r}, expected {KIND!r}")
-        entries = []
-        for key, raw in (data.get("models") or {}).items():
-            files = tuple(
-                ModelFile(
-                    path=str(f["path"]),
-                    size=int(f["size"]),
-                    sha256=f.get("sha256"),
-                    blob=str(f.get("blob", "")),
+        doc = _LockDoc.model_validate(node)
+    except ValidationError as exc:
+        raise SpecError([_one_line(_validation_problems(Path(path), node, exc))]) from None
+    return tuple((key, raw.entry()) for key, raw in (doc.models or {}).items())
+
+
+def _read_text(path: Path, problems: list[str]) -> str | None:
+    """The file's text: a regular file only, at most ``MAX_LOCK_BYTES``, UTF-8."""
+    try:
+        raw = read_bounded(path, MAX_LOCK_BYTES)
+    except FileRefusedError as exc:
+        problems.append(f"{exc}; refused")
+        return None
+    except OSError as exc:
+        problems.append(f"{path}: cannot read the lock file: {exc.strerror or exc}")
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        problems.append(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x})")
+        return None
+
+
+def _parse(path: Path, text: str, problems: list[str]) -> list[Any] | None:
+    """The YAML documents, parsed as stack files are: positions kept, depth and alias
+    expansion bounded, every YAML error one ``file:line:col`` line."""
+    from mlxctl.spec import loader
+
+    return loader._parse(path, text, problems)
+
+
+def _one_line(problems: list[str]) -> str:
+    first = problems[0].splitlines()[0] if problems and problems[0] else "invalid lock file"
+    more = len(problems) - 1
+    return first + (f" (and {more} more problem(s))" if more > 0 else "")
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    path: StrictStr
+    size: StrictInt
+    sha256: StrictStr | None = None
+    blob: StrictStr = ""
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return RepoPath(value)
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256(cls, value: str | None) -> str | None:
+        return None if value is None else digest(value, "sha256")
+
+    @field_validator("blob")
+    @classmethod
+    def _blob(cls, value: str) -> str:
+        return digest(value, "blob") if value else value
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: int) -> int:
+        if not 0 <= value <= MAX_FILE_SIZE:
+            raise ValueError(f"size {echo(value)} is not a number of bytes up to 2^40")
+        return value
+
+    @model_validator(mode="after")
+    def _digested(self) -> _File:
+        # A file with neither digest would be trusted on its size alone.
+        if not self.sha256 and not self.blob:
+            raise ValueError("a pinned file needs its sha256 or its git blob id")
+        return self
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    repo: StrictStr
+    requested: StrictStr
+    revision: StrictStr
+    files: list[_File] = Field(min_length=1, max_length=MAX_PINNED_FILES)
+
+    @field_validator("repo")
+    @classmethod
+    def _repo(cls, value: str) -> str:
+        return RepoId(value)
+
+    @field_validator("requested")
+    @classmethod
+    def _requested(cls, value: str) -> str:
+        return revision(value)
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, value: str) -> str:
+        return CommitId(value)
+
+    def entry(self) -> LockEntry:
+        files = tuple(ModelFile(RepoPath(f.path), f.size, f.sha256, f.blob) for f in self.files)
+        return LockEntry(
+            RepoId(self.repo), revision(self.requested), CommitId(self.revision), files
+        )
+
+
+class _LockDoc(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    kind: Literal["Lock"]
+    models: dict[StrictStr, _Entry] | None = None
+
+    @model_validator(mode="after")
+    def _keys_match(self) -> _LockDoc:
+        for key, raw in (self.models or {}).items():
+            base, _, include = key.partition("#")
+            if base != f"{raw.repo}@{raw.requested}" or (include == "" and "#" in key):
+                raise ValueError(
+                    f"key {echo(key)} does not name its entry ({raw.repo}@{raw.requested})"
                 )
-                for f in raw["files"]
-            )
-            entry = LockEntry(str(raw["repo"]), str(raw["requested"]), str(raw["revision"]), files)
-            entries.append((str(key), entry))
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise SpecError([f"{path}: invalid lock file: {exc}"]) from None
-    return tuple(entries)
+        return self
+
+
+def _validation_problems(path: Path, node: Any, exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        line, col = _position(node, loc)
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "literal_error" and loc == ("kind",):
+            message = f"is {echo(err.get('input'))}, expected {KIND!r}"
+        out.append(f"{path}:{line}:{col}: {echo(where, 80).strip(chr(39)) or '<root>'}: {message}")
+    return out
+
+
+def _position(node: Any, loc: tuple[int | str, ...]) -> tuple[int, int]:
+    """1-based line and column of the deepest node of ``loc`` present in the YAML."""
+    line, col = 1, 1
+    current = node
+    for part in loc:
+        data = getattr(getattr(current, "lc", None), "data", None)
+        if isinstance(current, dict) and part in current and data and part in data:
+            line, col = data[part][2] + 1, data[part][3] + 1
+            current = current[part]
+        elif isinstance(current, list) and isinstance(part, int) and part < len(current) and data:
+            line, col = data[part][0] + 1, data[part][1] + 1
+            current = current[part]
+        else:
+            break
+    return line, col
 
 
 def _entry_data(entry: LockEntry) -> dict[str, Any]:
     files = []
     for f in entry.files:
-        item: dict[str, Any] = {"path": f.path, "size": f.size}
+        item: dict[str, Any] = {"path": str(f.path), "size": f.size}
         if f.sha256:
             item["sha256"] = f.sha256
         if f.blob:
             item["blob"] = f.blob
         files.append(item)
     return {
-        "repo": entry.repo,
-        "requested": entry.requested,
-        "revision": entry.revision,
+        "repo": str(entry.repo),
+        "requested": str(entry.requested),
+        "revision": str(entry.revision),
         "files": files,
     }
 
@@ -131,7 +301,9 @@ def write_lock(path: Path, entries: Mapping[str, LockEntry]) -> None:
     }
     yaml.dump(doc, buffer)
     try:
-        write_atomic(path, HEADER + buffer.getvalue())
+        # The lock lives in the user's stack directory (often a dotfiles repo): an
+        # ordinary 0644 file, and the directory's mode is the user's, not mlxctl's.
+        write_atomic(path, HEADER + buffer.getvalue(), mode=0o644, foreign_dir=True)
     except OSError as exc:
         raise MlxctlError(f"cannot write the lock file {path}: {exc.strerror or exc}") from None
 

@@ -16,6 +16,11 @@ installed client's source) and nothing else:
 
 Faults a test can inject: cut a file's next download after N bytes (the client
 resumes with ``Range``), refuse everything (an outage), gate a repo behind a token.
+Lies a test can tell, as a hostile hub or mirror would: extra tree entries (paths such
+as ``../../x`` or ``/abs``, any size or digest), a commit ``sha`` that is not 40 hex,
+an ``X-Repo-Commit`` other than the one asked for, an ``ETag`` that is a path (the
+client names the blob after it), a body longer than the listed size
+or one that never ends (``ENDLESS``, capped so a test of the old code still ends).
 Every request is logged (``requests``) so a test can assert what was fetched. Used by
 tests and benchmarks; the standard library only.
 """
@@ -33,6 +38,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+# The body of an "endless" file: far past any pin, bounded so that a client that never
+# stops reading still finishes.
+ENDLESS = 64 * 1024 * 1024
 # Files the hub stores in LFS (everything big or binary, as a model repo's .gitattributes does).
 LFS_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pth", ".npz", ".model")
 
@@ -105,6 +113,23 @@ class LocalHub:
         self.down = False
         # When set, file bodies are sent at about this many bytes per second (a slow link).
         self.rate: int | None = None
+        # Lies. repo id -> raw entries appended to its tree listing.
+        self.extra_tree: dict[str, list[dict[str, object]]] = {}
+        # The ``sha`` /api/models answers (the tree and files still serve the real commit).
+        self.fake_sha: str | None = None
+        # The ``X-Repo-Commit`` of every file answer (HEAD and GET).
+        self.fake_repo_commit: str | None = None
+        # The ``ETag`` / ``X-Linked-Etag`` of every file answer (huggingface_hub names the
+        # blob after it).
+        self.fake_etag: str | None = None
+        # The fake commit and ETag are told only after this many file HEADs were answered
+        # truthfully (a hub that changes its answer between a check and the download).
+        self.truthful_heads = 0
+        # path -> bytes sent past the file's real end on GET (no Content-Length: the
+        # body ends when the connection closes); ``ENDLESS`` for a body that never ends.
+        self.overrun: dict[str, int] = {}
+        # path -> body bytes actually written to clients (what a bound must cap).
+        self.sent: dict[str, int] = {}
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -264,6 +289,7 @@ class _Handler(BaseHTTPRequestHandler):
         files = repo.commits[sha]
         if rest[:1] == ["tree"]:
             prefix = "/".join(rest[2:])
+            extra = self.hub.extra_tree.get(repo_id, [])
             entries: list[dict[str, object]] = []
             dirs: set[str] = set()
             for path in sorted(files):
@@ -275,7 +301,7 @@ class _Handler(BaseHTTPRequestHandler):
                     entries.append({"type": "directory", "path": parent, "oid": "0" * 40})
                     parent = parent.rpartition("/")[0]
                 entries.append(files[path].tree_entry())
-            self._json(entries)
+            self._json(entries + extra)
             return
         siblings = [
             {
@@ -291,7 +317,8 @@ class _Handler(BaseHTTPRequestHandler):
             for f in files.values()
         ]
         gated = "auto" if repo.token else False
-        self._json({"id": repo_id, "sha": sha, "siblings": siblings, "gated": gated})
+        shown = self.hub.fake_sha if self.hub.fake_sha is not None else sha
+        self._json({"id": repo_id, "sha": shown, "siblings": siblings, "gated": gated})
 
     def _resolve(self, repo_id: str, revision: str, path: str, token: str, head: bool) -> None:
         repo = self._repo(repo_id)
@@ -322,11 +349,21 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(416, "", "range not satisfiable")
                 return
         body = data[start:]
+        overrun = None if head else self.hub.overrun.get(path)
+        if overrun is not None:
+            self._overrun(file, sha, body, overrun)
+            return
+        lie = True
+        if head:
+            with self.hub._lock:
+                lie = self.hub.truthful_heads <= 0
+                self.hub.truthful_heads -= 1
         self.send_response(206 if start else 200)
-        self.send_header("X-Repo-Commit", sha)
-        self.send_header("ETag", f'"{file.etag}"')
+        self.send_header("X-Repo-Commit", (self.hub.fake_repo_commit if lie else None) or sha)
+        etag = (self.hub.fake_etag if lie else None) or file.etag
+        self.send_header("ETag", f'"{etag}"')
         if file.lfs:
-            self.send_header("X-Linked-Etag", f'"{file.etag}"')
+            self.send_header("X-Linked-Etag", f'"{etag}"')
             self.send_header("X-Linked-Size", str(len(data)))
         if start:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -335,6 +372,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if head:
             return
+        with self.hub._lock:
+            self.hub.sent[path] = self.hub.sent.get(path, 0) + len(body)
         cut = self.hub.cut_after.pop(path, None)
         if cut is not None and cut < len(body):
             self.wfile.write(body[:cut])
@@ -350,6 +389,28 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body[offset : offset + step])
             self.wfile.flush()
             time.sleep(0.1)  # a slow link, for tests of what happens during a pull
+
+    def _overrun(self, file: HubFile, sha: str, body: bytes, extra: int) -> None:
+        """The file's bytes and ``extra`` more, with no length: ends when it is closed."""
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", self.hub.fake_repo_commit or sha)
+        self.send_header("ETag", f'"{file.etag}"')
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        chunk = b"\0" * (256 * 1024)
+        remaining = len(body) + extra
+        pending = body
+        try:
+            while remaining > 0:
+                piece = (pending or chunk)[: min(remaining, len(chunk))]
+                pending = pending[len(piece) :] if pending else b""
+                self.wfile.write(piece)
+                remaining -= len(piece)
+                with self.hub._lock:
+                    self.hub.sent[file.path] = self.hub.sent.get(file.path, 0) + len(piece)
+        except OSError:
+            return  # the client stopped reading
 
     # -- responses -------------------------------------------------------------------
 
