@@ -70,7 +70,13 @@ _IMPORT_LOCK = threading.Lock()
 
 
 def _litellm_router_class() -> Any:
-    """Import LiteLLM once, with nothing in the request path this gateway does not need."""
+    """Import LiteLLM once, with nothing in the request path this gateway does not need.
+
+    LiteLLM fetches its model cost map from the network when imported unless told not
+    to; the gateway reads no prices, and a fetch that times out (no network) logs a
+    warning seconds later from a background thread, into whatever runs then.
+    """
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
     from litellm.router import Router
 
