@@ -29,12 +29,12 @@ import math
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from mlxctl.testing.hub import LocalHub
@@ -194,7 +194,15 @@ def drive(
     assert not problems, "\n".join(problems)
 
 
-def run_property(strategy: st.SearchStrategy[Any], budget: int, quick: bool, body: Any) -> None:
+def run_property(
+    strategy: st.SearchStrategy[Any],
+    budget: int,
+    quick: bool,
+    body: Any,
+    examples: Sequence[Any] = (),
+) -> None:
+    """``body`` over ``strategy``, after ``examples`` (each row's case, always run)."""
+
     @settings(
         max_examples=budget,
         deadline=None,  # each call has its own bound (CALL_SECONDS)
@@ -206,9 +214,11 @@ def run_property(strategy: st.SearchStrategy[Any], budget: int, quick: bool, bod
         suppress_health_check=list(HealthCheck),
     )
     @given(strategy)
-    def run(example: Any) -> None:
-        body(example)
+    def run(value: Any) -> None:
+        body(value)
 
+    for explicit in reversed(examples):
+        run = example(explicit)(run)
     run()
 
 
@@ -349,6 +359,32 @@ def lock_example(root: Path, hub: LocalHub, sentinel: Sentinel, example: Any) ->
 LOCKS = ENTRY.map(lambda e: ("entry", e)) | RAW_LOCKS.map(lambda r: ("raw", r))
 
 
+def _entry(path: str = "config.json", revision: str = "a" * 40, requested: str = "main") -> Any:
+    return (
+        "entry",
+        {
+            "requested": requested,
+            "revision": revision,
+            "files": [{"path": path, "size": 5, "sha256": "0" * 64}],
+        },
+    )
+
+
+# The issue's own cases, run before the generated ones in every budget.
+LOCK_EXAMPLES = [
+    _entry(path=f"{ROOT}/victim/.bashrc"),  # row 1
+    _entry(path="../../../../victim/notes.txt"),  # row 1
+    _entry(path="config.json\x00"),  # medium: NUL in a path
+    _entry(revision="../../../../../victimdir/x"),  # row 2
+    _entry(revision=f"{ROOT}/srv/x"),  # row 2
+    _entry(revision="A" * 40),  # row 2
+    ("raw", "fifo"),  # row 7
+    ("raw", "dev-zero"),  # row 7
+    ("raw", "50MB"),  # row 7
+    ("raw", "not-utf8"),  # row 7
+]
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(("budget", "quick"), BUDGETS)
 def test_a_hostile_lock_file_touches_nothing_outside(
@@ -356,7 +392,13 @@ def test_a_hostile_lock_file_touches_nothing_outside(
 ) -> None:
     """Rows 1, 2, 7: a lock's paths and commits never become paths outside the snapshot,
     and a lock that is not a bounded regular file is refused without a hang."""
-    run_property(LOCKS, budget, quick, lambda ex: lock_example(tmp_path / "sb", hub, sentinel, ex))
+    run_property(
+        LOCKS,
+        budget,
+        quick,
+        lambda ex: lock_example(tmp_path / "sb", hub, sentinel, ex),
+        LOCK_EXAMPLES,
+    )
 
 
 # --------------------------------------------------------------------------- hub answers
@@ -438,7 +480,15 @@ def test_a_lying_hub_touches_nothing_outside(
 ) -> None:
     """Rows 1, 2: a hub's tree path or commit id is refused (exit 4) before it becomes a
     path; nothing outside the cache, the state directory and the lock is touched."""
-    run_property(LIE, budget, quick, lambda lie: hub_example(tmp_path / "sb", hub, sentinel, lie))
+    examples = [("path", f"{ROOT}/victim/notes.txt"), ("sha", f"{ROOT}/victimdir/evil")]
+    examples.append(("ref", f"{ROOT}/victim/.bashrc"))
+    run_property(
+        LIE,
+        budget,
+        quick,
+        lambda lie: hub_example(tmp_path / "sb", hub, sentinel, lie),
+        examples,
+    )
 
 
 # --------------------------------------------------------------------------- state files
@@ -493,6 +543,36 @@ PLANT = st.one_of(
     st.tuples(st.just("ref-file"), RAW_FILE),
 )
 PLANTS = st.lists(PLANT, min_size=1, max_size=3, unique_by=lambda p: p[0].split("-")[0])
+
+
+SENTINEL_RECORD = {
+    "create_time": "real",
+    "pid": "sentinel",
+    "cmdline": "sentinel",
+    "instance": "inst-sentinel",
+    "pgid": "sentinel",
+}
+SENTINEL_JOB = {
+    "owner_pid": "sentinel",
+    "owner_created": "sentinel",
+    "identity": "hf:org/m@main",
+    "finished_at": None,
+    "done": None,
+}
+# The issue's own cases, run before the generated ones in every budget.
+STATE_EXAMPLES = [
+    [("inventory", {**SENTINEL_RECORD, "create_time": NAN})],  # row 4
+    [("inventory", SENTINEL_RECORD)],  # row 5: exact identity, another state's marker
+    [("inventory", {**SENTINEL_RECORD, "pid": 0, "pgid": 0, "create_time": 0.0})],  # row 5
+    [("job", {**SENTINEL_JOB, "owner_pid": BIG_LITERAL})],  # row 9
+    [("job", {**SENTINEL_JOB, "identity": [1]})],  # row 9
+    [("job-file", "fifo")],  # row 9
+    [("ports", 70000)],  # row 9
+    [("ports-file", "fifo")],  # row 9
+    [("last-good-file", "fifo")],  # row 7
+    [("ref-file", "fifo")],  # row 7
+    [("ref-file", "not-utf8")],  # row 7
+]
 
 
 def _resolve(value: Any, sentinel: Sentinel, field: str) -> Any:
@@ -616,7 +696,13 @@ def test_hostile_state_files_never_signal_a_stranger_nor_hang(
     start time, another state directory's process, job files, ports.json, last-good
     copies and the cache's refs/ as FIFOs, /dev/zero, huge numbers, wrong types: no
     signal to the user's process, no traceback, no hang, nothing written outside."""
-    run_property(PLANTS, budget, quick, lambda p: state_example(tmp_path / "sb", hub, sentinel, p))
+    run_property(
+        PLANTS,
+        budget,
+        quick,
+        lambda p: state_example(tmp_path / "sb", hub, sentinel, p),
+        STATE_EXAMPLES,
+    )
 
 
 # --------------------------------------------------------------------------- models rm
@@ -713,3 +799,31 @@ def test_the_runner_catches_a_hang_a_traceback_and_a_memory_hog(
     assert len(raised.problems()) == 2, raised.problems()
     hog = run_cli(["x"], box.env, cwd=box.root, output=box.work, entry=_allocates)
     assert hog.code == ESCAPED and "MemoryError" in hog.stderr
+
+
+# Cases mlxctl already handled before issue 15: the harness must pass them (no false alarm).
+ALREADY_HANDLED = [
+    ("lock", ("raw", "a-list")),
+    ("lock", ("raw", "a-scalar")),
+    ("lock", ("raw", "directory")),
+    ("lock", ("raw", "outside-file")),
+    ("state", [("inventory", {**SENTINEL_RECORD, "create_time": INF})]),
+    ("state", [("inventory", {**SENTINEL_RECORD, "create_time": -1})]),
+    ("state", [("inventory", {**SENTINEL_RECORD, "create_time": "missing"})]),
+    ("state", [("inventory-file", "fifo"), ("ports-file", "a-list")]),
+]
+
+
+CASE_IDS = [str(c)[:60] for _, c in ALREADY_HANDLED]
+
+
+@pytest.mark.parametrize(("kind", "case"), ALREADY_HANDLED, ids=CASE_IDS)
+def test_inputs_mlxctl_already_refused_pass_the_same_checks(
+    tmp_path: Path, hub: LocalHub, sentinel: Sentinel, kind: str, case: Any
+) -> None:
+    """The same checks, on inputs handled before the fixes: what the suite flags is the
+    input, not the harness."""
+    if kind == "lock":
+        lock_example(tmp_path / "sb", hub, sentinel, case)
+    else:
+        state_example(tmp_path / "sb", hub, sentinel, case)
