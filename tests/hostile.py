@@ -47,7 +47,7 @@ DOCUMENTED = frozenset({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 130})
 ESCAPED = 70
 # Wall clock per call: a bounded call takes well under a second here; a FIFO read or a
 # retry loop never ends. Generous for a 2-core machine shared with other test runs.
-CALL_SECONDS = 6.0
+CALL_SECONDS = 8.0
 # Address space a call may add on top of what the forked test process already maps:
 # reading /dev/zero or a 50 MB lock whole must fail, a real command never comes close.
 EXTRA_ADDRESS_SPACE = 1 << 30

@@ -51,7 +51,7 @@ from tests.hostile import (
     run_cli,
 )
 
-QUICK, LONG = 8, 200
+QUICK, LONG = 6, 200
 BUDGETS = [
     pytest.param(QUICK, True, id="quick"),
     pytest.param(LONG, False, id="long", marks=pytest.mark.fuzz),
@@ -313,7 +313,7 @@ def _lock_commands(requested: str) -> list[tuple[str, ...]]:
         ("status", stacks),
         ("models", "pull", "-f", stack),
         ("models", "pull", f"hf:{REPO}@{requested}", "-f", stack),
-        ("reconcile", "--once", "--timeout", "5", stacks),
+        ("reconcile", "--once", "--timeout", "3", stacks),
         ("models", "gc", "--yes", stacks),
         ("models", "rm", REPO),
         ("down",),
@@ -467,7 +467,7 @@ def hub_example(root: Path, hub: LocalHub, sentinel: Sentinel, lie: tuple[str, s
         ("models", "pull", f"hf:{LIAR}@{requested}"),
         ("models", "update", "-f", str(box.stack)),
         ("diff", str(box.stacks)),
-        ("reconcile", "--once", "--timeout", "5", str(box.stacks)),
+        ("reconcile", "--once", "--timeout", "3", str(box.stacks)),
         ("models", "gc", "--yes", str(box.stacks)),
     ]
     drive(box, commands, sentinel=sentinel, expect=expect)
@@ -679,7 +679,7 @@ def state_example(
     commands = [
         ("status", stacks),
         ("diff", stacks),
-        ("reconcile", "--once", "--timeout", "5", stacks),
+        ("reconcile", "--once", "--timeout", "3", stacks),
         ("models", "gc", "--yes", stacks),
         ("models", "rm", REPO),
         ("down",),
