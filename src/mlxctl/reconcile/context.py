@@ -6,6 +6,7 @@ implementations a pass uses; tests build one with in-memory fakes instead.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -124,14 +125,17 @@ def real_context(
     try:
         paths.secure_state()
     except OSError as exc:
-        raise MlxctlError(
-            f"cannot make the state directory {paths.state} private: {exc.strerror or exc}"
-        ) from None
+        if exc.errno == errno.EROFS:
+            pass  # nothing can be written, by anyone: `down` must still run (stops only)
+        else:
+            raise MlxctlError(
+                f"cannot make the state directory {paths.state} private: {exc.strerror or exc}"
+            ) from None
     return Context(
         paths=paths,
         environ=dict(os.environ),
         clock=SystemClock(),
-        procs=RealProcessControl(),
+        procs=RealProcessControl(str(paths.state)),
         prober=HttpProber(),
         store=DiskModelStore(paths.models),
         listeners=list(listeners or []),
