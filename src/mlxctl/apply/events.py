@@ -15,11 +15,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from mlxctl.errors import MlxctlError, storage_error
 from mlxctl.files import open_private, private_dir, read_bounded
 from mlxctl.machine.logfiles import rotate
+from mlxctl.machine.statemodel import Seconds, ShortStr, StateModel, Text, Timestamp
 
 EVENT_SCHEMA = 1
 MAX_BYTES = 5 * 1024 * 1024
@@ -114,14 +117,22 @@ def read_events(path: Path, limit: int | None = None) -> list[Event]:
             raise MlxctlError(f"cannot read the event log: {exc}") from None
         lines.extend(raw.decode("utf-8", errors="replace").splitlines())
     events: list[Event] = []
-    fields = set(Event.__dataclass_fields__)
     for line in lines:
         try:
-            data = json.loads(line)
-        except ValueError:
+            model = EventModel.model_validate_json(line)
+        except ValueError:  # a torn line, a line that is not an event (ValidationError)
             continue
-        if isinstance(data, dict):
-            data.setdefault("cause", "")
-            data.setdefault("result", "")
-            events.append(Event(**{k: v for k, v in data.items() if k in fields}))
+        events.append(Event(**model.model_dump()))
     return events[-limit:] if limit else events
+
+
+class EventModel(StateModel):
+    """An event line as :meth:`EventLog.emit` writes it; any other line is skipped."""
+
+    ts: Timestamp
+    kind: ShortStr
+    target: Text
+    cause: Text = ""
+    result: ShortStr = ""
+    message: Annotated[str, Field(max_length=1 << 16)] = ""
+    duration: Seconds | None = None

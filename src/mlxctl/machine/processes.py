@@ -269,6 +269,8 @@ class RealProcessControl:
         return alive
 
     def port_owner(self, port: int) -> str | None:
+        if not 1 <= port <= 65535:
+            return None  # no socket can hold it (a damaged ports file is repaired elsewhere)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.settimeout(0.2)
             if sock.connect_ex(("127.0.0.1", port)) != 0:

@@ -67,6 +67,16 @@ def next_wake(result: PassResult, records: Iterable[Record], *, since: float) ->
     return min(due) if due else None
 
 
+# The longest a failing pass waits before the next try (a trigger still runs one sooner).
+MAX_FAILURE_BACKOFF = 60.0
+
+
+def failure_backoff(failures: int, interval: float) -> float:
+    """Seconds before retrying after ``failures`` passes in a row raised: a sixth of the
+    resync interval, doubling, at most :data:`MAX_FAILURE_BACKOFF`; pure."""
+    return float(min(interval / 6 * 2 ** min(max(failures - 1, 0), 20), MAX_FAILURE_BACKOFF))
+
+
 DesiredSource = Callable[[], DesiredState]
 Until = Callable[["Controller", PassResult], bool]
 
@@ -99,6 +109,9 @@ class Controller:
         # What was last reported about invalid files, so each is said once, not per pass.
         self._reported_invalid: dict[Path, tuple[str, ...]] = {}
         self._reported_refusal = ""
+        # Passes that raised in a row, and the failure last reported (said once).
+        self._failures = 0
+        self._reported_failure = ""
         self._queue: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
         self._wake_at: float | None = None
@@ -157,13 +170,13 @@ class Controller:
                 except Exception as exc:  # a daemon survives a failed pass; the next one retries
                     if not self.watch:
                         raise
-                    why = str(exc) if isinstance(exc, MlxctlError) else repr(exc)
-                    self.log(f"reconcile failed: {why}; retrying at the next trigger")
-                    self.ctx.event_log().emit(
-                        Event(self.ctx.clock.time(), "reconcile", "stack", "pass", "failed", why)
-                    )
-                    self._wake_at = self.ctx.clock.time() + self.interval / 6
+                    delay = self._pass_failed(exc)
+                    # Not even the resync retries sooner: a failed resync that left it due
+                    # made the controller loop hot (hundreds of passes a second).
+                    next_resync = max(next_resync, self.ctx.clock.monotonic() + delay)
                     continue
+                self._failures = 0
+                self._reported_failure = ""
                 if result is not None and until is not None and until(self, result):
                     return result
                 if "periodic resync" in reasons:
@@ -175,6 +188,21 @@ class Controller:
             if self.watch:
                 self.log("controller: stopped (servers keep running; `mlxctl down` stops them)")
         return self.last
+
+    def _pass_failed(self, exc: Exception) -> float:
+        """Back off after a pass that raised (exponentially, bounded), saying it once per
+        distinct failure rather than once per attempt; returns the delay."""
+        self._failures += 1
+        delay = failure_backoff(self._failures, self.interval)
+        why = str(exc) if isinstance(exc, MlxctlError) else repr(exc)
+        if why != self._reported_failure:
+            self._reported_failure = why
+            self.log(f"reconcile failed: {why}; retrying with backoff (now {delay:.1f}s)")
+            self.ctx.event_log().emit(
+                Event(self.ctx.clock.time(), "reconcile", "stack", "pass", "failed", why)
+            )
+        self._wake_at = self.ctx.clock.time() + delay
+        return delay
 
     def _drain(self) -> list[str]:
         out = []

@@ -88,7 +88,7 @@ def resolve(ctx: Context, stack: StackSet) -> DesiredState:
         state_dir=ctx.paths.state,
         environ=ctx.environ,
         resolve_model=ctx.model_resolver or make_resolver(ctx.paths),
-        assigned_ports=read_ports(ctx.paths),
+        assigned_ports=read_ports(ctx.paths, ctx.report_state_file),
         extra_routes=other_stacks_routes(ctx, stack),
         port_in_use=lambda port: ctx.procs.port_owner(port) is not None,
     )
@@ -170,6 +170,6 @@ def run_pass(
         on_plan(the_plan)
     if dry_run or the_plan.refused:
         return PassResult(desired, observed, the_plan)
-    save_ports(ctx.paths, desired.ports)
+    save_ports(ctx.paths, desired.ports, ctx.report_state_file)
     outcomes = ctx.executor().apply(the_plan, desired)
     return PassResult(desired, observed, the_plan, tuple(outcomes))
