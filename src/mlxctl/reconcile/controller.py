@@ -30,7 +30,7 @@ from __future__ import annotations
 import queue
 import random
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from mlxctl.apply.events import Event
@@ -112,6 +112,8 @@ class Controller:
         # Passes that raised in a row, and the failure last reported (said once).
         self._failures = 0
         self._reported_failure = ""
+        # Why each service is blocked, as last said: a change is one event, not each pass.
+        self._reported_blocked: dict[str, str] = {}
         self._queue: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
         self._wake_at: float | None = None
@@ -240,6 +242,7 @@ class Controller:
             on_plan=lambda p: self._show_plan(reason, p),
         )
         self.last = result
+        self._report_blocked(result.plan.blocked)
         self._wake_at = next_wake(result, self.ctx.inventory.load().values(), since=started)
         if any(o.ok for o in result.outcomes):
             # Requeue: what was just applied is observed at once (a recorded readiness,
@@ -267,6 +270,18 @@ class Controller:
             del self._reported_invalid[path]
             self.log(f"valid again: {path}")
             self.ctx.event_log().emit(Event(now, "reconcile", str(path), "valid again", "ok"))
+
+    def _report_blocked(self, blocked: Mapping[str, str]) -> None:
+        """One event when a service becomes blocked (a port another program holds, a
+        model that is missing) or its reason changes, and one when it is no longer."""
+        now = self.ctx.clock.time()
+        for name, why in blocked.items():
+            if self._reported_blocked.get(name) != why:
+                self._reported_blocked[name] = why
+                self.ctx.event_log().emit(Event(now, "blocked", name, "blocked", "refused", why))
+        for name in [n for n in self._reported_blocked if n not in blocked]:
+            del self._reported_blocked[name]
+            self.ctx.event_log().emit(Event(now, "blocked", name, "no longer blocked", "ok"))
 
     def _show_plan(self, reason: str, plan: Plan) -> None:
         if not self.watch:
