@@ -130,3 +130,22 @@ def test_a_valid_record_and_an_intent_still_load(tmp_path: Path) -> None:
     path.write_text(json.dumps({"version": 1, "services": {"a": _record(), "b": intent}}))
     records = Inventory(path).load()
     assert records["a"].cmdline == ("sleep", "1000") and not records["b"].spawned
+
+
+def test_down_through_a_copy_stops_nothing_on_the_fake_machine_either(tmp_path: Path) -> None:
+    """The fakes hold to the same rule (so unit tests cannot pass where reality would
+    not): the original's records, read through a control bound to a copy, stop nothing."""
+    from mlxctl.reconcile.teardown import stop_recorded
+    from mlxctl.testing.fakes import FakeProcs
+    from tests.unit.world import World, tier, tiers_yaml
+
+    world = World(tmp_path)
+    world.write(tiers_yaml(tier("a", 8001)))
+    assert world.apply().converged
+    records = world.ctx.inventory.load()
+    copy = FakeProcs(world.clock, procs=world.procs.procs, state=str(tmp_path / "copy" / "state"))
+    stopped = stop_recorded(
+        records, copy, grace=1.0, monotonic=world.clock.monotonic, sleep=world.clock.sleep
+    )
+    assert stopped == [] and len(world.procs.running()) == len(records)
+    assert {s.name for s in stop_recorded(records, world.procs, grace=1.0)} == set(records)
