@@ -19,6 +19,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from mlxctl.errors import storage_error
 from mlxctl.files import read_text_bounded
 
 # A stack file is at most 1 MiB (mlxctl.spec.loader); JSON escaping can grow it.
@@ -48,9 +49,19 @@ class LastGood:
         text is not rewritten)."""
         if self.read(path) == text:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
         payload = json.dumps({"path": str(path.resolve()), "text": text})
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(payload)
-        os.replace(tmp, self._file(path))
+        target = self._file(path)
+        tmp: str | None = None
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(payload)
+            os.replace(tmp, target)
+        except OSError as exc:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            full = storage_error(exc, target)  # a full disk is one line, exit 9
+            if full is None:
+                raise
+            raise full from exc
