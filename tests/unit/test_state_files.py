@@ -190,3 +190,24 @@ def test_a_pass_that_keeps_raising_backs_off_instead_of_looping_hot(tmp_path: Pa
     failed = [e for e in events_of(world) if e["result"] == "failed"]
     assert len(failed) == 1  # one event for one failure, not one per attempt
     assert sum("reconcile failed" in line for line in lines) == 1
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_an_event_log_that_is_a_fifo_or_a_symlink_is_never_written_through(
+    tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlxctl.apply.events import Event, EventLog
+
+    outside = tmp_path / "users-file"
+    outside.write_text("mine\n")
+    path = tmp_path / "state" / "events.jsonl"
+    path.parent.mkdir()
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to(outside)
+    log = EventLog(path)
+    finishes(lambda: [log.emit(Event(5.0, "start", "a", "c", "ok")) for _ in range(3)])
+    assert outside.read_text() == "mine\n"
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(warnings) == 1 and str(path) in warnings[0]

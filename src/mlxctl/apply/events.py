@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import sys
 import threading
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from mlxctl.errors import MlxctlError, storage_error
-from mlxctl.files import open_private, private_dir, read_bounded
+from mlxctl.files import FileRefusedError, open_private, private_dir, read_bounded
 from mlxctl.machine.logfiles import rotate
 from mlxctl.machine.statemodel import Seconds, ShortStr, StateModel, Text, Timestamp
 
@@ -78,8 +79,13 @@ class EventLog:
             # The last append was cut short (the disk filled mid-line): start a new line
             # so that the torn one stays unreadable on its own and this one is whole.
             data = b"\n" + data
-        fd = open_private(path, os.O_WRONLY | os.O_APPEND)
+        # Never blocks on a FIFO (no reader: ENXIO) and never follows a symlink out of
+        # the state directory; anything but a regular file is refused like a failed write.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+        fd = open_private(path, flags)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise FileRefusedError(path, "not a regular file")
             written = os.write(fd, data)
         finally:
             os.close(fd)
