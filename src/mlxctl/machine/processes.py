@@ -3,9 +3,9 @@
 Servers outlive the mlxctl command that started them (``reconcile --once`` returns
 while they keep serving), so each one is a session leader with its own log file.
 
-One identity rule, failing closed (:meth:`RealProcessControl._ours`): a process is a
-service's only if it carries, in its environment, both the service's instance marker
-and *this* state directory's marker; the leader must also have the recorded PID, a
+One identity rule, failing closed (``RealProcessControl._marked`` and ``_is_leader``):
+a process is a service's only if it carries, in its environment, both the service's
+instance marker and *this* state directory's marker; the leader must also have the recorded PID, a
 start time within tolerance of the recorded one (a missing, ``NaN`` or infinite one
 matches nothing) and the recorded command line. Anything else (a stranger that reused
 the PID, a ``sleep`` whose command line was copied into a record, the servers of the
