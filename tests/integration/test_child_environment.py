@@ -22,7 +22,7 @@ from tests.integration.conftest import free_port
 
 from mlxctl.machine.environment import child_environment
 from mlxctl.machine.interfaces import Identity
-from mlxctl.machine.processes import INSTANCE_ENV, RealProcessControl
+from mlxctl.machine.processes import INSTANCE_ENV, STATE_ENV, RealProcessControl
 from mlxctl.runtimes import mlx_lm
 from mlxctl.runtimes.base import ServerLaunch
 from mlxctl.runtimes.litellm import MASTER_KEY_ENV
@@ -40,8 +40,12 @@ def test_mlx_lm_server_serves_with_the_minimal_environment(
         ServerLaunch(Path(sys.executable), tiny_model, port, mlx_lm.DEFAULT_MODEL, {})
     )
     instance = uuid.uuid4().hex
-    env = {**child_environment(os.environ, {"TIER_SETTING": "1"}), INSTANCE_ENV: instance}
-    pc = RealProcessControl()
+    env = {
+        **child_environment(os.environ, {"TIER_SETTING": "1"}),
+        INSTANCE_ENV: instance,
+        STATE_ENV: str(tmp_path),
+    }
+    pc = RealProcessControl(str(tmp_path))
     spawned = pc.spawn(argv, env, tmp_path / "fast.log")
     ident = Identity(spawned.pid, spawned.pgid, spawned.create_time, spawned.cmdline, instance)
     try:

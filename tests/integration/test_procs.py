@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from mlxctl.machine.interfaces import Identity
-from mlxctl.machine.processes import INSTANCE_ENV, RealProcessControl
+from mlxctl.machine.processes import INSTANCE_ENV, STATE_ENV, RealProcessControl
 
 # A "server" that starts a child of its own (as vllm-mlx and LiteLLM workers do),
 # prints, and ignores nothing.
@@ -27,7 +27,7 @@ SERVER = (
 
 def spawn(pc: RealProcessControl, tmp_path: Path) -> Identity:
     instance = uuid.uuid4().hex
-    env = {"PATH": "/usr/bin:/bin", INSTANCE_ENV: instance}
+    env = {"PATH": "/usr/bin:/bin", INSTANCE_ENV: instance, STATE_ENV: pc.state}
     spawned = pc.spawn([sys.executable, "-c", SERVER], env, tmp_path / "srv.log")
     return Identity(spawned.pid, spawned.pgid, spawned.create_time, spawned.cmdline, instance)
 
@@ -44,7 +44,7 @@ def group(pgid: int) -> list[psutil.Process]:
 
 
 def test_stop_ends_the_whole_group_server_child_and_log_pump(tmp_path: Path) -> None:
-    pc = RealProcessControl()
+    pc = RealProcessControl(str(tmp_path))
     ident = spawn(pc, tmp_path)
     try:
         deadline = time.monotonic() + 20
@@ -78,7 +78,7 @@ def test_a_frozen_server_is_stopped_gracefully_not_killed_after_the_grace(
 ) -> None:
     """SIGSTOP freezes a server (as a hung one is, to mlxctl); SIGCONT after SIGTERM lets
     it act on the SIGTERM at once instead of waiting out the grace for SIGKILL."""
-    pc = RealProcessControl()
+    pc = RealProcessControl(str(tmp_path))
     ident = spawn(pc, tmp_path)
     try:
         deadline = time.monotonic() + 20
@@ -97,7 +97,7 @@ def test_a_frozen_server_is_stopped_gracefully_not_killed_after_the_grace(
 def test_a_failed_pump_start_leaves_no_server_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pc = RealProcessControl()
+    pc = RealProcessControl(str(tmp_path))
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
     before = {p.pid for p in psutil.process_iter()}
     with pytest.raises(FileNotFoundError):

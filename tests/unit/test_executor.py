@@ -59,11 +59,24 @@ def test_startup_timeout_from_cli_overrides_the_stack(world: World) -> None:
 
 
 def test_port_held_by_a_stranger_is_a_clear_failure(world: World) -> None:
+    """Observed before any attempt (issue 15 row 12): the tier is blocked, not started
+    and failed pass after pass."""
     world.write(tiers_yaml(tier("fast", 8001), gateway="{enabled: false}"))
     world.procs.busy_ports[8001] = "pid 4242 (nginx)"
     result = world.apply()
-    assert result.failed[0].message == "port 8001 is already in use by pid 4242 (nginx)"
+    assert result.last.plan.blocked == {"fast": "port 8001 is held by pid 4242 (nginx)"}
     assert result.exit_code == 4
+    assert world.procs.procs == {}  # nothing was spawned
+
+
+def test_a_port_taken_between_observing_and_starting_is_still_a_clear_failure(
+    world: World,
+) -> None:
+    world.write(tiers_yaml(tier("fast", 8001), gateway="{enabled: false}"))
+    the_plan = world.plan()
+    world.procs.busy_ports[8001] = "pid 4242 (nginx)"
+    [outcome] = world.ctx.executor().apply(the_plan, world.desired())
+    assert outcome.message == "port 8001 is already in use by pid 4242 (nginx)"
 
 
 def test_a_shared_model_is_prepared_once_for_all_its_tiers(world: World) -> None:

@@ -33,7 +33,7 @@ class World:
         self.stacks.mkdir(parents=True, exist_ok=True)
         self.models = root / "models"
         self.clock = FakeClock()
-        self.procs = FakeProcs(self.clock)
+        self.procs = FakeProcs(self.clock, state=str(root / "state"))
         self.prober = FakeProber()
         self.store = FakeStore()
         self.environ: dict[str, str] = {"GATEWAY_KEY": "sk-test"}

@@ -163,7 +163,7 @@ def running_tiers(paths: Paths) -> dict[str, tuple[str, ...]]:
     from mlxctl.machine.inventory import Inventory
     from mlxctl.machine.processes import RealProcessControl
 
-    procs = RealProcessControl()
+    procs = RealProcessControl(str(paths.state))
     out = {}
     for name, record in Inventory(paths.inventory).load().items():
         if record.role == "tier" and procs.status(record.identity()).alive:

@@ -10,16 +10,20 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from mlxctl.errors import MlxctlError, storage_error
-from mlxctl.files import open_private, private_dir, read_bounded
+from mlxctl.files import FileRefusedError, open_private, private_dir, read_bounded
 from mlxctl.machine.logfiles import rotate
+from mlxctl.machine.statemodel import Seconds, ShortStr, StateModel, Text, Timestamp
 
 EVENT_SCHEMA = 1
 MAX_BYTES = 5 * 1024 * 1024
@@ -75,8 +79,13 @@ class EventLog:
             # The last append was cut short (the disk filled mid-line): start a new line
             # so that the torn one stays unreadable on its own and this one is whole.
             data = b"\n" + data
-        fd = open_private(path, os.O_WRONLY | os.O_APPEND)
+        # Never blocks on a FIFO (no reader: ENXIO) and never follows a symlink out of
+        # the state directory; anything but a regular file is refused like a failed write.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+        fd = open_private(path, flags)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise FileRefusedError(path, "not a regular file")
             written = os.write(fd, data)
         finally:
             os.close(fd)
@@ -114,14 +123,22 @@ def read_events(path: Path, limit: int | None = None) -> list[Event]:
             raise MlxctlError(f"cannot read the event log: {exc}") from None
         lines.extend(raw.decode("utf-8", errors="replace").splitlines())
     events: list[Event] = []
-    fields = set(Event.__dataclass_fields__)
     for line in lines:
         try:
-            data = json.loads(line)
-        except ValueError:
+            model = EventModel.model_validate_json(line)
+        except ValueError:  # a torn line, a line that is not an event (ValidationError)
             continue
-        if isinstance(data, dict):
-            data.setdefault("cause", "")
-            data.setdefault("result", "")
-            events.append(Event(**{k: v for k, v in data.items() if k in fields}))
+        events.append(Event(**model.model_dump()))
     return events[-limit:] if limit else events
+
+
+class EventModel(StateModel):
+    """An event line as :meth:`EventLog.emit` writes it; any other line is skipped."""
+
+    ts: Timestamp
+    kind: ShortStr
+    target: Text
+    cause: Text = ""
+    result: ShortStr = ""
+    message: Annotated[str, Field(max_length=1 << 16)] = ""
+    duration: Seconds | None = None

@@ -16,13 +16,14 @@ def assign_ports(
     stack: StackSet,
     previous: Mapping[str, int],
     in_use: Callable[[int], bool] | None = None,
+    held_by_other: Callable[[str, int], bool] | None = None,
 ) -> dict[str, int]:
     """Ports for every tier: the declared one, else the one assigned before, else the next free.
 
-    Stable: a tier keeps its port across runs as long as nobody else declares it. A
-    new assignment skips ports ``in_use`` says a process holds (the operating system is
-    asked once, at assignment; afterwards the port stays the tier's, so its own server
-    holding it never moves it).
+    Stable: a tier keeps its port across runs as long as nobody else declares it and no
+    other program holds it (``held_by_other(name, port)``: a listener that is not the
+    tier's own server; then the tier is given a new port, and the gateway's routes follow
+    the desired state). A new assignment skips ports ``in_use`` says any process holds.
     """
     taken = {t.spec.port for t in stack.tiers if t.spec.port is not None}
     if stack.gateway.enabled:
@@ -36,7 +37,8 @@ def assign_ports(
         if name in ports:
             continue
         kept = previous.get(name)
-        if kept is not None and kept not in taken:
+        stolen = kept is not None and held_by_other is not None and held_by_other(name, kept)
+        if kept is not None and kept not in taken and not stolen:
             ports[name] = kept
             taken.add(kept)
     for tier in stack.tiers:

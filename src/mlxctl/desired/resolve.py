@@ -59,6 +59,9 @@ class ResolveContext:
     extra_routes: tuple[Route, ...] = ()
     # Whether a port is taken by some process (asked when a port is first assigned).
     port_in_use: Callable[[int], bool] | None = None
+    # Whether a tier's remembered automatic port is held by a program other than its own
+    # server (then it is reassigned).
+    port_held_by_other: Callable[[str, int], bool] | None = None
 
 
 def spec_hash(
@@ -74,7 +77,7 @@ def spec_hash(
 
 def resolve_desired(stack: StackSet, ctx: ResolveContext) -> DesiredState:
     """Resolve a validated stack into the services to run; problems raise :class:`SpecError`."""
-    ports = assign_ports(stack, ctx.assigned_ports, ctx.port_in_use)
+    ports = assign_ports(stack, ctx.assigned_ports, ctx.port_in_use, ctx.port_held_by_other)
     problems: list[str] = []
     tiers: list[DesiredService] = []
     unresolved: dict[str, str] = {}

@@ -3,8 +3,11 @@
 Only what is in the inventory is ever signalled or pruned. A record's identity is
 the leader's PID, its start time and its command line, plus an instance marker in
 the environment of every process of its group; a PID whose identity does not match
-belongs to someone else and is never touched. The file is replaced atomically
-(temp file, fsync, rename) so a crash mid-write never loses or corrupts it.
+belongs to someone else and is never touched. Every record is validated, with
+ranges, on every read (:class:`RecordModel`): one that is not
+usable makes the whole file unusable, in one line, and nothing is started or stopped
+on its strength. The file is replaced atomically (temp file, fsync, rename) so a
+crash mid-write never loses or corrupts it.
 """
 
 from __future__ import annotations
@@ -14,10 +17,24 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError
 
 from mlxctl.errors import MlxctlError, storage_error
 from mlxctl.files import PRIVATE_FILE, private_dir, read_text_bounded
 from mlxctl.machine.record import Record
+from mlxctl.machine.statemodel import (
+    Cmdline,
+    Count,
+    Pid,
+    Port,
+    ShortStr,
+    StateModel,
+    Text,
+    Timestamp,
+    problem,
+)
 
 INVENTORY_VERSION = 1
 # A record is well under 4 KiB; a few thousand services would still fit.
@@ -44,15 +61,16 @@ class Inventory:
             return {}
         except (OSError, ValueError, RecursionError) as exc:
             raise self._unusable(exc) from None
-        try:
-            services = raw.get("services", {}) if isinstance(raw, dict) else None
-            if not isinstance(services, dict):
-                raise TypeError("no 'services' mapping")
-            for name, rec in services.items():
-                _check_fields(str(name), rec)
-            return {str(name): Record.from_json(rec) for name, rec in services.items()}
-        except (TypeError, ValueError, AttributeError, KeyError) as exc:
-            raise self._unusable(exc) from None
+        services = raw.get("services", {}) if isinstance(raw, dict) else None
+        if not isinstance(services, dict):
+            raise self._unusable(TypeError("no 'services' mapping"))
+        records: dict[str, Record] = {}
+        for name, rec in services.items():
+            try:
+                records[name] = parse_record(rec)
+            except ValidationError as exc:
+                raise self._unusable(ValueError(f"record '{name[:40]}': {problem(exc)}")) from None
+        return records
 
     def _unusable(self, exc: BaseException) -> MlxctlError:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -80,31 +98,54 @@ class Inventory:
             self.save(records)
 
 
-_FIELD_TYPES: tuple[tuple[str, type | tuple[type, ...]], ...] = (
-    ("name", str),
-    ("role", str),
-    ("pid", int),
-    ("pgid", int),
-    ("create_time", (int, float)),
-    ("cmdline", list),
-    ("instance", str),
-    ("spec_hash", str),
-    ("port", int),
-    ("log", str),
-    ("started_at", (int, float)),
-)
+Name = Annotated[str, Field(min_length=1, max_length=256)]
+# A uuid4 hex today; anything short and non-empty from older versions.
+Instance = Annotated[str, Field(min_length=1, max_length=128)]
+ExitStatus = Annotated[int, Field(ge=-255, le=255)]
+Bytes = Annotated[int, Field(ge=0, le=1 << 60)]
 
 
-def _check_fields(name: str, rec: object) -> None:
-    """The fields a record is trusted by (its identity) have the types they must."""
-    if not isinstance(rec, dict):
-        raise TypeError(f"record '{name[:40]}' is not a mapping")
-    for field, kind in _FIELD_TYPES:
-        value = rec.get(field)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise TypeError(f"record '{name[:40]}': {field} is missing or not a {kind}")
-    if not all(isinstance(part, str) for part in rec["cmdline"]):
-        raise TypeError(f"record '{name[:40]}': cmdline is not a list of strings")
+class RecordModel(StateModel):
+    """A record as the inventory file must hold it (see :mod:`mlxctl.machine.statemodel`).
+
+    A record is what a signal is sent on the strength of, so nothing in it is taken on
+    trust: a ``NaN`` start time (which no comparison rejects), a PID past the kernel's
+    range or a command line that is not a list of strings makes the file unusable.
+    """
+
+    name: Name
+    role: ShortStr
+    pid: Pid
+    pgid: Pid
+    create_time: Timestamp
+    cmdline: Cmdline
+    instance: Instance
+    spec_hash: ShortStr
+    port: Port
+    log: Text
+    started_at: Timestamp
+    launch: dict[str, Any] = Field(default_factory=dict)
+    ready_at: Timestamp | None = None
+    restarts: Count = 0
+    consecutive_crashes: Count = 0
+    died_at: Timestamp | None = None
+    exit_code: ExitStatus | None = None
+    not_before: Timestamp | None = None
+    last_error: Text | None = None
+    stop_requested_at: Timestamp | None = None
+    stop_cause: Text | None = None
+    kill_sent_at: Timestamp | None = None
+    memory_bytes: Bytes | None = None
+    stack: ShortStr = ""
+    handover_to: ShortStr = ""
+
+
+def parse_record(data: object) -> Record:
+    """The record ``data`` holds, validated (:class:`pydantic.ValidationError` if a field
+    is missing, of the wrong type or out of range)."""
+    values = RecordModel.model_validate(data).model_dump()
+    values["cmdline"] = tuple(values["cmdline"])
+    return Record(**values)
 
 
 def write_atomic(

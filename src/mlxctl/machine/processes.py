@@ -2,9 +2,14 @@
 
 Servers outlive the mlxctl command that started them (``reconcile --once`` returns
 while they keep serving), so each one is a session leader with its own log file.
-Nothing is signalled unless its identity matches the inventory: the leader by PID,
-start time and command line; other members of its group by the instance marker
-every process of the group inherits in its environment.
+
+One identity rule, failing closed (``RealProcessControl._marked`` and ``_is_leader``):
+a process is a service's only if it carries, in its environment, both the service's
+instance marker and *this* state directory's marker; the leader must also have the recorded PID, a
+start time within tolerance of the recorded one (a missing, ``NaN`` or infinite one
+matches nothing) and the recorded command line. Anything else (a stranger that reused
+the PID, a ``sleep`` whose command line was copied into a record, the servers of the
+state directory this one was copied from) is never signalled.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from mlxctl.machine.interfaces import (
     StopResult,
 )
 from mlxctl.machine.logfiles import open_log
+from mlxctl.machine.statemodel import PID_MAX, is_identity_time
 
 START_TIME_TOLERANCE = 0.05
 POLL_INTERVAL = 0.05
@@ -40,9 +46,17 @@ KILL_WAIT = 5.0
 
 
 class RealProcessControl:
-    """psutil and POSIX signals; keeps its own children to reap them and read exit codes."""
+    """psutil and POSIX signals; keeps its own children to reap them and read exit codes.
 
-    def __init__(self) -> None:
+    ``state`` is the marker of the state directory this control acts for (the value of
+    ``MLXCTL_STATE`` its servers are started with): only processes carrying it are ever
+    reported alive or signalled.
+    """
+
+    def __init__(self, state: str) -> None:
+        if not state:
+            raise ValueError("a process control needs its state directory's marker")
+        self.state = state
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._exit_codes: dict[int, int] = {}
         self._stopped: set[int] = set()
@@ -112,14 +126,14 @@ class RealProcessControl:
         code = self._reap(ident.pid)
         if code is not None:
             return ProcessStatus(alive=False, exit_code=code, stopped=ident.pid in self._stopped)
+        if not _usable(ident):
+            return ProcessStatus(alive=False, foreign=True)
         try:
             proc = psutil.Process(ident.pid)
             with proc.oneshot():
                 if proc.status() == psutil.STATUS_ZOMBIE:
                     return ProcessStatus(alive=False, stopped=ident.pid in self._stopped)
-                if abs(proc.create_time() - ident.create_time) > START_TIME_TOLERANCE:
-                    return ProcessStatus(alive=False, foreign=True)
-                if tuple(proc.cmdline()) != ident.cmdline:
+                if not self._is_leader(proc, ident):
                     return ProcessStatus(alive=False, foreign=True)
         except psutil.NoSuchProcess:
             return ProcessStatus(alive=False, stopped=ident.pid in self._stopped)
@@ -127,15 +141,30 @@ class RealProcessControl:
             return ProcessStatus(alive=False, foreign=True)
         return ProcessStatus(alive=True)
 
-    def _members(self, ident: Identity, leader_ok: bool) -> list[psutil.Process]:
-        """Every live process of the service's group that provably belongs to it."""
+    def _marked(self, proc: psutil.Process, instance: str) -> bool:
+        """``proc`` carries ``instance``'s marker and this state directory's."""
+        env = proc.environ()
+        return env.get(INSTANCE_ENV) == instance and env.get(STATE_ENV) == self.state
+
+    def _is_leader(self, proc: psutil.Process, ident: Identity) -> bool:
+        """The identity rule for a group's leader: PID (the caller's), start time,
+        command line and both markers."""
+        if abs(proc.create_time() - ident.create_time) > START_TIME_TOLERANCE:
+            return False
+        return tuple(proc.cmdline()) == ident.cmdline and self._marked(proc, ident.instance)
+
+    def _members(self, ident: Identity) -> list[psutil.Process]:
+        """Every live process of the service's group that provably belongs to it: in
+        the recorded group and carrying both markers (the leader, its log pump, the
+        workers it started). A copied record's instance marker alone is not enough."""
         members: list[psutil.Process] = []
+        if not _usable(ident) or not 1 <= ident.pgid <= PID_MAX:
+            return members
         for proc in psutil.process_iter():
             try:
                 if os.getpgid(proc.pid) != ident.pgid or proc.status() == psutil.STATUS_ZOMBIE:
                     continue
-                is_leader = proc.pid == ident.pid and leader_ok
-                if is_leader or proc.environ().get(INSTANCE_ENV) == ident.instance:
+                if self._marked(proc, ident.instance):
                     members.append(proc)
             except (psutil.Error, ProcessLookupError, PermissionError):
                 continue
@@ -145,7 +174,7 @@ class RealProcessControl:
         """SIGTERM the group's provable members, then SIGCONT: a stopped (SIGSTOP, frozen)
         process acts on SIGTERM only once continued; without it a hung server would
         always wait out the grace, then be killed."""
-        members = self._members(ident, self.status(ident).alive)
+        members = self._members(ident)
         if not members:
             return StopResult(signalled=False, forced=False, detail="no process left")
         with self._lock:
@@ -155,7 +184,7 @@ class RealProcessControl:
         return StopResult(True, False)
 
     def kill(self, ident: Identity) -> StopResult:
-        members = self._members(ident, self.status(ident).alive)
+        members = self._members(ident)
         if not members:
             return StopResult(signalled=False, forced=False, detail="no process left")
         with self._lock:
@@ -164,16 +193,16 @@ class RealProcessControl:
         return StopResult(True, True, "killed after grace period")
 
     def remaining(self, ident: Identity) -> int:
-        for proc in self._members(ident, True):
+        for proc in self._members(ident):
             self._reap(proc.pid)
-        return len(self._members(ident, self.status(ident).alive))
+        return len(self._members(ident))
 
     def find_instance(self, instance: str) -> Spawned | None:
         for proc in psutil.process_iter():
             try:
                 if os.getpgid(proc.pid) != proc.pid or proc.status() == psutil.STATUS_ZOMBIE:
                     continue
-                if proc.environ().get(INSTANCE_ENV) != instance:
+                if not self._marked(proc, instance):
                     continue
                 with proc.oneshot():
                     return Spawned(proc.pid, proc.pid, proc.create_time(), tuple(proc.cmdline()))
@@ -208,8 +237,7 @@ class RealProcessControl:
     def stop(self, ident: Identity, grace: float) -> StopResult:
         """Terminate, wait up to ``grace``, then kill: blocking, for tools and tests (the
         reconciler never waits; it observes the stop instead)."""
-        leader_ok = self.status(ident).alive
-        members = self._members(ident, leader_ok)
+        members = self._members(ident)
         if not members:
             return StopResult(signalled=False, forced=False, detail="no process left")
         self.terminate(ident)
@@ -241,6 +269,8 @@ class RealProcessControl:
         return alive
 
     def port_owner(self, port: int) -> str | None:
+        if not 1 <= port <= 65535:
+            return None  # no socket can hold it (a damaged ports file is repaired elsewhere)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.settimeout(0.2)
             if sock.connect_ex(("127.0.0.1", port)) != 0:
@@ -269,9 +299,25 @@ def _identity(pid: int, argv: Sequence[str]) -> tuple[float, tuple[str, ...]]:
         except psutil.Error:
             # It died already; the identity we know is enough to report it.
             return 0.0, tuple(argv)
-        if cmdline or time.monotonic() >= deadline:
+        if cmdline:
             return create_time, cmdline
+        if time.monotonic() >= deadline:
+            # Never settled (it is exiting): the argv stands in, so the record stays
+            # valid; a later identity check finds it gone or foreign.
+            return create_time, tuple(argv)
         time.sleep(0.005)
+
+
+def _usable(ident: Identity) -> bool:
+    """An identity a leader can be matched against: a PID the kernel could have, a start
+    time that is a real moment (a record's ``NaN`` would pass any tolerance check, as
+    every comparison with it is false), a command line and an instance marker."""
+    return (
+        1 <= ident.pid <= PID_MAX
+        and is_identity_time(ident.create_time)
+        and bool(ident.cmdline)
+        and bool(ident.instance)
+    )
 
 
 def _running(proc: psutil.Process) -> bool:

@@ -76,13 +76,6 @@ class Record:
         data["launch"] = dict(self.launch)
         return data
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Record:
-        known = {f for f in cls.__dataclass_fields__}
-        values = {k: v for k, v in data.items() if k in known}
-        values["cmdline"] = tuple(values.get("cmdline", ()))
-        return cls(**values)
-
     def evolve(self, **changes: Any) -> Record:
         return replace(self, **changes)
 

@@ -74,6 +74,7 @@ def observe(
         models_unusable=unusable,
         prepares=dict(prepares or {}),
         files=_files_on_disk(desired),
+        ports_held=_ports_held(desired, services, procs),
     )
 
 
@@ -99,6 +100,25 @@ def config_problem(directory: Path) -> str | None:
     except SpecError as exc:
         return str(exc)
     return None
+
+
+def _ports_held(
+    desired: DesiredState | None, services: Mapping[str, ObservedService], procs: ProcessControl
+) -> dict[int, str]:
+    """Who else listens on a port a desired service needs: a port one of our live
+    processes holds (the service itself, a retiring instance, one still stopping, an
+    intent being spawned) is no conflict; any other listener is."""
+    if desired is None:
+        return {}
+    ours = {s.record.port for s in services.values() if s.alive or not s.record.spawned}
+    held: dict[int, str] = {}
+    for service in desired.services:
+        if service.port in ours or service.port in held:
+            continue
+        owner = procs.port_owner(service.port)
+        if owner is not None:
+            held[service.port] = owner
+    return held
 
 
 def _files_on_disk(desired: DesiredState | None) -> dict[str, str | None]:

@@ -80,3 +80,6 @@ class ObservedState:
     # The text on disk of each file a desired service reads while running (path -> text,
     # None when missing): the gateway's routes file, which it reloads in place.
     files: Mapping[str, str | None] = field(default_factory=dict)
+    # Ports desired services need that a process of someone else's holds (port -> who),
+    # asked only for services none of whose own processes runs.
+    ports_held: Mapping[int, str] = field(default_factory=dict)

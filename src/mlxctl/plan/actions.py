@@ -63,6 +63,8 @@ WaitReason = Literal[
     "held",
     # A retiring instance serves until the one that replaces it is ready.
     "handover",
+    # The service's declared port is held by a process that is not one of ours.
+    "port",
     "",
 ]
 

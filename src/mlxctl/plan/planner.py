@@ -293,7 +293,22 @@ class _Planner:
             return
         if not self.model_ready(service) or not self.memory_free(service):
             return
+        if not self.port_free(service):
+            return
         self.add(kind, service.name, cause)
+
+    def port_free(self, service: DesiredService) -> bool:
+        """A declared port another program holds blocks the start (no attempt, so no
+        failure per pass); it is looked at again at each pass, and started once free. An
+        automatic port is never held here: it is reassigned when the desired state is
+        resolved."""
+        owner = self.observed.ports_held.get(service.port)
+        if owner is None:
+            return True
+        why = f"port {service.port} is held by {owner}"
+        self.blocked[service.name] = why
+        self.add("wait", service.name, f"{why}; started once it is free", reason="port")
+        return False
 
     def model_ready(self, service: DesiredService) -> bool:
         model = service.model

@@ -6,6 +6,7 @@ implementations a pass uses; tests build one with in-memory fakes instead.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -14,15 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlxctl.apply.events import EventLog, Listener
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+from mlxctl.apply.events import Event, EventLog, Listener
 from mlxctl.apply.jobs import PrepareJobs, Spawn, in_thread
 from mlxctl.apply.ledger import Ledger
 from mlxctl.desired.resolve import ModelResolver
-from mlxctl.errors import MlxctlError
+from mlxctl.errors import MlxctlError, StorageError
 from mlxctl.files import read_text_bounded
 from mlxctl.machine.clock import SystemClock
 from mlxctl.machine.interfaces import Clock, ModelStore, Prober, ProcessControl
 from mlxctl.machine.inventory import Inventory, write_atomic
+from mlxctl.machine.statemodel import Port, ShortStr
 from mlxctl.observe.health import HealthSource, ProbeNow
 from mlxctl.observe.jobfiles import JobFiles
 from mlxctl.observe.state import PrepareJob
@@ -55,6 +59,8 @@ class Context:
     # Called with a reason whenever a job changes state (the controller's trigger).
     on_job_change: Callable[[str], None] | None = None
     _jobs: PrepareJobs | None = field(default=None, init=False, repr=False)
+    # Unusable state files already reported by this process: each is said once.
+    _reported: set[tuple[str, str]] = field(default_factory=set, init=False, repr=False)
 
     @property
     def inventory(self) -> Inventory:
@@ -66,6 +72,17 @@ class Context:
     def ledger(self) -> Ledger:
         return Ledger(self.inventory, self.event_log(), self.clock)
 
+    def report_state_file(self, path: Path, reason: str) -> None:
+        """One event (and one only, per process) for a state file that was skipped or
+        repaired because it could not be trusted (see :mod:`mlxctl.machine.statemodel`)."""
+        key = (str(path), reason)
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        self.event_log().emit(
+            Event(self.clock.time(), "state", str(path), "unusable state file", "refused", reason)
+        )
+
     def health_source(self) -> HealthSource:
         return self.health if self.health is not None else ProbeNow(self.prober)
 
@@ -74,7 +91,7 @@ class Context:
         if self._jobs is None:
             self._jobs = PrepareJobs(
                 self.store,
-                JobFiles(self.paths.jobs),
+                JobFiles(self.paths.jobs, self.report_state_file),
                 self.event_log(),
                 self.clock,
                 on_change=self._job_changed,
@@ -87,7 +104,7 @@ class Context:
             self.on_job_change(reason)
 
     def prepares(self) -> dict[str, PrepareJob]:
-        return JobFiles(self.paths.jobs).read_all()
+        return JobFiles(self.paths.jobs, self.report_state_file).read_all()
 
     def executor(self) -> Executor:
         from mlxctl.apply.executor import Executor
@@ -124,14 +141,17 @@ def real_context(
     try:
         paths.secure_state()
     except OSError as exc:
-        raise MlxctlError(
-            f"cannot make the state directory {paths.state} private: {exc.strerror or exc}"
-        ) from None
+        if exc.errno == errno.EROFS:
+            pass  # nothing can be written, by anyone: `down` must still run (stops only)
+        else:
+            raise MlxctlError(
+                f"cannot make the state directory {paths.state} private: {exc.strerror or exc}"
+            ) from None
     return Context(
         paths=paths,
         environ=dict(os.environ),
         clock=SystemClock(),
-        procs=RealProcessControl(),
+        procs=RealProcessControl(str(paths.state)),
         prober=HttpProber(),
         store=DiskModelStore(paths.models),
         listeners=list(listeners or []),
@@ -139,18 +159,58 @@ def real_context(
     )
 
 
-def read_ports(paths: Paths) -> dict[str, int]:
-    """Ports assigned before (kept stable across runs); a damaged file only loses that."""
+# A name and a port per tier: a few thousand tiers would still fit.
+MAX_PORTS_BYTES = 1024 * 1024
+_PORT = TypeAdapter(Port, config=ConfigDict(strict=True))
+_NAME = TypeAdapter(ShortStr, config=ConfigDict(strict=True))
+Report = Callable[[Path, str], None]
+
+
+def _load_ports(paths: Paths) -> tuple[dict[str, int], str]:
+    """The valid entries of ``ports.json`` and why the rest (or the file) was dropped."""
     try:
-        raw = json.loads(read_text_bounded(paths.ports, 1024 * 1024))
-    except (OSError, ValueError, RecursionError):
-        return {}
+        raw = json.loads(read_text_bounded(paths.ports, MAX_PORTS_BYTES))
+    except FileNotFoundError:
+        return {}, ""
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return {}, f"not a usable ports file ({reason[:120]})"
     if not isinstance(raw, dict):
-        return {}
-    return {str(k): v for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool)}
+        return {}, "not a usable ports file (not a mapping)"
+    ports: dict[str, int] = {}
+    dropped: list[str] = []
+    for name, port in raw.items():
+        try:
+            ports[_NAME.validate_python(name)] = _PORT.validate_python(port)
+        except ValidationError:
+            dropped.append(f"{name[:40]!r}: {str(port)[:24]}")
+    if dropped:
+        return ports, f"ports dropped (not a port 1..65535): {', '.join(dropped[:5])}"
+    return ports, ""
 
 
-def save_ports(paths: Paths, ports: Mapping[str, int]) -> None:
-    merged = {**read_ports(paths), **ports}
-    if merged != read_ports(paths):
+def read_ports(paths: Paths, report: Report | None = None) -> dict[str, int]:
+    """Ports assigned before (kept stable across runs). A damaged file, or an entry that
+    is not a port (``70000``, ``-1``, ``10**29``, ``"x"``), only loses that entry: the
+    tier is given a port again, and ``report`` is told why."""
+    ports, problem = _load_ports(paths)
+    if problem and report is not None:
+        report(paths.ports, problem)
+    return ports
+
+
+def save_ports(paths: Paths, ports: Mapping[str, int], report: Report | None = None) -> None:
+    """Remember ``ports``; a file that held anything unusable is rewritten clean (the
+    repair). A path that cannot be replaced (a directory) is reported and left: ports
+    are a convenience, never a reason to stop healing; a full disk is a StorageError."""
+    kept, problem = _load_ports(paths)
+    merged = {**kept, **ports}
+    if merged == kept and not problem:
+        return
+    try:
         write_atomic(paths.ports, json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    except StorageError:
+        raise
+    except OSError as exc:
+        if report is not None:
+            report(paths.ports, f"cannot write the ports file ({exc.strerror or exc})")

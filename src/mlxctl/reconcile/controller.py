@@ -30,7 +30,7 @@ from __future__ import annotations
 import queue
 import random
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from mlxctl.apply.events import Event
@@ -67,6 +67,16 @@ def next_wake(result: PassResult, records: Iterable[Record], *, since: float) ->
     return min(due) if due else None
 
 
+# The longest a failing pass waits before the next try (a trigger still runs one sooner).
+MAX_FAILURE_BACKOFF = 60.0
+
+
+def failure_backoff(failures: int, interval: float) -> float:
+    """Seconds before retrying after ``failures`` passes in a row raised: a sixth of the
+    resync interval, doubling, at most :data:`MAX_FAILURE_BACKOFF`; pure."""
+    return float(min(interval / 6 * 2 ** min(max(failures - 1, 0), 20), MAX_FAILURE_BACKOFF))
+
+
 DesiredSource = Callable[[], DesiredState]
 Until = Callable[["Controller", PassResult], bool]
 
@@ -99,6 +109,11 @@ class Controller:
         # What was last reported about invalid files, so each is said once, not per pass.
         self._reported_invalid: dict[Path, tuple[str, ...]] = {}
         self._reported_refusal = ""
+        # Passes that raised in a row, and the failure last reported (said once).
+        self._failures = 0
+        self._reported_failure = ""
+        # Why each service is blocked, as last said: a change is one event, not each pass.
+        self._reported_blocked: dict[str, str] = {}
         self._queue: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
         self._wake_at: float | None = None
@@ -157,13 +172,13 @@ class Controller:
                 except Exception as exc:  # a daemon survives a failed pass; the next one retries
                     if not self.watch:
                         raise
-                    why = str(exc) if isinstance(exc, MlxctlError) else repr(exc)
-                    self.log(f"reconcile failed: {why}; retrying at the next trigger")
-                    self.ctx.event_log().emit(
-                        Event(self.ctx.clock.time(), "reconcile", "stack", "pass", "failed", why)
-                    )
-                    self._wake_at = self.ctx.clock.time() + self.interval / 6
+                    delay = self._pass_failed(exc)
+                    # Not even the resync retries sooner: a failed resync that left it due
+                    # made the controller loop hot (hundreds of passes a second).
+                    next_resync = max(next_resync, self.ctx.clock.monotonic() + delay)
                     continue
+                self._failures = 0
+                self._reported_failure = ""
                 if result is not None and until is not None and until(self, result):
                     return result
                 if "periodic resync" in reasons:
@@ -175,6 +190,21 @@ class Controller:
             if self.watch:
                 self.log("controller: stopped (servers keep running; `mlxctl down` stops them)")
         return self.last
+
+    def _pass_failed(self, exc: Exception) -> float:
+        """Back off after a pass that raised (exponentially, bounded), saying it once per
+        distinct failure rather than once per attempt; returns the delay."""
+        self._failures += 1
+        delay = failure_backoff(self._failures, self.interval)
+        why = str(exc) if isinstance(exc, MlxctlError) else repr(exc)
+        if why != self._reported_failure:
+            self._reported_failure = why
+            self.log(f"reconcile failed: {why}; retrying with backoff (now {delay:.1f}s)")
+            self.ctx.event_log().emit(
+                Event(self.ctx.clock.time(), "reconcile", "stack", "pass", "failed", why)
+            )
+        self._wake_at = self.ctx.clock.time() + delay
+        return delay
 
     def _drain(self) -> list[str]:
         out = []
@@ -212,6 +242,7 @@ class Controller:
             on_plan=lambda p: self._show_plan(reason, p),
         )
         self.last = result
+        self._report_blocked(result.plan.blocked)
         self._wake_at = next_wake(result, self.ctx.inventory.load().values(), since=started)
         if any(o.ok for o in result.outcomes):
             # Requeue: what was just applied is observed at once (a recorded readiness,
@@ -239,6 +270,18 @@ class Controller:
             del self._reported_invalid[path]
             self.log(f"valid again: {path}")
             self.ctx.event_log().emit(Event(now, "reconcile", str(path), "valid again", "ok"))
+
+    def _report_blocked(self, blocked: Mapping[str, str]) -> None:
+        """One event when a service becomes blocked (a port another program holds, a
+        model that is missing) or its reason changes, and one when it is no longer."""
+        now = self.ctx.clock.time()
+        for name, why in blocked.items():
+            if self._reported_blocked.get(name) != why:
+                self._reported_blocked[name] = why
+                self.ctx.event_log().emit(Event(now, "blocked", name, "blocked", "refused", why))
+        for name in [n for n in self._reported_blocked if n not in blocked]:
+            del self._reported_blocked[name]
+            self.ctx.event_log().emit(Event(now, "blocked", name, "no longer blocked", "ok"))
 
     def _show_plan(self, reason: str, plan: Plan) -> None:
         if not self.watch:

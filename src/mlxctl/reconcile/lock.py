@@ -30,13 +30,15 @@ class StateLock:
     def acquire(self) -> None:
         try:
             fd = open_private(self.path, os.O_RDWR)
+            writable = True
         except OSError as exc:  # a full disk, a directory at the lock's path, a read-only dir
             full = storage_error(exc, self.path)
-            if full is not None:
-                raise full from exc
-            reason = exc.strerror or str(exc)
-            raise MlxctlError(f"cannot take the lock {self.path}: {reason}") from None
-        handle = _text(fd)
+            if full is None:
+                reason = exc.strerror or str(exc)
+                raise MlxctlError(f"cannot take the lock {self.path}: {reason}") from None
+            fd = self._read_only(full)
+            writable = False
+        handle = _text(fd) if writable else os.fdopen(fd, "r", encoding="utf-8", errors="replace")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -45,6 +47,8 @@ class StateLock:
             handle.close()
             raise LockHeldError(f"another mlxctl holds {self.path}: {holder}") from None
         self._handle = handle
+        if not writable:
+            return
         since = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
         holder = json.dumps({"pid": os.getpid(), "command": self.command, "since": since})
         try:
@@ -57,6 +61,15 @@ class StateLock:
             # without naming the holder (another mlxctl then says "holder unknown"), so
             # that `down` can still stop everything.
             pass
+
+    def _read_only(self, full: Exception) -> int:
+        """The existing lock file opened read-only, when the state cannot be written (a
+        read-only or full file system): ``flock`` needs no write access, so ``down`` still
+        excludes every other mlxctl and goes on to stop the servers."""
+        try:
+            return os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            raise full from None
 
     def release(self) -> None:
         if self._handle is not None:

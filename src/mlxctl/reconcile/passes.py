@@ -88,14 +88,28 @@ def resolve(ctx: Context, stack: StackSet) -> DesiredState:
         state_dir=ctx.paths.state,
         environ=ctx.environ,
         resolve_model=ctx.model_resolver or make_resolver(ctx.paths),
-        assigned_ports=read_ports(ctx.paths),
+        assigned_ports=read_ports(ctx.paths, ctx.report_state_file),
         extra_routes=other_stacks_routes(ctx, stack),
         port_in_use=lambda port: ctx.procs.port_owner(port) is not None,
+        port_held_by_other=lambda name, port: _held_by_other(ctx, name, port),
     )
     desired = resolve_desired(stack, rctx)
     from mlxctl.desired.admission import with_budget
 
     return with_budget(desired, stack, ctx.memory_bytes)
+
+
+def _held_by_other(ctx: Context, name: str, port: int) -> bool:
+    """Someone listens on ``port`` and it is not ``name``'s own process (its server, a
+    retiring instance of it, or one being spawned): its remembered port was taken."""
+    if ctx.procs.port_owner(port) is None:
+        return False
+    for rec in ctx.inventory.load().values():
+        if rec.port != port or name not in (rec.name, rec.handover_to):
+            continue
+        if not rec.spawned or ctx.procs.status(rec.identity()).alive:
+            return False
+    return True
 
 
 def observe_state(ctx: Context, desired: DesiredState | None) -> ObservedState:
@@ -170,6 +184,6 @@ def run_pass(
         on_plan(the_plan)
     if dry_run or the_plan.refused:
         return PassResult(desired, observed, the_plan)
-    save_ports(ctx.paths, desired.ports)
+    save_ports(ctx.paths, desired.ports, ctx.report_state_file)
     outcomes = ctx.executor().apply(the_plan, desired)
     return PassResult(desired, observed, the_plan, tuple(outcomes))

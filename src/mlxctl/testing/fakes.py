@@ -76,6 +76,9 @@ class FakeProcs:
     ignore_term: set[int] = field(default_factory=set)
     unkillable: set[int] = field(default_factory=set)
     killed: list[int] = field(default_factory=list)
+    # The state directory's marker, as the real control is bound to one: when set, a
+    # process is ours only if its environment carries it (another directory's are not).
+    state: str | None = None
 
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> Spawned:
         pid = self.next_pid
@@ -91,6 +94,8 @@ class FakeProcs:
         if proc is None or proc.foreign:
             return None
         if proc.create_time != ident.create_time or proc.argv != ident.cmdline:
+            return None
+        if self.state is not None and proc.env.get(STATE_ENV) != self.state:
             return None
         return proc
 
@@ -131,7 +136,13 @@ class FakeProcs:
 
     def find_instance(self, instance: str) -> Spawned | None:
         for proc in self.procs.values():
-            if proc.alive and not proc.foreign and proc.env.get(INSTANCE_ENV) == instance:
+            marked = self.state is None or proc.env.get(STATE_ENV) == self.state
+            if (
+                proc.alive
+                and not proc.foreign
+                and marked
+                and proc.env.get(INSTANCE_ENV) == instance
+            ):
                 return Spawned(proc.pid, proc.pid, proc.create_time, proc.argv)
         return None
 
