@@ -22,6 +22,7 @@ from mlxctl.plan.actions import PlanOptions
 from mlxctl.plan.planner import plan
 from mlxctl.runtimes.base import ProbeSpec
 from mlxctl.sources.gguf import SOURCE_MARKER, read_source_marker
+from mlxctl.testing.fakes import FakeClock, FakeProcs
 
 
 def within(seconds: float, call: Callable[[], Any]) -> Any:
@@ -103,11 +104,6 @@ class Clock:
         return 1000.0
 
 
-class NoProcs:
-    def find_instance(self, instance: str) -> None:
-        return None
-
-
 def tier(name: str, directory: Path, port: int) -> DesiredService:
     model = ModelRef("hf", f"hf:{name}", directory, name)
     return DesiredService(
@@ -129,7 +125,7 @@ def test_a_just_pulled_broken_config_blocks_its_tier_and_the_other_starts(
     seen = observe(
         {},
         desired,
-        procs=NoProcs(),
+        procs=FakeProcs(FakeClock()),
         health=health,
         clock=Clock(),
         store=Store(),  # type: ignore[arg-type]
