@@ -255,3 +255,22 @@ def test_a_process_that_survives_sigkill_is_never_started_twice(world: World) ->
     assert "survived" in the_plan.blocked["fast"] or "after SIGKILL" in the_plan.blocked["fast"]
     assert [a.kind for a in the_plan.actions] == []
     assert len(world.procs.running()) == 1
+
+
+def test_a_run_ended_by_one_failure_gives_each_unfinished_service_its_own_reason(
+    world: World,
+) -> None:
+    """`reconcile --once` ends when one tier fails; a tier still loading then is reported
+    as still starting, never with another tier's reason (it read `good: blocked: ...`)."""
+    broken = world.root / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    tiers = (tier("bad", 8001), tier("good", 8002), tier("blocked", 8003, model=str(broken)))
+    world.write(tiers_yaml(*tiers, gateway="{enabled: false}"))
+    world.prober.fatal[8001] = "model failed to load"
+    world.prober.failing[8002] = "loading"
+    result = world.apply()
+    assert result.exit_code == 4
+    reasons = {o.action.target: o.message for o in result.failed}
+    assert "model failed to load" in reasons["bad"]
+    assert reasons["good"] == "still starting when the run ended on another failure"

@@ -17,7 +17,7 @@ script sees the same ``applied`` records as when a pass waited for everything.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from mlxctl.apply.executor import Outcome
@@ -88,9 +88,23 @@ class Tracker:
             if pending is not None and pending[0].kind == "prepare":
                 self._finish(target, False, why)
 
-    def unfinished(self, why: str) -> None:
+    def unfinished(self, blocked: Mapping[str, str]) -> None:
+        """End what is still pending, each with its own reason: a service blocked says
+        why; one still under way when another's failure ended the run says that (and
+        goes on after mlxctl exits), never the other service's reason."""
         for target in list(self.pending):
+            if target in blocked:
+                why = blocked[target]
+            elif self.failed:
+                action = self.pending[target][0]
+                why = f"still {_doing(action.kind)} when the run ended on another failure"
+            else:
+                why = "not converged"
             self._finish(target, False, why)
+
+
+def _doing(kind: str) -> str:
+    return {"prepare": "preparing its model", "stop": "stopping"}.get(kind, "starting")
 
 
 @dataclass(frozen=True)
@@ -163,8 +177,7 @@ class OnceRun:
         assert self.first is not None and self.last is not None
         last = self.last
         if not self.converged and not last.plan.refused:
-            blocked = "; ".join(f"{n}: {why}" for n, why in last.plan.blocked.items())
-            self.tracker.unfinished(blocked or "not converged")
+            self.tracker.unfinished(last.plan.blocked)
         ok = self.converged and not self.tracker.failed
         if last.plan.refused:
             code = self.first.refusal_code()
