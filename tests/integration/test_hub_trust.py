@@ -266,16 +266,22 @@ def test_an_etag_that_is_a_path_writes_nothing_outside_the_cache(
 def test_a_hub_that_changes_its_answer_after_the_check_is_not_used(
     local_hub: LocalHub, tmp_path: Path
 ) -> None:
-    """The check's HEAD is truthful, huggingface_hub's own HEAD lies: the bytes land
-    outside the snapshot (the documented gap), and the pull refuses to use them."""
+    """The check's HEAD is truthful, huggingface_hub's own HEAD lies: its answer is
+    refused before huggingface_hub writes anything where it says."""
     local_hub.commit(REPO, {"config.json": "{}"})
     pin = hub.resolve_pin(REPO, "main")
     local_hub.truthful_heads = 1
     local_hub.fake_etag = "../../../outside-blob"
-    with pytest.raises(hub.HubError, match=r"put config\.json outside the cache"):
+    before = {p for p in tmp_path.rglob("*")}
+    with pytest.raises(
+        hub.HubError, match=r"the hub's ETag '\.\./\.\./\.\./outside-blob' is refused"
+    ):
         hub.pull(pin, tmp_path / "home" / "models")
     snapshot = hub.snapshot_dir(pin.repo, pin.commit, tmp_path / "hf-cache")
     assert not (snapshot / "config.json").is_symlink()
+    created = {p for p in tmp_path.rglob("*")} - before
+    assert not [p for p in created if "outside" in p.name], created
+    assert local_hub.downloads() == []
     local_hub.truthful_heads = 1
     local_hub.fake_etag = None
     local_hub.fake_repo_commit = "c" * 40

@@ -196,3 +196,54 @@ def test_a_hub_that_answered_is_not_called_unreachable_and_is_one_line() -> None
     assert str(hub.explain(wrapped(failed), "org/tiny", "main")) == (
         "the hub answered HTTP 500 for org/tiny; try again later"
     )
+
+
+@pytest.mark.parametrize(
+    ("answer", "refused"),
+    [
+        ({"X-Repo-Commit": "../../outside", "ETag": BLOB}, "commit '../../outside'"),
+        ({"X-Repo-Commit": COMMIT, "ETag": "../../../x"}, "ETag '../../../x'"),
+        ({"X-Repo-Commit": COMMIT, "ETag": "A" * 40}, "ETag 'AAAA"),
+        ({"X-Repo-Commit": "/abs", "status": 404}, "commit '/abs'"),
+    ],
+)
+def test_every_head_answer_huggingface_hub_acts_on_is_checked(
+    monkeypatch: pytest.MonkeyPatch, answer: dict[str, object], refused: str
+) -> None:
+    """huggingface_hub's own HEAD inside ``hf_hub_download`` (not only mlxctl's check)
+    names ``blobs/<ETag>``, ``snapshots/<commit>`` and ``.no_exist/<commit>``: the
+    guard refuses a lie there, including on a 404 (the ``.no_exist`` marker)."""
+    import httpx
+    from huggingface_hub import file_download
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    def lying(url: str, **_: object) -> file_download.HfFileMetadata:
+        headers = {k: str(v) for k, v in answer.items() if k != "status"}
+        if answer.get("status") == 404:
+            response = httpx.Response(404, headers=headers, request=httpx.Request("HEAD", url))
+            raise RemoteEntryNotFoundError("missing", response=response)
+        return file_download.HfFileMetadata(
+            commit_hash=headers["X-Repo-Commit"],
+            etag=headers["ETag"],
+            location=url,
+            size=2,
+            xet_file_data=None,
+        )
+
+    monkeypatch.setattr(file_download, "get_hf_file_metadata", lying)
+    hub.guard_hub_metadata()
+    with pytest.raises(hub.HubError) as caught:
+        file_download.get_hf_file_metadata(url="http://127.0.0.1:1/org/tiny/resolve/x/config.json")
+    assert refused in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_truthful_head_answer_passes_the_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import file_download
+
+    truthful = file_download.HfFileMetadata(
+        commit_hash=COMMIT, etag=BLOB, location="u", size=2, xet_file_data=None
+    )
+    monkeypatch.setattr(file_download, "get_hf_file_metadata", lambda url, **_: truthful)
+    hub.guard_hub_metadata()
+    hub.guard_hub_metadata()  # idempotent: wrapped once
+    assert file_download.get_hf_file_metadata(url="u") is truthful

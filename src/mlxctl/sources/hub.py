@@ -46,6 +46,9 @@ from mlxctl.machine.interfaces import JobProgress, ProgressFn, no_progress
 from mlxctl.sources.hf_cache import hub_cache, read_ref, repo_dir
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# A digest as huggingface_hub uses an ETag: the git blob sha1 or the LFS sha256. It
+# becomes a file name (``blobs/<ETag>``), so nothing else may pass.
+DIGEST = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 # How many entries of a repo's tree listing are read before the repo is refused: a model
 # repo holds tens of files, a few hundred with many shards; a listing of 100 000 is not a
 # model (and would make the pin, the lock and every later pass slow).
@@ -621,10 +624,54 @@ def _write_ref(pin: Pin, cache: Path) -> None:
     write_atomic(ref, str(pin.commit), mode=0o644, foreign_dir=True)
 
 
+def guard_hub_metadata() -> None:
+    """Make every HEAD answer huggingface_hub acts on pass mlxctl's checks first.
+
+    ``hf_hub_download`` asks the hub again (after :func:`_check_remote`) and writes
+    where that answer says: ``blobs/<ETag>``, ``snapshots/<X-Repo-Commit>/`` and, for a
+    missing file, ``.no_exist/<X-Repo-Commit>/``. A hub that answered the check
+    truthfully could lie on that second HEAD and have bytes written outside the cache.
+    Wrapping the one function both HEADs go through (``file_download`` looks it up
+    by its module-level name at each call) makes an answer whose commit is not 40 hex
+    digits or whose ETag is not a digest one :class:`HubError` before huggingface_hub
+    sees it. Installed once per process; idempotent.
+    """
+    from huggingface_hub import file_download
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    original = file_download.get_hf_file_metadata
+    if getattr(original, "mlxctl_guarded", False):
+        return
+
+    def refuse(url: str, what: str, value: object) -> HubError:
+        return HubError(f"{url}: the hub's {what} {echo(value)} is refused; nothing written")
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        url = str(kwargs.get("url", args[0] if args else "?"))
+        try:
+            meta = original(*args, **kwargs)
+        except RemoteEntryNotFoundError as exc:
+            headers = exc.response.headers if exc.response is not None else {}
+            commit = headers.get("X-Repo-Commit")
+            if commit is not None and not COMMIT.match(commit):
+                raise refuse(url, "commit", commit) from None
+            raise
+        if meta.commit_hash is not None and not COMMIT.match(meta.commit_hash):
+            raise refuse(url, "commit", meta.commit_hash)
+        if meta.etag is not None and not DIGEST.match(meta.etag):
+            raise refuse(url, "ETag", meta.etag)
+        return meta
+
+    guarded.mlxctl_guarded = True  # type: ignore[attr-defined]
+    file_download.get_hf_file_metadata = guarded
+
+
 def _download(
     pin: Pin, f: ModelFile, cache: Path, env: Mapping[str, str], tqdm_class: Any, *, force: bool
 ) -> Path:
     from huggingface_hub import constants, hf_hub_download
+
+    guard_hub_metadata()
 
     # Read per chunk at call time by huggingface_hub (file_download.http_get).
     constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, DOWNLOAD_CHUNK)
