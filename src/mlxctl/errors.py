@@ -120,11 +120,25 @@ class StorageError(MlxctlError, OSError):
         self.reason = reason
 
 
+# Write refusals: a state directory made read-only by its mode (a user's `chmod -w`) or
+# immutable (`chattr +i`, which binds root too). They count only where the caller names
+# the path it wrote, one of mlxctl's own state files: elsewhere the same errnos mean
+# something else (a server binary that cannot be executed is no storage problem).
+WRITE_REFUSED_ERRNOS = {
+    errno.EACCES: "permission denied (the state directory is not writable)",
+    errno.EPERM: "operation not permitted (an immutable file or directory)",
+}
+
+
 def storage_error(exc: BaseException, path: Path | str | None = None) -> StorageError | None:
     """``exc`` as a :class:`StorageError` when it is a full or closed storage, else None."""
     if isinstance(exc, StorageError):
         return exc
-    if not isinstance(exc, OSError) or exc.errno not in STORAGE_ERRNOS:
+    if not isinstance(exc, OSError):
+        return None
+    if exc.errno in WRITE_REFUSED_ERRNOS and path is not None:
+        return StorageError(str(path), WRITE_REFUSED_ERRNOS[exc.errno])
+    if exc.errno not in STORAGE_ERRNOS:
         return None
     where = path if path is not None else (exc.filename or "the state directory")
     return StorageError(str(where), STORAGE_ERRNOS[exc.errno])

@@ -88,37 +88,48 @@ def test_down_through_a_copy_of_the_state_directory_touches_nothing_of_the_origi
     assert sentinel.poll() is None
 
 
-@pytest.fixture
-def read_only(mlxctl: Mlxctl) -> Iterator[Callable[[], Path]]:
-    """Make ``mlxctl``'s state directory read-only once the test says so (a bind mount
-    over itself, remounted read-only); unmounted whatever happens."""
+@pytest.fixture(params=["read-only mount", "immutable"])
+def read_only(
+    request: pytest.FixtureRequest, mlxctl: Mlxctl
+) -> Iterator[tuple[Callable[[], Path], str]]:
+    """Make ``mlxctl``'s state directory unwritable once the test says so: a bind mount
+    over itself remounted read-only (EROFS), or ``chattr +i`` (EPERM; modes do not bind
+    root); undone whatever happens. Yields the maker and the reason ``down`` names."""
     state = mlxctl.home / "state"
-    mounted: list[Path] = []
+    undo: list[list[str]] = []
 
     def make() -> Path:
+        if request.param == "immutable":
+            if shutil.which("chattr") is None:
+                pytest.skip("no chattr here")
+            subprocess.run(["chattr", "+i", str(state)], check=True)
+            undo.append(["chattr", "-i", str(state)])
+            return state
         bound = subprocess.run(["mount", "--bind", str(state), str(state)], capture_output=True)
         if bound.returncode != 0:
             pytest.skip(f"cannot bind-mount here: {bound.stderr.decode().strip()}")
-        mounted.append(state)
+        undo.append(["umount", "-l", str(state)])
         subprocess.run(["mount", "-o", "remount,bind,ro", str(state)], check=True)
         return state
 
+    reason = "read-only" if request.param == "read-only mount" else "operation not permitted"
     try:
-        yield make
+        yield make, reason
     finally:
-        for path in mounted:
-            subprocess.run(["umount", "-l", str(path)], check=False)
+        for command in undo:
+            subprocess.run(command, check=False)
 
 
 def test_down_on_a_read_only_state_directory_stops_every_server(
     mlxctl: Mlxctl,
     tiny_model: Path,
-    read_only: Callable[[], Path],
+    read_only: tuple[Callable[[], Path], str],
     sentinel: subprocess.Popen[bytes],
 ) -> None:
+    make_read_only, reason = read_only
     pids = up(mlxctl, tiny_model, 2)
     assert len(ours(mlxctl)) == 4  # two servers, two log pumps
-    state = read_only()
+    state = make_read_only()
     probe = state / "probe"
     with pytest.raises(OSError):
         probe.write_text("x")
@@ -127,7 +138,7 @@ def test_down_on_a_read_only_state_directory_stops_every_server(
     assert down.returncode == STORAGE, down.stdout + down.stderr
     assert "Traceback" not in down.stderr, down.stderr
     errors = [line for line in down.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "read-only" in errors[0], down.stderr
+    assert len(errors) == 1 and reason in errors[0], down.stderr
     assert not [p for p in pids if pid_alive(p)], down.stdout + down.stderr
     assert not ours(mlxctl)
     assert sentinel.poll() is None

@@ -181,3 +181,17 @@ def test_the_log_pump_drops_what_it_cannot_write_and_goes_on(
         "[mlxctl logpump: 4 bytes dropped: no space left on device]",
         "three",
     ]
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EPERM])
+def test_a_refused_write_to_a_named_state_file_is_a_storage_error_and_nothing_else_is(
+    code: int,
+) -> None:
+    """An unwritable state directory (`chmod -w`, `chattr +i`) is exit 9 like a read-only
+    file system, so `down` still stops every server; the same errno from anywhere that
+    does not name a state file (a server binary that cannot be executed) is not."""
+    refused = OSError(code, os.strerror(code), "/opt/bin/server")
+    error = storage_error(refused, "/state/inventory.json")
+    assert error is not None and error.exit_code == ExitCode.STORAGE
+    assert str(error).startswith("cannot write /state/inventory.json: ")
+    assert storage_error(refused) is None
