@@ -247,3 +247,17 @@ def test_a_truthful_head_answer_passes_the_guard(monkeypatch: pytest.MonkeyPatch
     hub.guard_hub_metadata()
     hub.guard_hub_metadata()  # idempotent: wrapped once
     assert file_download.get_hf_file_metadata(url="u") is truthful
+
+
+def test_a_hub_that_was_reached_is_never_called_unreachable() -> None:
+    import httpx
+
+    request = httpx.Request("GET", "http://127.0.0.1:1/x")
+    cut = httpx.RemoteProtocolError("peer closed connection", request=request)
+    refused = httpx.ConnectError("connection refused", request=request)
+    assert str(hub.explain(cut, "org/tiny", "main")).startswith(
+        "the hub's answer for org/tiny broke off: RemoteProtocolError: peer closed connection"
+    )
+    assert str(hub.explain(refused, "org/tiny", "main")).startswith(
+        "cannot reach the hub for org/tiny: ConnectError"
+    )

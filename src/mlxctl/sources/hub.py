@@ -176,9 +176,16 @@ def explain(exc: BaseException, repo: str, revision: str) -> HubError:
         return HubError(f"disk full while downloading {repo}: free space and pull again")
     import httpx
 
-    if isinstance(exc, httpx.TransportError | ConnectionError | TimeoutError):
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | ConnectionRefusedError):
         return HubError(
             f"cannot reach the hub for {repo}: {type(exc).__name__}: {_first_line(exc)}"
+        )
+    if isinstance(exc, httpx.TransportError | ConnectionError | TimeoutError):
+        # Connected, then the answer broke off (a cut body, a stalled read): the hub was
+        # reached, so saying it was not would send the user to check the wrong thing.
+        return HubError(
+            f"the hub's answer for {repo} broke off: {type(exc).__name__}: "
+            f"{_first_line(exc)}; pull again"
         )
     return HubError(
         f"pulling {repo}@{short(revision)} failed: {type(exc).__name__}: {_first_line(exc)}"
