@@ -44,17 +44,6 @@ def tier(name: str, port: int, model: Path) -> dict[str, object]:
     return {"name": name, "runtime": "mlx-lm", "model": {"path": str(model)}, "port": port}
 
 
-@pytest.fixture
-def sentinel() -> Iterator[subprocess.Popen[bytes]]:
-    """A user's process that nothing of mlxctl's may signal."""
-    proc = subprocess.Popen(["sleep", "1000"], start_new_session=True)
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 def up(mlxctl: Mlxctl, model: Path, n: int) -> list[int]:
     ports = free_ports(n)
     tiers = [tier(f"t{i}", port, model) for i, port in enumerate(ports)]
@@ -67,7 +56,7 @@ def up(mlxctl: Mlxctl, model: Path, n: int) -> list[int]:
 
 
 def test_down_through_a_copy_of_the_state_directory_touches_nothing_of_the_original(
-    mlxctl: Mlxctl, tiny_model: Path, tmp_path: Path, sentinel: subprocess.Popen[bytes]
+    mlxctl: Mlxctl, tiny_model: Path, tmp_path: Path, stranger: subprocess.Popen[bytes]
 ) -> None:
     pids = up(mlxctl, tiny_model, 1)
     members = {p.pid for p in ours(mlxctl)}
@@ -85,7 +74,7 @@ def test_down_through_a_copy_of_the_state_directory_touches_nothing_of_the_origi
     own = mlxctl.run("down")
     assert own.returncode == 0, own.stdout + own.stderr
     assert not [p for p in pids if pid_alive(p)] and not ours(mlxctl)
-    assert sentinel.poll() is None
+    assert stranger.poll() is None
 
 
 @pytest.fixture(params=["read-only mount", "immutable"])
@@ -124,7 +113,7 @@ def test_down_on_a_read_only_state_directory_stops_every_server(
     mlxctl: Mlxctl,
     tiny_model: Path,
     read_only: tuple[Callable[[], Path], str],
-    sentinel: subprocess.Popen[bytes],
+    stranger: subprocess.Popen[bytes],
 ) -> None:
     make_read_only, reason = read_only
     pids = up(mlxctl, tiny_model, 2)
@@ -141,7 +130,7 @@ def test_down_on_a_read_only_state_directory_stops_every_server(
     assert len(errors) == 1 and reason in errors[0], down.stderr
     assert not [p for p in pids if pid_alive(p)], down.stdout + down.stderr
     assert not ours(mlxctl)
-    assert sentinel.poll() is None
+    assert stranger.poll() is None
 
 
 def test_the_controller_heals_a_killed_tier_while_bad_state_files_sit_there(

@@ -11,7 +11,6 @@ import json
 import math
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -23,17 +22,6 @@ from mlxctl.machine.inventory import Inventory
 from mlxctl.machine.processes import RealProcessControl
 
 
-@pytest.fixture
-def sentinel() -> Iterator[subprocess.Popen[bytes]]:
-    """A user's process: its own group, no mlxctl marker."""
-    proc = subprocess.Popen(["sleep", "1000"], start_new_session=True)
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 def _identity(proc: subprocess.Popen[bytes], create_time: float, instance: str) -> Identity:
     ps = psutil.Process(proc.pid)
     return Identity(proc.pid, proc.pid, create_time, tuple(ps.cmdline()), instance)
@@ -41,17 +29,17 @@ def _identity(proc: subprocess.Popen[bytes], create_time: float, instance: str) 
 
 @pytest.mark.parametrize("when", ["nan", "inf", "right"])
 def test_a_users_process_named_by_a_record_is_never_signalled(
-    tmp_path: Path, sentinel: subprocess.Popen[bytes], when: str
+    tmp_path: Path, stranger: subprocess.Popen[bytes], when: str
 ) -> None:
-    real = psutil.Process(sentinel.pid).create_time()
+    real = psutil.Process(stranger.pid).create_time()
     create_time = {"nan": math.nan, "inf": math.inf, "right": real}[when]
-    ident = _identity(sentinel, create_time, uuid.uuid4().hex)
+    ident = _identity(stranger, create_time, uuid.uuid4().hex)
     pc = RealProcessControl(str(tmp_path))
     assert not pc.status(ident).alive
     assert not pc.terminate(ident).signalled
     assert not pc.kill(ident).signalled
     assert pc.remaining(ident) == 0
-    assert sentinel.poll() is None  # still running
+    assert stranger.poll() is None  # still running
 
 
 def test_another_state_directorys_server_is_never_touched(tmp_path: Path) -> None:

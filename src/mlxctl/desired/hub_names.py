@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from typing import Self
 
 from mlxctl.errors import echo
 
@@ -42,7 +43,30 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 
 
-class RepoPath(str):
+class _Name(str):
+    """A ``str`` that only exists when :meth:`problem` finds nothing wrong with it.
+
+    Constructing one from an instance of the same type is free; anything else is
+    checked once, here, and refused with a one-line ``ValueError``.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, value: object) -> Self:
+        if isinstance(value, cls):
+            return value
+        reason = cls.problem(value)
+        if reason:
+            raise ValueError(reason)
+        return super().__new__(cls, value)
+
+    @classmethod
+    def problem(cls, value: object) -> str:
+        """Why ``value`` is not this kind of name ("" when it is)."""
+        raise NotImplementedError
+
+
+class RepoPath(_Name):
     """A file's path inside a repo snapshot: relative, normalised, inside the snapshot.
 
     Refused: empty, NUL or any control character, a backslash (a Windows separator or
@@ -53,15 +77,12 @@ class RepoPath(str):
 
     __slots__ = ()
 
-    def __new__(cls, value: object) -> RepoPath:
-        if isinstance(value, RepoPath):
-            return value
+    @classmethod
+    def problem(cls, value: object) -> str:
         if not isinstance(value, str):
-            raise ValueError(f"a file path must be a string (got {echo(value)})")
+            return f"a file path must be a string (got {echo(value)})"
         reason = _path_problem(value)
-        if reason:
-            raise ValueError(f"file path {echo(value)} is {reason}")
-        return super().__new__(cls, value)
+        return f"file path {echo(value)} is {reason}" if reason else ""
 
 
 def _path_problem(value: str) -> str:
@@ -85,20 +106,19 @@ def _path_problem(value: str) -> str:
     return ""
 
 
-class CommitId(str):
+class CommitId(_Name):
     """A git commit id: exactly 40 lowercase hex digits (what the hub pins to)."""
 
     __slots__ = ()
 
-    def __new__(cls, value: object) -> CommitId:
-        if isinstance(value, CommitId):
-            return value
-        if not isinstance(value, str) or not _COMMIT.fullmatch(value):
-            raise ValueError(f"{echo(value)} is not a commit id (40 lowercase hex digits)")
-        return super().__new__(cls, value)
+    @classmethod
+    def problem(cls, value: object) -> str:
+        if isinstance(value, str) and _COMMIT.fullmatch(value):
+            return ""
+        return f"{echo(value)} is not a commit id (40 lowercase hex digits)"
 
 
-class GitRef(str):
+class GitRef(_Name):
     """A branch or tag name (or a short commit), by ``git check-ref-format --allow-onelevel``.
 
     It names a file under the cache's ``refs/`` (``refs/main``, ``refs/pr/1``), so the
@@ -108,15 +128,12 @@ class GitRef(str):
 
     __slots__ = ()
 
-    def __new__(cls, value: object) -> GitRef:
-        if isinstance(value, GitRef):
-            return value
+    @classmethod
+    def problem(cls, value: object) -> str:
         if not isinstance(value, str):
-            raise ValueError(f"a revision must be a string (got {echo(value)})")
+            return f"a revision must be a string (got {echo(value)})"
         reason = _ref_problem(value)
-        if reason:
-            raise ValueError(f"revision {echo(value)} is not a branch, tag or commit ({reason})")
-        return super().__new__(cls, value)
+        return f"revision {echo(value)} is not a branch, tag or commit ({reason})" if reason else ""
 
 
 def _ref_problem(value: str) -> str:
@@ -147,7 +164,7 @@ def revision(value: object) -> CommitId | GitRef:
     return GitRef(value)
 
 
-class RepoId(str):
+class RepoId(_Name):
     """A hub repo id, ``owner/name``, as huggingface_hub accepts one.
 
     Letters, digits, ``.``, ``_``, ``-``; no ``--`` or ``..`` (the cache folds ``/``
@@ -157,19 +174,18 @@ class RepoId(str):
 
     __slots__ = ()
 
-    def __new__(cls, value: object) -> RepoId:
-        if isinstance(value, RepoId):
-            return value
+    @classmethod
+    def problem(cls, value: object) -> str:
         if (
-            not isinstance(value, str)
-            or not _REPO.fullmatch(value)
-            or "--" in value
-            or ".." in value
-            or value.endswith((".git", "-", "."))
-            or any(len(part) > MAX_REPO_PART for part in value.split("/"))
+            isinstance(value, str)
+            and _REPO.fullmatch(value)
+            and "--" not in value
+            and ".." not in value
+            and not value.endswith((".git", "-", "."))
+            and all(len(part) <= MAX_REPO_PART for part in value.split("/"))
         ):
-            raise ValueError(f"{echo(value)} is not a hub repo id (owner/name)")
-        return super().__new__(cls, value)
+            return ""
+        return f"{echo(value)} is not a hub repo id (owner/name)"
 
 
 def digest(value: object, kind: str) -> str:
