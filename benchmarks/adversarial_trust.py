@@ -288,10 +288,14 @@ def row5(box: Box) -> tuple[str, str]:
 
 def row6(box: Box, hub: Any) -> tuple[str, str]:
     """The hub sends an endless body for a pinned 1 KiB file (capped here at 64 MiB)."""
-    sent = hub.endless("org/big", "model.safetensors", claimed=1024, cap=64 << 20)
+    cap = 64 << 20
+    sent = hub.endless("org/big", "model.safetensors", claimed=1024, cap=cap)
     run = box.run("models", "pull", "hf:org/big", timeout=60)
     got = sent()
-    return verdict(run, got > 4 << 20, f"the hub sent {got >> 20} MiB for a 1 KiB file")
+    # Bounded: the client stops reading one chunk (1 MiB) past the pin; the hub still
+    # gets what the loopback socket buffers absorb (a few MiB) into the socket. Unbounded:
+    # it reads until the runner's cap.
+    return verdict(run, got >= cap // 2, f"the hub pushed {got >> 20} MiB for a 1 KiB file")
 
 
 def row7(box: Box) -> tuple[str, str]:
@@ -441,19 +445,23 @@ def row12(box: Box, model: Path) -> tuple[str, str]:
 
 
 def lying_hub() -> Any:
-    """The local hub, able to send an endless body for one file (row 6)."""
+    """The local hub, able to send an endless body for one file (row 6).
+
+    Its own handler and counter (``endless_sent``), not the hub's ``overrun``: the
+    runner also replays the cases against an mlxctl from before that hub had one.
+    """
     from mlxctl.testing import hub as hubmod
 
     class Hub(hubmod.LocalHub):
         def __init__(self) -> None:
             super().__init__()
             self.body: dict[str, tuple[int, int]] = {}
-            self.sent = 0
+            self.endless_sent = 0
 
         def endless(self, repo: str, path: str, *, claimed: int, cap: int) -> Callable[[], int]:
             self.commit(repo, {"config.json": "{}", path: b"\0" * claimed})
             self.body[path] = (claimed, cap)
-            return lambda: self.sent
+            return lambda: self.endless_sent
 
         def start(self) -> Hub:
             super().start()
@@ -472,9 +480,9 @@ def lying_hub() -> Any:
                 cap = the_hub.body[path][1]
                 chunk = b"\0" * (1 << 20)
                 try:
-                    while the_hub.sent < cap:
+                    while the_hub.endless_sent < cap:
                         h.wfile.write(chunk)
-                        the_hub.sent += len(chunk)
+                        the_hub.endless_sent += len(chunk)
                 except OSError:
                     pass
                 h.close_connection = True
