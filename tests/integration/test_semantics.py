@@ -125,9 +125,7 @@ def test_a_fixed_port_held_by_another_program_is_one_line_naming_it(
         assert result.returncode == 4
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1, result.stderr
-        assert errors[0].startswith(
-            f"error: fast: port {port} is held by pid {holder.pid} ("
-        )
+        assert errors[0].startswith(f"error: fast: port {port} is held by pid {holder.pid} (")
         assert sys.executable in errors[0]  # the holder's command line
     finally:
         holder.terminate()
