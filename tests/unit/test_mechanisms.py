@@ -19,7 +19,7 @@ from mlxctl.paths import default_paths
 from mlxctl.plan.backoff import BackoffPolicy
 from mlxctl.reconcile.lock import StateLock
 from mlxctl.runtimes.base import render_args
-from mlxctl.runtimes.litellm import RemoteRoute, Route, parse_config, render_config
+from mlxctl.runtimes.gateway import RemoteRoute, Route, parse_config, render_config
 from mlxctl.spec import secrets
 
 

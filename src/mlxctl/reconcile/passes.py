@@ -21,7 +21,7 @@ from mlxctl.observe.state import ObservedState
 from mlxctl.plan.actions import Plan, PlanOptions
 from mlxctl.plan.planner import plan
 from mlxctl.reconcile.context import Context, read_ports, save_ports
-from mlxctl.runtimes.litellm import Route
+from mlxctl.runtimes.gateway import Route
 from mlxctl.runtimes.registry import MODEL_SERVERS
 from mlxctl.runtimes.registry import runtime as runtime_named
 from mlxctl.spec.last_good import LastGood
