@@ -18,7 +18,7 @@ from mlxctl.machine.interfaces import JobProgress, ProgressFn
 from mlxctl.paths import Paths
 from mlxctl.sources import demo, hub, hub_ref
 from mlxctl.sources.base import CONVERSIONS, Source
-from mlxctl.sources.gguf import SOURCE_MARKER, read_source_marker, staging_dir
+from mlxctl.sources.gguf_convert import SOURCE_MARKER, read_source_marker, staging_dir
 from mlxctl.spec.loader import SourcedTier
 
 if TYPE_CHECKING:
