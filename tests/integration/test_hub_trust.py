@@ -274,7 +274,7 @@ def test_a_hub_that_changes_its_answer_after_the_check_is_not_used(
     local_hub.fake_etag = "../../../outside-blob"
     with pytest.raises(hub.HubError, match=r"put config\.json outside the cache"):
         hub.pull(pin, tmp_path / "home" / "models")
-    snapshot = hub.snapshot_dir(pin.repo, pin.commit, tmp_path / "hf-cache")
+    snapshot = hub.snapshot_dir(pin.repo, pin.revision, tmp_path / "hf-cache")
     assert not (snapshot / "config.json").is_symlink()
     local_hub.truthful_heads = 1
     local_hub.fake_etag = None

@@ -119,7 +119,7 @@ def _quantize(model: ModelRef, progress: ProgressFn) -> Path:
     pin = hub_ref.pin_of(model, progress)
     base = hub.pull(pin, model.ledger.parents[2], progress=progress)
     marker = _quantize_marker(model)
-    marker["base"] = f"{pin.repo}@{pin.commit}"
+    marker["base"] = f"{pin.repo}@{pin.revision}"
     progress(JobProgress(f"quantizing {pin.repo} to {marker['bits']} bits"))
     with CONVERSIONS, staging_dir(model.directory) as tmp:
         from mlx_lm import convert

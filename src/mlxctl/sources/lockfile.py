@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,10 +31,11 @@ from pydantic import (
     model_validator,
 )
 
-from mlxctl.desired.hub_names import CommitId, GitRef, RepoId, RepoPath, digest, revision
+from mlxctl.desired.hub_names import CommitId, RepoId, RepoPath, digest, revision
 from mlxctl.desired.state import MAX_FILE_SIZE, ModelFile
 from mlxctl.errors import MlxctlError, SpecError, echo
 from mlxctl.files import FileRefusedError, read_bounded
+from mlxctl.sources.pin import Pin
 
 LOCK_SUFFIX = ".lock.yaml"
 KIND = "Lock"
@@ -44,17 +44,6 @@ HEADER = (
     "# Commit it with the stack file; `mlxctl models update` re-resolves and rewrites it.\n"
 )
 _write_lock = threading.Lock()
-
-
-@dataclass(frozen=True)
-class LockEntry:
-    """One pin, validated: whoever builds one got its names through the types of
-    :mod:`mlxctl.desired.hub_names` (from the lock file here, or from the hub)."""
-
-    repo: RepoId
-    requested: CommitId | GitRef
-    revision: CommitId
-    files: tuple[ModelFile, ...]
 
 
 def lock_path(stack_file: Path) -> Path:
@@ -80,7 +69,7 @@ MAX_PINNED_FILES = 2000
 MAX_LOCK_BYTES = 4 * 1024 * 1024
 
 
-def read_lock(path: Path) -> dict[str, LockEntry]:
+def read_lock(path: Path) -> dict[str, Pin]:
     """The entries of ``path`` ({} when it does not exist); anything else that is not a
     valid lock file is a :class:`SpecError` of one line, ``file:line:col: where: why``.
 
@@ -100,7 +89,7 @@ def read_lock(path: Path) -> dict[str, LockEntry]:
 
 
 @functools.lru_cache(maxsize=32)
-def _read(path: str, _stamp: tuple[int, int, int]) -> tuple[tuple[str, LockEntry], ...]:
+def _read(path: str, _stamp: tuple[int, int, int]) -> tuple[tuple[str, Pin], ...]:
     problems: list[str] = []
     text = _read_text(Path(path), problems)
     nodes = _parse(Path(path), text, problems) if text is not None else None
@@ -211,11 +200,9 @@ class _Entry(BaseModel):
     def _revision(cls, value: str) -> str:
         return CommitId(value)
 
-    def entry(self) -> LockEntry:
+    def entry(self) -> Pin:
         files = tuple(ModelFile(RepoPath(f.path), f.size, f.sha256, f.blob) for f in self.files)
-        return LockEntry(
-            RepoId(self.repo), revision(self.requested), CommitId(self.revision), files
-        )
+        return Pin(RepoId(self.repo), revision(self.requested), CommitId(self.revision), files)
 
 
 class _LockDoc(BaseModel):
@@ -265,7 +252,7 @@ def _position(node: Any, loc: tuple[int | str, ...]) -> tuple[int, int]:
     return line, col
 
 
-def _entry_data(entry: LockEntry) -> dict[str, Any]:
+def _entry_data(entry: Pin) -> dict[str, Any]:
     files = []
     for f in entry.files:
         item: dict[str, Any] = {"path": str(f.path), "size": f.size}
@@ -282,7 +269,7 @@ def _entry_data(entry: LockEntry) -> dict[str, Any]:
     }
 
 
-def write_lock(path: Path, entries: Mapping[str, LockEntry]) -> None:
+def write_lock(path: Path, entries: Mapping[str, Pin]) -> None:
     """Replace ``path`` with exactly ``entries`` (sorted, so diffs stay small)."""
     import io
 
@@ -308,7 +295,7 @@ def write_lock(path: Path, entries: Mapping[str, LockEntry]) -> None:
         raise MlxctlError(f"cannot write the lock file {path}: {exc.strerror or exc}") from None
 
 
-def record(path: Path, key: str, entry: LockEntry) -> None:
+def record(path: Path, key: str, entry: Pin) -> None:
     """Add or replace one entry, keeping the others (several pulls may finish together)."""
     with _write_lock:
         entries = read_lock(path)
