@@ -26,7 +26,7 @@ from mlxctl.paths import Paths
 from mlxctl.sources import hub, hub_ref, lockfile
 from mlxctl.sources.hf_cache import hub_cache, read_ref, repo_dir
 from mlxctl.sources.pin import Pin
-from mlxctl.spec.loader import StackSet
+from mlxctl.spec.stack_set import StackSet
 
 _REF = re.compile(
     r"^(?:hf:)?(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[^@\s]+))?$"

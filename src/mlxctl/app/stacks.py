@@ -35,7 +35,7 @@ from mlxctl.reconcile.passes import (
     run_pass,
 )
 from mlxctl.reconcile.teardown import stop_recorded, stop_strays
-from mlxctl.spec.loader import StackSet
+from mlxctl.spec.stack_set import StackSet
 from mlxctl.status.services import ServiceStatus, build_status
 
 

@@ -39,8 +39,8 @@ from mlxctl.runtimes.gateway import (
 from mlxctl.runtimes.gateway import RUNTIME as GATEWAY_RUNTIME
 from mlxctl.runtimes.registry import runtime as runtime_named
 from mlxctl.spec import secrets
-from mlxctl.spec.loader import SourcedTier, StackSet
 from mlxctl.spec.schema import TierSpec
+from mlxctl.spec.stack_set import SourcedTier, StackSet
 
 ModelResolver = Callable[[SourcedTier], ModelRef]
 

@@ -19,7 +19,7 @@ from mlxctl.paths import Paths
 from mlxctl.sources import demo, hub, hub_ref
 from mlxctl.sources.base import CONVERSIONS, Source
 from mlxctl.sources.gguf_convert import SOURCE_MARKER, read_source_marker, staging_dir
-from mlxctl.spec.loader import SourcedTier
+from mlxctl.spec.stack_set import SourcedTier
 
 if TYPE_CHECKING:
     from mlxctl.catalog.entries import ResolvedCatalogModel

@@ -128,9 +128,9 @@ def _read_text(path: Path, problems: list[str]) -> str | None:
 def _parse(path: Path, text: str, problems: list[str]) -> list[Any] | None:
     """The YAML documents, parsed as stack files are: positions kept, depth and alias
     expansion bounded, every YAML error one ``file:line:col`` line."""
-    from mlxctl.spec import loader
+    from mlxctl.spec.bounded_yaml import parse_documents
 
-    return loader._parse(path, text, problems)
+    return parse_documents(path, text, problems)
 
 
 def _one_line(problems: list[str]) -> str:
