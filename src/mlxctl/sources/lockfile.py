@@ -43,7 +43,9 @@ HEADER = (
     "# Written by mlxctl: the hub commit and file digests each model reference resolved to.\n"
     "# Commit it with the stack file; `mlxctl models update` re-resolves and rewrites it.\n"
 )
-_write_lock = threading.Lock()
+# A thread mutex (not a lock file): one read-modify-write of a lock file at a time in
+# this process, so several pulls finishing together all keep their entries.
+_updates_mutex = threading.Lock()
 
 
 def lock_path(stack_file: Path) -> Path:
@@ -297,7 +299,7 @@ def write_lock(path: Path, entries: Mapping[str, Pin]) -> None:
 
 def record(path: Path, key: str, entry: Pin) -> None:
     """Add or replace one entry, keeping the others (several pulls may finish together)."""
-    with _write_lock:
+    with _updates_mutex:
         entries = read_lock(path)
         if entries.get(key) == entry:
             return
@@ -307,7 +309,7 @@ def record(path: Path, key: str, entry: Pin) -> None:
 
 def prune(path: Path, keep: Iterable[str]) -> list[str]:
     """Drop entries no reference uses any more; return their keys."""
-    with _write_lock:
+    with _updates_mutex:
         entries = read_lock(path)
         wanted = set(keep)
         dropped = sorted(k for k in entries if k not in wanted)
