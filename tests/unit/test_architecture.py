@@ -75,6 +75,8 @@ FILE_CALLS = frozenset(
         "listdir", "scandir", "iterdir", "glob", "rglob", "walk", "exists", "is_file",
         "is_dir", "is_symlink", "mkdir", "unlink", "rmdir", "rename",
         "touch", "readlink", "getsize", "getmtime", "realpath", "samefile", "chmod",
+        # mlxctl's own readers and writers (mlxctl.files, machine.inventory).
+        "read_bounded", "read_text_bounded", "open_private", "write_atomic",
     }
 )  # fmt: skip
 HEAVY = ("mlx", "mlx_lm", "litellm", "transformers", "huggingface_hub", "torch", "vllm_mlx")
