@@ -130,7 +130,7 @@ def _where(path: Path, text: str, position: int) -> str:
     return f"{path}:{line}:{position - (text.rfind(chr(10), 0, position) + 1) + 1}"
 
 
-def read_text(path: Path, problems: list[str]) -> str | None:
+def read_yaml_text(path: Path, problems: list[str]) -> str | None:
     """The file's text: only a regular file, at most ``MAX_FILE_BYTES``, UTF-8."""
     try:
         raw = read_bounded(path, MAX_FILE_BYTES)

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from mlxctl.errors import SpecError
-from mlxctl.spec.bounded_yaml import clip, parse_documents, read_text, round_trip_yaml
+from mlxctl.spec.bounded_yaml import clip, parse_documents, read_yaml_text, round_trip_yaml
 from mlxctl.spec.schema import StackDocument
 from mlxctl.spec.stack_set import StackSet, merge_documents
 from mlxctl.spec.validation import validate_documents
@@ -101,7 +101,7 @@ def load_stack_set_keeping_last_good(
     fresh: dict[Path, str] = {}
     for path in files:
         problems: list[str] = []
-        text = read_text(path, problems)
+        text = read_yaml_text(path, problems)
         loaded = _load_file(path, problems, text) if text is not None else None
         if loaded and text is not None:
             docs.extend((path, doc, node) for doc, node in loaded)
@@ -151,7 +151,7 @@ def _load_file(
     """Parse and validate one file (or ``text``, read from it before); None when it has
     problems (appended to ``problems``)."""
     if text is None:
-        text = read_text(path, problems)
+        text = read_yaml_text(path, problems)
         if text is None:
             return None
     nodes = parse_documents(path, text, problems)
