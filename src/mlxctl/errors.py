@@ -77,8 +77,8 @@ class SpecError(MlxctlError):
         super().__init__("\n".join(self.problems))
 
 
-class LockHeldError(MlxctlError):
-    """Another reconciler holds the state directory."""
+class StateLockHeldError(MlxctlError):
+    """Another reconciler holds the state directory's state lock (``reconcile.lock``)."""
 
     exit_code = ExitCode.LOCKED
 

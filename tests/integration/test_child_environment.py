@@ -25,7 +25,7 @@ from mlxctl.machine.interfaces import Identity
 from mlxctl.machine.processes import INSTANCE_ENV, STATE_ENV, RealProcessControl
 from mlxctl.runtimes import mlx_lm
 from mlxctl.runtimes.base import ServerLaunch
-from mlxctl.runtimes.litellm import MASTER_KEY_ENV
+from mlxctl.runtimes.gateway import MASTER_KEY_ENV
 
 SECRETS = {MASTER_KEY_ENV: "sk-gateway-secret", "AWS_SECRET_ACCESS_KEY": "aws-secret"}
 

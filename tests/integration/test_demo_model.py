@@ -18,7 +18,7 @@ import pytest
 from tests.integration.conftest import free_port, wait_for
 
 from mlxctl.sources.demo import DEMO_GGUF_SHA256, DEMO_MODEL_ID, ensure_demo_model
-from mlxctl.sources.gguf import SOURCE_MARKER, read_source_marker
+from mlxctl.sources.gguf_convert import SOURCE_MARKER, read_source_marker
 
 pytestmark = pytest.mark.integration
 

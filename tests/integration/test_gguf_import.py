@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from tests.integration.conftest import Mlxctl, stack_yaml
 
-from mlxctl.sources.gguf import GgufError, convert_gguf
+from mlxctl.sources.gguf_convert import GgufError, convert_gguf
 from mlxctl.sources.lockfile import read_lock
 from mlxctl.testing.hub import LocalHub
 from mlxctl.testing.tiny_gguf import gguf_name, source_tensors, write_tiny_gguf

@@ -19,6 +19,7 @@ from mlxctl.errors import ExitCode
 from mlxctl.machine.interfaces import JobProgress
 from mlxctl.sources import hub
 from mlxctl.sources.lockfile import read_lock
+from mlxctl.sources.pin import Pin
 from mlxctl.testing.hub import LocalHub
 
 REPO = "org/tiny"
@@ -34,7 +35,7 @@ def tiny_repo(the_hub: LocalHub, model: Path, repo: str = REPO, **extra: bytes) 
     return the_hub.commit(repo, files)
 
 
-def pin_of(the_hub: LocalHub, repo: str = REPO) -> hub.Pin:
+def pin_of(the_hub: LocalHub, repo: str = REPO) -> Pin:
     return hub.resolve_pin(repo, "main")
 
 
@@ -119,7 +120,7 @@ def test_a_corrupted_file_is_detected_and_fetched_again(
     pin = pin_of(local_hub)
     models = tmp_path / "models"
     directory = hub.pull(pin, models)
-    ledger = hub.ledger_path(models, REPO, pin.commit)
+    ledger = hub.ledger_path(models, REPO, pin.revision)
     assert hub.verified(pin.files, directory, ledger)
     weights = directory / "model.safetensors"
     data = bytearray(weights.read_bytes())
@@ -146,14 +147,14 @@ def test_a_hub_that_serves_other_bytes_than_pinned_fails_and_keeps_nothing(
         else f
         for f in pin.files
     ]
-    tampered = hub.Pin(pin.repo, pin.requested, pin.commit, tuple(bad))
+    tampered = Pin(pin.repo, pin.requested, pin.revision, tuple(bad))
     # The hub's HEAD already names another digest: refused before a byte is fetched.
     with pytest.raises(
         hub.HubError, match=r"model.safetensors: the hub's digest .* not the pinned"
     ):
         hub.pull(tampered, tmp_path / "models")
     assert local_hub.downloads("model.safetensors") == []
-    snapshot = hub.snapshot_dir(REPO, pin.commit, Path(os.environ["HF_HUB_CACHE"]))
+    snapshot = hub.snapshot_dir(REPO, pin.revision, Path(os.environ["HF_HUB_CACHE"]))
     assert not (snapshot / "model.safetensors").exists()  # nothing half-trusted left behind
 
 

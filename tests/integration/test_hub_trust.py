@@ -277,7 +277,7 @@ def test_a_hub_that_changes_its_answer_after_the_check_is_not_used(
         hub.HubError, match=r"the hub's ETag '\.\./\.\./\.\./outside-blob' is refused"
     ):
         hub.pull(pin, tmp_path / "home" / "models")
-    snapshot = hub.snapshot_dir(pin.repo, pin.commit, tmp_path / "hf-cache")
+    snapshot = hub.snapshot_dir(pin.repo, pin.revision, tmp_path / "hf-cache")
     assert not (snapshot / "config.json").is_symlink()
     created = {p for p in tmp_path.rglob("*")} - before
     assert not [p for p in created if "outside" in p.name], created

@@ -8,7 +8,9 @@
   imports another one, nor a model source (a file defining ``SOURCE``) another
   source; only the registries know them all.
 - The planner is pure: its whole closure inside mlxctl is pure data and functions,
-  and imports nothing that does I/O, starts processes, sleeps or reads a clock.
+  imports nothing that does I/O, starts processes, sleeps or reads a clock, and calls
+  nothing that touches a file (``open``, ``Path.read_text``, ``os.stat``, ``glob``, ...:
+  an import check alone misses ``pathlib``, which every module may import for types).
 - ``status``, ``diff``, ``render`` and ``validate`` never import the heavy packages
   (mlx, mlx-lm, LiteLLM, transformers, huggingface_hub): every user pays for those
   imports on each call. This last check runs the CLI in a fresh interpreter, since
@@ -65,6 +67,18 @@ EFFECT_IMPORTS = frozenset(
         "subprocess", "tempfile", "tenacity", "threading", "time", "urllib", "watchfiles",
     }
 )  # fmt: skip
+# Calls that touch the filesystem: ``open(...)`` and these methods or ``os``/``os.path``
+# functions (``Path.read_text``, ``os.stat``, ``path.stat()``, ``os.listdir``, ...).
+FILE_CALLS = frozenset(
+    {
+        "open", "read_text", "read_bytes", "write_text", "write_bytes", "stat", "lstat",
+        "listdir", "scandir", "iterdir", "glob", "rglob", "walk", "exists", "is_file",
+        "is_dir", "is_symlink", "mkdir", "unlink", "rmdir", "rename",
+        "touch", "readlink", "getsize", "getmtime", "realpath", "samefile", "chmod",
+        # mlxctl's own readers and writers (mlxctl.files, machine.inventory).
+        "read_bounded", "read_text_bounded", "open_private", "write_atomic",
+    }
+)  # fmt: skip
 HEAVY = ("mlx", "mlx_lm", "litellm", "transformers", "huggingface_hub", "torch", "vllm_mlx")
 
 
@@ -73,12 +87,16 @@ def module_name(path: Path) -> str:
     return ".".join(("mlxctl", *parts)).removesuffix(".__init__")
 
 
+def source_of(name: str) -> str:
+    path = SRC / Path(*name.split(".")[1:])
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    return path.read_text(encoding="utf-8")
+
+
 @cache
 def runtime_imports(name: str) -> frozenset[str]:
     """Modules ``name`` imports at run time (anywhere in the file, not under TYPE_CHECKING)."""
-    path = SRC / Path(*name.split(".")[1:])
-    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = ast.parse(source_of(name))
     skipped: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
@@ -95,6 +113,21 @@ def runtime_imports(name: str) -> frozenset[str]:
                 # ``from mlxctl.sources import demo`` imports the module mlxctl.sources.demo.
                 found.update(f"{node.module}.{alias.name}" for alias in node.names)
     return frozenset(found)
+
+
+def file_calls(source: str) -> list[str]:
+    """``line: call`` for every call in ``source`` that touches the filesystem: a function
+    or method named in :data:`FILE_CALLS`, whatever it is called on or imported as
+    (``open(p)``, ``Path(p).read_text()``, ``os.stat(p)``, ``p.stat()``, ``listdir(d)``)."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        called = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+        if called in FILE_CALLS:
+            found.append(f"{node.lineno}: {ast.unparse(func)}")
+    return found
 
 
 def closure(name: str) -> set[str]:
@@ -190,6 +223,15 @@ def test_the_planner_is_pure() -> None:
     assert {"mlxctl.desired.state", "mlxctl.observe.state", "mlxctl.machine.record"} <= reached
 
 
+def test_the_planner_touches_no_file() -> None:
+    """No module the planner reaches reads, writes, lists or stats a file: the estimate's
+    file reading lives in ``capacity/model_dir.py``, outside the closure."""
+    reached = closure("mlxctl.plan.planner") | {"mlxctl.plan.planner"}
+    assert "mlxctl.capacity.memory" in reached  # the estimate is in the closure
+    touching = {m: calls for m in sorted(reached) if (calls := file_calls(source_of(m)))}
+    assert touching == {}
+
+
 def test_the_checks_would_catch_a_violation() -> None:
     """The scanner finds imports inside functions, ignores TYPE_CHECKING blocks, and the
     layer rule rejects an upward import."""
@@ -198,6 +240,54 @@ def test_the_checks_would_catch_a_violation() -> None:
     assert "mlxctl.apply.executor" not in runtime_imports("mlxctl.status.report")
     assert "subprocess" in runtime_imports("mlxctl.capacity.detect")  # inside run_command
     assert RANK["cli"] > RANK["reconcile"] > RANK["apply"] > RANK["plan"] > RANK["spec"]
+
+
+PLANTED_FILE_IO = """
+import os
+from os import listdir
+from pathlib import Path as P
+def estimate(model_dir: P, name: str) -> int:
+    with open(model_dir / "config.json") as f:  # line 6
+        f.read()
+    (model_dir / "config.json").read_text()
+    model_dir.joinpath("w").read_bytes()
+    os.open(name, os.O_RDONLY)
+    os.stat(name)
+    model_dir.stat()
+    os.listdir(name)
+    list(model_dir.iterdir())
+    list(model_dir.glob("*.safetensors"))
+    listdir(name)
+    return os.path.getsize(name)
+"""
+PURE_LOOKALIKES = """
+def fine(names: dict[str, int], text: str) -> int:
+    opened = names.get("open", 0)  # a key named open, not a call of it
+    return opened + len(text.split()) + len(sorted(names)) + len(text.replace("a", "b"))
+"""
+
+
+def test_the_file_scan_would_catch_file_io() -> None:
+    """A planted estimate that reads, stats and lists files is caught call by call;
+    pure code is not; and the scan sees the real reader the planner must not reach."""
+    found = file_calls(PLANTED_FILE_IO)
+    assert [f.split(": ")[1] for f in found if f.startswith("6:")] == ["open"]
+    called = {f.split(": ")[1].rsplit(".", 1)[-1] for f in found}
+    assert called == {
+        "open",
+        "read_text",
+        "read_bytes",
+        "stat",
+        "listdir",
+        "iterdir",
+        "glob",
+        "getsize",
+    }
+    assert len(found) == 11  # both opens, both stats, both listdirs
+    assert file_calls(PURE_LOOKALIKES) == []
+    # The estimate's file reading, kept outside the closure, is what the scan would flag.
+    assert file_calls(source_of("mlxctl.capacity.model_dir")) != []
+    assert "mlxctl.capacity.model_dir" not in closure("mlxctl.plan.planner")
 
 
 CLI_PROBE = """

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mlxctl.machine.environment import child_environment, inherited
-from mlxctl.runtimes.litellm import MASTER_KEY_ENV
+from mlxctl.runtimes.gateway import MASTER_KEY_ENV
 
 PARENT = {
     # needed to run, and to find the same models

@@ -20,7 +20,7 @@ from mlxctl.errors import ExitCode, StorageError, storage_error
 from mlxctl.machine import inventory as inventory_module
 from mlxctl.machine.inventory import Inventory, write_atomic
 from mlxctl.machine.logpump import pump
-from mlxctl.reconcile.lock import StateLock
+from mlxctl.reconcile.state_lock import StateLock
 from mlxctl.reconcile.teardown import stop_recorded
 from tests.unit.world import World, tier, tiers_yaml
 
@@ -113,17 +113,17 @@ def test_a_torn_event_line_stays_on_its_own_line(
 def test_the_lock_is_held_even_when_its_holder_line_cannot_be_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlxctl.errors import LockHeldError
+    from mlxctl.errors import StateLockHeldError
 
     lock = StateLock(tmp_path / "lock")
-    from mlxctl.reconcile import lock as lock_module
+    from mlxctl.reconcile import state_lock as lock_module
 
     real = lock_module._text
     monkeypatch.setattr(lock_module, "_text", lambda fd: Flaky(real(fd)))
     lock.acquire()
     monkeypatch.undo()
     try:
-        with pytest.raises(LockHeldError, match="holder unknown"):
+        with pytest.raises(StateLockHeldError, match="holder unknown"):
             StateLock(tmp_path / "lock").acquire()
     finally:
         lock.release()

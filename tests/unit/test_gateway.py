@@ -15,7 +15,7 @@ from mlxctl.desired.resolve import ResolveContext, resolve_desired
 from mlxctl.errors import SpecError
 from mlxctl.gateway.requests import RequestError, check_request
 from mlxctl.gateway.routing import router_kwargs
-from mlxctl.runtimes.litellm import GatewayConfig, RemoteRoute, Route, parse_config
+from mlxctl.runtimes.gateway import GatewayConfig, RemoteRoute, Route, parse_config
 from mlxctl.sources.path import path_ref
 from mlxctl.spec.loader import load_stack_set
 

@@ -18,7 +18,7 @@ from starlette.responses import StreamingResponse
 from mlxctl.gateway.app import Gateway
 from mlxctl.gateway.requests import check_request
 from mlxctl.gateway.routing import RoutingTable
-from mlxctl.runtimes.litellm import GatewayConfig, Route
+from mlxctl.runtimes.gateway import GatewayConfig, Route
 
 Script = Callable[[asyncio.StreamWriter], Awaitable[None]]
 MSG = [{"role": "user", "content": "hi"}]

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlxctl.sources.gguf import GgufError, convert_gguf
+from mlxctl.sources.gguf_convert import GgufError, convert_gguf
 from mlxctl.sources.gguf_header import GgufHeaderError, read_header
 
 HUGE = 1 << 60
@@ -188,7 +188,7 @@ import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 from pathlib import Path
 from mlxctl.errors import MlxctlError
-from mlxctl.sources.gguf import convert_gguf
+from mlxctl.sources.gguf_convert import convert_gguf
 try:
     convert_gguf(Path(sys.argv[1]), Path(sys.argv[2]))
     outcome = "converted"

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from mlxctl.errors import MlxctlError
-from mlxctl.sources import demo, gguf
-from mlxctl.sources.gguf import (
+from mlxctl.sources import demo, gguf_convert
+from mlxctl.sources.gguf_convert import (
     GgufError,
     config_from_metadata,
     map_tensor_name,
@@ -224,7 +224,7 @@ def test_build_tokenizer_from_metadata() -> None:
         "tokenizer.ggml.eos_token_id": 2,
         "tokenizer.chat_template": "{{ messages[0]['content'] }}",
     }
-    tok = gguf.build_tokenizer(metadata)
+    tok = gguf_convert.build_tokenizer(metadata)
     ids = tok.encode("<|im_start|>ab ab12<|im_end|>")
     assert ids == [1, 8, 9, 6, 7, 2]  # control tokens are single ids; digits split
     assert tok.decode(ids, skip_special_tokens=True) == "ab ab12"
@@ -235,7 +235,7 @@ def test_build_tokenizer_from_metadata() -> None:
 
 def test_build_tokenizer_rejects_sentencepiece() -> None:
     with pytest.raises(GgufError, match="tokenizer 'llama'"):
-        gguf.build_tokenizer({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": []})
+        gguf_convert.build_tokenizer({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": []})
 
 
 # --------------------------------------------------------------------------- atomic output
@@ -289,7 +289,7 @@ def _write_converted(model_dir: Path, **marker: object) -> None:
     model_dir.mkdir(parents=True)
     (model_dir / "model.safetensors").write_bytes(b"")
     (model_dir / "config.json").write_text("{}")
-    (model_dir / gguf.SOURCE_MARKER).write_text(json.dumps(marker))
+    (model_dir / gguf_convert.SOURCE_MARKER).write_text(json.dumps(marker))
 
 
 def test_ensure_demo_model_skips_a_current_copy(
@@ -298,7 +298,7 @@ def test_ensure_demo_model_skips_a_current_copy(
     _write_converted(
         tmp_path / demo.DEMO_MODEL_ID,
         sha256=demo.DEMO_GGUF_SHA256,
-        converter_version=gguf.CONVERTER_VERSION,
+        converter_version=gguf_convert.CONVERTER_VERSION,
     )
 
     def never(*args: object, **kwargs: object) -> Path:
@@ -312,8 +312,8 @@ def test_ensure_demo_model_skips_a_current_copy(
 @pytest.mark.parametrize(
     "marker",
     [
-        {"sha256": "0" * 64, "converter_version": gguf.CONVERTER_VERSION},
-        {"sha256": demo.DEMO_GGUF_SHA256, "converter_version": gguf.CONVERTER_VERSION - 1},
+        {"sha256": "0" * 64, "converter_version": gguf_convert.CONVERTER_VERSION},
+        {"sha256": demo.DEMO_GGUF_SHA256, "converter_version": gguf_convert.CONVERTER_VERSION - 1},
     ],
 )
 def test_ensure_demo_model_reconverts_a_stale_copy(

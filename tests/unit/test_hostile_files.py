@@ -19,7 +19,7 @@ from mlxctl.errors import MlxctlError
 from mlxctl.files import FileRefusedError, read_bounded
 from mlxctl.machine.inventory import Inventory
 from mlxctl.paths import default_paths
-from mlxctl.reconcile.lock import StateLock
+from mlxctl.reconcile.state_lock import StateLock
 from mlxctl.spec import secrets
 
 HEAD = "apiVersion: mlxctl/v1\nkind: Stack\nmetadata: {name: t}\nspec:\n"

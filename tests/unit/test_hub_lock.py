@@ -12,6 +12,7 @@ from mlxctl.errors import MlxctlError, NotFoundError, SpecError
 from mlxctl.paths import Paths
 from mlxctl.plan.planner import describe_changes
 from mlxctl.sources import hub, hub_ref, lockfile
+from mlxctl.sources.pin import Pin
 from mlxctl.spec.loader import load_stack_set, stack_files
 from mlxctl.testing.hub import git_blob_sha1
 
@@ -36,17 +37,15 @@ def test_the_lock_sits_beside_its_stack_file_and_is_never_read_as_a_stack(tmp_pa
     path = stack(tmp_path, "{hf: org/tiny}")
     lock = lockfile.lock_path(path)
     assert lock.name == "laptop.lock.yaml"
-    lockfile.write_lock(
-        lock, {"org/tiny@main": lockfile.LockEntry("org/tiny", "main", COMMIT_A, FILES)}
-    )
+    lockfile.write_lock(lock, {"org/tiny@main": Pin("org/tiny", "main", COMMIT_A, FILES)})
     assert stack_files([tmp_path]) == [path]
     assert len(load_stack_set([tmp_path]).tiers) == 1
 
 
 def test_lock_entries_round_trip_and_record_keeps_the_others(tmp_path: Path) -> None:
     lock = tmp_path / "s.lock.yaml"
-    one = lockfile.LockEntry("org/a", "main", COMMIT_A, FILES)
-    two = lockfile.LockEntry("org/b", "v1", COMMIT_B, FILES[:1])
+    one = Pin("org/a", "main", COMMIT_A, FILES)
+    two = Pin("org/b", "v1", COMMIT_B, FILES[:1])
     lockfile.record(lock, "org/a@main", one)
     lockfile.record(lock, "org/b@v1", two)
     assert lockfile.read_lock(lock) == {"org/a@main": one, "org/b@v1": two}
@@ -108,7 +107,7 @@ def test_a_locked_reference_is_the_commit_snapshot_and_present_only_once_verifie
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     paths = Paths(config=tmp_path / "config", state=tmp_path / "state")
     path = stack(tmp_path, "{hf: org/tiny}")
-    entry = lockfile.LockEntry("org/tiny", "main", COMMIT_A, FILES)
+    entry = Pin("org/tiny", "main", COMMIT_A, FILES)
     lockfile.record(lockfile.lock_path(path), "org/tiny@main", entry)
     ref = hub_ref.hub_model_ref("org/tiny", "main", stack_file=path, paths=paths, display="x")
     snapshot = cache / "models--org--tiny" / "snapshots" / COMMIT_A
@@ -118,9 +117,7 @@ def test_a_locked_reference_is_the_commit_snapshot_and_present_only_once_verifie
     (snapshot / "model.safetensors").write_bytes(b"abc")
     assert not hub_ref.present(ref)  # the right bytes, but never verified by mlxctl
     assert ref.ledger is not None
-    assert hub.missing(hub.Pin("org/tiny", "main", COMMIT_A, FILES), cache, ref.ledger) == list(
-        FILES
-    )
+    assert hub.missing(Pin("org/tiny", "main", COMMIT_A, FILES), cache, ref.ledger) == list(FILES)
 
 
 def test_file_verification_uses_sha256_for_lfs_and_the_git_oid_otherwise(tmp_path: Path) -> None:
@@ -178,6 +175,6 @@ def test_stored_models_are_found_by_repo_commit_prefix_branch_or_name(tmp_path: 
 def test_a_lock_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
     blocked = tmp_path / "not-a-dir"
     blocked.write_text("")
-    entry = lockfile.LockEntry("org/a", "main", COMMIT_A, FILES)
+    entry = Pin("org/a", "main", COMMIT_A, FILES)
     with pytest.raises(MlxctlError, match=r"^cannot write the lock file .*s.lock.yaml: "):
         lockfile.record(blocked / "s.lock.yaml", "org/a@main", entry)

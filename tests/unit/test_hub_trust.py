@@ -16,6 +16,7 @@ from mlxctl.errors import ExitCode, SpecError
 from mlxctl.paths import Paths
 from mlxctl.sources import hub, lockfile
 from mlxctl.sources.hf_cache import hf_snapshot
+from mlxctl.sources.pin import Pin
 from mlxctl.testing.hub import git_blob_sha1
 
 COMMIT = "a" * 40
@@ -98,7 +99,7 @@ def test_writing_a_lock_leaves_the_stack_directory_mode_alone(tmp_path: Path) ->
     os.chmod(stacks, 0o755)
     lock = stacks / "laptop.lock.yaml"
     files = (ModelFile("config.json", 2, None, BLOB),)
-    entry = lockfile.LockEntry("org/tiny", "main", COMMIT, files)
+    entry = Pin("org/tiny", "main", COMMIT, files)
     lockfile.record(lock, "org/tiny@main", entry)
     assert stat.S_IMODE(stacks.stat().st_mode) == 0o755
     assert stat.S_IMODE(lock.stat().st_mode) == 0o644
@@ -110,7 +111,7 @@ def test_a_ref_is_written_without_touching_the_shared_refs_mode(tmp_path: Path) 
     refs.mkdir(parents=True)
     os.chmod(refs, 0o755)
     files = (ModelFile("config.json", 2, None, BLOB),)
-    pin = hub.Pin("org/tiny", "main", COMMIT, files)
+    pin = Pin("org/tiny", "main", COMMIT, files)
     hub._write_ref(pin, tmp_path)
     assert (refs / "main").read_text() == COMMIT
     assert stat.S_IMODE(refs.stat().st_mode) == 0o755
@@ -143,11 +144,11 @@ def test_the_ledger_is_written_a_logarithmic_number_of_times(
         ModelFile(f"f{i:04}.json", len(data), hashlib.sha256(data).hexdigest(), BLOB)
         for i in range(count)
     )
-    pin = hub.Pin("org/many", "main", COMMIT, files)
+    pin = Pin("org/many", "main", COMMIT, files)
     cache = tmp_path / "cache"
-    directory = hub.snapshot_dir(pin.repo, pin.commit, cache)
+    directory = hub.snapshot_dir(pin.repo, pin.revision, cache)
 
-    def fake_download(pin: hub.Pin, f: ModelFile, *_args: object, **_kw: object) -> Path:
+    def fake_download(pin: Pin, f: ModelFile, *_args: object, **_kw: object) -> Path:
         (directory / f.path).parent.mkdir(parents=True, exist_ok=True)
         (directory / f.path).write_bytes(data)
         return directory / f.path
@@ -164,7 +165,7 @@ def test_the_ledger_is_written_a_logarithmic_number_of_times(
     monkeypatch.setattr(hub, "_write_ledger", counting)
     state = Paths(config=tmp_path / "c", state=tmp_path / "s").models
     hub.pull(pin, state, cache=cache, free=lambda _p: 1 << 40)
-    assert len(hub.read_ledger(hub.ledger_path(state, pin.repo, pin.commit))) == count
+    assert len(hub.read_ledger(hub.ledger_path(state, pin.repo, pin.revision))) == count
     assert sum(writes) <= 3 * count, writes  # linear work in all (was count**2 / 2)
     assert len(writes) <= 30
 

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 
 from mlxctl.apply.events import Event, EventLog, read_events
-from mlxctl.errors import LockHeldError
+from mlxctl.errors import StateLockHeldError
 from mlxctl.machine.inventory import Inventory, write_atomic
 from mlxctl.machine.logfiles import open_log, rotate, tail
 from mlxctl.machine.record import Record
 from mlxctl.paths import default_paths
 from mlxctl.plan.backoff import BackoffPolicy
-from mlxctl.reconcile.lock import StateLock
+from mlxctl.reconcile.state_lock import StateLock
 from mlxctl.runtimes.base import render_args
-from mlxctl.runtimes.litellm import RemoteRoute, Route, parse_config, render_config
+from mlxctl.runtimes.gateway import RemoteRoute, Route, parse_config, render_config
 from mlxctl.spec import secrets
 
 
@@ -84,7 +84,8 @@ def test_lock_names_its_holder_and_is_released(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys; from pathlib import Path; from mlxctl.reconcile.lock import StateLock;"
+            "import sys; from pathlib import Path;"
+            "from mlxctl.reconcile.state_lock import StateLock;"
             f"l=StateLock(Path({str(path)!r}), 'mlxctl reconcile'); l.acquire();"
             "print('held', flush=True); sys.stdin.readline()",
         ],
@@ -94,7 +95,9 @@ def test_lock_names_its_holder_and_is_released(tmp_path: Path) -> None:
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        with pytest.raises(LockHeldError, match=f"pid {holder.pid} \\(mlxctl reconcile\\) since"):
+        with pytest.raises(
+            StateLockHeldError, match=f"pid {holder.pid} \\(mlxctl reconcile\\) since"
+        ):
             StateLock(path).acquire()
     finally:
         holder.communicate("\n", timeout=30)

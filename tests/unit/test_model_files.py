@@ -21,7 +21,7 @@ from mlxctl.observe.state import ObservedState
 from mlxctl.plan.actions import PlanOptions
 from mlxctl.plan.planner import plan
 from mlxctl.runtimes.base import ProbeSpec
-from mlxctl.sources.gguf import SOURCE_MARKER, read_source_marker
+from mlxctl.sources.gguf_convert import SOURCE_MARKER, read_source_marker
 from mlxctl.testing.fakes import FakeClock, FakeProcs
 
 

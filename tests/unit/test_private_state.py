@@ -20,7 +20,7 @@ from mlxctl.machine.logfiles import open_log
 from mlxctl.machine.logpump import pump
 from mlxctl.paths import default_paths
 from mlxctl.reconcile.context import real_context, save_ports
-from mlxctl.reconcile.lock import StateLock
+from mlxctl.reconcile.state_lock import StateLock
 
 
 @pytest.fixture(autouse=True)

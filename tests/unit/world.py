@@ -19,7 +19,7 @@ from mlxctl.reconcile.context import Context
 from mlxctl.reconcile.converge import ConvergeResult, OnceRun
 from mlxctl.reconcile.passes import PassResult, load_stack, observe_state, resolve, run_pass
 from mlxctl.sources.path import path_ref
-from mlxctl.spec.loader import SourcedTier
+from mlxctl.spec.stack_set import SourcedTier
 from mlxctl.testing.fakes import FakeClock, FakeProber, FakeProcs, FakeStore
 
 # Fake seconds between two passes of a converge run (a readiness answer, a poll).

@@ -25,7 +25,8 @@ from mlxctl.machine.interfaces import ProgressFn, no_progress
 from mlxctl.paths import Paths
 from mlxctl.sources import hub, hub_ref, lockfile
 from mlxctl.sources.hf_cache import hub_cache, read_ref, repo_dir
-from mlxctl.spec.loader import StackSet
+from mlxctl.sources.pin import Pin
+from mlxctl.spec.stack_set import StackSet
 
 _REF = re.compile(
     r"^(?:hf:)?(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[^@\s]+))?$"
@@ -203,11 +204,11 @@ def pull(
     if entry is None and lock is not None:
         entry = hub_ref.lock_reference(ref.repo, ref.requested, lock, environ=environ)
     if entry is not None:
-        pin = hub.Pin(ref.repo, ref.requested, entry.revision, entry.files)
+        pin = Pin(ref.repo, ref.requested, entry.revision, entry.files)
     else:
         pin = hub.resolve_pin(ref.repo, ref.requested, environ=environ)
     path = hub.pull(pin, paths.models, progress=progress, environ=environ, free=free)
-    return PullResult(ref.repo, ref.requested, pin.commit, path, pin.size, lock)
+    return PullResult(ref.repo, ref.requested, pin.revision, path, pin.size, lock)
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from mlxctl.errors import ExitCode, MlxctlError, NotFoundError, echo
 from mlxctl.machine.logfiles import tail
 from mlxctl.paths import Paths
 from mlxctl.spec import secrets
-from mlxctl.spec.loader import StackSet
 from mlxctl.spec.schema import NAME_PATTERN
+from mlxctl.spec.stack_set import StackSet
 
 
 def events(paths: Paths, limit: int | None = 50) -> list[Event]:

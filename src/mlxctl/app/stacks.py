@@ -25,7 +25,6 @@ from mlxctl.paths import Paths
 from mlxctl.plan.actions import Plan, PlanOptions
 from mlxctl.reconcile.context import read_ports, real_context
 from mlxctl.reconcile.converge import ConvergeResult, converge
-from mlxctl.reconcile.lock import StateLock
 from mlxctl.reconcile.passes import (
     PassResult,
     load_stack,
@@ -34,8 +33,9 @@ from mlxctl.reconcile.passes import (
     resolve,
     run_pass,
 )
+from mlxctl.reconcile.state_lock import StateLock
 from mlxctl.reconcile.teardown import stop_recorded, stop_strays
-from mlxctl.spec.loader import StackSet
+from mlxctl.spec.stack_set import StackSet
 from mlxctl.status.services import ServiceStatus, build_status
 
 

@@ -17,7 +17,7 @@ import click
 from mlxctl.paths import Paths, default_paths
 
 if TYPE_CHECKING:
-    from mlxctl.spec.loader import StackSet
+    from mlxctl.spec.stack_set import StackSet
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -24,7 +24,7 @@ from mlxctl.errors import ExitCode
 if TYPE_CHECKING:
     from mlxctl.app.models import StoredModel
     from mlxctl.machine.interfaces import JobProgress, ProgressFn
-    from mlxctl.spec.loader import StackSet
+    from mlxctl.spec.stack_set import StackSet
 
 
 def _stack(path: Path | None, files: tuple[Path, ...]) -> StackSet | None:

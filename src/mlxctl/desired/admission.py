@@ -20,7 +20,7 @@ from mlxctl.capacity.memory import (
 from mlxctl.capacity.model_dir import estimate_from_model_dir
 from mlxctl.desired.state import DesiredService, DesiredState
 from mlxctl.errors import MlxctlError
-from mlxctl.spec.loader import SourcedTier, StackSet
+from mlxctl.spec.stack_set import SourcedTier, StackSet
 
 Alternatives = tuple[tuple[str, MemoryEstimate], ...]
 

@@ -11,7 +11,7 @@ unless ``--allow-empty``: a save in progress looks exactly like it).
 from __future__ import annotations
 
 from mlxctl.errors import NotFoundError
-from mlxctl.spec.loader import SourcedTier, StackSet
+from mlxctl.spec.stack_set import SourcedTier, StackSet
 
 
 def _where(tier: SourcedTier, key: str) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from mlxctl.spec.loader import StackSet
+from mlxctl.spec.stack_set import StackSet
 
 FIRST_TIER_PORT = 8001
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from mlxctl.desired.ports import assign_ports
 from mlxctl.runtimes.registry import runtime as runtime_named
-from mlxctl.spec.loader import SourcedTier, StackSet
 from mlxctl.spec.schema import API_VERSION, PathSource
+from mlxctl.spec.stack_set import SourcedTier, StackSet
 
 
 def _model(sourced: SourcedTier) -> Any:

@@ -26,7 +26,7 @@ from mlxctl.desired.state import (
 )
 from mlxctl.errors import MlxctlError, NotFoundError, SpecError
 from mlxctl.runtimes.base import ArgValue, ProbeSpec, Runtime, ServerLaunch
-from mlxctl.runtimes.litellm import (
+from mlxctl.runtimes.gateway import (
     GATEWAY_ENV,
     KEY_FILE_ENV,
     MASTER_KEY_ENV,
@@ -36,11 +36,11 @@ from mlxctl.runtimes.litellm import (
     gateway_argv,
     render_config,
 )
-from mlxctl.runtimes.litellm import RUNTIME as GATEWAY_RUNTIME
+from mlxctl.runtimes.gateway import RUNTIME as GATEWAY_RUNTIME
 from mlxctl.runtimes.registry import runtime as runtime_named
 from mlxctl.spec import secrets
-from mlxctl.spec.loader import SourcedTier, StackSet
 from mlxctl.spec.schema import TierSpec
+from mlxctl.spec.stack_set import SourcedTier, StackSet
 
 ModelResolver = Callable[[SourcedTier], ModelRef]
 

@@ -46,7 +46,7 @@ from mlxctl.gateway.answers import StreamRenamer, renamed
 from mlxctl.gateway.requests import Checked, Endpoint, RequestError, check_request
 from mlxctl.gateway.routing import RoutingTable
 from mlxctl.runtimes.base import HOST
-from mlxctl.runtimes.litellm import Route
+from mlxctl.runtimes.gateway import Route
 
 PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "text": "/v1/completions"}
 JSON_BODY = {"Content-Type": "application/json"}

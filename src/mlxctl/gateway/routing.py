@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlxctl.runtimes.base import HOST
-from mlxctl.runtimes.litellm import GatewayConfig, Route
+from mlxctl.runtimes.gateway import GatewayConfig, Route
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from mlxctl.gateway.app import Gateway, build_app, log
 from mlxctl.gateway.drain import DrainingServer, closing_while_draining
 from mlxctl.gateway.requests import request_adapters
 from mlxctl.gateway.routing import RoutingTable, warm_litellm
-from mlxctl.runtimes.litellm import KEY_FILE_ENV, MASTER_KEY_ENV, GatewayConfig, parse_config
+from mlxctl.runtimes.gateway import KEY_FILE_ENV, MASTER_KEY_ENV, GatewayConfig, parse_config
 
 POLL_SECONDS = 0.5
 

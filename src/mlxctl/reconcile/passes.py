@@ -21,12 +21,13 @@ from mlxctl.observe.state import ObservedState
 from mlxctl.plan.actions import Plan, PlanOptions
 from mlxctl.plan.planner import plan
 from mlxctl.reconcile.context import Context, read_ports, save_ports
-from mlxctl.runtimes.litellm import Route
+from mlxctl.runtimes.gateway import Route
 from mlxctl.runtimes.registry import MODEL_SERVERS
 from mlxctl.runtimes.registry import runtime as runtime_named
 from mlxctl.spec.last_good import LastGood
-from mlxctl.spec.loader import StackSet, load_stack_set, load_stack_set_keeping_last_good
+from mlxctl.spec.loader import load_stack_set, load_stack_set_keeping_last_good
 from mlxctl.spec.schema import GatewaySpec
+from mlxctl.spec.stack_set import StackSet
 
 if TYPE_CHECKING:
     from mlxctl.apply.executor import Outcome

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from mlxctl.errors import MlxctlError
-from mlxctl.runtimes import litellm, mlx_lm, vllm_mlx
+from mlxctl.runtimes import gateway, mlx_lm, vllm_mlx
 from mlxctl.runtimes.base import Runtime
 
 RUNTIMES: dict[str, Runtime] = {
-    r.name: r for r in (mlx_lm.RUNTIME, vllm_mlx.RUNTIME, litellm.RUNTIME)
+    r.name: r for r in (mlx_lm.RUNTIME, vllm_mlx.RUNTIME, gateway.RUNTIME)
 }
-# The runtimes a tier may name (the gateway's is mlxctl's own choice).
+# The runtimes a tier may name (the gateway's is mlxctl's own choice). The gateway's
+# runtime keeps the name "litellm": it is in every gateway's recorded launch (and its
+# hash), so renaming it would restart running gateways.
 MODEL_SERVERS = tuple(name for name, r in RUNTIMES.items() if r.argv is not None)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from mlxctl.desired.state import ModelRef
 from mlxctl.machine.interfaces import ProgressFn
 from mlxctl.paths import Paths
-from mlxctl.spec.loader import SourcedTier
+from mlxctl.spec.stack_set import SourcedTier
 
 
 @dataclass(frozen=True)

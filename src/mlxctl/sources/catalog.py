@@ -18,8 +18,8 @@ from mlxctl.machine.interfaces import JobProgress, ProgressFn
 from mlxctl.paths import Paths
 from mlxctl.sources import demo, hub, hub_ref
 from mlxctl.sources.base import CONVERSIONS, Source
-from mlxctl.sources.gguf import SOURCE_MARKER, read_source_marker, staging_dir
-from mlxctl.spec.loader import SourcedTier
+from mlxctl.sources.gguf_convert import SOURCE_MARKER, read_source_marker, staging_dir
+from mlxctl.spec.stack_set import SourcedTier
 
 if TYPE_CHECKING:
     from mlxctl.catalog.entries import ResolvedCatalogModel
@@ -119,7 +119,7 @@ def _quantize(model: ModelRef, progress: ProgressFn) -> Path:
     pin = hub_ref.pin_of(model, progress)
     base = hub.pull(pin, model.ledger.parents[2], progress=progress)
     marker = _quantize_marker(model)
-    marker["base"] = f"{pin.repo}@{pin.commit}"
+    marker["base"] = f"{pin.repo}@{pin.revision}"
     progress(JobProgress(f"quantizing {pin.repo} to {marker['bits']} bits"))
     with CONVERSIONS, staging_dir(model.directory) as tmp:
         from mlx_lm import convert

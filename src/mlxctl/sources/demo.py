@@ -14,7 +14,7 @@ import importlib.metadata
 from pathlib import Path
 
 from mlxctl.errors import MlxctlError
-from mlxctl.sources.gguf import (
+from mlxctl.sources.gguf_convert import (
     CONVERTER_VERSION,
     convert_gguf,
     file_sha256,

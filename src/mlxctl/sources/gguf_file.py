@@ -22,9 +22,9 @@ from mlxctl.machine.interfaces import JobProgress, ProgressFn
 from mlxctl.paths import Paths
 from mlxctl.sources import hub, hub_ref
 from mlxctl.sources.base import Source
-from mlxctl.sources.gguf import CONVERTER_VERSION, convert_gguf, read_source_marker
-from mlxctl.spec.loader import SourcedTier
+from mlxctl.sources.gguf_convert import CONVERTER_VERSION, convert_gguf, read_source_marker
 from mlxctl.spec.schema import GgufSource
+from mlxctl.spec.stack_set import SourcedTier
 
 NAME = "gguf"
 _HUB_FILE = re.compile(

@@ -16,7 +16,7 @@ copy of the file in memory), with each value checked before it is used:
   dimension; heads dividing the embedding; at most :data:`MAX_LAYERS` layers, no more
   than the tensors could hold).
 
-Anything else is a :class:`~mlxctl.sources.gguf.GgufError`: one line naming the file
+Anything else is a :class:`~mlxctl.sources.gguf_convert.GgufError`: one line naming the file
 and the field. Only then do ``GGUFReader`` and ``mlx.core.load`` see the file.
 """
 

@@ -12,8 +12,8 @@ from mlxctl.desired.state import ModelRef
 from mlxctl.paths import Paths
 from mlxctl.sources import hub_ref
 from mlxctl.sources.base import Source
-from mlxctl.spec.loader import SourcedTier
 from mlxctl.spec.schema import HfSource
+from mlxctl.spec.stack_set import SourcedTier
 
 
 def hf_ref(tier: SourcedTier, paths: Paths, *, online: bool = False) -> ModelRef:

@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from mlxctl.desired.state import ModelFile
 from mlxctl.errors import ExitCode, MlxctlError, echo
 from mlxctl.machine.interfaces import JobProgress, ProgressFn, no_progress
 from mlxctl.sources.hf_cache import hub_cache, read_ref, repo_dir
+from mlxctl.sources.pin import Pin
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # A digest as huggingface_hub uses an ETag: the git blob sha1 or the LFS sha256. It
@@ -80,20 +80,6 @@ FreeSpace = Callable[[Path], int]
 
 class HubError(MlxctlError):
     """A pull failed for a reason the user can act on (one line)."""
-
-
-@dataclass(frozen=True)
-class Pin:
-    """A repo at one commit, with the files a runtime needs and their digests."""
-
-    repo: RepoId
-    requested: CommitId | GitRef
-    commit: CommitId
-    files: tuple[ModelFile, ...]
-
-    @property
-    def size(self) -> int:
-        return sum(f.size for f in self.files)
 
 
 def free_space(path: Path) -> int:
@@ -266,7 +252,7 @@ def resolve_pin(
         raise HubError(
             f"the hub's file listing of {repo}@{short(commit)} is refused: {exc}"
         ) from None
-    return Pin(repo=repo, requested=revision, commit=commit, files=files)
+    return Pin(repo=repo, requested=revision, revision=commit, files=files)
 
 
 def _hub_commit(sha: object, repo: str, revision: str) -> CommitId:
@@ -418,7 +404,7 @@ def _progress_class(report: Callable[[int], None], limit: int, what: str) -> Any
 
 def missing(pin: Pin, cache: Path, ledger: Path) -> list[ModelFile]:
     """The pinned files not yet verified in the cache."""
-    directory = snapshot_dir(pin.repo, pin.commit, cache)
+    directory = snapshot_dir(pin.repo, pin.revision, cache)
     stamps = read_ledger(ledger)
     out = []
     for f in pin.files:
@@ -471,9 +457,9 @@ def pull(
     """
     env = os.environ if environ is None else environ
     cache = cache if cache is not None else hub_cache(env)
-    ledger = _Ledger(ledger_path(state_models, pin.repo, pin.commit), pin)
+    ledger = _Ledger(ledger_path(state_models, pin.repo, pin.revision), pin)
     todo = missing(pin, cache, ledger.path)
-    directory = snapshot_dir(pin.repo, pin.commit, cache)
+    directory = snapshot_dir(pin.repo, pin.revision, cache)
     total = pin.size
     done = total - sum(f.size for f in todo)
     progress(JobProgress("checking", done, total))
@@ -494,7 +480,7 @@ def pull(
                 done += f.size
             else:
                 # Corrupt or truncated: never trusted, never resumed from.
-                _remove_cached(pin.repo, pin.commit, f.path, cache)
+                _remove_cached(pin.repo, pin.revision, f.path, cache)
                 fetch.append(f)
         ledger.flush()
         check_disk(sum(f.size for f in fetch), len(fetch), cache, free)
@@ -524,7 +510,7 @@ class _Ledger:
     def add(self, f: ModelFile, directory: Path) -> None:
         stamp = _stamp(directory / f.path)
         if stamp is None:
-            raise HubError(f"{self.pin.repo}@{short(self.pin.commit)}: {f.path} vanished")
+            raise HubError(f"{self.pin.repo}@{short(self.pin.revision)}: {f.path} vanished")
         self.stamps[f.path] = stamp
         self.pending_files += 1
         self.pending_bytes += f.size
@@ -533,7 +519,7 @@ class _Ledger:
 
     def flush(self) -> None:
         if self.pending_files:
-            _write_ledger(self.path, self.pin.repo, self.pin.commit, self.stamps)
+            _write_ledger(self.path, self.pin.repo, self.pin.revision, self.stamps)
             self.pending_files = self.pending_bytes = 0
 
 
@@ -547,7 +533,7 @@ def _fetch_one(
     total: int,
 ) -> None:
     """Download one file (twice at most) until it matches its pinned digest."""
-    directory = snapshot_dir(pin.repo, pin.commit, cache)
+    directory = snapshot_dir(pin.repo, pin.revision, cache)
     for attempt in (1, 2):
 
         def report(n: int, got: list[int] = [0]) -> None:  # noqa: B006 - one per attempt
@@ -555,11 +541,11 @@ def _fetch_one(
             progress(JobProgress(f"downloading {f.path}", base + got[0], total))
 
         _check_remote(pin, f, env)
-        bounded = _progress_class(report, f.size, f"{pin.repo}@{short(pin.commit)}: {f.path}")
+        bounded = _progress_class(report, f.size, f"{pin.repo}@{short(pin.revision)}: {f.path}")
         path = _download(pin, f, cache, env, bounded, force=attempt == 2)
         if path != directory / f.path:
             raise HubError(
-                f"{pin.repo}@{short(pin.commit)}: the hub served {f.path} from another commit "
+                f"{pin.repo}@{short(pin.revision)}: the hub served {f.path} from another commit "
                 f"({echo(path.parent.name)}) while downloading it; nothing of it is used"
             )
         if not path.resolve().is_relative_to(repo_dir(pin.repo, cache).resolve()):
@@ -567,15 +553,15 @@ def _fetch_one(
             # changed since _check_remote can put the bytes elsewhere. Never used.
             path.unlink(missing_ok=True)
             raise HubError(
-                f"{pin.repo}@{short(pin.commit)}: the hub's answer put {f.path} outside the "
+                f"{pin.repo}@{short(pin.revision)}: the hub's answer put {f.path} outside the "
                 "cache while downloading it; not used"
             )
         if file_matches(path, f):
             return
-        _remove_cached(pin.repo, pin.commit, f.path, cache)
+        _remove_cached(pin.repo, pin.revision, f.path, cache)
         if attempt == 2:
             raise HubError(
-                f"{pin.repo}@{short(pin.commit)}: {f.path} does not match the pinned "
+                f"{pin.repo}@{short(pin.revision)}: {f.path} does not match the pinned "
                 f"{'sha256' if f.sha256 else 'git oid'} after downloading it twice"
             )
         progress(JobProgress(f"{f.path} failed verification; fetching it again", base, total))
@@ -591,13 +577,13 @@ def _check_remote(pin: Pin, f: ModelFile, env: Mapping[str, str]) -> None:
     """
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-    where = f"{pin.repo}@{short(pin.commit)}: {f.path}"
+    where = f"{pin.repo}@{short(pin.revision)}: {f.path}"
     try:
-        url = hf_hub_url(pin.repo, f.path, revision=pin.commit, endpoint=_endpoint(env))
+        url = hf_hub_url(pin.repo, f.path, revision=pin.revision, endpoint=_endpoint(env))
         meta = get_hf_file_metadata(url, token=_token(env), endpoint=_endpoint(env))
     except Exception as exc:
-        raise explain(exc, pin.repo, pin.commit) from None
-    if meta.commit_hash != pin.commit:
+        raise explain(exc, pin.repo, pin.revision) from None
+    if meta.commit_hash != pin.revision:
         raise HubError(
             f"{where}: the hub answered for commit {echo(meta.commit_hash)}, not the pinned "
             "one; nothing downloaded"
@@ -626,9 +612,9 @@ def _write_ref(pin: Pin, cache: Path) -> None:
     from mlxctl.machine.inventory import write_atomic
 
     ref = repo_dir(pin.repo, cache) / "refs" / GitRef(pin.requested)
-    if read_ref(ref) == pin.commit:
+    if read_ref(ref) == pin.revision:
         return
-    write_atomic(ref, str(pin.commit), mode=0o644, foreign_dir=True)
+    write_atomic(ref, str(pin.revision), mode=0o644, foreign_dir=True)
 
 
 def guard_hub_metadata() -> None:
@@ -687,7 +673,7 @@ def _download(
             hf_hub_download(
                 pin.repo,
                 f.path,
-                revision=pin.commit,
+                revision=pin.revision,
                 cache_dir=cache,
                 endpoint=_endpoint(env),
                 token=_token(env),
@@ -696,7 +682,7 @@ def _download(
             )
         )
     except Exception as exc:
-        raise explain(exc, pin.repo, pin.commit) from None
+        raise explain(exc, pin.repo, pin.revision) from None
 
 
 def cached_repos(cache: Path) -> Iterator[tuple[RepoId, Path]]:

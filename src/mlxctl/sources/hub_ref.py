@@ -21,6 +21,7 @@ from mlxctl.machine.interfaces import JobProgress, ProgressFn
 from mlxctl.paths import Paths
 from mlxctl.sources import hub, lockfile
 from mlxctl.sources.hf_cache import hf_snapshot, hub_cache
+from mlxctl.sources.pin import Pin
 
 HF = "hf"
 
@@ -95,12 +96,11 @@ def lock_reference(
     *,
     environ: Mapping[str, str] | None = None,
     include: tuple[str, ...] = (),
-) -> lockfile.LockEntry:
+) -> Pin:
     """Resolve ``repo@requested`` on the hub and record it in ``lock``."""
     pin = resolve(repo, requested, include, environ)
-    entry = lockfile.LockEntry(repo, requested, pin.commit, pin.files)
-    lockfile.record(lock, lockfile.ref_key(repo, requested, include), entry)
-    return entry
+    lockfile.record(lock, lockfile.ref_key(repo, requested, include), pin)
+    return pin
 
 
 def resolve(
@@ -108,25 +108,26 @@ def resolve(
     requested: CommitId | GitRef,
     include: tuple[str, ...],
     environ: Mapping[str, str] | None = None,
-) -> hub.Pin:
+) -> Pin:
     patterns = include or hub.RUNTIME_PATTERNS
     return hub.resolve_pin(repo, requested, patterns=patterns, environ=environ)
 
 
-def pin_of(model: ModelRef, progress: ProgressFn) -> hub.Pin:
+def pin_of(model: ModelRef, progress: ProgressFn) -> Pin:
     """The pin of a hub ModelRef: from the lock, or resolved now (and recorded)."""
     try:
         # Validated when the ModelRef was built (hub_model_ref); built again as types.
         repo, requested = RepoId(model.repo), revision(model.requested)
         if model.files:
-            return hub.Pin(repo, requested, CommitId(model.revision), model.files)
+            return Pin(repo, requested, CommitId(model.revision), model.files)
         wanted = revision(model.revision)
     except ValueError as exc:
         raise hub.HubError(f"{model.display}: {exc}") from None
     progress(JobProgress(f"resolving {model.repo}@{model.revision}"))
     pin = resolve(repo, wanted, model.include)
     if model.lock_file is not None:
-        entry = lockfile.LockEntry(repo, requested, pin.commit, pin.files)
+        # Recorded under what the stack asked for (``pin`` holds what was resolved).
+        entry = Pin(repo, requested, pin.revision, pin.files)
         lockfile.record(model.lock_file, model.lock_key, entry)
     return pin
 

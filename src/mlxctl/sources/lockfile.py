@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,10 +31,11 @@ from pydantic import (
     model_validator,
 )
 
-from mlxctl.desired.hub_names import CommitId, GitRef, RepoId, RepoPath, digest, revision
+from mlxctl.desired.hub_names import CommitId, RepoId, RepoPath, digest, revision
 from mlxctl.desired.state import MAX_FILE_SIZE, ModelFile
 from mlxctl.errors import MlxctlError, SpecError, echo
 from mlxctl.files import FileRefusedError, read_bounded
+from mlxctl.sources.pin import Pin
 
 LOCK_SUFFIX = ".lock.yaml"
 KIND = "Lock"
@@ -43,18 +43,9 @@ HEADER = (
     "# Written by mlxctl: the hub commit and file digests each model reference resolved to.\n"
     "# Commit it with the stack file; `mlxctl models update` re-resolves and rewrites it.\n"
 )
-_write_lock = threading.Lock()
-
-
-@dataclass(frozen=True)
-class LockEntry:
-    """One pin, validated: whoever builds one got its names through the types of
-    :mod:`mlxctl.desired.hub_names` (from the lock file here, or from the hub)."""
-
-    repo: RepoId
-    requested: CommitId | GitRef
-    revision: CommitId
-    files: tuple[ModelFile, ...]
+# A thread mutex (not a lock file): one read-modify-write of a lock file at a time in
+# this process, so several pulls finishing together all keep their entries.
+_updates_mutex = threading.Lock()
 
 
 def lock_path(stack_file: Path) -> Path:
@@ -80,7 +71,7 @@ MAX_PINNED_FILES = 2000
 MAX_LOCK_BYTES = 4 * 1024 * 1024
 
 
-def read_lock(path: Path) -> dict[str, LockEntry]:
+def read_lock(path: Path) -> dict[str, Pin]:
     """The entries of ``path`` ({} when it does not exist); anything else that is not a
     valid lock file is a :class:`SpecError` of one line, ``file:line:col: where: why``.
 
@@ -100,7 +91,7 @@ def read_lock(path: Path) -> dict[str, LockEntry]:
 
 
 @functools.lru_cache(maxsize=32)
-def _read(path: str, _stamp: tuple[int, int, int]) -> tuple[tuple[str, LockEntry], ...]:
+def _read(path: str, _stamp: tuple[int, int, int]) -> tuple[tuple[str, Pin], ...]:
     problems: list[str] = []
     text = _read_text(Path(path), problems)
     nodes = _parse(Path(path), text, problems) if text is not None else None
@@ -139,9 +130,9 @@ def _read_text(path: Path, problems: list[str]) -> str | None:
 def _parse(path: Path, text: str, problems: list[str]) -> list[Any] | None:
     """The YAML documents, parsed as stack files are: positions kept, depth and alias
     expansion bounded, every YAML error one ``file:line:col`` line."""
-    from mlxctl.spec import loader
+    from mlxctl.spec.bounded_yaml import parse_documents
 
-    return loader._parse(path, text, problems)
+    return parse_documents(path, text, problems)
 
 
 def _one_line(problems: list[str]) -> str:
@@ -211,11 +202,9 @@ class _Entry(BaseModel):
     def _revision(cls, value: str) -> str:
         return CommitId(value)
 
-    def entry(self) -> LockEntry:
+    def entry(self) -> Pin:
         files = tuple(ModelFile(RepoPath(f.path), f.size, f.sha256, f.blob) for f in self.files)
-        return LockEntry(
-            RepoId(self.repo), revision(self.requested), CommitId(self.revision), files
-        )
+        return Pin(RepoId(self.repo), revision(self.requested), CommitId(self.revision), files)
 
 
 class _LockDoc(BaseModel):
@@ -265,7 +254,7 @@ def _position(node: Any, loc: tuple[int | str, ...]) -> tuple[int, int]:
     return line, col
 
 
-def _entry_data(entry: LockEntry) -> dict[str, Any]:
+def _entry_data(entry: Pin) -> dict[str, Any]:
     files = []
     for f in entry.files:
         item: dict[str, Any] = {"path": str(f.path), "size": f.size}
@@ -282,7 +271,7 @@ def _entry_data(entry: LockEntry) -> dict[str, Any]:
     }
 
 
-def write_lock(path: Path, entries: Mapping[str, LockEntry]) -> None:
+def write_lock(path: Path, entries: Mapping[str, Pin]) -> None:
     """Replace ``path`` with exactly ``entries`` (sorted, so diffs stay small)."""
     import io
 
@@ -308,9 +297,9 @@ def write_lock(path: Path, entries: Mapping[str, LockEntry]) -> None:
         raise MlxctlError(f"cannot write the lock file {path}: {exc.strerror or exc}") from None
 
 
-def record(path: Path, key: str, entry: LockEntry) -> None:
+def record(path: Path, key: str, entry: Pin) -> None:
     """Add or replace one entry, keeping the others (several pulls may finish together)."""
-    with _write_lock:
+    with _updates_mutex:
         entries = read_lock(path)
         if entries.get(key) == entry:
             return
@@ -320,7 +309,7 @@ def record(path: Path, key: str, entry: LockEntry) -> None:
 
 def prune(path: Path, keep: Iterable[str]) -> list[str]:
     """Drop entries no reference uses any more; return their keys."""
-    with _write_lock:
+    with _updates_mutex:
         entries = read_lock(path)
         wanted = set(keep)
         dropped = sorted(k for k in entries if k not in wanted)

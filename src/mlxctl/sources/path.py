@@ -8,8 +8,8 @@ from mlxctl.desired.state import ModelRef
 from mlxctl.errors import SpecError
 from mlxctl.paths import Paths
 from mlxctl.sources.base import Source, has_config
-from mlxctl.spec.loader import SourcedTier
 from mlxctl.spec.schema import PathSource
+from mlxctl.spec.stack_set import SourcedTier
 
 
 def path_ref(tier: SourcedTier) -> ModelRef:

@@ -12,7 +12,7 @@ from mlxctl.machine.interfaces import ProgressFn, no_progress
 from mlxctl.paths import Paths
 from mlxctl.sources import catalog, gguf_file, hf, path
 from mlxctl.sources.base import Source
-from mlxctl.spec.loader import SourcedTier
+from mlxctl.spec.stack_set import SourcedTier
 
 SOURCES: tuple[Source, ...] = (path.SOURCE, hf.SOURCE, gguf_file.SOURCE, catalog.SOURCE)
 

@@ -11,7 +11,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from mlxctl.sources.gguf import staging_dir
+from mlxctl.sources.gguf_convert import staging_dir
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHATML_TEMPLATE = (
@@ -49,7 +49,7 @@ def tiny_config(vocab_size: int) -> dict[str, Any]:
 def _train_tokenizer() -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from mlxctl.sources.gguf import tokenizer_class
+    from mlxctl.sources.gguf_convert import tokenizer_class
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

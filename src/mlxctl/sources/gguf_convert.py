@@ -16,6 +16,10 @@ The pure helpers (:func:`map_tensor_name`, :func:`quant_params`,
 :func:`quantization_config`, :func:`config_from_metadata`, :func:`special_token_ids`)
 work on names, shapes and plain values and are unit-tested without a GGUF file.
 Heavy imports (mlx, tokenizers, transformers) happen inside functions only.
+
+The GGUF modules: :mod:`~mlxctl.sources.gguf_file` is the model source (``model:
+{gguf: FILE}``), :mod:`~mlxctl.sources.gguf_header` reads and checks the header, and
+this one converts.
 """
 
 from __future__ import annotations

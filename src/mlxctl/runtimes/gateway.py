@@ -1,4 +1,4 @@
-"""The gateway: its command line, its health check and the routes file it reads.
+"""mlxctl's gateway as a runtime: its command line, health check and routes file.
 
 The gateway is mlxctl's own small ASGI app around ``litellm.Router``
 (:mod:`mlxctl.gateway`, chosen over LiteLLM's proxy server by measurement, see
@@ -160,6 +160,8 @@ def check(http: Http, mode: ProbeMode, model: str) -> ProbeResult:
     )
 
 
+# The name predates this module's; it stays "litellm" because every running gateway's
+# recorded launch (and so its hash) carries it: see runtimes/registry.py.
 RUNTIME = Runtime(
     name="litellm",
     startup_timeout=120.0,

@@ -1,4 +1,7 @@
-"""One reconciler per state directory: an advisory lock that names its holder.
+"""The state lock: one reconciler per state directory, an advisory lock naming its holder.
+
+Not to be confused with a stack's lock file (``NAME.lock.yaml``, pinned hub commits,
+:mod:`mlxctl.sources.lockfile`), a thread mutex, or huggingface_hub's download locks.
 
 ``fcntl.flock`` is released by the kernel when the holder dies, so a crashed
 controller never leaves a stale lock behind; the file's content (PID, command,
@@ -17,11 +20,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from mlxctl.errors import LockHeldError, MlxctlError, storage_error
+from mlxctl.errors import MlxctlError, StateLockHeldError, storage_error
 from mlxctl.files import open_private
 
 
 class StateLock:
+    """``flock`` on the state directory's ``reconcile.lock`` (its file name is unchanged)."""
+
     def __init__(self, path: Path, command: str | None = None) -> None:
         self.path = path
         self.command = command or " ".join(["mlxctl", *sys.argv[1:]])
@@ -45,7 +50,7 @@ class StateLock:
             handle.seek(0)
             holder = _describe(handle.read(4096))
             handle.close()
-            raise LockHeldError(f"another mlxctl holds {self.path}: {holder}") from None
+            raise StateLockHeldError(f"another mlxctl holds {self.path}: {holder}") from None
         self._handle = handle
         if not writable:
             return
