@@ -9,6 +9,10 @@
   source; only the registries know them all.
 - The planner is pure: its whole closure inside mlxctl is pure data and functions,
   and imports nothing that does I/O, starts processes, sleeps or reads a clock.
+- One clock: only ``machine/clock.py`` reads the time or sleeps; everything else is
+  handed a clock (``machine.interfaces.Clock``) by a composition root, so a test's
+  ``FakeClock`` drives it. The clock is a leaf (it imports no mlxctl module), so every
+  layer may import it, the gateway and the CLI included.
 - ``status``, ``diff``, ``render`` and ``validate`` never import the heavy packages
   (mlx, mlx-lm, LiteLLM, transformers, huggingface_hub): every user pays for those
   imports on each call. This last check runs the CLI in a fresh interpreter, since
@@ -32,7 +36,8 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "mlxctl"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "files", "paths"),
     ("runtimes",),  # runtime adapters: data and pure functions
-    ("gateway",),  # the gateway process (its own program: only errors, paths, runtimes below it)
+    ("gateway",),  # the gateway process (its own program: only errors, paths, runtimes below it,
+    # and the clock)
     ("spec",),  # the stack files as written
     ("catalog",),  # knowledge
     ("capacity",),  # knowledge: hardware, memory, init
@@ -66,6 +71,13 @@ EFFECT_IMPORTS = frozenset(
     }
 )  # fmt: skip
 HEAVY = ("mlx", "mlx_lm", "litellm", "transformers", "huggingface_hub", "torch", "vllm_mlx")
+# Modules any layer may import: leaves that import no mlxctl module (checked below).
+LEAVES = frozenset({"mlxctl.machine.clock"})
+
+
+def is_leaf(imported: str) -> bool:
+    """A leaf, or a name in one (``from mlxctl.machine.clock import SystemClock``)."""
+    return imported in LEAVES or imported.rsplit(".", 1)[0] in LEAVES
 
 
 def module_name(path: Path) -> str:
@@ -133,7 +145,9 @@ def test_imports_go_down_the_layers(module: str) -> None:
     upward = sorted(
         imported
         for imported in runtime_imports(module)
-        if imported.startswith("mlxctl.") and RANK.get(folder(imported), -1) > rank
+        if imported.startswith("mlxctl.")
+        and not is_leaf(imported)
+        and RANK.get(folder(imported), -1) > rank
     )
     assert upward == [], f"{module} imports a higher layer"
 
@@ -145,7 +159,9 @@ def test_the_gateway_stands_alone() -> None:
     assert "mlxctl.gateway.app" in inside  # the check sees the package
     allowed = {"gateway", "errors", "paths", "runtimes"}
     for module in inside:
-        below = {folder(i) for i in runtime_imports(module) if i.startswith("mlxctl.")}
+        below = {
+            folder(i) for i in runtime_imports(module) if i.startswith("mlxctl.") and not is_leaf(i)
+        }
         assert below <= allowed, f"{module} imports {below - allowed}"
     users = [
         m
@@ -256,6 +272,112 @@ def test_the_cli_reaches_the_core_through_the_use_cases(module: str) -> None:
         if m.startswith("mlxctl.") and m in set(all_modules()) | {"mlxctl"}
     }
     outside = sorted(
-        m for m in reached if folder(m) not in CLI_MAY_IMPORT and m != "mlxctl.plan.actions"
+        m
+        for m in reached
+        if folder(m) not in CLI_MAY_IMPORT and m != "mlxctl.plan.actions" and not is_leaf(m)
     )
     assert outside == []
+
+
+# -- one clock ---------------------------------------------------------------------------
+
+# Functions that read the time or sleep, by module.
+# (``time.strftime`` and friends read "now" unless given a time.)
+CLOCK_FUNCTIONS = {
+    "time": {"time", "time_ns", "monotonic", "monotonic_ns", "perf_counter", "sleep",
+             "strftime", "localtime", "gmtime", "ctime", "asctime"},
+    "datetime": {"now", "utcnow", "today"},  # datetime.datetime.now(), datetime.date.today()
+    "asyncio": {"sleep"},
+}  # fmt: skip
+# Modules that may read the clock themselves (and only that way), and why.
+READS_THE_CLOCK: dict[str, set[str]] = {
+    "mlxctl.machine.clock": {"time.time", "time.monotonic", "time.sleep"},  # the clock
+    # Between attempts to reach a restarting tier the gateway must yield to its event
+    # loop (the clock's sleep would block it; the hold's deadline is the clock's), and
+    # its module-level ``log`` stamps lines before any Gateway (and its clock) exists.
+    "mlxctl.gateway.app": {"asyncio.sleep", "time.strftime"},
+    # The fake hub paces its replies (a slow link) inside a real HTTP server thread
+    # that integration tests download from: real time is what it simulates.
+    "mlxctl.testing.hub": {"time.sleep"},
+    # The lock holder's "since" stamp: StateLock is taken by the use cases, which are
+    # being reshaped to take an explicit context (issue 16); it moves to the clock then.
+    "mlxctl.reconcile.lock": {"datetime.now"},
+}
+
+
+def clock_reads(source: str) -> list[str]:
+    """Where ``source`` reads the time or sleeps directly: ``time.monotonic()``, a
+    reference such as ``sleep=time.sleep``, ``from time import sleep``,
+    ``_dt.datetime.now()``, ``asyncio.sleep(...)``; aliases of the modules followed."""
+    tree = ast.parse(source)
+    aliases: dict[str, str] = {}  # local name -> module
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in CLOCK_FUNCTIONS:
+                    aliases[alias.asname or alias.name] = alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module in CLOCK_FUNCTIONS:
+            for alias in node.names:
+                if alias.name in CLOCK_FUNCTIONS[node.module]:
+                    found.append(f"line {node.lineno}: from {node.module} import {alias.name}")
+                elif node.module == "datetime":
+                    aliases[alias.asname or alias.name] = "datetime"  # the class
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        base = node.value
+        # ``_dt.datetime.now``: the class reached through the module.
+        if (
+            isinstance(base, ast.Attribute)
+            and isinstance(base.value, ast.Name)
+            and aliases.get(base.value.id) == "datetime"
+            and base.attr in ("datetime", "date")
+        ):
+            base = ast.Name(id=base.value.id)
+        if isinstance(base, ast.Name) and base.id in aliases:
+            module = aliases[base.id]
+            if node.attr in CLOCK_FUNCTIONS[module]:
+                found.append(f"line {node.lineno}: {module}.{node.attr}")
+    return found
+
+
+@pytest.mark.parametrize("module", all_modules())
+def test_only_the_clock_reads_the_time(module: str) -> None:
+    path = SRC / Path(*module.split(".")[1:])
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    reads = clock_reads(path.read_text(encoding="utf-8"))
+    allowed = READS_THE_CLOCK.get(module, set())
+    used = {r.split(": ", 1)[1] for r in reads}
+    assert used <= allowed, f"{module} reads the time directly ({reads}): take a Clock instead"
+    # An allowance no longer needed goes (the list says why each one is there).
+    assert used == allowed, f"{module} no longer uses {allowed - used}: drop it"
+
+
+def test_the_clock_is_a_leaf() -> None:
+    for leaf in LEAVES:
+        assert not {m for m in runtime_imports(leaf) if m.startswith("mlxctl")}
+
+
+def test_the_clock_check_would_catch_a_violation() -> None:
+    source = (
+        "import time\nimport time as t\nimport datetime as _dt\nimport asyncio\n"
+        "from time import sleep\nfrom datetime import datetime\n"
+        "def f(wait=time.sleep):\n"
+        "    t.monotonic(); _dt.datetime.now(); datetime.utcnow(); _dt.date.today()\n"
+        "    time.perf_counter()\n"
+        "async def g():\n    await asyncio.sleep(1)\n"
+        # Not clock reads: the clock's own methods, and datetime arithmetic.
+        "def h(clock):\n    clock.monotonic(); clock.sleep(1); _dt.datetime.fromtimestamp(0)\n"
+    )
+    reads = clock_reads(source)
+    assert [r.split(": ", 1)[1] for r in reads] == [
+        "from time import sleep",
+        "time.sleep",
+        "time.monotonic",
+        "datetime.now",
+        "datetime.utcnow",
+        "datetime.today",
+        "time.perf_counter",
+        "asyncio.sleep",
+    ], reads

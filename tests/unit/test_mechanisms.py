@@ -108,7 +108,7 @@ def test_logs_rotate_by_size_and_tail(tmp_path: Path) -> None:
     assert not rotate(log, max_bytes=200)
     assert rotate(log, max_bytes=50, keep=2)
     assert not log.exists() and (tmp_path / "fast.log.1").exists()
-    with open_log(log, ["srv", "--port", "1"]) as handle:
+    with open_log(log, ["srv", "--port", "1"], 0.0) as handle:
         handle.write(b"one\ntwo\n")
     assert tail(log, 2) == ["one", "two"]
     assert tail(log, 5)[0].startswith("--- mlxctl ") and "srv --port 1" in tail(log, 5)[0]
