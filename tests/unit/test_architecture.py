@@ -70,6 +70,15 @@ EFFECT_IMPORTS = frozenset(
         "subprocess", "tempfile", "tenacity", "threading", "time", "urllib", "watchfiles",
     }
 )  # fmt: skip
+# tenacity's wait strategies are pure values: each maps an attempt number to seconds
+# (tenacity/wait.py reads nothing else). The planner may use the deterministic ones;
+# ``wait_random*`` draw random numbers, and the rest of tenacity sleeps and reads the clock.
+PURE_EFFECT_MODULES = {
+    "tenacity.wait": frozenset(
+        {"wait_base", "wait_exponential", "wait_fixed", "wait_none", "wait_incrementing",
+         "wait_chain", "wait_combine"}
+    ),
+}  # fmt: skip
 HEAVY = ("mlx", "mlx_lm", "litellm", "transformers", "huggingface_hub", "torch", "vllm_mlx")
 # Modules any layer may import: leaves that import no mlxctl module (checked below).
 LEAVES = frozenset({"mlxctl.machine.clock"})
@@ -85,20 +94,27 @@ def module_name(path: Path) -> str:
     return ".".join(("mlxctl", *parts)).removesuffix(".__init__")
 
 
+def import_nodes(source: str) -> list[ast.Import | ast.ImportFrom]:
+    """The imports ``source`` runs (anywhere, but not under ``if TYPE_CHECKING``)."""
+    tree = ast.parse(source)
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom) and id(node) not in skipped
+    ]
+
+
 @cache
 def runtime_imports(name: str) -> frozenset[str]:
     """Modules ``name`` imports at run time (anywhere in the file, not under TYPE_CHECKING)."""
     path = SRC / Path(*name.split(".")[1:])
     path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    skipped: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skipped.update(id(n) for stmt in node.body for n in ast.walk(stmt))
     found: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
+    for node in import_nodes(path.read_text(encoding="utf-8")):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -195,13 +211,41 @@ def test_adapters_are_independent_of_each_other(kind: str) -> None:
     assert {m: i for m, i in crossing.items() if i} == {}
 
 
+def impure_imports(source: str) -> set[str]:
+    """What ``source`` imports that acts on the machine: an :data:`EFFECT_IMPORTS`
+    module, or from a :data:`PURE_EFFECT_MODULES` module anything but its pure names."""
+    found: set[str] = set()
+    for node in import_nodes(source):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] in EFFECT_IMPORTS)
+        elif node.module and node.level == 0:
+            if node.module.split(".")[0] not in EFFECT_IMPORTS:
+                continue
+            pure = PURE_EFFECT_MODULES.get(node.module)
+            if pure is None:
+                found.add(node.module)
+            else:
+                found.update(f"{node.module}.{a.name}" for a in node.names if a.name not in pure)
+    return found
+
+
+def source_of(name: str) -> str:
+    path = SRC / Path(*name.split(".")[1:])
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    return path.read_text(encoding="utf-8")
+
+
 def test_the_planner_is_pure() -> None:
     reached = closure("mlxctl.plan.planner")
     impure = {m for m in reached if not m.startswith("mlxctl.plan.") and m not in PURE_FOR_PLANNER}
     assert impure == set()
     for module in reached | {"mlxctl.plan.planner"}:
         effects = {m for m in runtime_imports(module) if m.split(".")[0] in EFFECT_IMPORTS}
+        effects -= set(PURE_EFFECT_MODULES)  # checked name by name just below
         assert effects == set(), f"{module} imports {effects}"
+        assert impure_imports(source_of(module)) == set(), module
+    # The crash-loop backoff is tenacity's schedule, reached as a pure value.
+    assert "tenacity.wait" in runtime_imports("mlxctl.plan.backoff")
     # The check sees what it should: the planner does reach the desired and observed state.
     assert {"mlxctl.desired.state", "mlxctl.observe.state", "mlxctl.machine.record"} <= reached
 
@@ -214,6 +258,15 @@ def test_the_checks_would_catch_a_violation() -> None:
     assert "mlxctl.apply.executor" not in runtime_imports("mlxctl.status.report")
     assert "subprocess" in runtime_imports("mlxctl.capacity.detect")  # inside run_command
     assert RANK["cli"] > RANK["reconcile"] > RANK["apply"] > RANK["plan"] > RANK["spec"]
+    # tenacity in the planner: the pure wait strategies only.
+    assert impure_imports("from tenacity.wait import wait_exponential, wait_fixed") == set()
+    assert impure_imports("from tenacity.wait import wait_random_exponential") == {
+        "tenacity.wait.wait_random_exponential"
+    }
+    assert impure_imports("import tenacity") == {"tenacity"}
+    assert impure_imports("from tenacity import Retrying") == {"tenacity"}
+    assert impure_imports("from time import monotonic") == {"time"}
+    assert impure_imports("if TYPE_CHECKING:\n    from tenacity import RetryCallState") == set()
 
 
 CLI_PROBE = """
