@@ -95,3 +95,18 @@ def test_a_new_instance_never_inherits_the_health_of_the_old_one() -> None:
         )
     finally:
         mon.stop()
+
+
+def test_a_watcher_that_is_no_longer_wanted_ends_without_sitting_out_its_wait() -> None:
+    """The retries sleep on the watcher's stop event: dropping an instance (or stopping
+    the monitor) ends a long liveness wait at once, and no probe follows it."""
+    prober, triggers = FakeProber(), Triggers()
+    settings = MonitorSettings(live_interval=3600.0, first_answer_wait=BOUND)
+    mon = HealthMonitor(prober, triggers, settings)
+    # Returns with the first liveness answer; then the hour's wait begins.
+    assert mon.sample([record(ready_at=1.0)])["fast"].ok
+    watcher = next(t for t in threading.enumerate() if t.name == "mlxctl-health-fast")
+    mon.sample([])
+    watcher.join(BOUND)
+    assert not watcher.is_alive()
+    assert [mode for _, mode in prober.calls] == ["live"]
