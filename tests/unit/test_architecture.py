@@ -169,8 +169,9 @@ def test_imports_go_down_the_layers(module: str) -> None:
 
 
 def test_the_gateway_stands_alone() -> None:
-    """The gateway runs in its own process: it sees only errors, paths and runtimes, and
-    nothing else in mlxctl imports it (the core talks to it through its routes file)."""
+    """The gateway runs in its own process: it sees only errors, paths and runtimes (and
+    the clock, a leaf), and nothing else in mlxctl imports it (the core talks to it
+    through its routes file)."""
     inside = [m for m in all_modules() if folder(m) == "gateway"]
     assert "mlxctl.gateway.app" in inside  # the check sees the package
     allowed = {"gateway", "errors", "paths", "runtimes"}
