@@ -11,6 +11,10 @@
   imports nothing that does I/O, starts processes, sleeps or reads a clock, and calls
   nothing that touches a file (``open``, ``Path.read_text``, ``os.stat``, ``glob``, ...:
   an import check alone misses ``pathlib``, which every module may import for types).
+- One clock: only ``machine/clock.py`` reads the time or sleeps; everything else is
+  handed a clock (``machine.interfaces.Clock``) by a composition root, so a test's
+  ``FakeClock`` drives it. The clock is a leaf (it imports no mlxctl module), so every
+  layer may import it, the gateway and the CLI included.
 - ``status``, ``diff``, ``render`` and ``validate`` never import the heavy packages
   (mlx, mlx-lm, LiteLLM, transformers, huggingface_hub): every user pays for those
   imports on each call. This last check runs the CLI in a fresh interpreter, since
@@ -34,7 +38,8 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "mlxctl"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "files", "paths"),
     ("runtimes",),  # runtime adapters: data and pure functions
-    ("gateway",),  # the gateway process (its own program: only errors, paths, runtimes below it)
+    ("gateway",),  # the gateway process (its own program: only errors, paths, runtimes below it,
+    # and the clock)
     ("spec",),  # the stack files as written
     ("catalog",),  # knowledge
     ("capacity",),  # knowledge: hardware, memory, init
@@ -79,7 +84,23 @@ FILE_CALLS = frozenset(
         "read_bounded", "read_text_bounded", "open_private", "write_atomic",
     }
 )  # fmt: skip
+# tenacity's wait strategies are pure values: each maps an attempt number to seconds
+# (tenacity/wait.py reads nothing else). The planner may use the deterministic ones;
+# ``wait_random*`` draw random numbers, and the rest of tenacity sleeps and reads the clock.
+PURE_EFFECT_MODULES = {
+    "tenacity.wait": frozenset(
+        {"wait_base", "wait_exponential", "wait_fixed", "wait_none", "wait_incrementing",
+         "wait_chain", "wait_combine"}
+    ),
+}  # fmt: skip
 HEAVY = ("mlx", "mlx_lm", "litellm", "transformers", "huggingface_hub", "torch", "vllm_mlx")
+# Modules any layer may import: leaves that import no mlxctl module (checked below).
+LEAVES = frozenset({"mlxctl.machine.clock"})
+
+
+def is_leaf(imported: str) -> bool:
+    """A leaf, or a name in one (``from mlxctl.machine.clock import SystemClock``)."""
+    return imported in LEAVES or imported.rsplit(".", 1)[0] in LEAVES
 
 
 def module_name(path: Path) -> str:
@@ -93,18 +114,25 @@ def source_of(name: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
-@cache
-def runtime_imports(name: str) -> frozenset[str]:
-    """Modules ``name`` imports at run time (anywhere in the file, not under TYPE_CHECKING)."""
-    tree = ast.parse(source_of(name))
+def import_nodes(source: str) -> list[ast.Import | ast.ImportFrom]:
+    """The imports ``source`` runs (anywhere, but not under ``if TYPE_CHECKING``)."""
+    tree = ast.parse(source)
     skipped: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             skipped.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom) and id(node) not in skipped
+    ]
+
+
+@cache
+def runtime_imports(name: str) -> frozenset[str]:
+    """Modules ``name`` imports at run time (anywhere in the file, not under TYPE_CHECKING)."""
     found: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
+    for node in import_nodes(source_of(name)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -166,19 +194,24 @@ def test_imports_go_down_the_layers(module: str) -> None:
     upward = sorted(
         imported
         for imported in runtime_imports(module)
-        if imported.startswith("mlxctl.") and RANK.get(folder(imported), -1) > rank
+        if imported.startswith("mlxctl.")
+        and not is_leaf(imported)
+        and RANK.get(folder(imported), -1) > rank
     )
     assert upward == [], f"{module} imports a higher layer"
 
 
 def test_the_gateway_stands_alone() -> None:
-    """The gateway runs in its own process: it sees only errors, paths and runtimes, and
-    nothing else in mlxctl imports it (the core talks to it through its routes file)."""
+    """The gateway runs in its own process: it sees only errors, paths and runtimes (and
+    the clock, a leaf), and nothing else in mlxctl imports it (the core talks to it
+    through its routes file)."""
     inside = [m for m in all_modules() if folder(m) == "gateway"]
     assert "mlxctl.gateway.app" in inside  # the check sees the package
     allowed = {"gateway", "errors", "paths", "runtimes"}
     for module in inside:
-        below = {folder(i) for i in runtime_imports(module) if i.startswith("mlxctl.")}
+        below = {
+            folder(i) for i in runtime_imports(module) if i.startswith("mlxctl.") and not is_leaf(i)
+        }
         assert below <= allowed, f"{module} imports {below - allowed}"
     users = [
         m
@@ -212,13 +245,35 @@ def test_adapters_are_independent_of_each_other(kind: str) -> None:
     assert {m: i for m, i in crossing.items() if i} == {}
 
 
+def impure_imports(source: str) -> set[str]:
+    """What ``source`` imports that acts on the machine: an :data:`EFFECT_IMPORTS`
+    module, or from a :data:`PURE_EFFECT_MODULES` module anything but its pure names."""
+    found: set[str] = set()
+    for node in import_nodes(source):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] in EFFECT_IMPORTS)
+        elif node.module and node.level == 0:
+            if node.module.split(".")[0] not in EFFECT_IMPORTS:
+                continue
+            pure = PURE_EFFECT_MODULES.get(node.module)
+            if pure is None:
+                found.add(node.module)
+            else:
+                found.update(f"{node.module}.{a.name}" for a in node.names if a.name not in pure)
+    return found
+
+
 def test_the_planner_is_pure() -> None:
     reached = closure("mlxctl.plan.planner")
     impure = {m for m in reached if not m.startswith("mlxctl.plan.") and m not in PURE_FOR_PLANNER}
     assert impure == set()
     for module in reached | {"mlxctl.plan.planner"}:
         effects = {m for m in runtime_imports(module) if m.split(".")[0] in EFFECT_IMPORTS}
+        effects -= set(PURE_EFFECT_MODULES)  # checked name by name just below
         assert effects == set(), f"{module} imports {effects}"
+        assert impure_imports(source_of(module)) == set(), module
+    # The crash-loop backoff is tenacity's schedule, reached as a pure value.
+    assert "tenacity.wait" in runtime_imports("mlxctl.plan.backoff")
     # The check sees what it should: the planner does reach the desired and observed state.
     assert {"mlxctl.desired.state", "mlxctl.observe.state", "mlxctl.machine.record"} <= reached
 
@@ -240,6 +295,15 @@ def test_the_checks_would_catch_a_violation() -> None:
     assert "mlxctl.apply.executor" not in runtime_imports("mlxctl.status.report")
     assert "subprocess" in runtime_imports("mlxctl.capacity.detect")  # inside run_command
     assert RANK["cli"] > RANK["reconcile"] > RANK["apply"] > RANK["plan"] > RANK["spec"]
+    # tenacity in the planner: the pure wait strategies only.
+    assert impure_imports("from tenacity.wait import wait_exponential, wait_fixed") == set()
+    assert impure_imports("from tenacity.wait import wait_random_exponential") == {
+        "tenacity.wait.wait_random_exponential"
+    }
+    assert impure_imports("import tenacity") == {"tenacity"}
+    assert impure_imports("from tenacity import Retrying") == {"tenacity"}
+    assert impure_imports("from time import monotonic") == {"time"}
+    assert impure_imports("if TYPE_CHECKING:\n    from tenacity import RetryCallState") == set()
 
 
 PLANTED_FILE_IO = """
@@ -346,6 +410,112 @@ def test_the_cli_reaches_the_core_through_the_use_cases(module: str) -> None:
         if m.startswith("mlxctl.") and m in set(all_modules()) | {"mlxctl"}
     }
     outside = sorted(
-        m for m in reached if folder(m) not in CLI_MAY_IMPORT and m != "mlxctl.plan.actions"
+        m
+        for m in reached
+        if folder(m) not in CLI_MAY_IMPORT and m != "mlxctl.plan.actions" and not is_leaf(m)
     )
     assert outside == []
+
+
+# -- one clock ---------------------------------------------------------------------------
+
+# Functions that read the time or sleep, by module.
+# (``time.strftime`` and friends read "now" unless given a time.)
+CLOCK_FUNCTIONS = {
+    "time": {"time", "time_ns", "monotonic", "monotonic_ns", "perf_counter", "sleep",
+             "strftime", "localtime", "gmtime", "ctime", "asctime"},
+    "datetime": {"now", "utcnow", "today"},  # datetime.datetime.now(), datetime.date.today()
+    "asyncio": {"sleep"},
+}  # fmt: skip
+# Modules that may read the clock themselves (and only that way), and why.
+READS_THE_CLOCK: dict[str, set[str]] = {
+    "mlxctl.machine.clock": {"time.time", "time.monotonic", "time.sleep"},  # the clock
+    # Between attempts to reach a restarting tier the gateway must yield to its event
+    # loop (the clock's sleep would block it; the hold's deadline is the clock's), and
+    # its module-level ``log`` stamps lines before any Gateway (and its clock) exists.
+    "mlxctl.gateway.app": {"asyncio.sleep", "time.strftime"},
+    # The fake hub paces its replies (a slow link) inside a real HTTP server thread
+    # that integration tests download from: real time is what it simulates.
+    "mlxctl.testing.hub": {"time.sleep"},
+    # The lock holder's "since" stamp: StateLock is taken by the use cases, which are
+    # being reshaped to take an explicit context (issue 16); it moves to the clock then.
+    "mlxctl.reconcile.state_lock": {"datetime.now"},
+}
+
+
+def clock_reads(source: str) -> list[str]:
+    """Where ``source`` reads the time or sleeps directly: ``time.monotonic()``, a
+    reference such as ``sleep=time.sleep``, ``from time import sleep``,
+    ``_dt.datetime.now()``, ``asyncio.sleep(...)``; aliases of the modules followed."""
+    tree = ast.parse(source)
+    aliases: dict[str, str] = {}  # local name -> module
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in CLOCK_FUNCTIONS:
+                    aliases[alias.asname or alias.name] = alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module in CLOCK_FUNCTIONS:
+            for alias in node.names:
+                if alias.name in CLOCK_FUNCTIONS[node.module]:
+                    found.append(f"line {node.lineno}: from {node.module} import {alias.name}")
+                elif node.module == "datetime":
+                    aliases[alias.asname or alias.name] = "datetime"  # the class
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        base = node.value
+        # ``_dt.datetime.now``: the class reached through the module.
+        if (
+            isinstance(base, ast.Attribute)
+            and isinstance(base.value, ast.Name)
+            and aliases.get(base.value.id) == "datetime"
+            and base.attr in ("datetime", "date")
+        ):
+            base = ast.Name(id=base.value.id)
+        if isinstance(base, ast.Name) and base.id in aliases:
+            module = aliases[base.id]
+            if node.attr in CLOCK_FUNCTIONS[module]:
+                found.append(f"line {node.lineno}: {module}.{node.attr}")
+    return found
+
+
+@pytest.mark.parametrize("module", all_modules())
+def test_only_the_clock_reads_the_time(module: str) -> None:
+    path = SRC / Path(*module.split(".")[1:])
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    reads = clock_reads(path.read_text(encoding="utf-8"))
+    allowed = READS_THE_CLOCK.get(module, set())
+    used = {r.split(": ", 1)[1] for r in reads}
+    assert used <= allowed, f"{module} reads the time directly ({reads}): take a Clock instead"
+    # An allowance no longer needed goes (the list says why each one is there).
+    assert used == allowed, f"{module} no longer uses {allowed - used}: drop it"
+
+
+def test_the_clock_is_a_leaf() -> None:
+    for leaf in LEAVES:
+        assert not {m for m in runtime_imports(leaf) if m.startswith("mlxctl")}
+
+
+def test_the_clock_check_would_catch_a_violation() -> None:
+    source = (
+        "import time\nimport time as t\nimport datetime as _dt\nimport asyncio\n"
+        "from time import sleep\nfrom datetime import datetime\n"
+        "def f(wait=time.sleep):\n"
+        "    t.monotonic(); _dt.datetime.now(); datetime.utcnow(); _dt.date.today()\n"
+        "    time.perf_counter()\n"
+        "async def g():\n    await asyncio.sleep(1)\n"
+        # Not clock reads: the clock's own methods, and datetime arithmetic.
+        "def h(clock):\n    clock.monotonic(); clock.sleep(1); _dt.datetime.fromtimestamp(0)\n"
+    )
+    reads = clock_reads(source)
+    assert [r.split(": ", 1)[1] for r in reads] == [
+        "from time import sleep",
+        "time.sleep",
+        "time.monotonic",
+        "datetime.now",
+        "datetime.utcnow",
+        "datetime.today",
+        "time.perf_counter",
+        "asyncio.sleep",
+    ], reads

@@ -155,9 +155,7 @@ def test_down_without_a_writable_state_stops_every_recorded_process(tmp_path: Pa
     records = world.ctx.inventory.load()
     world.procs.ignore_term.add(records["b"].pid)  # a server that ignores SIGTERM
 
-    stopped = stop_recorded(
-        records, world.procs, grace=1.0, monotonic=world.clock.monotonic, sleep=world.clock.sleep
-    )
+    stopped = stop_recorded(records, world.procs, grace=1.0, clock=world.clock)
     assert {s.name: s.forced for s in stopped} == {"a": False, "b": True, "gateway": False}
     assert all(s.left == 0 for s in stopped)
     assert all(world.procs.remaining(r.identity()) == 0 for r in records.values())

@@ -57,6 +57,9 @@ def test_secret_references_resolve_and_report_missing() -> None:
 def test_backoff_schedule_is_data() -> None:
     policy = BackoffPolicy()
     assert [policy.delay(n) for n in range(1, 9)] == [0, 10, 20, 40, 80, 160, 300, 300]
+    # A service that crash-loops for days stays at the cap (the count may reach 2**31;
+    # the hand-written schedule overflowed a float at crash #1026).
+    assert policy.delay(1026) == policy.delay(1 << 31) == 300
     assert policy.count_after_crash(5, uptime=599) == 6
     assert policy.count_after_crash(5, uptime=600) == 1
 
@@ -111,7 +114,7 @@ def test_logs_rotate_by_size_and_tail(tmp_path: Path) -> None:
     assert not rotate(log, max_bytes=200)
     assert rotate(log, max_bytes=50, keep=2)
     assert not log.exists() and (tmp_path / "fast.log.1").exists()
-    with open_log(log, ["srv", "--port", "1"]) as handle:
+    with open_log(log, ["srv", "--port", "1"], 0.0) as handle:
         handle.write(b"one\ntwo\n")
     assert tail(log, 2) == ["one", "two"]
     assert tail(log, 5)[0].startswith("--- mlxctl ") and "srv --port 1" in tail(log, 5)[0]

@@ -38,7 +38,7 @@ def test_every_writer_creates_private_files_in_private_directories(tmp_path: Pat
     paths = default_paths()
     write_atomic(paths.gateway / "config.yaml", "{}\n")
     EventLog(paths.events).emit(Event(ts=1.0, kind="start", target="a", cause="c", result="ok"))
-    with open_log(paths.logs / "a.log", ["x"]):
+    with open_log(paths.logs / "a.log", ["x"], 0.0):
         pass
     save_ports(paths, {"a": 8001})
     with StateLock(paths.lock, command="test"):

@@ -18,8 +18,9 @@ from mlxctl.apply.events import read_events
 from mlxctl.machine.clock import SystemClock
 from mlxctl.observe.jobfiles import JobFiles
 from mlxctl.plan.actions import PlanOptions
+from mlxctl.plan.backoff import MAX_FAILURE_BACKOFF, failure_backoff
 from mlxctl.reconcile.context import read_ports
-from mlxctl.reconcile.controller import MAX_FAILURE_BACKOFF, Controller, failure_backoff
+from mlxctl.reconcile.controller import Controller
 from mlxctl.spec.last_good import LastGood
 from tests.unit.world import World, tier, tiers_yaml
 

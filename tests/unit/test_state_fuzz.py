@@ -74,7 +74,7 @@ def _exercise(world: World) -> None:
         records = world.ctx.inventory.load()
     except MlxctlError:
         records = {}
-    stop_recorded(records, world.procs, grace=0, kill_wait=0, sleep=lambda _s: None)
+    stop_recorded(records, world.procs, grace=0, kill_wait=0, clock=world.clock)
     assert time.monotonic() - started < TIME_BOUND
     assert SENTINEL not in world.procs.signalled and SENTINEL not in world.procs.killed
     assert world.procs.procs[SENTINEL].alive

@@ -132,8 +132,7 @@ def test_down_through_a_copy_stops_nothing_on_the_fake_machine_either(tmp_path: 
     assert world.apply().converged
     records = world.ctx.inventory.load()
     copy = FakeProcs(world.clock, procs=world.procs.procs, state=str(tmp_path / "copy" / "state"))
-    stopped = stop_recorded(
-        records, copy, grace=1.0, monotonic=world.clock.monotonic, sleep=world.clock.sleep
-    )
+    stopped = stop_recorded(records, copy, grace=1.0, clock=world.clock)
     assert stopped == [] and len(world.procs.running()) == len(records)
-    assert {s.name for s in stop_recorded(records, world.procs, grace=1.0)} == set(records)
+    stopped = stop_recorded(records, world.procs, grace=1.0, clock=world.clock)
+    assert {s.name for s in stopped} == set(records)

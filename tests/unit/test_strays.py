@@ -28,12 +28,9 @@ def test_marked_processes_without_a_record_are_stopped_and_recorded_ones_are_not
     lost = {"a": records.pop("a")}  # a's record is gone; b's and the gateway's remain
     state = str(world.ctx.paths.state)
 
-    stopped = stop_strays(
-        state, records, world.procs, grace=1.0, monotonic=world.clock.monotonic,
-        sleep=world.clock.sleep,
-    )  # fmt: skip
+    stopped = stop_strays(state, records, world.procs, grace=1.0, clock=world.clock)
     assert [s.name for s in stopped] == [f"a (no record; group {lost['a'].pid})"]
     assert not world.procs.procs[lost["a"].pid].alive
     assert all(world.procs.procs[r.pid].alive for r in records.values())
     # Another state directory's processes are never touched.
-    assert stop_strays("/elsewhere", {}, world.procs, grace=1.0) == []
+    assert stop_strays("/elsewhere", {}, world.procs, grace=1.0, clock=world.clock) == []

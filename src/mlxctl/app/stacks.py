@@ -114,12 +114,16 @@ def down(
         try:
             return converge(ctx, DesiredState(tiers=(), gateway=None), options)
         except StorageError:
-            for stopped in stop_recorded(ctx.inventory.load(), ctx.procs, grace=options.grace):
+            for stopped in stop_recorded(
+                ctx.inventory.load(), ctx.procs, grace=options.grace, clock=ctx.clock
+            ):
                 note(f"{stopped.line()} (not recorded: the state cannot be written)")
             raise
         finally:
             state = str(ctx.paths.state)
-            for stray in stop_strays(state, ctx.inventory.load(), ctx.procs, grace=options.grace):
+            for stray in stop_strays(
+                state, ctx.inventory.load(), ctx.procs, grace=options.grace, clock=ctx.clock
+            ):
                 note(stray.line())
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable
 
 from mlxctl.apply.events import Event, EventLog
@@ -84,7 +83,7 @@ class PrepareJobs:
                 done=update.done,
                 total=update.total,
             )
-            now = time.monotonic()
+            now = self.clock.monotonic()
             if step_changed or now - last_write >= PROGRESS_EVERY:
                 last_write = now
                 self.files.write(job, self.owner())

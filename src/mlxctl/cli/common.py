@@ -14,12 +14,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from mlxctl.machine.clock import SystemClock
 from mlxctl.paths import Paths, default_paths
 
 if TYPE_CHECKING:
+    from mlxctl.machine.interfaces import Clock
     from mlxctl.spec.stack_set import StackSet
 
 F = TypeVar("F", bound=Callable[..., Any])
+# The CLI's clock (the CLI is a composition root): it paces terminal output (progress
+# lines, ``logs -f``) and stamps the controller's log lines; it decides nothing.
+CLOCK: Clock = SystemClock()
 
 output_option = click.option(
     "--output",

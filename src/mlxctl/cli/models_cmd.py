@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from mlxctl.cli.common import (
+    CLOCK,
     emit_json,
     err,
     files_option,
@@ -118,7 +118,7 @@ def _reporter(output: str) -> tuple[ProgressFn, Callable[[], None]]:
     last_kind = [""]
 
     def as_lines(p: JobProgress) -> None:
-        now = time.monotonic()
+        now = CLOCK.monotonic()
         kind = p.step.split(" ", 1)[0]
         if now - last_time[0] < 1.0 and kind == last_kind[0] and p.done != p.total:
             return

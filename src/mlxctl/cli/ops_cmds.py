@@ -6,12 +6,12 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import click
 
 from mlxctl.cli.common import (
+    CLOCK,
     emit_json,
     err,
     load_selected,
@@ -102,7 +102,7 @@ def _follow(log: Path) -> None:
                     continue
             except FileNotFoundError:
                 pass
-            time.sleep(0.2)
+            CLOCK.sleep(0.2)
     except KeyboardInterrupt:
         pass
     finally:

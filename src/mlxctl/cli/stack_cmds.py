@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from mlxctl.cli.common import (
+    CLOCK,
     emit_json,
     err,
     load_selected,
@@ -128,7 +129,7 @@ def reconcile(
 def _stamped(line: str) -> None:
     import datetime as _dt
 
-    err(f"{_dt.datetime.now().strftime('%H:%M:%S')} {line}")
+    err(f"{_dt.datetime.fromtimestamp(CLOCK.time()).strftime('%H:%M:%S')} {line}")
 
 
 def _progress_listener(out: Callable[[str], None]) -> Listener:
@@ -230,15 +231,13 @@ class _WaitingLine:
         self.shown_at = 0.0
 
     def show(self, result: PassResult) -> None:
-        import time
-
         waits = [
             a
             for a in result.plan.actions
             if a.kind == "wait" and a.reason in ("starting", "preparing", "stopping", "memory")
         ]
         key = tuple((a.target, a.reason) for a in waits)
-        now = time.monotonic()
+        now = CLOCK.monotonic()
         due = key != self.last or now - self.shown_at >= self.EVERY
         if self.enabled and waits and due:
             causes = "; ".join(f"{a.target}: {a.cause.splitlines()[0]}" for a in waits)

@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 from mlxctl.gateway.server import serve
+from mlxctl.machine.clock import SystemClock
 
 
 def main() -> None:
@@ -21,7 +22,7 @@ def main() -> None:
         uvloop.install()
     except ImportError:  # uvloop is optional: asyncio's loop serves too, a bit slower
         pass
-    asyncio.run(serve(args.config, args.host, args.port))
+    asyncio.run(serve(args.config, args.host, args.port, clock=SystemClock()))
 
 
 if __name__ == "__main__":

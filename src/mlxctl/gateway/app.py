@@ -34,7 +34,7 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from starlette.applications import Starlette
@@ -45,8 +45,12 @@ from starlette.routing import Route as HttpRoute
 from mlxctl.gateway.answers import StreamRenamer, renamed
 from mlxctl.gateway.requests import Checked, Endpoint, RequestError, check_request
 from mlxctl.gateway.routing import RoutingTable
+from mlxctl.machine.clock import SystemClock
 from mlxctl.runtimes.base import HOST
 from mlxctl.runtimes.gateway import Route
+
+if TYPE_CHECKING:
+    from mlxctl.machine.interfaces import Clock
 
 PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "text": "/v1/completions"}
 JSON_BODY = {"Content-Type": "application/json"}
@@ -85,12 +89,14 @@ def backend_error(exc: Exception) -> JSONResponse:
 
 
 class Gateway:
-    """The app's state: the master key, the current routing table, the backend client."""
+    """The app's state: the master key, the current routing table, the backend client,
+    and the clock (hold deadlines, the models list's ``created``, reload timings)."""
 
-    def __init__(self, key: str, table: RoutingTable) -> None:
+    def __init__(self, key: str, table: RoutingTable, *, clock: Clock | None = None) -> None:
         self._key = b""
         self.set_key(key)
         self.table = table
+        self.clock: Clock = clock if clock is not None else SystemClock()
         self.requests_done = 0
         self._session: aiohttp.ClientSession | None = None
 
@@ -168,7 +174,8 @@ class Gateway:
         )
         # A tier without a fallback that refuses connections is restarting (or starting):
         # hold the request until it listens again, up to ``hold`` seconds.
-        held_until = None if config.fallbacks.get(route.name) else time.monotonic() + config.hold
+        clock = self.clock
+        held_until = None if config.fallbacks.get(route.name) else clock.monotonic() + config.hold
         try:
             while True:
                 try:
@@ -177,8 +184,10 @@ class Gateway:
                     )
                     break
                 except aiohttp.ClientConnectorError:
-                    if held_until is None or time.monotonic() >= held_until:
+                    if held_until is None or clock.monotonic() >= held_until:
                         raise
+                    # Yields to the event loop between attempts (the clock's sleep would
+                    # block it); the deadline above is the clock's.
                     await asyncio.sleep(HOLD_POLL)
         except aiohttp.ConnectionTimeoutError:
             return None
@@ -306,7 +315,7 @@ def build_app(gateway: Gateway) -> Starlette:
     async def models(request: Request) -> Response:
         if not gateway.authorized(request):
             return unauthorized()
-        now = int(time.time())
+        now = int(gateway.clock.time())
         data = [
             {"id": n, "object": "model", "created": now, "owned_by": "mlxctl"}
             for n in gateway.table.models()
@@ -332,5 +341,6 @@ def build_app(gateway: Gateway) -> Starlette:
 
 
 def log(message: str) -> None:
-    """One line on stderr (the gateway's log file)."""
+    """One line on stderr (the gateway's log file), stamped with the local time (called
+    before any Gateway, and its clock, exists)."""
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} gateway: {message}", file=sys.stderr, flush=True)

@@ -17,12 +17,14 @@ streams finish). A second ``SIGTERM`` or a ``SIGINT`` skips what is left of the 
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
+
+if TYPE_CHECKING:
+    from mlxctl.machine.interfaces import Clock
 
 DRAIN_SECONDS = 2.0
 Scope = MutableMapping[str, Any]
@@ -36,9 +38,12 @@ CLOSE = (b"connection", b"close")
 class DrainingServer(uvicorn.Server):
     """``uvicorn.Server`` whose ``SIGTERM`` drains connections before shutting down."""
 
-    def __init__(self, config: uvicorn.Config, drain: float = DRAIN_SECONDS) -> None:
+    def __init__(
+        self, config: uvicorn.Config, drain: float = DRAIN_SECONDS, *, clock: Clock
+    ) -> None:
         super().__init__(config)
         self.drain = drain
+        self.clock = clock
         self.drain_until: float | None = None
 
     @property
@@ -47,7 +52,7 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig == signal.SIGTERM and self.drain > 0 and not self.draining:
-            self.drain_until = time.monotonic() + self.drain
+            self.drain_until = self.clock.monotonic() + self.drain
             for server in self.servers:
                 server.close()  # no new connection reaches this process
             return
@@ -56,7 +61,7 @@ class DrainingServer(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         if self.drain_until is not None and not self.should_exit:
             idle = not self.server_state.connections
-            if idle or time.monotonic() >= self.drain_until:
+            if idle or self.clock.monotonic() >= self.drain_until:
                 super().handle_exit(signal.SIGTERM, None)
         return await super().on_tick(counter)
 

@@ -20,14 +20,17 @@ import contextlib
 import os
 import signal
 import socket
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlxctl.gateway.app import Gateway, build_app, log
 from mlxctl.gateway.drain import DrainingServer, closing_while_draining
 from mlxctl.gateway.requests import request_adapters
 from mlxctl.gateway.routing import RoutingTable, warm_litellm
 from mlxctl.runtimes.gateway import KEY_FILE_ENV, MASTER_KEY_ENV, GatewayConfig, parse_config
+
+if TYPE_CHECKING:
+    from mlxctl.machine.interfaces import Clock
 
 POLL_SECONDS = 0.5
 
@@ -85,7 +88,7 @@ class Reloader:
         if stamp is None or stamp == self.stamp:
             return False
         self.stamp = stamp
-        started = time.perf_counter()
+        started = self.gateway.clock.monotonic()
         try:
             config = read_config(self.path)
             if config == self.gateway.table.config:
@@ -96,7 +99,7 @@ class Reloader:
             log(f"routes file {self.path} not loaded, keeping the current routes: {exc}")
             return False
         self.gateway.table = table
-        took = (time.perf_counter() - started) * 1000
+        took = (self.gateway.clock.monotonic() - started) * 1000
         log(f"routes reloaded in {took:.1f} ms: {', '.join(table.models()) or '(none)'}")
         return True
 
@@ -120,15 +123,15 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(config_path: Path, host: str, port: int) -> None:
+async def serve(config_path: Path, host: str, port: int, *, clock: Clock) -> None:
     import uvicorn
 
-    started = time.perf_counter()
+    started = clock.monotonic()
     key_file = Path(os.environ[KEY_FILE_ENV]) if os.environ.get(KEY_FILE_ENV) else None
     key = read_key(key_file)
     if not key:
         raise SystemExit(f"gateway: no master key in {MASTER_KEY_ENV} or {KEY_FILE_ENV}")
-    gateway = Gateway(key, RoutingTable(read_config(config_path)))
+    gateway = Gateway(key, RoutingTable(read_config(config_path)), clock=clock)
     for endpoint in ("chat", "text"):  # the OpenAI schema, compiled before the first request
         request_adapters(endpoint)
     reloader = Reloader(gateway, config_path, key_file)
@@ -146,16 +149,17 @@ async def serve(config_path: Path, host: str, port: int) -> None:
             lifespan="off",
             timeout_graceful_shutdown=30,
             timeout_keep_alive=30,
-        )
+        ),
+        clock=clock,
     )
     sock = bind(host, port)
     models = ", ".join(gateway.table.models())
-    log(f"serving {models} on {host}:{port} ({time.perf_counter() - started:.2f} s after start)")
+    log(f"serving {models} on {host}:{port} ({clock.monotonic() - started:.2f} s after start)")
 
     async def warm_router() -> None:
         await gateway.table.router()
         await asyncio.to_thread(warm_litellm)
-        log(f"litellm.Router ready ({time.perf_counter() - started:.2f} s after start)")
+        log(f"litellm.Router ready ({clock.monotonic() - started:.2f} s after start)")
 
     warming = asyncio.create_task(warm_router())
     try:

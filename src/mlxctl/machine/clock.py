@@ -1,4 +1,10 @@
-"""The real clock: the only place mlxctl reads time or sleeps (tests pass a fake)."""
+"""The real clock: the only place mlxctl reads time or sleeps (tests pass a fake).
+
+Everything else is handed a :class:`~mlxctl.machine.interfaces.Clock` by a composition
+root (``reconcile.context.real_context``, the gateway's ``__main__``, the CLI), and
+``tests/unit/test_architecture.py`` checks that no other module reads the time. This
+module imports nothing from mlxctl, so every layer, the gateway included, may use it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ import time
 
 class SystemClock:
     def time(self) -> float:
+        # The OS wall clock, truly: it is compared with psutil's process start times
+        # (uptime, crash-loop resets) and written to records and events.
         return time.time()
 
     def monotonic(self) -> float:

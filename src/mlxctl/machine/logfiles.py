@@ -43,12 +43,13 @@ def open_append(path: Path) -> BinaryIO:
 
 
 @contextlib.contextmanager
-def open_log(path: Path, argv: Sequence[str]) -> Iterator[BinaryIO]:
-    """Open (rotating first) a service log for a child to inherit, with a start banner."""
+def open_log(path: Path, argv: Sequence[str], started: float) -> Iterator[BinaryIO]:
+    """Open (rotating first) a service log for a child to inherit, with a start banner
+    stamped ``started`` (wall-clock seconds, the caller's clock)."""
     private_dir(path.parent)
     rotate(path)
     with open_append(path) as handle:
-        stamp = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        stamp = _dt.datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds")
         handle.write(f"--- mlxctl {stamp} start: {' '.join(argv)}\n".encode())
         yield handle
 

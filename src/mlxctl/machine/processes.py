@@ -21,16 +21,17 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import psutil
 
+from mlxctl.machine.clock import SystemClock
 from mlxctl.machine.interfaces import (
     INSTANCE_ENV,
     SERVICE_ENV,
     STATE_ENV,
+    Clock,
     Identity,
     Marked,
     ProcessStatus,
@@ -50,13 +51,16 @@ class RealProcessControl:
 
     ``state`` is the marker of the state directory this control acts for (the value of
     ``MLXCTL_STATE`` its servers are started with): only processes carrying it are ever
-    reported alive or signalled.
+    reported alive or signalled. ``clock`` paces its short waits (a blocking stop, a
+    command line settling); it waits on real processes, so only a real clock fits, and
+    that is the default.
     """
 
-    def __init__(self, state: str) -> None:
+    def __init__(self, state: str, *, clock: Clock | None = None) -> None:
         if not state:
             raise ValueError("a process control needs its state directory's marker")
         self.state = state
+        self.clock: Clock = clock if clock is not None else SystemClock()
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._exit_codes: dict[int, int] = {}
         self._stopped: set[int] = set()
@@ -74,7 +78,7 @@ class RealProcessControl:
         marker, so stopping the service stops both. Both stay in mlxctl's session,
         because a process may only join a group of its own session.
         """
-        with open_log(log_path, argv):
+        with open_log(log_path, argv, self.clock.time()):
             pass  # rotate if due, write the start banner
         child = subprocess.Popen(
             list(argv),
@@ -107,7 +111,7 @@ class RealProcessControl:
             self._children[child.pid] = child
             self._helpers.append(pump)
             self._exit_codes.pop(child.pid, None)
-        create_time, cmdline = _identity(child.pid, argv)
+        create_time, cmdline = _identity(child.pid, argv, self.clock)
         return Spawned(pid=child.pid, pgid=child.pid, create_time=create_time, cmdline=cmdline)
 
     def _reap(self, pid: int) -> int | None:
@@ -257,15 +261,15 @@ class RealProcessControl:
                 proc.send_signal(sig)
 
     def _wait_gone(self, procs: Sequence[psutil.Process], timeout: float) -> list[psutil.Process]:
-        deadline = time.monotonic() + timeout
+        deadline = self.clock.monotonic() + timeout
         alive = list(procs)
         while alive:
             for proc in alive:
                 self._reap(proc.pid)
             alive = [p for p in alive if p.pid in self._children or _running(p)]
-            if not alive or time.monotonic() >= deadline:
+            if not alive or self.clock.monotonic() >= deadline:
                 break
-            time.sleep(POLL_INTERVAL)
+            self.clock.sleep(POLL_INTERVAL)
         return alive
 
     def port_owner(self, port: int) -> str | None:
@@ -284,13 +288,13 @@ class RealProcessControl:
         return "another process"
 
 
-def _identity(pid: int, argv: Sequence[str]) -> tuple[float, tuple[str, ...]]:
+def _identity(pid: int, argv: Sequence[str], clock: Clock) -> tuple[float, tuple[str, ...]]:
     """Start time and command line of a just-spawned process.
 
     Right after ``exec`` of a script the kernel may briefly show an empty command
     line; it settles within milliseconds, so read it again until it does.
     """
-    deadline = time.monotonic() + 1.0
+    deadline = clock.monotonic() + 1.0
     while True:
         try:
             proc = psutil.Process(pid)
@@ -301,11 +305,11 @@ def _identity(pid: int, argv: Sequence[str]) -> tuple[float, tuple[str, ...]]:
             return 0.0, tuple(argv)
         if cmdline:
             return create_time, cmdline
-        if time.monotonic() >= deadline:
+        if clock.monotonic() >= deadline:
             # Never settled (it is exiting): the argv stands in, so the record stays
             # valid; a later identity check finds it gone or foreign.
             return create_time, tuple(argv)
-        time.sleep(0.005)
+        clock.sleep(0.005)
 
 
 def _usable(ident: Identity) -> bool:

@@ -147,11 +147,12 @@ def real_context(
             raise MlxctlError(
                 f"cannot make the state directory {paths.state} private: {exc.strerror or exc}"
             ) from None
+    clock = SystemClock()
     return Context(
         paths=paths,
         environ=dict(os.environ),
-        clock=SystemClock(),
-        procs=RealProcessControl(str(paths.state)),
+        clock=clock,
+        procs=RealProcessControl(str(paths.state), clock=clock),
         prober=HttpProber(),
         store=DiskModelStore(paths.models),
         listeners=list(listeners or []),

@@ -38,6 +38,7 @@ from mlxctl.desired.state import DesiredState
 from mlxctl.errors import MlxctlError
 from mlxctl.machine.record import Record
 from mlxctl.plan.actions import Plan, PlanOptions
+from mlxctl.plan.backoff import failure_backoff
 from mlxctl.reconcile.context import Context
 from mlxctl.reconcile.monitor import HealthMonitor, MonitorSettings
 from mlxctl.reconcile.passes import (
@@ -65,16 +66,6 @@ def next_wake(result: PassResult, records: Iterable[Record], *, since: float) ->
     waits += [r.not_before for r in records if r.died_at is not None]
     due = [w for w in waits if w is not None and w >= since]
     return min(due) if due else None
-
-
-# The longest a failing pass waits before the next try (a trigger still runs one sooner).
-MAX_FAILURE_BACKOFF = 60.0
-
-
-def failure_backoff(failures: int, interval: float) -> float:
-    """Seconds before retrying after ``failures`` passes in a row raised: a sixth of the
-    resync interval, doubling, at most :data:`MAX_FAILURE_BACKOFF`; pure."""
-    return float(min(interval / 6 * 2 ** min(max(failures - 1, 0), 20), MAX_FAILURE_BACKOFF))
 
 
 DesiredSource = Callable[[], DesiredState]

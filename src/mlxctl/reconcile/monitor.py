@@ -8,6 +8,12 @@ ready: readiness lag stays near ``ready_poll``. Once ready it checks liveness ev
 ``live_interval`` seconds and triggers a pass when ``threshold`` checks in a row have
 failed. The planner reads the latest answers through :meth:`sample`, the
 :class:`~mlxctl.observe.health.HealthSource` interface.
+
+Both phases are tenacity ``Retrying`` loops (a watcher is a background thread, so a
+blocking retry is right here): readiness is retried until it answers, liveness for as
+long as the server is watched. They sleep on the watcher's stop event
+(``tenacity.nap.sleep_using_event``), so that :meth:`HealthMonitor.stop`, or the
+instance going away, ends a wait at once instead of after a whole interval.
 """
 
 from __future__ import annotations
@@ -16,13 +22,18 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from mlxctl.machine.interfaces import Prober
+from tenacity import RetryCallState, Retrying, retry_if_result, sleep_using_event, wait_fixed
+
+from mlxctl.machine.interfaces import Prober, ProbeResult
 from mlxctl.machine.record import Record
 from mlxctl.observe.health import HealthSample, probe_mode, probe_spec
 
 READY_POLL = 0.1
 READY_TIMEOUT = 30.0
 LIVE_TIMEOUT = 5.0
+# After a server answered that it can never be ready, ask again this often (the
+# planner replaces it meanwhile; a new instance gets a new watcher).
+FATAL_RETRY = 1.0
 
 Key = tuple[str, str]  # (service name, instance marker)
 
@@ -113,37 +124,62 @@ class HealthMonitor:
 
     def _watch_one(self, record: Record, stop: threading.Event) -> None:
         key = (record.name, record.instance)
-        spec = probe_spec(record)
-        mode = probe_mode(record)
+        if probe_mode(record) == "ready":
+            if not self._until_ready(record, key, stop):
+                return
+            stop.wait(self.settings.live_interval)
+        self._while_watched(record, key, stop)
+
+    def _until_ready(self, record: Record, key: Key, stop: threading.Event) -> bool:
+        """Retry the readiness probe every ``ready_poll`` seconds until the server is
+        ready (True) or no longer watched (False); each answer is stored, and a pass
+        triggered the moment it is ready or says it never will be."""
+        spec, cfg = probe_spec(record), self.settings
         failures = 0
-        cfg = self.settings
-        while not stop.is_set():
-            if mode == "ready":
-                result = self.prober.probe(spec, "ready", cfg.ready_timeout)
-                if stop.is_set():
-                    return
-                failures = 0 if result.ok else failures + 1
-                self._store(
-                    key,
-                    HealthSample(
-                        result.ok, result.detail, result.fatal, failures, "ready", result.poisoned
-                    ),
-                    stop,
-                )
-                if result.ok:
-                    self.on_change(f"{record.name} ready")
-                    mode = "live"
-                    failures = 0
-                    stop.wait(cfg.live_interval)
-                elif result.fatal:
-                    self.on_change(f"{record.name} cannot become ready")
-                    stop.wait(1.0)
-                else:
-                    stop.wait(cfg.ready_poll)
-                continue
+
+        def attempt() -> ProbeResult | None:
+            nonlocal failures
+            if stop.is_set():
+                return None
+            result = self.prober.probe(spec, "ready", cfg.ready_timeout)
+            if stop.is_set():
+                return None
+            failures = 0 if result.ok else failures + 1
+            sample = HealthSample(
+                result.ok, result.detail, result.fatal, failures, "ready", result.poisoned
+            )
+            self._store(key, sample, stop)
+            if result.ok:
+                self.on_change(f"{record.name} ready")
+            elif result.fatal:
+                self.on_change(f"{record.name} cannot become ready")
+            return result
+
+        def pause(state: RetryCallState) -> float:
+            result = state.outcome.result() if state.outcome is not None else None
+            return FATAL_RETRY if result is not None and result.fatal else cfg.ready_poll
+
+        retrying = Retrying(
+            retry=retry_if_result(lambda result: result is not None and not result.ok),
+            wait=pause,
+            sleep=sleep_using_event(stop),
+        )
+        return retrying(attempt) is not None
+
+    def _while_watched(self, record: Record, key: Key, stop: threading.Event) -> None:
+        """Retry the liveness probe every ``live_interval`` seconds while the server is
+        watched, counting failures in a row; a pass is triggered at ``threshold`` of
+        them, or at once when the server says it can no longer generate."""
+        spec, cfg = probe_spec(record), self.settings
+        failures = 0
+
+        def attempt() -> bool:
+            nonlocal failures
+            if stop.is_set():
+                return False
             result = self.prober.probe(spec, "live", cfg.live_timeout)
             if stop.is_set():
-                return
+                return False
             failures = 0 if result.ok else failures + 1
             sample = HealthSample(
                 result.ok, result.detail, False, failures, "live", result.poisoned
@@ -154,4 +190,10 @@ class HealthMonitor:
                 self.on_change(f"{record.name} cannot generate")
             elif failures >= cfg.threshold:
                 self.on_change(f"{record.name} liveness failed {failures} times")
-            stop.wait(cfg.live_interval)
+            return True
+
+        Retrying(
+            retry=retry_if_result(bool),
+            wait=wait_fixed(cfg.live_interval),
+            sleep=sleep_using_event(stop),
+        )(attempt)

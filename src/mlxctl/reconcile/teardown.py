@@ -11,11 +11,9 @@ run finds those PIDs gone and forgets them once it can write again.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from mlxctl.machine.interfaces import Identity, Marked, ProcessControl
+from mlxctl.machine.interfaces import Clock, Identity, Marked, ProcessControl
 from mlxctl.machine.record import Record
 
 POLL = 0.1
@@ -49,9 +47,8 @@ def stop_recorded(
     procs: ProcessControl,
     *,
     grace: float,
+    clock: Clock,
     kill_wait: float = 5.0,
-    monotonic: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> list[Stopped]:
     """Stop every process ``records`` own, all at once; blocks up to grace + kill_wait."""
     targets = {
@@ -59,7 +56,7 @@ def stop_recorded(
         for name, record in sorted(records.items())
         if (ident := _identity(record, procs)) is not None and procs.remaining(ident) > 0
     }
-    return _stop_all(targets, procs, grace, kill_wait, monotonic, sleep)
+    return _stop_all(targets, procs, grace, kill_wait, clock)
 
 
 def stop_strays(
@@ -68,9 +65,8 @@ def stop_strays(
     procs: ProcessControl,
     *,
     grace: float,
+    clock: Clock,
     kill_wait: float = 5.0,
-    monotonic: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> list[Stopped]:
     """Stop every process carrying ``state``'s marker that no record names.
 
@@ -94,7 +90,7 @@ def stop_strays(
         )
         for m in groups.values()
     }
-    return _stop_all(targets, procs, grace, kill_wait, monotonic, sleep)
+    return _stop_all(targets, procs, grace, kill_wait, clock)
 
 
 def _stop_all(
@@ -102,22 +98,21 @@ def _stop_all(
     procs: ProcessControl,
     grace: float,
     kill_wait: float,
-    monotonic: Callable[[], float],
-    sleep: Callable[[float], None],
+    clock: Clock,
 ) -> list[Stopped]:
     for ident in targets.values():
         procs.terminate(ident)
     forced: set[str] = set()
-    deadline = monotonic() + grace
-    while any(procs.remaining(i) for i in targets.values()) and monotonic() < deadline:
-        sleep(POLL)
+    deadline = clock.monotonic() + grace
+    while any(procs.remaining(i) for i in targets.values()) and clock.monotonic() < deadline:
+        clock.sleep(POLL)
     for name, ident in targets.items():
         if procs.remaining(ident):
             procs.kill(ident)
             forced.add(name)
-    deadline = monotonic() + kill_wait
-    while any(procs.remaining(i) for i in targets.values()) and monotonic() < deadline:
-        sleep(POLL)
+    deadline = clock.monotonic() + kill_wait
+    while any(procs.remaining(i) for i in targets.values()) and clock.monotonic() < deadline:
+        clock.sleep(POLL)
     return [
         Stopped(name, ident.pid, name in forced, procs.remaining(ident))
         for name, ident in targets.items()
