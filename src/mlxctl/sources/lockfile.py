@@ -34,7 +34,6 @@ from pydantic import (
 from mlxctl.desired.hub_names import CommitId, RepoId, RepoPath, digest, revision
 from mlxctl.desired.state import MAX_FILE_SIZE, ModelFile
 from mlxctl.errors import MlxctlError, SpecError, echo
-from mlxctl.files import FileRefusedError, read_bounded
 from mlxctl.sources.pin import Pin
 
 LOCK_SUFFIX = ".lock.yaml"
@@ -93,7 +92,9 @@ def read_lock(path: Path) -> dict[str, Pin]:
 @functools.lru_cache(maxsize=32)
 def _read(path: str, _stamp: tuple[int, int, int]) -> tuple[tuple[str, Pin], ...]:
     problems: list[str] = []
-    text = _read_text(Path(path), problems)
+    from mlxctl.spec.bounded_yaml import read_yaml_text
+
+    text = read_yaml_text(Path(path), problems, max_bytes=MAX_LOCK_BYTES, what="the lock file")
     nodes = _parse(Path(path), text, problems) if text is not None else None
     if nodes is None:
         raise SpecError([_one_line(problems)])
@@ -107,24 +108,6 @@ def _read(path: str, _stamp: tuple[int, int, int]) -> tuple[tuple[str, Pin], ...
     except ValidationError as exc:
         raise SpecError([_one_line(_validation_problems(Path(path), node, exc))]) from None
     return tuple((key, raw.entry()) for key, raw in (doc.models or {}).items())
-
-
-def _read_text(path: Path, problems: list[str]) -> str | None:
-    """The file's text: a regular file only, at most ``MAX_LOCK_BYTES``, UTF-8."""
-    try:
-        raw = read_bounded(path, MAX_LOCK_BYTES)
-    except FileRefusedError as exc:
-        problems.append(f"{exc}; refused")
-        return None
-    except OSError as exc:
-        problems.append(f"{path}: cannot read the lock file: {exc.strerror or exc}")
-        return None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        problems.append(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x})")
-        return None
 
 
 def _parse(path: Path, text: str, problems: list[str]) -> list[Any] | None:

@@ -130,15 +130,18 @@ def _where(path: Path, text: str, position: int) -> str:
     return f"{path}:{line}:{position - (text.rfind(chr(10), 0, position) + 1) + 1}"
 
 
-def read_yaml_text(path: Path, problems: list[str]) -> str | None:
-    """The file's text: only a regular file, at most ``MAX_FILE_BYTES``, UTF-8."""
+def read_yaml_text(
+    path: Path, problems: list[str], *, max_bytes: int = MAX_FILE_BYTES, what: str = ""
+) -> str | None:
+    """The file's text: only a regular file, at most ``max_bytes``, UTF-8; else None and
+    one problem line (``what`` names the kind of file in it: "the lock file")."""
     try:
-        raw = read_bounded(path, MAX_FILE_BYTES)
+        raw = read_bounded(path, max_bytes)
     except FileRefusedError as exc:
         problems.append(f"{exc}; refused")
         return None
     except OSError as exc:
-        problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+        problems.append(f"{path}: cannot read{' ' + what if what else ''}: {exc.strerror or exc}")
         return None
     try:
         return raw.decode("utf-8")
