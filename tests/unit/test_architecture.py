@@ -259,3 +259,15 @@ def test_the_cli_reaches_the_core_through_the_use_cases(module: str) -> None:
         m for m in reached if folder(m) not in CLI_MAY_IMPORT and m != "mlxctl.plan.actions"
     )
     assert outside == []
+
+
+@pytest.mark.parametrize(
+    "module", [m for m in all_modules() if folder(m) == "app" and m != "mlxctl.app.context"]
+)
+def test_use_cases_neither_build_their_context_nor_take_the_lock(module: str) -> None:
+    """So a controller that holds the state lock can call them (the admin API will): the
+    front door builds the context and takes the lock (mlxctl.app.context)."""
+    reached = runtime_imports(module)
+    assert "mlxctl.reconcile.lock" not in reached
+    assert "mlxctl.reconcile.lock.StateLock" not in reached
+    assert "mlxctl.reconcile.context.real_context" not in reached

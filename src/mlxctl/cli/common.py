@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -17,6 +18,8 @@ import click
 from mlxctl.paths import Paths, default_paths
 
 if TYPE_CHECKING:
+    from mlxctl.app.context import Context
+    from mlxctl.apply.events import Listener
     from mlxctl.spec.loader import StackSet
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,6 +54,24 @@ def stack_selection(func: F) -> F:
 
 def paths() -> Paths:
     return default_paths()
+
+
+def context(*, listeners: list[Listener] | None = None, online_models: bool = False) -> Context:
+    """The real effects for one command: the CLI is where a use case's context is built
+    (the admin API will hand the controller's own to the same use cases)."""
+    from mlxctl.app.context import real
+
+    return real(paths(), listeners=listeners, online_models=online_models)
+
+
+@contextmanager
+def state_lock(ctx: Context) -> Iterator[None]:
+    """Hold the state directory's lock (one reconciler at a time) around a use case that
+    acts; LockHeldError (exit 6) names the holder."""
+    from mlxctl.app.context import state_lock as hold
+
+    with hold(ctx):
+        yield
 
 
 def targets(path: Path | None, files: tuple[Path, ...] | list[Path] | None) -> list[Path]:
