@@ -1,12 +1,16 @@
 """The controller: ``mlxctl reconcile`` keeps the machine matched as files change and servers die.
 
-Level-triggered: file events, process exits, readiness answers, finished jobs,
-backoff expiries and the periodic resync only enqueue "reconcile now" with a
-reason (:mod:`mlxctl.reconcile.triggers` holds the sources); each pass re-reads
-everything and plans from scratch, so a missed or merged event can never leave a
-wrong state. A pass never waits (it starts work and returns) so the controller is
-never deaf: an edit or a crash is acted on within a poll interval whatever else is
-starting, stopping or being prepared.
+Level-triggered: file events, process exits, readiness answers, finished jobs and the
+periodic resync only enqueue "reconcile now" with a reason
+(:mod:`mlxctl.reconcile.triggers` holds the sources); each pass re-reads everything and
+plans from scratch, so a missed or merged event can never leave a wrong state. A pass
+never waits (it starts work and returns) so the controller is never deaf: an edit or a
+crash is acted on within a poll interval whatever else is starting, stopping or being
+prepared. A pass says itself when it wants to run again
+(:attr:`~mlxctl.reconcile.passes.PassResult.requeue_after`: a backoff expiry, a startup
+or stop deadline; ``requeue``: at once, to observe what it just applied), and the loop
+honours it. A pass that raises is retried with a bounded exponential backoff
+(:func:`failure_backoff`).
 
 - Files: the stack directories are watched (a save is one debounced batch; mlxctl's
   own writes trigger nothing). An invalid or empty file is reported and changes nothing.
@@ -29,13 +33,12 @@ from __future__ import annotations
 import queue
 import random
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from mlxctl.apply.events import Event
 from mlxctl.desired.state import DesiredState
 from mlxctl.errors import MlxctlError
-from mlxctl.machine.record import Record
 from mlxctl.plan.actions import Plan, PlanOptions
 from mlxctl.reconcile.context import Context
 from mlxctl.reconcile.monitor import HealthMonitor, MonitorSettings
@@ -47,21 +50,6 @@ from mlxctl.reconcile.passes import (
 )
 from mlxctl.reconcile.triggers import POLL_INTERVAL, Trigger, controller_triggers
 from mlxctl.status import report
-
-
-def next_wake(result: PassResult, records: Iterable[Record], *, since: float) -> float | None:
-    """When the controller must look again without a trigger: the earliest backoff expiry,
-    startup deadline or stop deadline; pure.
-
-    Times set during the pass that began at ``since`` count even when already due: a
-    first failed start (backoff 0) is retried at once, not at the next resync. Older
-    expiries do not, so a tier that cannot start (its model is missing) never spins.
-    """
-    waits = [a.not_before for a in result.plan.actions if a.kind in ("wait", "crash")]
-    waits += [r.not_before for r in records if r.died_at is not None]
-    due = [w for w in waits if w is not None and w >= since]
-    return min(due) if due else None
-
 
 # The longest a failing pass waits before the next try (a trigger still runs one sooner).
 MAX_FAILURE_BACKOFF = 60.0
@@ -218,7 +206,6 @@ class Controller:
 
     def run_pass(self, reason: str) -> PassResult | None:
         self.passes += 1
-        started = self.ctx.clock.time()
         try:
             desired = self._desired()
         except MlxctlError as exc:
@@ -240,16 +227,15 @@ class Controller:
             desired,
             options=self.options,
             on_plan=lambda p: self._show_plan(reason, p),
+            retry_failed_after=self.interval / 6,
         )
         self.last = result
         self._report_blocked(result.plan.blocked)
-        self._wake_at = next_wake(result, self.ctx.inventory.load().values(), since=started)
-        if any(o.ok for o in result.outcomes):
-            # Requeue: what was just applied is observed at once (a recorded readiness,
-            # a crash whose restart is due, a stop that already completed).
+        # The pass says when it wants to run again; a trigger may run it sooner.
+        after = result.requeue_after
+        self._wake_at = None if after is None else self.ctx.clock.time() + after
+        if result.requeue:
             self.trigger("follow-up")
-        elif result.failed and self._wake_at is None:
-            self._wake_at = self.ctx.clock.time() + self.interval / 6
         return result
 
     def _report_invalid(self, desired: DesiredState) -> None:
