@@ -519,3 +519,15 @@ def test_the_clock_check_would_catch_a_violation() -> None:
         "time.perf_counter",
         "asyncio.sleep",
     ], reads
+
+
+@pytest.mark.parametrize(
+    "module", [m for m in all_modules() if folder(m) == "app" and m != "mlxctl.app.context"]
+)
+def test_use_cases_neither_build_their_context_nor_take_the_lock(module: str) -> None:
+    """So a controller that holds the state lock can call them (the admin API will): the
+    front door builds the context and takes the lock (mlxctl.app.context)."""
+    reached = runtime_imports(module)
+    assert "mlxctl.reconcile.state_lock" not in reached
+    assert "mlxctl.reconcile.state_lock.StateLock" not in reached
+    assert "mlxctl.reconcile.context.real_context" not in reached

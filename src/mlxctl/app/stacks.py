@@ -1,11 +1,15 @@
 """Use cases on stack files: validate, render, diff, reconcile (once or continuously),
 status and down.
 
-Each function takes the directories (:class:`~mlxctl.paths.Paths`) and the stack
-files to read, does the work through the composition root
-(:mod:`mlxctl.reconcile.context`), and returns plain values (a plan, a converge
-result, status rows); the caller decides how to show them. Errors users can cause
-are :class:`~mlxctl.errors.MlxctlError` subclasses.
+Each function that acts or observes takes its :class:`~mlxctl.reconcile.context.Context`
+(directories, clock, processes, inventory, events) from the caller and never builds one,
+and never takes the state lock: the caller holds it where a use case says so. So the
+CLI (which builds the context and takes the lock through :mod:`mlxctl.app.context`) and
+a controller that already holds the lock call the same functions.
+Functions that only read files under the directories (``render``) take
+:class:`~mlxctl.paths.Paths` (a context's ``paths``). Each returns plain values (a plan,
+a converge result, status rows); the caller decides how to show them. Errors users can
+cause are :class:`~mlxctl.errors.MlxctlError` subclasses.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlxctl.apply.events import Listener
 from mlxctl.desired.checks import stack_problems
 from mlxctl.desired.render import canonical_documents, to_yaml
 from mlxctl.desired.resolve import master_key_ref
@@ -23,7 +26,7 @@ from mlxctl.desired.state import DesiredState
 from mlxctl.errors import MlxctlError, SpecError, StorageError
 from mlxctl.paths import Paths
 from mlxctl.plan.actions import Plan, PlanOptions
-from mlxctl.reconcile.context import read_ports, real_context
+from mlxctl.reconcile.context import Context, read_ports
 from mlxctl.reconcile.converge import ConvergeResult, converge
 from mlxctl.reconcile.passes import (
     PassResult,
@@ -33,7 +36,6 @@ from mlxctl.reconcile.passes import (
     resolve,
     run_pass,
 )
-from mlxctl.reconcile.state_lock import StateLock
 from mlxctl.reconcile.teardown import stop_recorded, stop_strays
 from mlxctl.spec.stack_set import StackSet
 from mlxctl.status.services import ServiceStatus, build_status
@@ -64,67 +66,60 @@ def render_yaml(paths: Paths, stack: StackSet, docs: list[dict[str, Any]]) -> st
     return to_yaml(docs, stack, header if generated else "")
 
 
-def diff(paths: Paths, stack: StackSet, *, allow_empty: bool = False) -> PassResult:
-    """What a reconcile would do now, with causes; acts on nothing."""
-    ctx = real_context(paths)
+def diff(ctx: Context, stack: StackSet, *, allow_empty: bool = False) -> PassResult:
+    """What a reconcile would do now, with causes; acts on nothing (needs no lock)."""
     desired = resolve(ctx, stack)
     return run_pass(ctx, desired, options=PlanOptions(allow_empty=allow_empty), dry_run=True)
 
 
 def reconcile_once(
-    paths: Paths,
+    ctx: Context,
     stack: StackSet,
     options: PlanOptions,
     *,
-    listeners: Sequence[Listener] = (),
     on_plan: Callable[[Plan], None] | None = None,
     on_pass: Callable[[PassResult], None] | None = None,
 ) -> ConvergeResult:
     """Converge once: passes until every service is ready, something started fails, or
-    nothing in flight could change the answer. Holds the state lock. Model references
-    missing from a lock file are pinned on the hub (once)."""
-    ctx = real_context(paths, listeners=list(listeners), online_models=True)
-    with StateLock(ctx.paths.lock):
-        desired = resolve(ctx, stack)
-        return converge(ctx, desired, options, on_plan=on_plan, on_pass=on_pass)
+    nothing in flight could change the answer. The caller holds the state lock; a
+    context with ``online_models`` pins model references missing from a lock file on
+    the hub (once). Progress goes to the context's listeners."""
+    desired = resolve(ctx, stack)
+    return converge(ctx, desired, options, on_plan=on_plan, on_pass=on_pass)
 
 
-def plan_once(paths: Paths, stack: StackSet, options: PlanOptions) -> PassResult:
-    """``reconcile --dry-run``: plan under the state lock, apply nothing."""
-    ctx = real_context(paths)
-    with StateLock(ctx.paths.lock):
-        return run_pass(ctx, resolve(ctx, stack), options=options, dry_run=True)
+def plan_once(ctx: Context, stack: StackSet, options: PlanOptions) -> PassResult:
+    """``reconcile --dry-run``: plan (the caller holds the state lock), apply nothing."""
+    return run_pass(ctx, resolve(ctx, stack), options=options, dry_run=True)
 
 
 def down(
-    paths: Paths,
+    ctx: Context,
     *,
-    listeners: Sequence[Listener] = (),
     note: Callable[[str], None] = lambda _line: None,
 ) -> ConvergeResult:
-    """Stop everything mlxctl owns, and wait until every process is gone.
+    """Stop everything mlxctl owns, and wait until every process is gone (the caller
+    holds the state lock).
 
     On a full disk (nothing can be recorded) every recorded server is still stopped,
     each said through ``note``, and the StorageError is raised after; last, any process
     that carries this state directory's marker but no record is stopped too.
     """
-    ctx = real_context(paths, listeners=list(listeners))
     options = PlanOptions(allow_empty=True, prune_cause="mlxctl down", heal=False)
-    with StateLock(ctx.paths.lock):
-        try:
-            return converge(ctx, DesiredState(tiers=(), gateway=None), options)
-        except StorageError:
-            for stopped in stop_recorded(
-                ctx.inventory.load(), ctx.procs, grace=options.grace, clock=ctx.clock
-            ):
-                note(f"{stopped.line()} (not recorded: the state cannot be written)")
-            raise
-        finally:
-            state = str(ctx.paths.state)
-            for stray in stop_strays(
-                state, ctx.inventory.load(), ctx.procs, grace=options.grace, clock=ctx.clock
-            ):
-                note(stray.line())
+    try:
+        return converge(ctx, DesiredState(tiers=(), gateway=None), options)
+    except StorageError:
+        for stopped in stop_recorded(
+            ctx.inventory.load(), ctx.procs, grace=options.grace, clock=ctx.clock
+        ):
+            note(f"{stopped.line()} (not recorded: the state cannot be written)")
+        raise
+    finally:
+        state = str(ctx.paths.state)
+        for stray in stop_strays(
+            state, ctx.inventory.load(), ctx.procs, grace=options.grace, clock=ctx.clock
+        ):
+            note(stray.line())
 
 
 @dataclass(frozen=True)
@@ -138,10 +133,9 @@ class Status:
     invalid_notes: tuple[tuple[str, bool], ...] = ()
 
 
-def status(paths: Paths, targets: Sequence[Path]) -> Status:
+def status(ctx: Context, targets: Sequence[Path]) -> Status:
     """Per service: health, sync, PID, port, uptime. Works when the files are broken:
-    an invalid file's last valid version stands in, as in the controller."""
-    ctx = real_context(paths)
+    an invalid file's last valid version stands in, as in the controller. Needs no lock."""
     desired = None
     warning = None
     invalid: dict[Path, tuple[str, ...]] = {}
@@ -157,27 +151,25 @@ def status(paths: Paths, targets: Sequence[Path]) -> Status:
     return Status(rows, warning, invalid, tuple(notes))
 
 
-def service_rows(paths: Paths, desired: DesiredState) -> list[ServiceStatus]:
-    ctx = real_context(paths)
+def service_rows(ctx: Context, desired: DesiredState) -> list[ServiceStatus]:
+    """The status rows of ``desired``'s services (health from ``ctx``'s health source)."""
     return build_status(desired, observe_state(ctx, desired)) if desired.services else []
 
 
 def run_controller(
-    paths: Paths,
+    ctx: Context,
     targets: Sequence[Path],
     options: PlanOptions,
     *,
     interval: float,
     log: Callable[[str], None],
-    listeners: Sequence[Listener] = (),
     on_start: Callable[[Callable[[], None]], None] | None = None,
 ) -> None:
-    """Run the controller until stopped; ``on_start`` receives its stop function."""
+    """Run the controller until stopped (the caller holds the state lock); ``on_start``
+    receives its stop function."""
     from mlxctl.reconcile.controller import Controller
 
-    ctx = real_context(paths, listeners=list(listeners), online_models=True)
     ctl = Controller(ctx, targets, options, interval=interval, log=log)
-    with StateLock(ctx.paths.lock):
-        if on_start is not None:
-            on_start(ctl.stop)
-        ctl.run()
+    if on_start is not None:
+        on_start(ctl.stop)
+    ctl.run()

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -18,6 +19,8 @@ from mlxctl.machine.clock import SystemClock
 from mlxctl.paths import Paths, default_paths
 
 if TYPE_CHECKING:
+    from mlxctl.app.context import Context
+    from mlxctl.apply.events import Listener
     from mlxctl.machine.interfaces import Clock
     from mlxctl.spec.stack_set import StackSet
 
@@ -56,6 +59,24 @@ def stack_selection(func: F) -> F:
 
 def paths() -> Paths:
     return default_paths()
+
+
+def context(*, listeners: list[Listener] | None = None, online_models: bool = False) -> Context:
+    """The real effects for one command: the CLI is where a use case's context is built
+    (the admin API will hand the controller's own to the same use cases)."""
+    from mlxctl.app.context import real
+
+    return real(paths(), listeners=listeners, online_models=online_models)
+
+
+@contextmanager
+def state_lock(ctx: Context) -> Iterator[None]:
+    """Hold the state directory's lock (one reconciler at a time) around a use case that
+    acts; StateLockHeldError (exit 6) names the holder."""
+    from mlxctl.app.context import state_lock as hold
+
+    with hold(ctx):
+        yield
 
 
 def targets(path: Path | None, files: tuple[Path, ...] | list[Path] | None) -> list[Path]:

@@ -12,12 +12,14 @@ import click
 
 from mlxctl.cli.common import (
     CLOCK,
+    context,
     emit_json,
     err,
     load_selected,
     output_option,
     paths,
     stack_selection,
+    state_lock,
     targets,
 )
 from mlxctl.errors import ExitCode, NotFoundError
@@ -29,7 +31,7 @@ def status(path: Path | None = None, files: tuple[Path, ...] = (), output: str =
     from mlxctl.status import report
     from mlxctl.status.services import status_json
 
-    result = stacks.status(paths(), targets(path, files))
+    result = stacks.status(context(), targets(path, files))
     for problem, kept in result.invalid_notes:
         note = "its last valid version is applied" if kept else "nothing is pruned"
         err(f"invalid: {problem} ({note})")
@@ -55,7 +57,9 @@ def down(output: str = "text") -> int:
         notes.append(line)
         (print if output == "text" else err)(line)
 
-    result = stacks.down(paths(), note=note)
+    ctx = context()
+    with state_lock(ctx):
+        result = stacks.down(ctx, note=note)
     failed = [o for o in result.outcomes if not o.ok]
     code = ExitCode.APPLY_FAILED if failed else ExitCode.OK
     if output == "json":

@@ -15,12 +15,14 @@ import click
 
 from mlxctl.cli.common import (
     CLOCK,
+    context,
     emit_json,
     err,
     load_selected,
     output_option,
     paths,
     stack_selection,
+    state_lock,
     targets,
 )
 from mlxctl.errors import ExitCode
@@ -64,7 +66,8 @@ def diff(
     from mlxctl.app import stacks
     from mlxctl.status import report
 
-    result = stacks.diff(paths(), load_selected(targets(path, files)), allow_empty=allow_empty)
+    stack = load_selected(targets(path, files))
+    result = stacks.diff(context(), stack, allow_empty=allow_empty)
     the_plan = result.plan
     changes = the_plan.has_changes or bool(the_plan.blocked)
     code = result.refusal_code() if the_plan.refused else _diff_code(changes)
@@ -114,15 +117,11 @@ def reconcile(
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop())
 
-    stacks.run_controller(
-        paths(),
-        the_targets,
-        options,
-        interval=interval,
-        log=_stamped,
-        listeners=listeners,
-        on_start=on_start,
-    )
+    ctx = context(listeners=listeners, online_models=True)
+    with state_lock(ctx):
+        stacks.run_controller(
+            ctx, the_targets, options, interval=interval, log=_stamped, on_start=on_start
+        )
     return int(ExitCode.OK)
 
 
@@ -175,16 +174,18 @@ def _once(
                 err(line)
 
     if dry_run:
-        dry = stacks.plan_once(paths(), stack, options)
+        ctx = context()
+        with state_lock(ctx):
+            dry = stacks.plan_once(ctx, stack, options)
         show(dry.plan)
         code = dry.refusal_code() if dry.plan.refused else ExitCode.OK
         if json_out:
             emit_json(report.summary_record(dry.plan, (), int(code), None))
         return int(code)
     waiting = _WaitingLine(enabled=not json_out and sys.stderr.isatty())
-    result = stacks.reconcile_once(
-        paths(), stack, options, listeners=listeners, on_plan=show, on_pass=waiting.show
-    )
+    ctx = context(listeners=listeners, online_models=True)
+    with state_lock(ctx):
+        result = stacks.reconcile_once(ctx, stack, options, on_plan=show, on_pass=waiting.show)
     code = result.exit_code
     if result.last.plan.refused:
         if json_out:
@@ -197,7 +198,8 @@ def _once(
             report.summary_record(result.first.plan, result.outcomes, int(code), result.converged)
         )
         return int(code)
-    rows = stacks.service_rows(paths(), result.last.desired)
+    # A fresh context: the run's own health source is its stopped monitor.
+    rows = stacks.service_rows(context(), result.last.desired)
     if rows:
         print(report.status_text(rows))
     if code == ExitCode.OK:

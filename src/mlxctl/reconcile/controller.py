@@ -1,19 +1,22 @@
 """The controller: ``mlxctl reconcile`` keeps the machine matched as files change and servers die.
 
-Level-triggered: file events, process exits, readiness answers, finished jobs,
-backoff expiries and the periodic resync only enqueue "reconcile now" with a
-reason; each pass re-reads everything and plans from scratch, so a missed or merged
-event can never leave a wrong state. A pass never waits (it starts work and returns)
-so the controller is never deaf: an edit or a crash is acted on within a poll
-interval whatever else is starting, stopping or being prepared.
+Level-triggered: file events, process exits, readiness answers, finished jobs and the
+periodic resync only enqueue "reconcile now" with a reason
+(:mod:`mlxctl.reconcile.triggers` holds the sources); each pass re-reads everything and
+plans from scratch, so a missed or merged event can never leave a wrong state. A pass
+never waits (it starts work and returns) so the controller is never deaf: an edit or a
+crash is acted on within a poll interval whatever else is starting, stopping or being
+prepared. A pass says itself when it wants to run again
+(:attr:`~mlxctl.reconcile.passes.PassResult.requeue_after`: a backoff expiry, a startup
+or stop deadline; ``requeue``: at once, to observe what it just applied), and the loop
+honours it. A pass that raises is retried with a bounded exponential backoff
+(:func:`failure_backoff`).
 
-- Files: watchfiles watches the stack directories (a save by rename or by
-  truncate-and-write is one debounced batch; only ``*.yaml``/``*.yml`` count, so
-  editor swap files and mlxctl's own writes, which live in the state directory,
-  trigger nothing). An invalid or empty file is reported and changes nothing.
-- Processes: a poller checks every recorded process's identity every
-  ``poll_interval`` (0.25 s), so a crash is noticed, logged and acted on within a
-  second, and so is the end of a stop.
+- Files: the stack directories are watched (a save is one debounced batch; mlxctl's
+  own writes trigger nothing). An invalid or empty file is reported and changes nothing.
+- Processes: every recorded process's identity is checked every ``poll_interval``
+  (0.25 s), so a crash is noticed, logged and acted on within a second, and so is the
+  end of a stop.
 - Health: the monitor (:mod:`mlxctl.reconcile.monitor`) probes in the background:
   readiness while starting (a pass runs the moment a server answers), liveness
   every ``interval``; ``liveness_threshold`` failures in a row replace a hung server.
@@ -30,13 +33,12 @@ from __future__ import annotations
 import queue
 import random
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from mlxctl.apply.events import Event
 from mlxctl.desired.state import DesiredState
 from mlxctl.errors import MlxctlError
-from mlxctl.machine.record import Record
 from mlxctl.plan.actions import Plan, PlanOptions
 from mlxctl.plan.backoff import failure_backoff
 from mlxctl.reconcile.context import Context
@@ -47,26 +49,8 @@ from mlxctl.reconcile.passes import (
     resolve,
     run_pass,
 )
-from mlxctl.spec.loader import STACK_SUFFIXES
+from mlxctl.reconcile.triggers import POLL_INTERVAL, Trigger, controller_triggers
 from mlxctl.status import report
-
-DEBOUNCE_MS = 400
-POLL_INTERVAL = 0.25
-
-
-def next_wake(result: PassResult, records: Iterable[Record], *, since: float) -> float | None:
-    """When the controller must look again without a trigger: the earliest backoff expiry,
-    startup deadline or stop deadline; pure.
-
-    Times set during the pass that began at ``since`` count even when already due: a
-    first failed start (backoff 0) is retried at once, not at the next resync. Older
-    expiries do not, so a tier that cannot start (its model is missing) never spins.
-    """
-    waits = [a.not_before for a in result.plan.actions if a.kind in ("wait", "crash")]
-    waits += [r.not_before for r in records if r.died_at is not None]
-    due = [w for w in waits if w is not None and w >= since]
-    return min(due) if due else None
-
 
 DesiredSource = Callable[[], DesiredState]
 Until = Callable[["Controller", PassResult], bool]
@@ -84,9 +68,16 @@ class Controller:
         log: Callable[[str], None] = print,
         watch: bool = True,
         desired: DesiredSource | None = None,
+        triggers: Sequence[Trigger] | None = None,
     ) -> None:
         self.ctx = ctx
         self.targets = list(targets)
+        # What wakes the loop besides health answers and jobs (see reconcile.triggers).
+        self.triggers = list(
+            controller_triggers(ctx, targets, poll_interval=poll_interval, watch=watch)
+            if triggers is None
+            else triggers
+        )
         self.options = options
         self.interval = interval
         self.poll_interval = poll_interval
@@ -129,13 +120,10 @@ class Controller:
 
     def run(self, until: Until | None = None) -> PassResult | None:
         """Pass after pass until stopped, or until ``until`` says the work is done."""
-        threads = [threading.Thread(target=self._poll_processes, name="mlxctl-poll", daemon=True)]
-        if self.watch:
-            threads.append(
-                threading.Thread(target=self._watch_files, name="mlxctl-watch", daemon=True)
-            )
-        for thread in threads:
-            thread.start()
+        for source in self.triggers:
+            threading.Thread(
+                target=source.run, args=(self.trigger, self._stop), name=source.name, daemon=True
+            ).start()
         if self.watch:
             self.log(
                 f"controller: watching {', '.join(str(t) for t in self.targets) or '(nothing)'}; "
@@ -209,7 +197,6 @@ class Controller:
 
     def run_pass(self, reason: str) -> PassResult | None:
         self.passes += 1
-        started = self.ctx.clock.time()
         try:
             desired = self._desired()
         except MlxctlError as exc:
@@ -231,16 +218,15 @@ class Controller:
             desired,
             options=self.options,
             on_plan=lambda p: self._show_plan(reason, p),
+            retry_failed_after=self.interval / 6,
         )
         self.last = result
         self._report_blocked(result.plan.blocked)
-        self._wake_at = next_wake(result, self.ctx.inventory.load().values(), since=started)
-        if any(o.ok for o in result.outcomes):
-            # Requeue: what was just applied is observed at once (a recorded readiness,
-            # a crash whose restart is due, a stop that already completed).
+        # The pass says when it wants to run again; a trigger may run it sooner.
+        after = result.requeue_after
+        self._wake_at = None if after is None else self.ctx.clock.time() + after
+        if result.requeue:
             self.trigger("follow-up")
-        elif result.failed and self._wake_at is None:
-            self._wake_at = self.ctx.clock.time() + self.interval / 6
         return result
 
     def _report_invalid(self, desired: DesiredState) -> None:
@@ -281,76 +267,3 @@ class Controller:
             self.log(f"reconcile ({reason}):")
             for line in report.plan_lines(plan):
                 self.log(f"  {line}")
-
-    # -- triggers ---------------------------------------------------------------
-
-    def _poll_processes(self) -> None:
-        """Notice a recorded process that died, or a stop that completed, within
-        ``poll_interval``."""
-        known: set[tuple[str, int, bool]] = set()
-        while not self._stop.wait(self.poll_interval):
-            try:
-                records = self.ctx.inventory.load()
-            except (OSError, ValueError):
-                continue
-            for name, record in records.items():
-                if not record.spawned:
-                    continue
-                key = (name, record.pid, record.stopping)
-                if key in known:
-                    continue
-                if record.stopping:
-                    if self.ctx.procs.remaining(record.identity()) == 0:
-                        known.add(key)
-                        self.trigger(f"{name} stopped")
-                    continue
-                if record.died_at is not None:
-                    continue
-                status = self.ctx.procs.status(record.identity())
-                if status.alive:
-                    continue
-                known.add(key)
-                code = f" with code {status.exit_code}" if status.exit_code is not None else ""
-                self.ctx.event_log().emit(
-                    Event(
-                        self.ctx.clock.time(),
-                        "exit",
-                        name,
-                        f"pid {record.pid} exited{code}",
-                        "noticed",
-                    )
-                )
-                self.trigger(f"{name} exited")
-
-    def _watch_files(self) -> None:
-        from watchfiles import watch
-
-        dirs: dict[Path, set[str] | None] = {}
-        for target in self.targets:
-            if target.is_dir():
-                dirs[target.resolve()] = None
-            else:
-                names = dirs.setdefault(target.resolve().parent, set())
-                if names is not None:
-                    names.add(target.name)
-        if not dirs:
-            return
-
-        def relevant(_change: object, path: str) -> bool:
-            p = Path(path)
-            if p.suffix not in STACK_SUFFIXES or p.name.startswith("."):
-                return False
-            names = dirs.get(p.parent)
-            return p.parent in dirs and (names is None or p.name in names)
-
-        for changes in watch(
-            *dirs,
-            watch_filter=relevant,
-            debounce=DEBOUNCE_MS,
-            step=50,
-            stop_event=self._stop,
-            recursive=False,
-            yield_on_timeout=False,
-        ):
-            changed = sorted({Path(path).name for _, path in changes})
-            self.trigger(f"changed: {', '.join(changed)}")

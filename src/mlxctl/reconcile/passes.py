@@ -8,7 +8,7 @@ through the interfaces held by :class:`Context`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from mlxctl.desired.resolve import ResolveContext, master_key_ref, resolve_desired
 from mlxctl.desired.state import GATEWAY, DesiredState
 from mlxctl.errors import ExitCode
+from mlxctl.machine.record import Record
 from mlxctl.observe.gather import observe
 from mlxctl.observe.state import ObservedState
 from mlxctl.plan.actions import Plan, PlanOptions
@@ -145,12 +146,18 @@ def is_converged(desired: DesiredState, observed: ObservedState, the_plan: Plan)
 
 @dataclass(frozen=True)
 class PassResult:
-    """One pass: what was seen, what was planned from it, and what applying it did."""
+    """One pass: what was seen, what was planned from it, what applying it did, and when
+    it wants to run again (as controller-runtime's ``Result``): ``requeue`` at once (it
+    applied something, to be observed now), and/or ``requeue_after`` seconds (the
+    earliest backoff expiry or deadline). The loop honours both; any trigger may run the
+    next pass sooner. A dry run never asks to run again."""
 
     desired: DesiredState
     observed: ObservedState
     plan: Plan
     outcomes: tuple[Outcome, ...] = ()
+    requeue: bool = False
+    requeue_after: float | None = None
 
     @property
     def failed(self) -> tuple[Outcome, ...]:
@@ -173,18 +180,47 @@ def run_pass(
     options: PlanOptions,
     dry_run: bool = False,
     on_plan: Callable[[Plan], None] | None = None,
+    retry_failed_after: float | None = None,
 ) -> PassResult:
     """Observe, plan and (unless ``dry_run``) apply. Never waits: every action is an
-    instant effect, and what takes time is observed by the next pass.
+    instant effect, and what takes time is observed by the next pass, which the result
+    asks for (see :class:`PassResult`).
 
     ``on_plan`` sees the plan before anything is applied (the CLI prints it).
+    ``retry_failed_after``: seconds before a pass whose actions failed, with no deadline
+    pending, wants to run again (None: only on a trigger).
     """
+    started = ctx.clock.time()
     observed = observe_state(ctx, desired)
     the_plan = plan(desired, observed, options)
     if on_plan is not None:
         on_plan(the_plan)
-    if dry_run or the_plan.refused:
+    if dry_run:
         return PassResult(desired, observed, the_plan)
-    save_ports(ctx.paths, desired.ports, ctx.report_state_file)
-    outcomes = ctx.executor().apply(the_plan, desired)
-    return PassResult(desired, observed, the_plan, tuple(outcomes))
+    if the_plan.refused:
+        result = PassResult(desired, observed, the_plan)
+    else:
+        save_ports(ctx.paths, desired.ports, ctx.report_state_file)
+        outcomes = ctx.executor().apply(the_plan, desired)
+        result = PassResult(desired, observed, the_plan, tuple(outcomes))
+    wake = next_wake(result, ctx.inventory.load().values(), since=started)
+    requeue = any(o.ok for o in result.outcomes)
+    now = ctx.clock.time()
+    if wake is None and not requeue and result.failed and retry_failed_after is not None:
+        wake = now + retry_failed_after
+    after = None if wake is None else max(wake - now, 0.0)
+    return dataclasses.replace(result, requeue=requeue, requeue_after=after)
+
+
+def next_wake(result: PassResult, records: Iterable[Record], *, since: float) -> float | None:
+    """When the pass must run again without a trigger: the earliest backoff expiry,
+    startup deadline or stop deadline; pure.
+
+    Times set during the pass that began at ``since`` count even when already due: a
+    first failed start (backoff 0) is retried at once, not at the next resync. Older
+    expiries do not, so a tier that cannot start (its model is missing) never spins.
+    """
+    waits = [a.not_before for a in result.plan.actions if a.kind in ("wait", "crash")]
+    waits += [r.not_before for r in records if r.died_at is not None]
+    due = [w for w in waits if w is not None and w >= since]
+    return min(due) if due else None
