@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mlxctl.apply.events import read_events
+from mlxctl.errors import MlxctlError
 from mlxctl.machine.clock import SystemClock
 from mlxctl.observe.jobfiles import JobFiles
 from mlxctl.plan.actions import PlanOptions
@@ -212,3 +213,42 @@ def test_an_event_log_that_is_a_fifo_or_a_symlink_is_never_written_through(
     assert outside.read_text() == "mine\n"
     warnings = [line for line in capsys.readouterr().err.splitlines() if line]
     assert len(warnings) == 1 and str(path) in warnings[0]
+
+
+def test_a_stack_refused_after_a_deadline_was_set_does_not_loop_hot(tmp_path: Path) -> None:
+    """A pass set a wake (a failed start retried after its delay); the next passes find
+    the stack refused and ask for nothing. The spent wake stayed due and the loop ran
+    ~70 000 passes a second. Real time, a short interval."""
+    world = World(tmp_path)
+    world.ctx.clock = SystemClock()
+    world.write(tiers_yaml(tier("fast", 8001)))
+
+    def cannot_spawn(*_: object, **__: object) -> object:
+        raise OSError(8, "Exec format error")
+
+    world.procs.spawn = cannot_spawn  # type: ignore[assignment,method-assign]
+    calls: list[float] = []
+
+    def desired() -> object:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            return world.desired()
+        raise MlxctlError("the hub cannot be reached")
+
+    ctl = Controller(
+        world.ctx,
+        [],
+        PlanOptions(),
+        interval=0.6,
+        poll_interval=0.05,
+        log=lambda _line: None,
+        desired=desired,  # type: ignore[arg-type]
+    )
+    runner = threading.Thread(target=ctl.run, daemon=True)
+    runner.start()
+    time.sleep(1.0)
+    ctl.stop()
+    runner.join(5)
+    assert not runner.is_alive()
+    # The first pass, its retry wake, then resyncs every ~0.6 s: a handful, not thousands.
+    assert 2 <= len(calls) <= 10, len(calls)

@@ -143,6 +143,11 @@ class Controller:
                         reason = "deadline"
                     else:
                         reason = "periodic resync"
+                if self._wake_at is not None and self.ctx.clock.time() >= self._wake_at:
+                    # A wake is spent once due: the pass asks again if it still wants one.
+                    # Kept, a pass that asks nothing (a stack refused) left it due for
+                    # ever, and the loop ran tens of thousands of passes a second.
+                    self._wake_at = None
                 reasons = [reason, *self._drain()]
                 if self._stop.is_set():
                     break
