@@ -575,12 +575,13 @@ def _check_remote(pin: Pin, f: ModelFile, env: Mapping[str, str]) -> None:
     write into (a stray snapshot, and a ``refs/<commit>`` file naming another commit)
     and its ETag as the blob's file name.
     """
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub import file_download, hf_hub_url
 
+    guard_hub_metadata()
     where = f"{pin.repo}@{short(pin.revision)}: {f.path}"
     try:
         url = hf_hub_url(pin.repo, f.path, revision=pin.revision, endpoint=_endpoint(env))
-        meta = get_hf_file_metadata(url, token=_token(env), endpoint=_endpoint(env))
+        meta = file_download.get_hf_file_metadata(url, token=_token(env), endpoint=_endpoint(env))
     except Exception as exc:
         raise explain(exc, pin.repo, pin.revision) from None
     if meta.commit_hash != pin.revision:
@@ -637,7 +638,10 @@ def guard_hub_metadata() -> None:
         return
 
     def refuse(url: str, what: str, value: object) -> HubError:
-        return HubError(f"{url}: the hub's {what} {echo(value)} is refused; nothing written")
+        from urllib.parse import urlsplit
+
+        where = urlsplit(url).path.lstrip("/") or url  # org/repo/resolve/<rev>/<file>
+        return HubError(f"{where}: the hub's {what} {echo(value)} is refused; nothing written")
 
     def guarded(*args: Any, **kwargs: Any) -> Any:
         url = str(kwargs.get("url", args[0] if args else "?"))
