@@ -77,6 +77,34 @@ def test_down_through_a_copy_of_the_state_directory_touches_nothing_of_the_origi
     assert stranger.poll() is None
 
 
+def test_down_with_an_unusable_inventory_still_stops_what_carries_our_markers(
+    mlxctl: Mlxctl, tiny_model: Path, stranger: subprocess.Popen[bytes]
+) -> None:
+    """A record doctored to name the user's ``sleep`` with a NaN start time makes the
+    inventory unusable: ``down`` says so in one line (exit 4), never signals the
+    ``sleep``, and still stops the servers that carry this state directory's markers."""
+    pids = up(mlxctl, tiny_model, 1)
+    path = mlxctl.home / "state" / "inventory.json"
+    data = json.loads(path.read_text())
+    doctored = dict(next(iter(data["services"].values())))
+    doctored.update(
+        name="user",
+        pid=stranger.pid,
+        pgid=stranger.pid,
+        cmdline=["sleep", "1000"],
+        create_time=float("nan"),
+    )
+    data["services"]["user"] = doctored
+    path.write_text(json.dumps(data))  # NaN, as json writes it
+    down = mlxctl.run("down")
+    assert down.returncode == 4, down.stdout + down.stderr
+    errors = [line for line in down.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "not a usable inventory" in errors[0], down.stderr
+    assert "Traceback" not in down.stderr
+    assert not [p for p in pids if pid_alive(p)] and not ours(mlxctl), down.stdout
+    assert stranger.poll() is None
+
+
 @pytest.fixture(params=["read-only mount", "immutable"])
 def read_only(
     request: pytest.FixtureRequest, mlxctl: Mlxctl

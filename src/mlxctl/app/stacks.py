@@ -103,7 +103,10 @@ def down(
 
     On a full disk (nothing can be recorded) every recorded server is still stopped,
     each said through ``note``, and the StorageError is raised after; last, any process
-    that carries this state directory's marker but no record is stopped too.
+    that carries this state directory's marker but no record is stopped too. With an
+    inventory that cannot be used (damaged from outside: its error is raised), that
+    last sweep stops every process carrying this state directory's markers: they prove
+    ownership without the records, so ``down`` still stops everything.
     """
     options = PlanOptions(allow_empty=True, prune_cause="mlxctl down", heal=False)
     try:
@@ -115,10 +118,12 @@ def down(
             note(f"{stopped.line()} (not recorded: the state cannot be written)")
         raise
     finally:
+        try:
+            records = ctx.inventory.load()
+        except MlxctlError:
+            records = {}  # unusable: the markers alone say what is ours
         state = str(ctx.paths.state)
-        for stray in stop_strays(
-            state, ctx.inventory.load(), ctx.procs, grace=options.grace, clock=ctx.clock
-        ):
+        for stray in stop_strays(state, records, ctx.procs, grace=options.grace, clock=ctx.clock):
             note(stray.line())
 
 
