@@ -160,6 +160,33 @@ def test_failure_backoff_doubles_and_is_bounded() -> None:
     assert failure_backoff(10**6, 12.0) == MAX_FAILURE_BACKOFF
 
 
+def run_controller_for(
+    seconds: float,
+    world: World,
+    desired: Callable[[], object],
+    *,
+    interval: float,
+    log: Callable[[str], None] = lambda _line: None,
+) -> None:
+    """The controller loop for real (its waits are real queue timeouts), ``seconds`` long,
+    then stopped; how often it ran is what these tests count."""
+    ctl = Controller(
+        world.ctx,
+        [],
+        PlanOptions(),
+        interval=interval,
+        poll_interval=0.05,
+        log=log,
+        desired=desired,  # type: ignore[arg-type]
+    )
+    runner = threading.Thread(target=ctl.run, daemon=True)
+    runner.start()
+    time.sleep(seconds)
+    ctl.stop()
+    runner.join(5)
+    assert not runner.is_alive()
+
+
 def test_a_pass_that_keeps_raising_backs_off_instead_of_looping_hot(tmp_path: Path) -> None:
     """A periodic resync that failed used to leave the resync due, so the next one ran at
     once, for ever (hundreds of passes a second). Real time, a short interval."""
@@ -172,21 +199,7 @@ def test_a_pass_that_keeps_raising_backs_off_instead_of_looping_hot(tmp_path: Pa
         raise OverflowError("cannot convert float infinity to integer")
 
     lines: list[str] = []
-    ctl = Controller(
-        world.ctx,
-        [],
-        PlanOptions(),
-        interval=0.12,
-        poll_interval=0.05,
-        log=lines.append,
-        desired=broken,  # type: ignore[arg-type]
-    )
-    runner = threading.Thread(target=ctl.run, daemon=True)
-    runner.start()
-    time.sleep(1.5)
-    ctl.stop()
-    runner.join(5)
-    assert not runner.is_alive()
+    run_controller_for(1.5, world, broken, interval=0.12, log=lines.append)
     # Backoff 0.02, 0.04 ... 0.64 s: about eight tries in 1.5 s, never hundreds.
     assert 3 <= len(calls) <= 15, len(calls)
     failed = [e for e in events_of(world) if e["result"] == "failed"]
@@ -235,20 +248,6 @@ def test_a_stack_refused_after_a_deadline_was_set_does_not_loop_hot(tmp_path: Pa
             return world.desired()
         raise MlxctlError("the hub cannot be reached")
 
-    ctl = Controller(
-        world.ctx,
-        [],
-        PlanOptions(),
-        interval=0.6,
-        poll_interval=0.05,
-        log=lambda _line: None,
-        desired=desired,  # type: ignore[arg-type]
-    )
-    runner = threading.Thread(target=ctl.run, daemon=True)
-    runner.start()
-    time.sleep(1.0)
-    ctl.stop()
-    runner.join(5)
-    assert not runner.is_alive()
+    run_controller_for(1.0, world, desired, interval=0.6)
     # The first pass, its retry wake, then resyncs every ~0.6 s: a handful, not thousands.
     assert 2 <= len(calls) <= 10, len(calls)
