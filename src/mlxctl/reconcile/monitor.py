@@ -21,12 +21,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from tenacity import RetryCallState, Retrying, retry_if_result, sleep_using_event, wait_fixed
 
 from mlxctl.machine.interfaces import Prober, ProbeResult
 from mlxctl.machine.record import Record
 from mlxctl.observe.health import HealthSample, probe_mode, probe_spec
+
+if TYPE_CHECKING:
+    from mlxctl.runtimes.base import ProbeSpec
 
 READY_POLL = 0.1
 READY_TIMEOUT = 30.0
@@ -122,6 +126,29 @@ class HealthMonitor:
         if answered is not None:
             answered.set()
 
+    def _probe(
+        self,
+        spec: ProbeSpec,
+        mode: Literal["ready", "live"],
+        timeout: float,
+        key: Key,
+        stop: threading.Event,
+        failures: int,
+    ) -> tuple[ProbeResult, int] | None:
+        """One probe, its answer stored with the failures in a row it makes (returned
+        too); None when the watcher was stopped before or while it ran. Only a readiness
+        answer can say "never" (fatal); a liveness failure is counted instead."""
+        if stop.is_set():
+            return None
+        result = self.prober.probe(spec, mode, timeout)
+        if stop.is_set():
+            return None
+        failures = 0 if result.ok else failures + 1
+        fatal = result.fatal and mode == "ready"
+        sample = HealthSample(result.ok, result.detail, fatal, failures, mode, result.poisoned)
+        self._store(key, sample, stop)
+        return result, failures
+
     def _watch_one(self, record: Record, stop: threading.Event) -> None:
         key = (record.name, record.instance)
         if probe_mode(record) == "ready":
@@ -139,16 +166,10 @@ class HealthMonitor:
 
         def attempt() -> ProbeResult | None:
             nonlocal failures
-            if stop.is_set():
+            answer = self._probe(spec, "ready", cfg.ready_timeout, key, stop, failures)
+            if answer is None:
                 return None
-            result = self.prober.probe(spec, "ready", cfg.ready_timeout)
-            if stop.is_set():
-                return None
-            failures = 0 if result.ok else failures + 1
-            sample = HealthSample(
-                result.ok, result.detail, result.fatal, failures, "ready", result.poisoned
-            )
-            self._store(key, sample, stop)
+            result, failures = answer
             if result.ok:
                 self.on_change(f"{record.name} ready")
             elif result.fatal:
@@ -175,16 +196,10 @@ class HealthMonitor:
 
         def attempt() -> bool:
             nonlocal failures
-            if stop.is_set():
+            answer = self._probe(spec, "live", cfg.live_timeout, key, stop, failures)
+            if answer is None:
                 return False
-            result = self.prober.probe(spec, "live", cfg.live_timeout)
-            if stop.is_set():
-                return False
-            failures = 0 if result.ok else failures + 1
-            sample = HealthSample(
-                result.ok, result.detail, False, failures, "live", result.poisoned
-            )
-            self._store(key, sample, stop)
+            result, failures = answer
             if result.poisoned:
                 # One answer is enough: the server said it can no longer generate.
                 self.on_change(f"{record.name} cannot generate")
