@@ -117,6 +117,23 @@ def test_a_port_that_is_no_port_is_dropped_and_the_file_repaired(
     assert event["target"] == str(paths.ports) and "not a port" in str(event["message"])
 
 
+def test_a_ports_file_damaged_after_the_pass_read_it_is_reported_when_repaired(
+    tmp_path: Path,
+) -> None:
+    """The pass reads ``ports.json`` when it resolves and again when it saves; a file
+    damaged in between is repaired by the save, and that repair is an event too."""
+    from mlxctl.reconcile.context import save_ports
+
+    paths = World(tmp_path).ctx.paths
+    paths.state.mkdir(parents=True)
+    assert read_ports(paths) == {}
+    paths.ports.write_text('{"x": 70000}')
+    reported: list[str] = []
+    save_ports(paths, {"a": 8001}, lambda _path, why: reported.append(why))
+    assert json.loads(paths.ports.read_text()) == {"a": 8001}
+    assert len(reported) == 1 and "not a port" in reported[0]
+
+
 def test_a_ports_file_that_is_a_fifo_is_replaced(tmp_path: Path) -> None:
     world = World(tmp_path)
     world.write(tiers_yaml("- name: b\n  runtime: mlx-lm\n  model: {path: /m}\n"))

@@ -208,6 +208,10 @@ def save_ports(paths: Paths, ports: Mapping[str, int], report: Report | None = N
     merged = {**kept, **ports}
     if merged == kept and not problem:
         return
+    if problem and report is not None:
+        # The file may have changed since this pass read it: the repair is reported
+        # here too (``report`` tells each path and reason once).
+        report(paths.ports, problem)
     try:
         write_atomic(paths.ports, json.dumps(merged, indent=2, sort_keys=True) + "\n")
     except StorageError:
