@@ -18,6 +18,9 @@ HASH_VERSION = "v1"
 GATEWAY = "gateway"
 
 Role = Literal["tier", "gateway"]
+# ``always``: runs whenever it is declared. ``on-demand``: runs while requests want it
+# (the gateway holds the first one while it loads) and stops after ``idle_timeout``.
+Load = Literal["always", "on-demand"]
 
 
 # The largest file a pin may name: far above any model shard (the hub's own HTTP limit is
@@ -114,6 +117,14 @@ class DesiredService:
     depends_on: tuple[str, ...] = ()
     # Launch settings the memory estimate assumes but the server is not told (no flag).
     unenforced: tuple[str, ...] = ()
+    # When it runs (neither enters the launch: changing them restarts nothing), and for
+    # an on-demand tier the seconds idle before it stops (None: never).
+    load: Load = "always"
+    idle_timeout: float | None = None
+
+    @property
+    def on_demand(self) -> bool:
+        return self.load == "on-demand"
 
 
 @dataclass(frozen=True)

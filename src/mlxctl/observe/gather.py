@@ -20,7 +20,7 @@ from mlxctl.machine.interfaces import Clock, ModelStore, ProcessControl
 from mlxctl.machine.logfiles import tail
 from mlxctl.machine.record import Record
 from mlxctl.observe.health import HealthSource
-from mlxctl.observe.state import ObservedService, ObservedState, PrepareJob
+from mlxctl.observe.state import ObservedService, ObservedState, PrepareJob, TierDemand
 
 LOG_TAIL_LINES = 15
 
@@ -34,6 +34,8 @@ def observe(
     clock: Clock,
     store: ModelStore,
     prepares: Mapping[str, PrepareJob] | None = None,
+    demand: Mapping[str, TierDemand] | None = None,
+    demand_reported: bool = False,
 ) -> ObservedState:
     services: dict[str, ObservedService] = {}
     live: list[Record] = []
@@ -75,6 +77,8 @@ def observe(
         prepares=dict(prepares or {}),
         files=_files_on_disk(desired),
         ports_held=_ports_held(desired, services, procs),
+        demand=dict(demand or {}),
+        demand_reported=demand_reported,
     )
 
 

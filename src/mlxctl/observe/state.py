@@ -67,6 +67,27 @@ class PrepareJob:
 
 
 @dataclass(frozen=True)
+class TierDemand:
+    """A tier's demand as observed: what the gateway last reported (a report that went
+    stale counts as no requests at all) and the ``load``/``unload`` commands given."""
+
+    # Requests held for it (it is cold, loading or draining) and requests it is answering.
+    waiting: int = 0
+    in_flight: int = 0
+    # When the oldest held request arrived, and when the last request ended (wall clock).
+    waiting_since: float | None = None
+    last_end: float | None = None
+    # ``mlxctl load TIER`` asked (and the tier has not served since); ``mlxctl unload``.
+    load_requested_at: float | None = None
+    unload_requested_at: float | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Requests are held for it or in flight: it must not be stopped."""
+        return self.waiting > 0 or self.in_flight > 0
+
+
+@dataclass(frozen=True)
 class ObservedState:
     now: float
     services: Mapping[str, ObservedService] = field(default_factory=dict)
@@ -83,3 +104,8 @@ class ObservedState:
     # Ports desired services need that a process of someone else's holds (port -> who),
     # asked only for services none of whose own processes runs.
     ports_held: Mapping[int, str] = field(default_factory=dict)
+    # Demand per tier (requests held and in flight, last request end, load/unload asked).
+    demand: Mapping[str, TierDemand] = field(default_factory=dict)
+    # A gateway reports demand to this controller (False: ``--once``, no controller, or
+    # no gateway report yet): a cold on-demand tier is then started only by ``load``.
+    demand_reported: bool = False

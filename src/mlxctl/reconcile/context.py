@@ -34,6 +34,7 @@ from mlxctl.paths import Paths
 
 if TYPE_CHECKING:
     from mlxctl.apply.executor import Executor
+    from mlxctl.reconcile.demand import DemandBook
 
 
 @dataclass
@@ -58,6 +59,9 @@ class Context:
     job_spawn: Spawn = in_thread
     # Called with a reason whenever a job changes state (the controller's trigger).
     on_job_change: Callable[[str], None] | None = None
+    # The controller's demand book (what the gateway reports, load/unload asked); None
+    # outside a controller: no demand is observed.
+    demand: DemandBook | None = None
     _jobs: PrepareJobs | None = field(default=None, init=False, repr=False)
     # Unusable state files already reported by this process: each is said once.
     _reported: set[tuple[str, str]] = field(default_factory=set, init=False, repr=False)

@@ -115,7 +115,9 @@ def _held_by_other(ctx: Context, name: str, port: int) -> bool:
 
 
 def observe_state(ctx: Context, desired: DesiredState | None) -> ObservedState:
-    """What runs now, quickly: health comes from the context's health source."""
+    """What runs now, quickly: health comes from the context's health source, demand
+    from the controller's book (none outside a controller)."""
+    book = ctx.demand
     return observe(
         ctx.inventory.load(),
         desired,
@@ -124,6 +126,8 @@ def observe_state(ctx: Context, desired: DesiredState | None) -> ObservedState:
         clock=ctx.clock,
         store=ctx.store,
         prepares=ctx.prepares(),
+        demand=book.observed() if book is not None else None,
+        demand_reported=book.reported if book is not None else False,
     )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,6 +28,8 @@ MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
 # The generated key's file (a path, no secret): the gateway re-reads it when it is
 # replaced, so ``mlxctl gateway key --rotate`` takes effect without a restart.
 KEY_FILE_ENV = "MLXCTL_GATEWAY_KEY_FILE"
+# The controller's admin socket (a path, no secret): where the gateway reports demand.
+ADMIN_SOCKET_ENV = "MLXCTL_ADMIN_SOCKET"
 # Environment variable that carries the remote fallback ``NAME``'s API key.
 REMOTE_KEY_ENV_PREFIX = "MLXCTL_REMOTE_KEY_"
 
@@ -61,6 +64,11 @@ class Route(_Frozen):
     aliases: tuple[str, ...] = ()
     # Requests the gateway sends this server at once; the rest wait in the gateway.
     max_concurrency: int = Field(default=4, gt=0)
+    # ``load: on-demand``: the tier runs only while requests want it. The gateway holds
+    # a request for it (reporting it as demand) until the controller says it serves,
+    # up to ``hold`` seconds (the tier's startup timeout).
+    on_demand: bool = False
+    hold: float | None = Field(default=None, ge=0)
 
 
 class RemoteRoute(_Frozen):
@@ -101,6 +109,60 @@ class GatewayConfig(_Frozen):
             for alias in route.aliases:
                 names.setdefault(alias, route.name)
         return names
+
+
+# -- demand: what the gateway reports to the controller, and what it is told back ----------
+#
+# The gateway decides nothing: it reports, for each tier, the requests it holds and the
+# ones in flight (level-triggered: the whole picture, again and again, so a controller
+# that restarts learns it from the next report), and holds or answers requests by the
+# verdicts the controller's planner gives back. ``PUT /v1/demand`` on the admin socket.
+
+
+class TierLoad(_Frozen):
+    """What the gateway sees of one tier's requests."""
+
+    # Requests held for the tier (not sent yet: it is cold, loading or draining).
+    waiting: int = Field(default=0, ge=0)
+    # Requests sent to the tier and not finished (a stream: until its last byte).
+    in_flight: int = Field(default=0, ge=0)
+    # Wall-clock time the oldest held request arrived.
+    waiting_since: float | None = None
+    # Wall-clock time the last request ended (its last byte), None before any did.
+    last_end: float | None = None
+
+
+class DemandReport(_Frozen):
+    """The gateway's whole view of demand, sent on every change and every few seconds."""
+
+    gateway_pid: int = Field(ge=1)
+    tiers: dict[str, TierLoad] = Field(default_factory=dict)
+
+
+VerdictState = Literal["ready", "cold", "loading", "draining", "unavailable"]
+
+
+class TierVerdict(_Frozen):
+    """What the controller's last plan says of a tier, for the requests held for it.
+
+    - ``ready``: send requests to it.
+    - ``cold`` / ``loading``: hold them (``detail`` says why: waiting for memory, for an
+      eviction, for its readiness check).
+    - ``draining``: hold new ones; the ones in flight finish (an eviction or unload
+      waits for them).
+    - ``unavailable``: answer the held requests now with 503, ``Retry-After:
+      retry_after`` and ``detail`` (its load failed, it is backing off, it is blocked).
+    """
+
+    state: VerdictState
+    detail: str = ""
+    retry_after: float | None = Field(default=None, ge=0)
+
+
+class DemandAnswer(_Frozen):
+    """The controller's answer to a :class:`DemandReport`: a verdict per on-demand tier."""
+
+    tiers: dict[str, TierVerdict] = Field(default_factory=dict)
 
 
 def render_config(
