@@ -315,18 +315,32 @@ def check_budget(
     budget_bytes: int,
     *,
     alternatives: Mapping[str, Sequence[tuple[str, MemoryEstimate]]] | None = None,
+    on_demand: Sequence[tuple[str, MemoryEstimate]] = (),
 ) -> BudgetCheck:
-    """Check the SUM of every tier against the budget; pure.
+    """Check the ``always`` tiers (``tiers``) plus the largest ``on_demand`` tier against
+    the budget; pure.
 
-    When over, the message names every tier with its estimate, the sum and the
-    budget, then what would make it fit: the fewest tiers to drop (largest first),
-    smaller variants from ``alternatives`` (tier -> [(label, estimate)], e.g. a
-    smaller quant), and the KV cache that a shorter context would shrink.
+    On-demand tiers take turns (the planner evicts idle ones to load another), so the
+    stack is admissible when the tiers that always run and any one on-demand tier fit
+    together: the largest is the one that must. When over, the message names each tier
+    counted with its estimate, the sum and the budget, then what would make it fit:
+    the fewest tiers to drop (largest first), making an always tier on-demand, smaller
+    variants from ``alternatives`` (tier -> [(label, estimate)], e.g. a smaller quant),
+    and the KV cache that a shorter context would shrink.
     """
-    rows = tuple(tiers)
+    always = tuple(tiers)
+    largest = max(on_demand, key=lambda r: r[1].total) if on_demand else None
+    rows = always + ((largest,) if largest is not None else ())
     total = sum(e.total for _, e in rows)
     if total <= budget_bytes:
-        msg = f"{len(rows)} tier(s) need {gib(total)} of the {gib(budget_bytes)} memory budget"
+        if on_demand and largest is not None:
+            msg = (
+                f"{len(always)} always tier(s) and the largest of {len(on_demand)} on-demand "
+                f"tier(s) ('{largest[0]}') need {gib(total)} of the {gib(budget_bytes)} memory "
+                "budget"
+            )
+        else:
+            msg = f"{len(rows)} tier(s) need {gib(total)} of the {gib(budget_bytes)} memory budget"
         return BudgetCheck(True, total, budget_bytes, rows, msg)
     over = total - budget_bytes
     drop = _fewest_to_drop(rows, over)
@@ -335,6 +349,11 @@ def check_budget(
         freed = sum(e.total for n, e in rows if n in drop)
         names = ", ".join(f"'{n}'" for n in drop)
         suggestions.append(f"drop {names} (frees {gib(freed)})")
+    if len(always) > 1 or (always and largest is not None):
+        # An always tier made on-demand leaves the sum (it counts only if it is the
+        # largest on-demand one).
+        biggest = max(always, key=lambda r: r[1].total)
+        suggestions.append(f"make '{biggest[0]}' load: on-demand")
     for name, options in sorted((alternatives or {}).items()):
         current = next((e for n, e in rows if n == name), None)
         if current is None:
@@ -351,14 +370,41 @@ def check_budget(
         )
     suggestions.append("raise spec.memory.budget if the machine can really spare it")
     width = max(len(n) for n, _ in rows) if rows else 5
-    lines = [
-        f"the tiers need {gib(total)} together, over the memory budget of "
-        f"{gib(budget_bytes)} by {gib(over)}; nothing was started"
+    if largest is not None:
+        head = (
+            f"the always tiers and the largest on-demand tier need {gib(total)} together, "
+            f"over the memory budget of {gib(budget_bytes)} by {gib(over)}; nothing was started"
+        )
+    else:
+        head = (
+            f"the tiers need {gib(total)} together, over the memory budget of "
+            f"{gib(budget_bytes)} by {gib(over)}; nothing was started"
+        )
+    lines = [head]
+    lines += [
+        f"  {n:<{width}}  {e.describe()}"
+        + ("  (on-demand, the largest)" if largest is not None and n == largest[0] else "")
+        for n, e in rows
     ]
-    lines += [f"  {n:<{width}}  {e.describe()}" for n, e in rows]
     lines.append(f"  {'sum':<{width}}  {gib(total)} > budget {gib(budget_bytes)}")
     lines.append("to fit: " + "; or ".join(suggestions))
     return BudgetCheck(False, total, budget_bytes, rows, "\n".join(lines), drop, tuple(suggestions))
+
+
+# ``idleTimeout: auto``, by the machine's memory (the MLX Inference Server's classes):
+# a small machine frees memory sooner.
+AUTO_IDLE_CLASSES: tuple[tuple[float, float], ...] = ((24.0, 180.0), (64.0, 300.0))
+AUTO_IDLE_LARGEST = 600.0
+
+
+def auto_idle_timeout(memory_bytes: int) -> float:
+    """Seconds idle before an on-demand tier stops, for ``idleTimeout: auto``: under
+    24 GB 3 min, 24-63 GB 5 min, 64 GB and up 10 min."""
+    gb = memory_bytes / 1e9
+    for below, seconds in AUTO_IDLE_CLASSES:
+        if gb < below:
+            return seconds
+    return AUTO_IDLE_LARGEST
 
 
 def _fewest_to_drop(rows: Sequence[tuple[str, MemoryEstimate]], over: int) -> tuple[str, ...]:

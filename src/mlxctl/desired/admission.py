@@ -1,9 +1,10 @@
 """Memory admission: every tier's estimate and the budget, attached to the desired state.
 
 Estimating reads model files and the catalog (I/O), so it happens here, when the
-stack is resolved; the check itself, the SUM of all tiers against the budget, is the
-pure :func:`mlxctl.capacity.memory.check_budget`, called by the planner, which refuses the
-whole plan, before anything starts, when the stack does not fit.
+stack is resolved (with ``idleTimeout: auto``, which depends on the machine's memory);
+the check itself, the ``always`` tiers plus the largest on-demand tier against the
+budget, is the pure :func:`mlxctl.capacity.memory.check_budget`, called by the planner,
+which refuses the whole plan, before anything starts, when the stack cannot fit.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 
 from mlxctl.capacity.memory import (
     MemoryEstimate,
+    auto_idle_timeout,
     budget_bytes,
     estimate_catalog_variant,
     smaller_variants,
@@ -53,9 +55,20 @@ def with_budget(
         tiers.append(dataclasses.replace(service, memory=estimate))
         if options:
             alternatives[service.name] = options
-    budget = budget_bytes(memory_bytes(), stack.memory.budget if stack.memory else None)
+    total = memory_bytes()
+    budget = budget_bytes(total, stack.memory.budget if stack.memory else None)
+    # ``idleTimeout: auto`` (the default of an on-demand tier) by the machine's memory.
+    auto = {t.spec.name for t in stack.tiers if t.idle_timeout == "auto"}
+    tiers = [
+        dataclasses.replace(t, idle_timeout=auto_idle_timeout(total))
+        if t.on_demand and t.name in auto
+        else t
+        for t in tiers
+    ]
+    residency = stack.memory.min_residency if stack.memory else None
     return dataclasses.replace(
         desired,
+        min_residency=desired.min_residency if residency is None else residency,
         tiers=tuple(tiers),
         budget_bytes=budget,
         memory_alternatives=alternatives,

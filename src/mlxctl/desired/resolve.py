@@ -94,6 +94,11 @@ def resolve_desired(stack: StackSet, ctx: ResolveContext) -> DesiredState:
                 # Enough to keep a batching server busy, never a burst past mlx_lm.server's
                 # listen backlog of 5 (the rest wait in the gateway).
                 max_concurrency=max(4, tier.spec.concurrency),
+                on_demand=tier.load == "on-demand",
+                # A request for a cold tier waits as long as the tier may take to start.
+                hold=(tier.spec.startup_timeout or runtime.startup_timeout)
+                if tier.load == "on-demand"
+                else None,
             )
         )
         try:
@@ -209,6 +214,9 @@ def _tier_service(tier: SourcedTier, port: int, ctx: ResolveContext) -> DesiredS
         suspended=tier.suspended,
         depends_on=tuple(spec.depends_on),
         unenforced=unenforced,
+        load=tier.load,
+        # ``auto`` is resolved with the machine's memory (desired.admission).
+        idle_timeout=tier.idle_timeout if isinstance(tier.idle_timeout, float) else None,
     )
 
 

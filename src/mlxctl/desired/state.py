@@ -15,6 +15,8 @@ from mlxctl.desired.hub_names import RepoPath, digest
 from mlxctl.runtimes.base import ProbeSpec
 
 HASH_VERSION = "v1"
+# See docs/on-demand.md, "Thrash": measured by benchmarks/on_demand.py.
+DEFAULT_MIN_RESIDENCY = 15.0
 GATEWAY = "gateway"
 
 Role = Literal["tier", "gateway"]
@@ -155,6 +157,9 @@ class DesiredState:
     hold_prune: str = ""
     # Invalid stack files and their problems (their last valid version is applied).
     invalid_files: Mapping[Path, tuple[str, ...]] = field(default_factory=dict)
+    # Seconds a loaded on-demand tier stays before another tier's requests may drain it
+    # while it is busy (``spec.memory.minResidency``; an idle one may go at once).
+    min_residency: float = DEFAULT_MIN_RESIDENCY
 
     @property
     def services(self) -> tuple[DesiredService, ...]:

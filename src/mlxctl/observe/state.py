@@ -80,6 +80,8 @@ class TierDemand:
     # ``mlxctl load TIER`` asked (and the tier has not served since); ``mlxctl unload``.
     load_requested_at: float | None = None
     unload_requested_at: float | None = None
+    # The gateway holds its new requests (it was told the tier drains).
+    held_back: bool = False
 
     @property
     def busy(self) -> bool:

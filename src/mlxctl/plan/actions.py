@@ -65,8 +65,18 @@ WaitReason = Literal[
     "handover",
     # The service's declared port is held by a process that is not one of ours.
     "port",
+    # An on-demand tier that is not loaded and not asked for ("on demand: not loaded").
+    "on-demand",
+    # A loaded on-demand tier, idle: ``not_before`` is when it unloads.
+    "idle",
+    # Its new requests are held (the gateway holds them) until the ones in flight end;
+    # then it stops (an eviction, an unload, its idle timeout).
+    "draining",
     "",
 ]
+# Waits that are the steady state, not work left: ``reconcile --once`` is converged
+# with them, ``status`` shows the tier Synced.
+SETTLED: frozenset[WaitReason] = frozenset({"suspended", "on-demand", "idle"})
 
 
 @dataclass(frozen=True)

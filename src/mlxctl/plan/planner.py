@@ -14,8 +14,9 @@ from typing import Any
 from mlxctl.capacity.memory import BudgetCheck, check_budget, gib
 from mlxctl.desired.state import HASH_VERSION, DesiredService, DesiredState
 from mlxctl.machine.record import Record
-from mlxctl.observe.state import ObservedService, ObservedState
+from mlxctl.observe.state import ObservedService, ObservedState, TierDemand
 from mlxctl.plan.actions import Action, ActionKind, Plan, PlanOptions
+from mlxctl.plan.eviction import Resident, make_room
 
 # How a replacement caused by a request (not a crash) begins its cause, in the plan,
 # the event log and the record's ``last_error``.
@@ -64,6 +65,10 @@ class _Planner:
         self.actions: list[Action] = []
         self.blocked: dict[str, str] = {}
         self._prepared: set[str] = set()
+        # Loaded on-demand tiers, idle: (last used, idle timeout).
+        self.idle: dict[str, tuple[float, float]] = {}
+        # Tiers this pass stops or drains to make room (not evicted twice).
+        self.evicting: set[str] = set()
 
     def add(self, kind: ActionKind, target: str, cause: str, **extra: Any) -> None:
         self.actions.append(Action(kind, target, cause, **extra))
@@ -72,6 +77,8 @@ class _Planner:
 
     def service(self, service: DesiredService) -> None:
         seen = self.observed.services.get(service.name)
+        if service.role == "tier" and self.load_policy(service, seen):
+            return
         if seen is None:
             self.start(service, "start", "new gateway" if service.role == "gateway" else "new tier")
             return
@@ -140,6 +147,122 @@ class _Planner:
         if seen.probe_failures >= self.opts.liveness_threshold:
             cause = f"liveness failed {seen.probe_failures} times: {seen.detail}"
             self.crashed(service, seen, stop=True, cause=cause)
+
+    # -- on-demand tiers, unload ------------------------------------------------------
+
+    def demand(self, name: str) -> TierDemand:
+        return self.observed.demand.get(name) or TierDemand()
+
+    def wanted(self, service: DesiredService) -> str:
+        """Why an on-demand tier must run now ("" when nothing asks for it)."""
+        demand = self.demand(service.name)
+        if demand.waiting:
+            return f"on demand: {demand.waiting} request(s) waiting"
+        if demand.load_requested_at is not None:
+            return "loaded by request (mlxctl load)"
+        return ""
+
+    def load_policy(self, service: DesiredService, seen: ObservedService | None) -> bool:
+        """``load: on-demand`` and ``mlxctl unload``: start a tier when requests want it,
+        stop it when idle past its timeout or asked to; True when that decided it all
+        (else the usual path runs: health, crashes, launch changes)."""
+        name = service.name
+        if name in self.evicting:
+            return True  # this pass already stops or drains it to make room
+        demand = self.demand(name)
+        on_demand = service.on_demand
+        why = self.wanted(service) if on_demand else ""
+        if seen is None or not seen.record.spawned:
+            if not on_demand or (seen is not None and self.unconfirmed(seen)):
+                return False
+            if seen is not None:  # an intent whose spawn never happened
+                self.add("forget", name, "its start never happened")
+            if why:
+                self.start(service, "start", why)
+            else:
+                self.add("wait", name, "on demand: not loaded", reason="on-demand")
+            return True
+        rec = seen.record
+        if rec.stopping:
+            if self.stopping(seen):
+                return True
+            if not on_demand or rec.died_at is not None:
+                return False  # stopped: the usual path starts it again (after any backoff)
+            if why:
+                self.start(service, "start", why)
+            else:
+                self.add("forget", name, f"{rec.stop_cause or 'stopped'}: not loaded")
+                self.add("wait", name, "on demand: not loaded", reason="on-demand")
+            return True
+        if not seen.alive:
+            if on_demand and not why and not demand.busy:
+                code = f" with code {seen.exit_code}" if seen.exit_code is not None else ""
+                cause = f"exited{code} while idle; on demand: the next request loads it again"
+                self.add("forget", name, cause)
+                self.add("wait", name, "on demand: not loaded", reason="on-demand")
+                return True
+            return False  # a crash: the usual path heals it (with backoff)
+        if rec.ready_at is None:
+            return False  # starting: the usual path waits for it
+        asked = demand.unload_requested_at
+        if asked is not None and asked >= rec.started_at:
+            if on_demand:
+                cause = "unloaded by request (mlxctl unload)"
+            else:
+                cause = "unloaded by request (mlxctl unload); an always tier: started again next"
+            return self.unload(service, cause)
+        if not on_demand or demand.busy:
+            return False
+        changed = _launch_changed(service, seen)
+        if changed:
+            # Nothing asks for it: stop it, and the next request loads the new launch.
+            return self.unload(service, f"{changed}; on demand: the next request loads it")
+        if service.idle_timeout is None:
+            return False
+        since = self.last_used(service, seen)
+        idle = self.now - since
+        if idle >= service.idle_timeout:
+            return self.unload(service, f"scaled to zero: idle {_duration(idle)}")
+        left = service.idle_timeout - idle
+        self.add(
+            "wait",
+            name,
+            f"idle {_duration(idle)}, unloads in {_duration(left)}",
+            not_before=since + service.idle_timeout,
+            reason="idle",
+        )
+        return False  # the usual path still watches its health
+
+    def last_used(self, service: DesiredService, seen: ObservedService) -> float:
+        """When the tier last served: the end of its last request, a load, or its start."""
+        rec = seen.record
+        demand = self.demand(service.name)
+        return max(
+            rec.ready_at or rec.started_at,
+            demand.last_end or 0.0,
+            demand.load_requested_at or 0.0,
+        )
+
+    def unload(self, service: DesiredService, cause: str) -> bool:
+        """Stop a loaded tier without cutting a request. With a gateway reporting, an
+        on-demand tier is drained first: stopped once the gateway says it holds the
+        tier's new requests and none is in flight; an always tier (whose requests the
+        gateway never holds) once none is in flight. With no gateway reporting, no
+        request can be on its way."""
+        demand = self.demand(service.name)
+        reported = self.observed.demand_reported
+        if reported and (demand.in_flight or (service.on_demand and not demand.held_back)):
+            self.drain(service.name, cause, demand)
+        else:
+            self.add("stop", service.name, cause)
+        return True
+
+    def drain(self, name: str, cause: str, demand: TierDemand) -> None:
+        if demand.in_flight:
+            why = f"{cause}: draining ({demand.in_flight} request(s) in flight; new ones wait)"
+        else:
+            why = f"{cause}: draining (new requests wait)"
+        self.add("wait", name, why, reason="draining")
 
     def suspended(self, service: DesiredService) -> None:
         """Left alone: nothing new is begun; the one "wait" says what a resume would do.
@@ -351,27 +474,77 @@ class _Planner:
     def memory_free(self, service: DesiredService) -> bool:
         """Admission in time: the memory in use now (processes still stopping included)
         plus this start's estimate must fit the budget, so a start never overlaps the stop
-        that frees its memory."""
+        that frees its memory. When it does not fit, idle on-demand tiers are evicted (and
+        busy ones drained) as :func:`~mlxctl.plan.eviction.make_room` chooses."""
         budget = self.desired.budget_bytes
         if budget is None or service.memory is None:
             return True
-        holders = {
-            name: seen.record.memory_bytes or 0
+        residents = [
+            self.resident(seen)
             for name, seen in self.observed.services.items()
-            if seen.alive and name != service.name
-        }
+            if seen.alive and name != service.name and seen.record.role == "tier"
+        ]
         need = service.memory.total
-        if sum(holders.values()) + need <= budget:
-            return True
-        busy = ", ".join(sorted(n for n, b in holders.items() if b))
-        self.add(
-            "wait",
-            service.name,
-            f"waiting for memory: {gib(need)} needed, {gib(sum(holders.values()))} of "
-            f"{gib(budget)} held by {busy or 'other services'}",
-            reason="memory",
+        room = make_room(
+            need, budget, residents, now=self.now, min_residency=self.desired.min_residency
         )
+        if room.fits_now:
+            return True
+        for name in room.evict:
+            if name not in self.evicting:
+                self.evicting.add(name)
+                self.evict(name, service.name)
+        for name in room.drain:
+            if name not in self.evicting:
+                self.evicting.add(name)
+                self.actions = [a for a in self.actions if a.target != name or a.kind != "wait"]
+                self.drain(name, f"evicted for {service.name}", self.demand(name))
+        holders = (
+            ", ".join(f"{n} {gib(b)} ({why})" for n, b, why in room.held_by if b)
+            or "other services"
+        )
+        held = sum(b for _, b, _ in room.held_by)
+        freeing = ", ".join((*room.evict, *room.drain))
+        if freeing:
+            cause = f"waiting for memory: {gib(need)} needed; making room: {freeing}"
+        else:
+            cause = (
+                f"waiting for memory: {gib(need)} needed, {gib(held)} of {gib(budget)} held "
+                f"by {holders}"
+            )
+        self.add("wait", service.name, cause, not_before=room.retry_at, reason="memory")
         return False
+
+    def resident(self, seen: ObservedService) -> Resident:
+        rec = seen.record
+        wanted = self.desired.get(rec.name)
+        demand = self.demand(rec.name)
+        last_used = (
+            self.last_used(wanted, seen) if wanted is not None else rec.ready_at or rec.started_at
+        )
+        return Resident(
+            name=rec.name,
+            bytes=rec.memory_bytes or 0,
+            # Only a desired on-demand tier is evictable (a removed one stops anyway).
+            on_demand=wanted is not None and wanted.on_demand and not rec.stopping,
+            in_flight=demand.in_flight,
+            last_used=last_used,
+            loaded_at=rec.ready_at or rec.started_at,
+            stopping=rec.stopping or rec.name in self.evicting,
+        )
+
+    def evict(self, name: str, starting: str) -> None:
+        seen = self.observed.services[name]
+        idle = _duration(self.now - self.resident(seen).last_used)
+        cause = f"evicted for {starting}: least recently used, idle {idle}"
+        # Drop what this pass planned for it already (an idle wait): it goes now.
+        self.actions = [a for a in self.actions if a.target != name or a.kind != "wait"]
+        self.unload(self.desired_tier(name), cause)
+
+    def desired_tier(self, name: str) -> DesiredService:
+        service = self.desired.get(name)
+        assert service is not None  # only desired on-demand tiers are evicted
+        return service
 
     # -- stops, intents, services no longer desired ------------------------------------
 
@@ -513,11 +686,18 @@ def _successor_state(seen: ObservedService) -> str:
 
 
 def _memory_check(desired: DesiredState) -> BudgetCheck | None:
-    """The SUM of every tier's estimate against the budget (None when there is no budget)."""
+    """The ``always`` tiers' estimates plus the largest on-demand tier's against the
+    budget (None when there is no budget)."""
     if desired.budget_bytes is None:
         return None
-    estimated = [(t.name, t.memory) for t in desired.tiers if t.memory is not None]
-    check = check_budget(estimated, desired.budget_bytes, alternatives=desired.memory_alternatives)
+    always = [(t.name, t.memory) for t in desired.tiers if t.memory is not None and not t.on_demand]
+    on_demand = [(t.name, t.memory) for t in desired.tiers if t.memory is not None and t.on_demand]
+    check = check_budget(
+        always,
+        desired.budget_bytes,
+        alternatives=desired.memory_alternatives,
+        on_demand=on_demand,
+    )
     unknown = [t.name for t in desired.tiers if t.memory is None]
     if unknown and check.fits:
         note = f"; not estimated (no model files yet): {', '.join(unknown)}"

@@ -99,6 +99,7 @@ class DemandBook:
                         waiting=load.waiting,
                         in_flight=load.in_flight,
                         waiting_since=load.waiting_since,
+                        held_back=load.held_back,
                     )
                 out[name] = demand
             return out

@@ -19,7 +19,7 @@ from mlxctl.errors import ExitCode
 from mlxctl.machine.record import Record
 from mlxctl.observe.gather import observe
 from mlxctl.observe.state import ObservedState
-from mlxctl.plan.actions import Plan, PlanOptions
+from mlxctl.plan.actions import SETTLED, Plan, PlanOptions
 from mlxctl.plan.planner import plan
 from mlxctl.reconcile.context import Context, read_ports, save_ports
 from mlxctl.runtimes.gateway import Route
@@ -135,17 +135,23 @@ def is_converged(desired: DesiredState, observed: ObservedState, the_plan: Plan)
     """Nothing left to do and every desired service running and ready."""
     if the_plan.refused or the_plan.blocked:
         return False
-    if any(a.kind != "rehash" and a.reason != "suspended" for a in the_plan.actions):
+    if any(a.kind != "rehash" and a.reason not in SETTLED for a in the_plan.actions):
         return False
     for service in desired.services:
         if service.suspended:
             continue  # left alone by request: converged is about the others
+        if service.on_demand and _unloaded(the_plan, service.name):
+            continue  # scaled to zero: its steady state
         seen = observed.services.get(service.name)
         if seen is None or not seen.alive or seen.record.ready_at is None:
             return False
         if seen.health == "unready":
             return False
     return True
+
+
+def _unloaded(the_plan: Plan, name: str) -> bool:
+    return any(a.reason == "on-demand" for a in the_plan.for_target(name))
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,10 @@ class TierLoad(_Frozen):
     waiting_since: float | None = None
     # Wall-clock time the last request ended (its last byte), None before any did.
     last_end: float | None = None
+    # The gateway holds this tier's new requests (its last verdict said ``draining``):
+    # once it says so with nothing in flight, the controller may stop the tier without
+    # cutting a request that was on its way.
+    held_back: bool = False
 
 
 class DemandReport(_Frozen):

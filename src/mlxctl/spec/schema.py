@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -101,6 +102,41 @@ def _no_nul(value: str) -> str:
 ArgKey = Annotated[str, AfterValidator(_arg_key)]
 Text = Annotated[str, AfterValidator(_no_control)]
 
+# A duration: seconds as a number, or ``90s``, ``5m``, ``1h``, ``1h30m``.
+_DURATION = re.compile(r"(?:(\d{1,4})h)?(?:(\d{1,6})m)?(?:(\d{1,7}(?:\.\d{1,3})?)s)?")
+MAX_DURATION = 7 * 24 * 3600.0
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``300``, ``"90s"``, ``"5m"``, ``"1h30m"`` (at most a week)."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or like 90s, 5m, 1h30m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())) and value:
+        hours, minutes, secs = match.groups()
+        if hours is None and minutes is None and secs is None:
+            raise ValueError("a duration is a number of seconds or like 90s, 5m, 1h30m")
+        seconds = int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(secs or 0)
+    else:
+        raise ValueError("a duration is a number of seconds or like 90s, 5m, 1h30m")
+    if not 0 <= seconds <= MAX_DURATION:
+        raise ValueError("a duration is between 0 and a week (7d = 168h)")
+    return seconds
+
+
+def _idle_timeout(value: object) -> float | str:
+    if value in ("never", "auto"):
+        return str(value)
+    return parse_duration(value)
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+# ``idleTimeout``: a duration, ``never``, or ``auto`` (by the machine's memory: under
+# 24 GB 3 min, 24-63 GB 5 min, 64 GB and up 10 min).
+IdleTimeout = Annotated[float | str, BeforeValidator(_idle_timeout)]
+LoadPolicy = Literal["always", "on-demand"]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -177,6 +213,9 @@ class TierSpec(_Strict):
     startup_timeout: Annotated[float, Field(gt=0, le=3600)] | None = Field(
         default=None, alias="startupTimeout"
     )
+    # When it runs (docs/stack-format.md, "On-demand tiers"): neither enters the launch.
+    load: LoadPolicy | None = None
+    idle_timeout: IdleTimeout | None = Field(default=None, alias="idleTimeout")
     # Controls (docs/reconciler.md, "Suspend and dependsOn"): neither enters the launch.
     suspend: bool = False
     depends_on: list[str] = Field(default_factory=list, alias="dependsOn")
@@ -327,13 +366,16 @@ class GatewaySpec(_Strict):
 
 
 class MemorySpec(_Strict):
-    """The memory budget: a share of unified memory (0-1] or an absolute size like ``18GB``."""
+    """The memory budget: a share of unified memory (0-1] or an absolute size like ``18GB``
+    (unset: the default share); and ``minResidency``, how long a loaded on-demand tier
+    stays before another tier's requests may evict it while it is busy (thrash guard)."""
 
-    budget: float | str
+    budget: float | str | None = None
+    min_residency: Duration | None = Field(default=None, alias="minResidency")
 
     @field_validator("budget")
     @classmethod
-    def _budget(cls, value: float | str) -> float | str:
+    def _budget(cls, value: float | str | None) -> float | str | None:
         if isinstance(value, float | int) and not 0 < value <= 1:
             raise ValueError("a share of memory is a number in (0, 1]; or write a size like 18GB")
         if isinstance(value, str) and not re.fullmatch(
@@ -343,8 +385,16 @@ class MemorySpec(_Strict):
         return value
 
 
+class TierDefaults(_Strict):
+    """Defaults for every tier of this stack file (a tier's own setting wins)."""
+
+    load: LoadPolicy | None = None
+    idle_timeout: IdleTimeout | None = Field(default=None, alias="idleTimeout")
+
+
 class StackSpec(_Strict):
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
+    defaults: TierDefaults = Field(default_factory=TierDefaults)
     memory: MemorySpec | None = None
     tiers: list[TierSpec] = Field(default_factory=list)
     # Every tier of this stack is left alone (no start, stop or heal) while true.

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mlxctl.errors import SpecError
-from mlxctl.spec.schema import GatewaySpec, MemorySpec, StackDocument, TierSpec
+from mlxctl.spec.schema import GatewaySpec, LoadPolicy, MemorySpec, StackDocument, TierSpec
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,9 @@ class SourcedTier:
     suspended: bool = False
     # 1-based (line, column) of each key written in the tier, for messages.
     keys: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    # ``load`` and ``idleTimeout``, the tier's own or its file's ``spec.defaults``.
+    load: LoadPolicy = "always"
+    idle_timeout: float | str = "auto"
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,18 @@ def merge_documents(
                 str(k): (int(v[0]) + 1, int(v[1]) + 1)
                 for k, v in getattr(getattr(item, "lc", None), "data", {}).items()
             }
-            sourced = SourcedTier(tier, path, line, doc.metadata.name, suspended, keys)
+            defaults = doc.spec.defaults
+            idle = tier.idle_timeout if tier.idle_timeout is not None else defaults.idle_timeout
+            sourced = SourcedTier(
+                tier,
+                path,
+                line,
+                doc.metadata.name,
+                suspended,
+                keys,
+                load=tier.load or defaults.load or "always",
+                idle_timeout="auto" if idle is None else idle,
+            )
             if tier.depends_on:
                 depends.append((sourced, _key_line(seq[index], "dependsOn", line)))
             if tier.name in by_name:

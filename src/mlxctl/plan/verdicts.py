@@ -1,0 +1,99 @@
+"""What the gateway is told of each on-demand tier, read off the plan. Pure.
+
+The gateway holds requests for an on-demand tier and asks the controller what to do
+with them; the answer is the planner's decision, translated (the gateway decides
+nothing): send them (``ready``), hold them (``cold``, ``loading``, ``draining``), or
+answer them now with 503 and ``Retry-After`` (``unavailable``: the load failed, the
+tier backs off after crashes, is blocked or suspended, or the stack is refused).
+"""
+
+from __future__ import annotations
+
+from mlxctl.desired.state import DesiredService, DesiredState
+from mlxctl.observe.state import ObservedState
+from mlxctl.plan.actions import Action, Plan
+from mlxctl.runtimes.gateway import TierVerdict
+
+# Seconds a client is told to wait when nothing better is known.
+DEFAULT_RETRY_AFTER = 5.0
+# A tier that cannot be started until someone acts (a missing model, a port held).
+BLOCKED_RETRY_AFTER = 60.0
+
+
+def verdicts(desired: DesiredState, observed: ObservedState, plan: Plan) -> dict[str, TierVerdict]:
+    """A verdict for every on-demand tier of ``desired``."""
+    if plan.refused:
+        first = plan.refused.splitlines()[0]
+        return {
+            t.name: TierVerdict(
+                state="unavailable",
+                detail=f"the stack is not applied: {first}",
+                retry_after=BLOCKED_RETRY_AFTER,
+            )
+            for t in desired.tiers
+            if t.on_demand
+        }
+    out = {t.name: verdict(t, observed, plan) for t in desired.tiers if t.on_demand}
+    for name, why in desired.unresolved.items():
+        out[name] = TierVerdict(state="unavailable", detail=why, retry_after=BLOCKED_RETRY_AFTER)
+    return out
+
+
+def verdict(service: DesiredService, observed: ObservedState, plan: Plan) -> TierVerdict:
+    name = service.name
+    now = observed.now
+    actions = plan.for_target(name)
+    if name in plan.blocked:
+        return TierVerdict(
+            state="unavailable", detail=plan.blocked[name], retry_after=BLOCKED_RETRY_AFTER
+        )
+    for action in actions:
+        if action.kind == "crash":
+            return TierVerdict(
+                state="unavailable", detail=_first(action), retry_after=_after(action, now)
+            )
+        if action.kind == "wait" and action.reason == "backoff":
+            return TierVerdict(
+                state="unavailable", detail=_first(action), retry_after=_after(action, now)
+            )
+        if action.kind == "wait" and action.reason == "suspended":
+            return TierVerdict(
+                state="unavailable",
+                detail=f"tier '{name}' is suspended",
+                retry_after=BLOCKED_RETRY_AFTER,
+            )
+        if action.kind == "wait" and action.reason == "draining":
+            return TierVerdict(state="draining", detail=_first(action))
+    if any(a.kind == "stop" for a in actions):
+        return TierVerdict(state="draining", detail=_first(next(a for a in actions)))
+    if any(a.kind == "wait" and a.reason == "on-demand" for a in actions):
+        return TierVerdict(state="cold", detail="on demand: not loaded")
+    seen = observed.services.get(name)
+    rec = seen.record if seen is not None else None
+    serving = (
+        seen is not None
+        and rec is not None
+        and seen.alive
+        and rec.spawned
+        and not rec.stopping
+        and rec.ready_at is not None
+        and seen.health != "unready"
+    )
+    changing = [a for a in actions if a.changes or a.reason not in ("idle", "")]
+    if serving and not changing:
+        return TierVerdict(state="ready")
+    if changing:
+        action = changing[0]
+        retry = _after(action, now) if action.not_before is not None else None
+        return TierVerdict(state="loading", detail=_first(action), retry_after=retry)
+    return TierVerdict(state="loading", detail="starting")
+
+
+def _first(action: Action) -> str:
+    return f"{action.kind}: {action.cause.splitlines()[0]}" if action.cause else action.kind
+
+
+def _after(action: Action, now: float) -> float:
+    if action.not_before is None:
+        return DEFAULT_RETRY_AFTER
+    return max(1.0, action.not_before - now)
