@@ -211,6 +211,14 @@ def status_cells(rows: Iterable[ServiceStatus]) -> list[tuple[str, ...]]:
             note = f"restart in {r.restart_in:.0f}s: {note}"
         if r.replaced_by and r.health == "ready":
             note = f"being replaced: serves until the new {r.replaced_by} is ready"
+        if r.health == "unloaded":
+            note = f"{r.detail}: {r.model}" if r.model else r.detail
+        elif r.load == "on-demand" and r.health == "ready":
+            if r.idle_for is not None:
+                when = f", unloads in {_uptime(r.unloads_in)}" if r.unloads_in is not None else ""
+                note = f"idle {_uptime(r.idle_for)}{when}: {note}"
+            elif r.detail and "in flight" in r.detail:
+                note = f"{r.detail}: {note}"
         cells.append(
             (
                 r.name,

@@ -15,7 +15,16 @@ from mlxctl.desired.state import DesiredState
 from mlxctl.observe.state import ObservedService, ObservedState
 
 HealthState = Literal[
-    "ready", "starting", "degraded", "stopping", "preparing", "crash-looping", "crashed", "stopped"
+    "ready",
+    "starting",
+    "degraded",
+    "stopping",
+    "preparing",
+    "crash-looping",
+    "crashed",
+    "stopped",
+    # An on-demand tier scaled to zero: healthy, nothing runs, the next request loads it.
+    "unloaded",
 ]
 SyncState = Literal["Synced", "OutOfSync", "Unknown", "Suspended"]
 STATUS_SCHEMA = "mlxctl.status/v1"
@@ -40,6 +49,13 @@ class ServiceStatus:
     # A gateway being replaced (``gateway~PID``): the service it serves for until the
     # new one is ready.
     replaced_by: str | None = None
+    # ``always`` or ``on-demand``; for a loaded tier, requests in flight (as the gateway
+    # reported them to the controller) and, for an idle on-demand one, how long it has
+    # been idle and when it unloads (None: unknown, or it never does).
+    load: str = "always"
+    in_flight: int | None = None
+    idle_for: float | None = None
+    unloads_in: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +119,24 @@ def build_status(desired: DesiredState | None, observed: ObservedState) -> list[
         else:
             sync = "Synced" if rec is not None and rec.spec_hash == want.spec_hash else "OutOfSync"
         alive = bool(seen and seen.alive)
+        on_demand = want is not None and want.on_demand
+        demand = observed.demand.get(name)
+        cold = on_demand and not alive and health in ("stopped", "crashed")
+        if cold and sync == "OutOfSync" and not (demand is not None and demand.busy):
+            sync, health, detail = "Synced", "unloaded", "on demand: not loaded"
+        idle_for = unloads_in = None
+        if on_demand and want is not None and rec is not None and alive and health == "ready":
+            if demand is not None and demand.busy:
+                detail = f"{demand.in_flight} in flight, {demand.waiting} waiting"
+            elif observed.demand_reported or (demand and demand.last_end):
+                since = max(
+                    rec.ready_at or rec.started_at,
+                    (demand.last_end if demand else None) or 0.0,
+                    (demand.load_requested_at if demand else None) or 0.0,
+                )
+                idle_for = max(0.0, observed.now - since)
+                if want.idle_timeout is not None:
+                    unloads_in = max(0.0, want.idle_timeout - idle_for)
         runtime = want.runtime if want else str(rec.launch.get("runtime", "")) if rec else ""
         model = (
             want.model.display
@@ -129,6 +163,10 @@ def build_status(desired: DesiredState | None, observed: ObservedState) -> list[
                     else None
                 ),
                 replaced_by=rec.handover_to or None if rec is not None else None,
+                load=want.load if want is not None else "always",
+                in_flight=demand.in_flight if demand is not None and alive else None,
+                idle_for=idle_for,
+                unloads_in=unloads_in,
             )
         )
     return rows
