@@ -135,3 +135,24 @@ def test_an_unknown_load_policy_is_one_clear_error(tmp_path: Path) -> None:
     w.write(tiers_yaml(tier("a", 8001) + "  load: lazy\n"))
     with pytest.raises(SpecError, match="load"):
         w.desired()
+
+
+def test_validate_refuses_a_stack_whose_always_tiers_and_largest_on_demand_do_not_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two on-demand tiers and one always tier, each estimated 4 GiB: a budget of 9 GiB
+    admits it (4 + the largest 4), 7 GiB does not, and the message names the numbers."""
+    import mlxctl.desired.admission as admission
+    from mlxctl.app import stacks
+    from mlxctl.capacity.memory import MemoryEstimate
+    from mlxctl.errors import AdmissionError
+
+    gib4 = MemoryEstimate(weights=4 << 30, kv_cache=0, overhead=0, total=4 << 30)
+    monkeypatch.setattr(admission, "_estimate", lambda service, tier: (gib4, ()))
+    w = World(tmp_path)
+    body = tiers_yaml(tier("a", 8001), tier("b", 8002) + ON_DEMAND, tier("c", 8003) + ON_DEMAND)
+    w.write(body.replace("spec:\n", "spec:\n  memory: {budget: 9GiB}\n"))
+    stacks.validate(stacks.load([w.stacks]), w.ctx)
+    w.write(body.replace("spec:\n", "spec:\n  memory: {budget: 7GiB}\n"))
+    with pytest.raises(AdmissionError, match=r"8.0 GiB > budget 7.0 GiB"):
+        stacks.validate(stacks.load([w.stacks]), w.ctx)

@@ -46,11 +46,24 @@ def load(targets: Sequence[Path]) -> StackSet:
     return load_stack(targets)
 
 
-def validate(stack: StackSet) -> StackSet:
-    """Everything ``diff`` would reject, rejected here too (one validation path)."""
+def validate(stack: StackSet, ctx: Context | None = None) -> StackSet:
+    """Everything ``diff`` would reject in the files, rejected here too (one validation
+    path); with ``ctx``, also the memory admission (the ``always`` tiers plus the largest
+    on-demand tier against the budget, AdmissionError), when the stack resolves here
+    (a secret that is not set is ``diff``'s to report: validate runs where secrets are not)."""
     problems = stack_problems(stack)
     if problems:
         raise SpecError(problems)
+    if ctx is not None and stack.tiers:
+        from mlxctl.plan.planner import memory_check
+
+        try:
+            desired = resolve(ctx, stack)
+        except MlxctlError:
+            return stack
+        check = memory_check(desired)
+        if check is not None:
+            check.require()
     return stack
 
 

@@ -40,7 +40,7 @@ def validate(path: Path | None = None, files: Files = ()) -> int:
     """Check stack files; print every problem as file:line:column: path: message."""
     from mlxctl.app import stacks
 
-    stack = stacks.validate(load_selected(targets(path, files)))
+    stack = stacks.validate(load_selected(targets(path, files)), context())
     print(f"valid: {len(stack.files)} file(s), {len(stack.tiers)} tier(s)")
     return int(ExitCode.OK)
 

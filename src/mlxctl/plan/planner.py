@@ -28,7 +28,7 @@ def plan(
 ) -> Plan:
     """Decide what to do to make ``observed`` match ``desired``."""
     opts = options or PlanOptions()
-    memory = _memory_check(desired)
+    memory = memory_check(desired)
     if memory is not None and not memory.fits:
         return Plan(refused=memory.message, refusal="budget", memory=memory)
     refusal = _empty_refusal(desired, observed, opts)
@@ -685,7 +685,7 @@ def _successor_state(seen: ObservedService) -> str:
     return seen.detail or "not answering"
 
 
-def _memory_check(desired: DesiredState) -> BudgetCheck | None:
+def memory_check(desired: DesiredState) -> BudgetCheck | None:
     """The ``always`` tiers' estimates plus the largest on-demand tier's against the
     budget (None when there is no budget)."""
     if desired.budget_bytes is None:
