@@ -74,8 +74,9 @@ class Cadence:
     held: float = 0.15
     busy: float = REPORT_EVERY
     idle: float = 5.0
-    # No two reports start closer than this: bursts are coalesced.
-    gap: float = 0.02
+    # No two reports start closer than this: bursts are coalesced (at most 20 a second
+    # however busy the gateway is).
+    gap: float = 0.05
     # A tier whose verdict is ``loading`` (or ``ready`` but refusing) is polled this often:
     # a held request is sent as soon as its port accepts connections.
     port_poll: float = 0.025
@@ -88,6 +89,10 @@ class Cadence:
     answer_timeout: float = 2.0
     # Requests held at once per tier; more are answered with 503 at once.
     max_waiting: int = 256
+    # A request arriving for a tier that is not ready while the socket is missing or
+    # refuses is answered "no controller" at once when the controller has not answered
+    # for this long (or never did); within it, the controller is taken to be restarting.
+    grace: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -211,7 +216,7 @@ class Demand:
         # Every change to the counts has a number; a report carries the latest one.
         self._change = 0
         self._settled = 0  # the change number of the last report answered or failed
-        self._answered = False  # the controller answered once since this gateway started
+        self._heard: float | None = None  # when the controller last answered (monotonic)
         self._absent: str | None = None  # why the last report found no controller
         self._failure: str | None = None  # why the last report failed, if it did
         self._dirty = asyncio.Event()
@@ -318,13 +323,20 @@ class Demand:
         state = self._tiers.get(tier)
         return state.verdict if state is not None else None
 
-    def step(self, claim: Claim, route: Route) -> Step:
-        """What a held request does now, by its tier's latest verdict (and its port)."""
+    def step(self, claim: Claim, route: Route, *, arriving: bool = False) -> Step:
+        """What a held request does now, by its tier's latest verdict (and its port).
+
+        ``arriving``: the request just came. It is refused at once, "no controller", when
+        the report carrying it found no controller (the socket missing or refusing) and
+        none answered within :attr:`Cadence.grace`; a request already held waits on for
+        a controller that restarts (its hold bounds it).
+        """
         state = self._tier(route.name)
         verdict = state.verdict
+        unserved = verdict is None or verdict.state != "ready"
+        if arriving and unserved and self._settled >= claim.change and self._controller_gone():
+            return self._no_controller(route)
         if verdict is None:
-            if self._settled >= claim.change and not self._answered and self._absent:
-                return self._no_controller(route)
             return HOLD
         if verdict.state == "unavailable":
             return Refusal(
@@ -338,6 +350,13 @@ class Demand:
         if verdict.state in ("ready", "loading"):
             self._watch_port(route)
         return HOLD
+
+    def _controller_gone(self) -> bool:
+        """The last report found no controller, and none answered within the grace."""
+        if not self._absent:
+            return False
+        heard = self._heard
+        return heard is None or self.clock.monotonic() - heard > self.cadence.grace
 
     def _no_controller(self, route: Route) -> Refusal:
         message = (
@@ -380,7 +399,7 @@ class Demand:
         until = min(deadline, clock.monotonic() + nap)
         while True:
             news = self._news
-            step = self.step(claim, route)
+            step = self.step(claim, route, arriving=first)
             if step != HOLD:
                 return step
             now = clock.monotonic()
@@ -432,6 +451,7 @@ class Demand:
     def start(self) -> None:
         """Run the report loop (from the first call on; a no-op once it runs)."""
         if self._task is None or self._task.done():
+            self._dirty.set()  # the first report goes at once
             self._task = asyncio.ensure_future(self._run())
 
     async def aclose(self) -> None:
@@ -496,7 +516,7 @@ class Demand:
         if answer is not None:
             if self._failure or self._absent:
                 self._log("the controller answers demand reports again")
-            self._answered = True
+            self._heard = self.clock.monotonic()
             self._absent = self._failure = None
             self._apply(answer)
         else:
