@@ -71,7 +71,7 @@ class Cadence:
 
     # Re-report while a request is held for a tier that is not ready: the added latency
     # of a cold request over the tier's own load is at most about this plus one answer.
-    held: float = 0.15
+    held: float = 0.1
     busy: float = REPORT_EVERY
     idle: float = 5.0
     # No two reports start closer than this: bursts are coalesced (at most 20 a second
@@ -223,7 +223,6 @@ class Demand:
         self._news = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
-        self.reports = 0
 
     # -- counts -------------------------------------------------------------------------
 
@@ -271,7 +270,8 @@ class Demand:
             state.in_flight = max(0, state.in_flight - 1)
             # Idle time counts from here: the answer's (or the stream's) last byte.
             state.last_end = self.clock.time()
-        self._changed(urgent=True if was == "sent" else claim.urgent)
+        # An always tier's counts ride on the heartbeat; an on-demand tier's go at once.
+        self._changed(claim.urgent)
 
     def _changed(self, urgent: bool) -> None:
         self._change += 1
@@ -496,7 +496,6 @@ class Demand:
         """Send the whole view once and take the verdicts back; never raises."""
         change = self._change
         body = self.snapshot().model_dump_json()
-        self.reports += 1
         absent = failure = None
         answer: DemandAnswer | None = None
         if self.socket is None:
