@@ -434,6 +434,9 @@ READS_THE_CLOCK: dict[str, set[str]] = {
     # loop (the clock's sleep would block it; the hold's deadline is the clock's), and
     # its module-level ``log`` stamps lines before any Gateway (and its clock) exists.
     "mlxctl.gateway.app": {"asyncio.sleep", "time.strftime"},
+    # The demand report loop spaces its reports and polls a loading tier's port, in the
+    # gateway's event loop (deadlines and stamps are the clock's).
+    "mlxctl.gateway.demand": {"asyncio.sleep"},
     # The fake hub paces its replies (a slow link) inside a real HTTP server thread
     # that integration tests download from: real time is what it simulates.
     "mlxctl.testing.hub": {"time.sleep"},

@@ -22,18 +22,24 @@ Python), which was most of the gateway's own CPU per request.
 
 Every request passes through :meth:`Gateway.handle`: one place that holds it (the
 tier's concurrency gate) and sees it end (a stream ends with its last byte), which
-is where on-demand start and request accounting hook in.
+is where request accounting hooks in (:mod:`mlxctl.gateway.demand`: every tier's
+held and in-flight counts and its last request's end, reported to the controller).
+A request for an on-demand tier is held there until the controller's verdict lets it
+through (:meth:`Gateway._on_demand`): a stream gets its headers and SSE keep-alive
+comments while it waits, and a 503 with ``Retry-After`` when it cannot be served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -43,6 +49,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
 
 from mlxctl.gateway.answers import StreamRenamer, renamed
+from mlxctl.gateway.demand import HOLD, SEND, Cadence, Claim, Demand, Refusal
 from mlxctl.gateway.requests import Checked, Endpoint, RequestError, check_request
 from mlxctl.gateway.routing import RoutingTable
 from mlxctl.machine.clock import SystemClock
@@ -50,6 +57,7 @@ from mlxctl.runtimes.base import HOST
 from mlxctl.runtimes.gateway import Route
 
 if TYPE_CHECKING:
+    from mlxctl.gateway.routing import Gate
     from mlxctl.machine.interfaces import Clock
 
 PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "text": "/v1/completions"}
@@ -58,6 +66,19 @@ JSON_BODY = {"Content-Type": "application/json"}
 # headers is slow, not dead, and gets the whole request timeout.
 CONNECT_TIMEOUT = 5.0
 HOLD_POLL = 0.25
+# How often a request whose client went away checks whether it was sent meanwhile.
+GONE_POLL = 0.25
+KEEPALIVE = b": keep-alive\n\n"
+# An awaitable that ends when the client has gone (its connection closed).
+Gone = Callable[[], Awaitable[object]]
+
+
+class _Refused:
+    """The tier refused the connection (returned by :meth:`Gateway._relay` when the
+    caller holds the request itself)."""
+
+
+REFUSED = _Refused()
 
 
 def error(
@@ -71,6 +92,28 @@ def error(
     """An OpenAI-style error response."""
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
+
+
+def refusal(why: Refusal) -> JSONResponse:
+    """A 503 for a request that cannot be served now, with when to try again."""
+    response = error(503, why.message, code=why.code, type_="server_error")
+    response.headers["Retry-After"] = why.retry_after_header
+    return response
+
+
+def error_event(response: Response) -> bytes:
+    """An error answer as one SSE event, for a stream whose headers already went out."""
+    try:
+        body = json.loads(bytes(response.body))
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or "error" not in body:
+        text = bytes(response.body).decode("utf-8", "replace")[:500]
+        body = {"error": {"message": text, "type": "server_error", "code": "backend_error"}}
+    body["error"]["status"] = response.status_code
+    if retry := response.headers.get("retry-after"):
+        body["error"]["retry_after"] = int(retry)
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
 def backend_error(exc: Exception) -> JSONResponse:
@@ -92,13 +135,34 @@ class Gateway:
     """The app's state: the master key, the current routing table, the backend client,
     and the clock (hold deadlines, the models list's ``created``, reload timings)."""
 
-    def __init__(self, key: str, table: RoutingTable, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        key: str,
+        table: RoutingTable,
+        *,
+        clock: Clock | None = None,
+        admin_socket: Path | None = None,
+        cadence: Cadence | None = None,
+    ) -> None:
         self._key = b""
         self.set_key(key)
         self.table = table
         self.clock: Clock = clock if clock is not None else SystemClock()
+        # Without the controller's socket the counts are kept but reported nowhere, and
+        # an on-demand tier's requests are answered 503 (nothing could load the tier).
+        self.demand = Demand(
+            admin_socket,
+            self.clock,
+            tiers=self._tier_names,
+            cadence=cadence,
+            log=log,
+            pid=os.getpid(),
+        )
         self.requests_done = 0
         self._session: aiohttp.ClientSession | None = None
+
+    def _tier_names(self) -> list[str]:
+        return [route.name for route in self.table.config.routes]
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -112,6 +176,7 @@ class Gateway:
         return self._session
 
     async def aclose(self) -> None:
+        await self.demand.aclose()
         if self._session is not None:
             await self._session.close()
 
@@ -127,33 +192,77 @@ class Gateway:
         return hmac.compare_digest(token.encode(), self._key)
 
     async def handle(
-        self, table: RoutingTable, name: str, checked: Checked, endpoint: Endpoint
+        self,
+        table: RoutingTable,
+        name: str,
+        checked: Checked,
+        endpoint: Endpoint,
+        *,
+        gone: Gone | None = None,
     ) -> Response:
-        """Answer one request inside the tier's gate; the gate opens when the answer ends."""
-        gate = table.gates.get(name)
-        if gate is not None:
-            await gate.semaphore.acquire()
-        released = False
+        """Answer one request inside the tier's gate; the gate opens when the answer ends.
 
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.requests_done += 1
-                if gate is not None:
-                    gate.semaphore.release()
-
+        ``gone`` ends when the client disconnects: a request held for an on-demand tier
+        is then dropped (it was only demand), one already sent runs on as before.
+        """
+        route = table.config.route(name)
+        if route is not None and route.on_demand:
+            return await self._on_demand(table, route, checked, endpoint, gone)
+        claim = self.demand.claim(name)  # counted: held at the gate, then in flight
+        assert claim is not None  # only on-demand holds are capped
         try:
-            route = table.config.route(name)
+            slot = await _Slot.take(self, table.gates.get(name), claim)
+        except BaseException:
+            claim.close()
+            raise
+        try:
             if route is not None and table.config.fast_path:
-                answer = await self._relay(table, route, checked, endpoint, release)
-                if answer is not None:
+                answer = await self._relay(table, route, checked, endpoint, slot.release)
+                if isinstance(answer, Response):
                     return answer
                 log(f"tier '{name}' did not answer; the Router retries it and its fallbacks")
-            return await self._route(table, name, checked, endpoint, release)
+            return await self._route(table, name, checked, endpoint, slot.release)
         except BaseException:
-            release()
+            slot.release()
             raise
+
+    async def _on_demand(
+        self,
+        table: RoutingTable,
+        route: Route,
+        checked: Checked,
+        endpoint: Endpoint,
+        gone: Gone | None,
+    ) -> Response:
+        """Hold a request for an on-demand tier until its verdict lets it through.
+
+        It is reported (``waiting``) at once; the controller decides. A quick fate (the
+        tier is ready, unavailable, or no controller runs) is answered as usual; a
+        stream that must wait gets its headers and keep-alive comments now, and its
+        answer (or an error event) once the tier serves or the hold ends.
+        """
+        demand = self.demand
+        hold = route.hold if route.hold is not None else table.config.hold
+        claim = demand.claim(route.name, hold=hold)
+        if claim is None:
+            limit = demand.cadence.max_waiting
+            why = f"tier '{route.name}' already has {limit} requests waiting for it to load"
+            return refusal(Refusal(why, hold, "too_many_waiting"))
+        held = _Held(self, table, route, checked, endpoint, claim)
+        try:
+            step = await demand.settle(claim, route, nap=demand.cadence.first, first=True)
+        except BaseException:
+            claim.close()
+            raise
+        if isinstance(step, Refusal):
+            claim.close()
+            return refusal(step)
+        if step == HOLD and checked.stream:
+            # Nothing runs until the server iterates it: a response never sent holds
+            # nothing (its claim is forgotten after the hold).
+            stream = _held_stream(held, demand.cadence.keepalive)
+            return StreamingResponse(stream, media_type="text/event-stream")
+        return await _unless_gone(held, gone)
 
     async def _relay(
         self,
@@ -162,8 +271,14 @@ class Gateway:
         checked: Checked,
         endpoint: Endpoint,
         release: Callable[[], None],
-    ) -> Response | None:
-        """The fast path: the tier's answer, or None when the tier failed to answer."""
+        *,
+        wait_refused: bool = True,
+    ) -> Response | _Refused | None:
+        """The fast path: the tier's answer, or None when the tier failed to answer.
+
+        A refused connection is waited out here (up to the hold, for a tier without
+        fallbacks), or with ``wait_refused=False`` returned as :data:`REFUSED` for the
+        caller to hold the request itself."""
         body = json.dumps({**checked.params, "model": route.served_model}).encode()
         url = f"http://{HOST}:{route.port}{PATHS[endpoint]}"
         config = table.config
@@ -184,6 +299,8 @@ class Gateway:
                     )
                     break
                 except aiohttp.ClientConnectorError:
+                    if not wait_refused:
+                        return REFUSED
                     if held_until is None or clock.monotonic() >= held_until:
                         raise
                     # Yields to the event loop between attempts (the clock's sleep would
@@ -260,6 +377,152 @@ async def _events(
         release()
 
 
+class _Slot:
+    """A request's turn at its tier: the gate taken and the request counted in flight.
+
+    :meth:`release` ends it (the answer's last byte: the gate opens, ``last_end`` is
+    stamped); :meth:`give_back` undoes it for a request that was not sent after all
+    (the connection was refused, or the verdict changed while it waited at the gate).
+    """
+
+    def __init__(self, gateway: Gateway, gate: Gate | None, claim: Claim) -> None:
+        self.gateway = gateway
+        self.gate = gate
+        self.claim = claim
+        self.done = False
+
+    @classmethod
+    async def take(cls, gateway: Gateway, gate: Gate | None, claim: Claim) -> _Slot:
+        if gate is not None:
+            await gate.semaphore.acquire()
+        claim.sent()
+        return cls(gateway, gate, claim)
+
+    def _open_gate(self) -> bool:
+        if self.done:
+            return False
+        self.done = True
+        if self.gate is not None:
+            self.gate.semaphore.release()
+        return True
+
+    def release(self) -> None:
+        if self._open_gate():
+            self.gateway.requests_done += 1
+            self.claim.close()
+
+    def give_back(self) -> None:
+        if self._open_gate():
+            self.claim.refused()
+
+
+class _Held:
+    """A request held for an on-demand tier, from its hold to its answer's start."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        table: RoutingTable,
+        route: Route,
+        checked: Checked,
+        endpoint: Endpoint,
+        claim: Claim,
+    ) -> None:
+        self.gateway = gateway
+        self.table = table
+        self.route = route
+        self.checked = checked
+        self.endpoint = endpoint
+        self.claim = claim
+        self.slot: _Slot | None = None
+
+    async def serve(self) -> Response:
+        """Hold until the tier may be sent to, then send (the gate, then the fast path);
+        a 503 when the hold ends first or the verdict says ``unavailable``. A connection
+        the tier refuses puts the request back among the held ones."""
+        gateway, table, route, claim = self.gateway, self.table, self.route, self.claim
+        demand = gateway.demand
+        try:
+            while True:
+                step = await demand.settle(claim, route)
+                if isinstance(step, Refusal):
+                    claim.close()
+                    return refusal(step)
+                self.slot = slot = await _Slot.take(gateway, table.gates.get(route.name), claim)
+                if demand.step(claim, route) != SEND:  # it changed while the gate was shut
+                    slot.give_back()
+                    continue
+                answer = await gateway._relay(
+                    table, route, self.checked, self.endpoint, slot.release, wait_refused=False
+                )
+                if answer is REFUSED:
+                    slot.give_back()
+                    demand.refused(route)
+                    continue
+                if isinstance(answer, Response):
+                    return answer
+                log(f"tier '{route.name}' did not answer; the Router retries it")
+                return await gateway._route(table, route.name, self.checked, self.endpoint,
+                                            slot.release)  # fmt: skip
+        except BaseException:
+            self.abandon()
+            raise
+
+    def abandon(self) -> None:
+        """Let go of everything this request holds (its answer will never be read)."""
+        if self.slot is not None:
+            self.slot.release()
+        self.claim.close()
+
+
+async def _unless_gone(held: _Held, gone: Gone | None) -> Response:
+    """``held``'s answer; dropped if its client goes away while it is still held (once
+    sent, it runs to its end as any request does)."""
+    fate = asyncio.ensure_future(held.serve())
+    if gone is None:
+        return await fate
+    watcher = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({fate, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        while not fate.done():
+            if held.claim.held:  # the client left before the tier had the request
+                fate.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fate
+                return error(499, "the client went away", code="client_gone")
+            await asyncio.wait({fate}, timeout=GONE_POLL)
+        return fate.result()
+    finally:
+        watcher.cancel()
+        if not fate.done():
+            fate.cancel()
+
+
+async def _held_stream(held: _Held, keepalive: float) -> AsyncIterator[bytes]:
+    """A held stream: keep-alive comments until the tier serves, then its events (or
+    an error event: the headers, 200, went out with the first comment)."""
+    fate = asyncio.ensure_future(held.serve())
+    relayed = False
+    try:
+        yield KEEPALIVE
+        while not fate.done():
+            await asyncio.wait({fate}, timeout=keepalive)
+            if not fate.done():
+                yield KEEPALIVE
+        response = fate.result()
+        relayed = True
+        if isinstance(response, StreamingResponse):
+            async for chunk in response.body_iterator:
+                yield chunk if isinstance(chunk, bytes) else str(chunk).encode()
+        else:
+            yield error_event(response)
+    finally:
+        if not fate.done():
+            fate.cancel()  # the client went away while held: it was only demand
+        elif not relayed and not fate.cancelled() and fate.exception() is None:
+            held.abandon()
+
+
 def _dump(result: Any, public: str) -> bytes:
     data = result.model_dump(exclude_none=True)
     data["model"] = public
@@ -304,7 +567,12 @@ def build_app(gateway: Gateway) -> Starlette:
             models = ", ".join(table.models()) or "(none)"
             return error(404, f"model '{checked.model}' does not exist; models: {models}",
                          code="model_not_found", param="model")  # fmt: skip
-        return await gateway.handle(table, name, checked, endpoint)
+
+        async def gone() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        return await gateway.handle(table, name, checked, endpoint, gone=gone)
 
     async def chat(request: Request) -> Response:
         return await completions(request, "chat")

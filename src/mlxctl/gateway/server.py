@@ -27,7 +27,13 @@ from mlxctl.gateway.app import Gateway, build_app, log
 from mlxctl.gateway.drain import DrainingServer, closing_while_draining
 from mlxctl.gateway.requests import request_adapters
 from mlxctl.gateway.routing import RoutingTable, warm_litellm
-from mlxctl.runtimes.gateway import KEY_FILE_ENV, MASTER_KEY_ENV, GatewayConfig, parse_config
+from mlxctl.runtimes.gateway import (
+    ADMIN_SOCKET_ENV,
+    KEY_FILE_ENV,
+    MASTER_KEY_ENV,
+    GatewayConfig,
+    parse_config,
+)
 
 if TYPE_CHECKING:
     from mlxctl.machine.interfaces import Clock
@@ -131,7 +137,13 @@ async def serve(config_path: Path, host: str, port: int, *, clock: Clock) -> Non
     key = read_key(key_file)
     if not key:
         raise SystemExit(f"gateway: no master key in {MASTER_KEY_ENV} or {KEY_FILE_ENV}")
-    gateway = Gateway(key, RoutingTable(read_config(config_path)), clock=clock)
+    admin = os.environ.get(ADMIN_SOCKET_ENV, "").strip()
+    gateway = Gateway(
+        key,
+        RoutingTable(read_config(config_path)),
+        clock=clock,
+        admin_socket=Path(admin) if admin else None,
+    )
     for endpoint in ("chat", "text"):  # the OpenAI schema, compiled before the first request
         request_adapters(endpoint)
     reloader = Reloader(gateway, config_path, key_file)
@@ -155,6 +167,8 @@ async def serve(config_path: Path, host: str, port: int, *, clock: Clock) -> Non
     sock = bind(host, port)
     models = ", ".join(gateway.table.models())
     log(f"serving {models} on {host}:{port} ({clock.monotonic() - started:.2f} s after start)")
+    if not admin:
+        log(f"no {ADMIN_SOCKET_ENV}: demand is reported nowhere; on-demand tiers answer 503")
 
     async def warm_router() -> None:
         await gateway.table.router()
@@ -162,6 +176,9 @@ async def serve(config_path: Path, host: str, port: int, *, clock: Clock) -> Non
         log(f"litellm.Router ready ({clock.monotonic() - started:.2f} s after start)")
 
     warming = asyncio.create_task(warm_router())
+    # Demand reports from the start (not only once a request comes): a controller that
+    # restarted learns each tier's last request end from the first heartbeat.
+    gateway.demand.start()
     try:
         await server.serve(sockets=[sock])
     finally:
