@@ -423,9 +423,13 @@ def test_draining_holds_new_requests_while_the_one_in_flight_finishes(short_dir:
                 await s.controller.until(lambda t: t.in_flight == 1)
                 s.controller.say("big", "draining", "unloading: idle for 300 s")
                 await s.controller.told()
+                # Said back at once: the controller stops the tier only once it reads
+                # held_back with nothing in flight.
+                drained = await s.controller.until(lambda t: t.held_back)
+                assert drained.in_flight == 1
                 held = asyncio.ensure_future(s.ask())
                 load = await s.controller.until(lambda t: t.waiting == 1)
-                assert load.in_flight == 1 and s.big.started_streams == 1
+                assert load.in_flight == 1 and load.held_back and s.big.started_streams == 1
                 s.big.finish.set()
                 rest = await read_stream(streaming)
             assert rest[-1] == b"data: [DONE]\n\n"  # the one in flight was not cut
@@ -434,6 +438,7 @@ def test_draining_holds_new_requests_while_the_one_in_flight_finishes(short_dir:
             s.controller.say("big", "ready")
             status, _, _ = await asyncio.wait_for(held, DEADLINE)
             assert status == 200
+            assert not (await s.controller.until(lambda t: not t.held_back)).held_back
 
     run(test)
 

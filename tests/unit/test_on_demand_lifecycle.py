@@ -156,3 +156,21 @@ def test_validate_refuses_a_stack_whose_always_tiers_and_largest_on_demand_do_no
     w.write(body.replace("spec:\n", "spec:\n  memory: {budget: 7GiB}\n"))
     with pytest.raises(AdmissionError, match=r"8.0 GiB > budget 7.0 GiB"):
         stacks.validate(stacks.load([w.stacks]), w.ctx)
+
+
+def test_two_gateways_reporting_during_a_handover_add_up(tmp_path: Path) -> None:
+    """The old gateway still streams (1 in flight) while the new one reports none: the
+    tier is busy, not idle; once the old one stops reporting, its count goes stale."""
+    w = world(tmp_path)
+    book = w.ctx.demand
+    assert book is not None
+    book.report(DemandReport(gateway_pid=10, tiers={"a": TierLoad(in_flight=1)}))
+    book.report(DemandReport(gateway_pid=11, tiers={"a": TierLoad(held_back=True)}))
+    seen = book.observed()["a"]
+    assert (seen.in_flight, seen.held_back) == (1, False)
+    w.clock.advance(8)
+    book.report(DemandReport(gateway_pid=11, tiers={"a": TierLoad(held_back=True)}))
+    w.clock.advance(3)  # the old one's last report is 11 s old
+    book.report(DemandReport(gateway_pid=11, tiers={"a": TierLoad(held_back=True)}))
+    seen = book.observed()["a"]
+    assert (seen.in_flight, seen.held_back) == (0, True)

@@ -303,6 +303,9 @@ class Demand:
             in_flight=state.in_flight,
             waiting_since=since,
             last_end=state.last_end,
+            # Its verdict says draining, so no new request is sent to it (see step): with
+            # nothing in flight in this same report, nothing is on its way either.
+            held_back=state.verdict is not None and state.verdict.state == "draining",
         )
 
     def snapshot(self) -> DemandReport:
@@ -557,6 +560,10 @@ class Demand:
             old = state.verdict
             if verdict is None or old is None or verdict.state != old.state:
                 state.port = "unknown"
+            draining = verdict is not None and verdict.state == "draining"
+            if draining != (old is not None and old.state == "draining"):
+                # The controller waits for this to stop the tier: said at once.
+                self._changed(urgent=True)
             state.verdict = verdict
 
 

@@ -2,7 +2,8 @@
 
 Demand is observed state, level-triggered like everything the planner reads: the
 gateway sends its whole view (requests held and in flight per tier) on every change
-and every few seconds, and the book keeps the latest. A report older than
+and every few seconds, and the book keeps the latest of each gateway process (while
+one gateway replaces another both report; their counts add up). A report older than
 ``stale_after`` counts as no requests at all (that gateway is gone or wedged: its
 requests were cut anyway), so a dead gateway can never keep a tier loaded; the last
 request end it reported is kept, so idle time survives a gateway restart.
@@ -35,8 +36,9 @@ class DemandBook:
         self.clock = clock
         self.stale_after = stale_after
         self._lock = threading.Lock()
-        self._report: DemandReport | None = None
-        self._received_at = 0.0
+        # The latest report of each gateway process (two report while one replaces the
+        # other), with when it arrived.
+        self._reports: dict[int, tuple[DemandReport, float]] = {}
         self._last_end: dict[str, float] = {}
         self._load: dict[str, float] = {}
         self._unload: dict[str, float] = {}
@@ -44,8 +46,11 @@ class DemandBook:
     def report(self, report: DemandReport) -> None:
         """Keep the gateway's latest view (stamped with the controller's clock)."""
         with self._lock:
-            self._report = report
-            self._received_at = self.clock.time()
+            now = self.clock.time()
+            self._reports[report.gateway_pid] = (report, now)
+            for pid, (_, at) in list(self._reports.items()):
+                if now - at > self.stale_after:
+                    del self._reports[pid]  # that gateway is gone
             for name, load in report.tiers.items():
                 if load.last_end is not None:
                     self._last_end[name] = max(self._last_end.get(name, 0.0), load.last_end)
@@ -83,8 +88,10 @@ class DemandBook:
     def observed(self) -> dict[str, TierDemand]:
         """Each tier's demand now, for the observed state."""
         with self._lock:
-            loads = self._report.tiers if self._report is not None and self._fresh() else {}
-            names = set(loads) | set(self._last_end) | set(self._load) | set(self._unload)
+            reports = self._current()
+            names = set(self._last_end) | set(self._load) | set(self._unload)
+            for report in reports:
+                names |= set(report.tiers)
             out: dict[str, TierDemand] = {}
             for name in sorted(names):
                 demand = TierDemand(
@@ -92,14 +99,17 @@ class DemandBook:
                     load_requested_at=self._load.get(name),
                     unload_requested_at=self._unload.get(name),
                 )
-                load = loads.get(name)
-                if load is not None:
+                loads = [r.tiers[name] for r in reports if name in r.tiers]
+                if loads:
+                    # Summed over the gateways reporting (a handover); held back only when
+                    # every one of them holds the tier's new requests.
+                    since = [t.waiting_since for t in loads if t.waiting_since is not None]
                     demand = replace(
                         demand,
-                        waiting=load.waiting,
-                        in_flight=load.in_flight,
-                        waiting_since=load.waiting_since,
-                        held_back=load.held_back,
+                        waiting=sum(t.waiting for t in loads),
+                        in_flight=sum(t.in_flight for t in loads),
+                        waiting_since=min(since, default=None),
+                        held_back=all(t.held_back for t in loads),
                     )
                 out[name] = demand
             return out
