@@ -81,9 +81,11 @@ class DemandBook:
             return self._fresh()
 
     def _fresh(self) -> bool:
-        return (
-            self._report is not None and self.clock.time() - self._received_at <= self.stale_after
-        )
+        return bool(self._current())
+
+    def _current(self) -> list[DemandReport]:
+        now = self.clock.time()
+        return [r for r, at in self._reports.values() if now - at <= self.stale_after]
 
     def observed(self) -> dict[str, TierDemand]:
         """Each tier's demand now, for the observed state."""
