@@ -9,7 +9,6 @@ vllm-mlx, so nothing is downloaded twice.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +117,8 @@ def admin_socket_path(paths: Paths) -> Path:
     preferred = state / "admin.sock"
     if len(os.fsencode(preferred)) <= SOCKET_PATH_MAX:
         return preferred
+    import hashlib  # only here: every command imports this module, few need the fallback
+
     digest = hashlib.sha256(os.fsencode(state)).hexdigest()[:20]
     return SHORT_SOCKET_ROOT / f"mlxctl-{os.getuid()}" / f"{digest}.sock"
 

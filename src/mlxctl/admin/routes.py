@@ -8,12 +8,10 @@ every route.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import json
+import itertools
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +26,6 @@ from mlxctl.runtimes.gateway import DemandReport
 from mlxctl.spec.schema import NAME_PATTERN
 from mlxctl.status import report
 from mlxctl.status.services import status_json
-
-# Seconds between two looks at the event log while following it.
-FOLLOW_POLL = 0.2
 
 
 def _targets(ctl: ControllerPort, files: list[Path]) -> list[Path]:
@@ -119,62 +114,12 @@ def plan(ctl: ControllerPort, req: Request) -> Response:
 def events(ctl: ControllerPort, req: Request) -> Response:
     """The last ``tail`` events; with ``follow``, then every new one, as NDJSON."""
     tail = int(req.number("tail", 50, low=0, high=100_000) or 0)
-    path = ctl.ctx.paths.events
-    offset = _size(path)
-    found = ops.events(ctl.ctx.paths, tail) if tail else []
+    offset = ops.events_size(ctl.ctx.paths)
+    found = [e.to_json() for e in ops.events(ctl.ctx.paths, tail)] if tail else []
     if not req.flag("follow"):
-        return Response(200, {"events": [e.to_json() for e in found]})
-    return Response(200, stream=_follow(path, offset, [e.to_json() for e in found], req))
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _follow(path: Path, offset: int, first: list[dict[str, Any]], req: Request) -> Iterator[Any]:
-    """The given events, then each line appended to the log (from ``offset``), reopening
-    it when rotated, until the server closes (or the client goes: the write fails)."""
-    yield from first
-    handle = None
-    inode = None
-    pending = b""
-    try:
-        while not req.closing.is_set():
-            if handle is None:
-                try:
-                    handle = open(path, "rb")  # noqa: SIM115 - reopened on rotation
-                except FileNotFoundError:
-                    req.closing.wait(FOLLOW_POLL)
-                    offset = 0
-                    continue
-                inode = os.fstat(handle.fileno()).st_ino
-                size = os.fstat(handle.fileno()).st_size
-                handle.seek(offset if offset <= size else 0)
-            chunk = handle.read()
-            if chunk:
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    with contextlib.suppress(ValueError):
-                        record = json.loads(line)
-                        if isinstance(record, dict):
-                            yield record
-                continue
-            try:
-                rotated = os.stat(path).st_ino != inode
-            except FileNotFoundError:
-                rotated = True
-            if rotated:
-                handle.close()
-                handle, offset, pending = None, 0, b""
-                continue
-            req.closing.wait(FOLLOW_POLL)
-    finally:
-        if handle is not None:
-            handle.close()
+        return Response(200, {"events": found})
+    follow = ops.follow_events(ctl.ctx.paths, offset, req.closing)
+    return Response(200, stream=itertools.chain(found, follow))
 
 
 def ps(ctl: ControllerPort, req: Request) -> Response:

@@ -77,8 +77,8 @@ def prepare_dir(socket_path: Path) -> None:
 def check_socket(socket_path: Path) -> None:
     """The client's side, before connecting: the directory passes :func:`check_dir` and
     the socket is the user's own (nobody else's server can be answering)."""
+    info = os.lstat(socket_path)  # none: FileNotFoundError, no controller (not a refusal)
     check_dir(socket_path.parent, follow=not is_short_dir(socket_path))
-    info = os.lstat(socket_path)
     if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
         raise MlxctlError(f"refusing {socket_path}: not a socket of yours")
 
