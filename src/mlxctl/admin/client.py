@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -90,7 +90,7 @@ class AdminClient:
             raise _error(answer, status)
         return answer
 
-    def stream(self, target: str) -> Iterator[Any]:
+    def stream(self, target: str) -> Generator[Any, None, None]:
         """A streamed answer (NDJSON), one decoded object per line, until it closes."""
         sock = self._send("GET", target, None, None)
         try:

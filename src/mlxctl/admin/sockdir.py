@@ -24,13 +24,13 @@ import struct
 import sys
 from pathlib import Path
 
+from mlxctl import paths
 from mlxctl.errors import MlxctlError
-from mlxctl.paths import SHORT_SOCKET_ROOT
 
 
 def is_short_dir(socket_path: Path) -> bool:
     """The socket is in the per-user fallback directory under ``/tmp`` (not the state dir)."""
-    return socket_path.parent.parent == SHORT_SOCKET_ROOT
+    return socket_path.parent.parent == paths.SHORT_SOCKET_ROOT
 
 
 def check_dir(directory: Path, *, follow: bool) -> None:
