@@ -64,7 +64,7 @@ def paths() -> Paths:
 
 def context(*, listeners: list[Listener] | None = None, online_models: bool = False) -> Context:
     """The real effects for one command: the CLI is where a use case's context is built
-    (the admin API will hand the controller's own to the same use cases)."""
+    (the admin API hands the controller's own to the same use cases)."""
     from mlxctl.app.context import real
 
     return real(paths(), listeners=listeners, online_models=online_models)
