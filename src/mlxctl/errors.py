@@ -27,6 +27,8 @@ class ExitCode(IntEnum):
     # A write to the state directory failed: no space left, a quota, a size limit, a
     # read-only file system.
     STORAGE = 9
+    # ``load`` / ``unload``: they need a running controller (``mlxctl reconcile``).
+    NO_CONTROLLER = 10
     INTERRUPTED = 130
 
 

@@ -15,6 +15,15 @@ from pathlib import Path
 
 from mlxctl.files import make_private, private_dir
 
+# The longest Unix socket path every platform binds: macOS's ``sun_path`` is 104 bytes
+# with its NUL (Linux's 108). One limit everywhere, so a long ``MLXCTL_HOME`` takes the
+# same fallback on Linux as on a Mac (and the tests here exercise it).
+SOCKET_PATH_MAX = 103
+# Where the admin socket goes when ``STATE/admin.sock`` is too long: a per-user 0700
+# directory, the socket named from a hash of the state directory (client and server
+# compute the same name; two state directories never share one).
+SHORT_SOCKET_ROOT = Path("/tmp")
+
 
 @dataclass(frozen=True)
 class Paths:
@@ -67,6 +76,11 @@ class Paths:
     def ports(self) -> Path:
         return self.state / "ports.json"
 
+    @property
+    def admin_socket(self) -> Path:
+        """The controller's admin socket: see :func:`admin_socket_path`."""
+        return admin_socket_path(self)
+
     def secure_state(self) -> None:
         """Create the state directory 0700 and repair what is in it to 0700 / 0600.
 
@@ -89,6 +103,24 @@ class Paths:
                     make_private(entry)
                 elif entry.is_dir() and not entry.is_symlink() and directory == self.state:
                     make_private(entry, directory=True)
+
+
+def admin_socket_path(paths: Paths) -> Path:
+    """Where the controller serves its admin API (and where clients and the gateway find it).
+
+    ``STATE/admin.sock`` when that path fits a socket address (:data:`SOCKET_PATH_MAX`
+    bytes); otherwise ``/tmp/mlxctl-UID/HASH.sock``, HASH naming the absolute state
+    directory. Pure: nothing is created or checked here (``mlxctl.admin.sockdir`` checks
+    the short directory's owner and mode before anything binds or connects there).
+    """
+    state = Path(os.path.abspath(paths.state))
+    preferred = state / "admin.sock"
+    if len(os.fsencode(preferred)) <= SOCKET_PATH_MAX:
+        return preferred
+    import hashlib  # only here: every command imports this module, few need the fallback
+
+    digest = hashlib.sha256(os.fsencode(state)).hexdigest()[:20]
+    return SHORT_SOCKET_ROOT / f"mlxctl-{os.getuid()}" / f"{digest}.sock"
 
 
 def default_paths(environ: dict[str, str] | None = None) -> Paths:

@@ -45,8 +45,9 @@ def test_controller_heals_follows_saves_and_ignores_invalid_edits(
     controller = mlxctl.start("reconcile", str(mlxctl.stacks), "--interval", "3600", log=log)
     pid = wait_for(lambda: ready_pid(mlxctl), 120, "the tier to be ready")
 
-    # The lock names its holder; a second reconciler is refused.
-    second = mlxctl.run("reconcile", "--once", str(mlxctl.stacks))
+    # The lock names its holder: a second controller is refused; `reconcile --once` of
+    # other files too (the controller would undo them), naming the controller.
+    second = mlxctl.run("reconcile", "--once", str(mlxctl.stacks / "other.yaml"))
     assert second.returncode == 6 and f"pid {controller.pid}" in second.stderr
 
     # kill -9: noticed and healed.

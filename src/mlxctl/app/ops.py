@@ -5,10 +5,15 @@ Functions return values and never print (see :mod:`mlxctl.app.stacks`).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from mlxctl.apply.events import Event, read_events
 from mlxctl.desired.resolve import master_key_ref
@@ -24,6 +29,71 @@ from mlxctl.spec.stack_set import StackSet
 def events(paths: Paths, limit: int | None = 50) -> list[Event]:
     """The most recent events, oldest first."""
     return read_events(paths.events, limit)
+
+
+# Seconds between two looks at the event log while following it.
+FOLLOW_POLL = 0.2
+
+
+def events_size(paths: Paths) -> int:
+    """Where the event log ends now: following from here misses nothing after a tail."""
+    try:
+        return paths.events.stat().st_size
+    except OSError:
+        return 0
+
+
+def follow_events(paths: Paths, offset: int, stop: threading.Event) -> Iterator[dict[str, Any]]:
+    """Each event appended to the log from ``offset`` on (JSON records), as it comes,
+    reopening the log when it is rotated, until ``stop`` is set (or the consumer stops
+    iterating). Unreadable lines (a torn write) are skipped."""
+    path = paths.events
+    handle = None
+    inode = None
+    pending = b""
+    try:
+        while not stop.is_set():
+            if handle is None:
+                try:
+                    handle = open(path, "rb")  # noqa: SIM115 - reopened on rotation
+                except FileNotFoundError:
+                    stop.wait(FOLLOW_POLL)
+                    offset = 0
+                    continue
+                info = os.fstat(handle.fileno())
+                inode = info.st_ino
+                handle.seek(offset if offset <= info.st_size else 0)
+            chunk = handle.read()
+            if chunk:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    with contextlib.suppress(ValueError):
+                        record = json.loads(line)
+                        if isinstance(record, dict):
+                            yield record
+                continue
+            try:
+                rotated = os.stat(path).st_ino != inode
+            except FileNotFoundError:
+                rotated = True
+            if rotated:
+                handle.close()
+                handle, offset, pending = None, 0, b""
+                continue
+            stop.wait(FOLLOW_POLL)
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def event_of(record: Mapping[str, Any]) -> Event | None:
+    """An event from its JSON record (as :meth:`Event.to_json` wrote it), or None."""
+    names = {f.name for f in fields(Event)}
+    try:
+        return Event(**{k: v for k, v in record.items() if k in names})
+    except TypeError:
+        return None
 
 
 def log_file(paths: Paths, name: str) -> Path:

@@ -14,10 +14,12 @@ cause are :class:`~mlxctl.errors.MlxctlError` subclasses.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlxctl.desired.checks import stack_problems
 from mlxctl.desired.render import canonical_documents, to_yaml
@@ -26,6 +28,7 @@ from mlxctl.desired.state import DesiredState
 from mlxctl.errors import MlxctlError, SpecError, StorageError
 from mlxctl.paths import Paths
 from mlxctl.plan.actions import Plan, PlanOptions
+from mlxctl.reconcile import suspension
 from mlxctl.reconcile.context import Context, read_ports
 from mlxctl.reconcile.converge import ConvergeResult, converge
 from mlxctl.reconcile.passes import (
@@ -39,6 +42,9 @@ from mlxctl.reconcile.passes import (
 from mlxctl.reconcile.teardown import stop_recorded, stop_strays
 from mlxctl.spec.stack_set import StackSet
 from mlxctl.status.services import ServiceStatus, build_status
+
+if TYPE_CHECKING:
+    from mlxctl.reconcile.controller import Controller
 
 
 def load(targets: Sequence[Path]) -> StackSet:
@@ -96,9 +102,15 @@ def reconcile_once(
     """Converge once: passes until every service is ready, something started fails, or
     nothing in flight could change the answer. The caller holds the state lock; a
     context with ``online_models`` pins model references missing from a lock file on
-    the hub (once). Progress goes to the context's listeners."""
+    the hub (once). Progress goes to the context's listeners.
+
+    It also lifts a controller's ``down`` (its marker): the user asked to converge, so a
+    controller started later applies the stack instead of staying suspended."""
     desired = resolve(ctx, stack)
-    return converge(ctx, desired, options, on_plan=on_plan, on_pass=on_pass)
+    result = converge(ctx, desired, options, on_plan=on_plan, on_pass=on_pass)
+    if not result.last.plan.refused:
+        suspension.clear(ctx.paths)
+    return result
 
 
 def plan_once(ctx: Context, stack: StackSet, options: PlanOptions) -> PassResult:
@@ -169,6 +181,15 @@ def status(ctx: Context, targets: Sequence[Path]) -> Status:
     return Status(rows, warning, invalid, tuple(notes))
 
 
+def current_desired(ctx: Context, targets: Sequence[Path]) -> DesiredState | None:
+    """What the stack files ask for now (an invalid file's last valid version standing in),
+    or None when they cannot be read; reads only."""
+    try:
+        return resolve(ctx, load_stack_keeping_last_good(ctx, targets, save=False))
+    except MlxctlError:
+        return None
+
+
 def service_rows(ctx: Context, desired: DesiredState) -> list[ServiceStatus]:
     """The status rows of ``desired``'s services (health from ``ctx``'s health source)."""
     return build_status(desired, observe_state(ctx, desired)) if desired.services else []
@@ -182,12 +203,14 @@ def run_controller(
     interval: float,
     log: Callable[[str], None],
     on_start: Callable[[Callable[[], None]], None] | None = None,
+    serve: Callable[[Controller], AbstractContextManager[object]] | None = None,
 ) -> None:
     """Run the controller until stopped (the caller holds the state lock); ``on_start``
-    receives its stop function."""
+    receives its stop function; ``serve`` (the admin API) runs beside it, for as long."""
     from mlxctl.reconcile.controller import Controller
 
     ctl = Controller(ctx, targets, options, interval=interval, log=log)
     if on_start is not None:
         on_start(ctl.stop)
-    ctl.run()
+    with serve(ctl) if serve is not None else contextlib.nullcontext():
+        ctl.run()

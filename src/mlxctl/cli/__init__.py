@@ -3,33 +3,34 @@
 Expected failures (:class:`~mlxctl.errors.MlxctlError`) print one line, ``error: ...``,
 and exit with their documented code (``docs/exit-codes.md``); a traceback means a bug.
 Commands return their exit code.
+
+click is imported only once a command needs parsing: ``mlxctl status`` with a
+controller running takes the quick path (:mod:`mlxctl.cli.quick`) and never pays for it.
 """
 
 from __future__ import annotations
 
 import sys
 
-import click
-
-from mlxctl import __version__
 from mlxctl.errors import ExitCode, MlxctlError, SpecError
 
 
-@click.group(
-    name="mlxctl",
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-)
-@click.version_option(__version__, prog_name="mlxctl")
-def app() -> None:
-    """Declarative controller for local LLM model servers (mlx-lm, vllm-mlx) behind a
-    LiteLLM gateway."""
-
-
 def _register() -> None:
-    from mlxctl.cli import catalog_cmd, hardware_cmd, init_cmd, models_cmd, ops_cmds, stack_cmds
+    from mlxctl.cli import (
+        catalog_cmd,
+        control_cmds,
+        hardware_cmd,
+        init_cmd,
+        models_cmd,
+        ops_cmds,
+        root,
+        stack_cmds,
+    )
 
-    for module in (stack_cmds, ops_cmds, catalog_cmd, hardware_cmd, init_cmd, models_cmd):
-        module.register(app)
+    for module in (
+        stack_cmds, ops_cmds, control_cmds, catalog_cmd, hardware_cmd, init_cmd, models_cmd,
+    ):  # fmt: skip
+        module.register(root.app)
 
 
 def report_error(exc: MlxctlError) -> None:
@@ -42,6 +43,15 @@ def report_error(exc: MlxctlError) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mlxctl`` console script; returns the exit code."""
+    from mlxctl.cli.quick import quick
+
+    code = quick(sys.argv[1:] if argv is None else argv)
+    if code is not None:
+        return code
+    import click
+
+    from mlxctl.cli.root import app
+
     _register()
     try:
         result = app.main(args=argv, prog_name="mlxctl", standalone_mode=False)

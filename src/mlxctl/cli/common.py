@@ -19,6 +19,7 @@ from mlxctl.machine.clock import SystemClock
 from mlxctl.paths import Paths, default_paths
 
 if TYPE_CHECKING:
+    from mlxctl.admin.client import AdminClient
     from mlxctl.app.context import Context
     from mlxctl.apply.events import Listener
     from mlxctl.machine.interfaces import Clock
@@ -63,7 +64,7 @@ def paths() -> Paths:
 
 def context(*, listeners: list[Listener] | None = None, online_models: bool = False) -> Context:
     """The real effects for one command: the CLI is where a use case's context is built
-    (the admin API will hand the controller's own to the same use cases)."""
+    (the admin API hands the controller's own to the same use cases)."""
     from mlxctl.app.context import real
 
     return real(paths(), listeners=listeners, online_models=online_models)
@@ -77,6 +78,54 @@ def state_lock(ctx: Context) -> Iterator[None]:
 
     with hold(ctx):
         yield
+
+
+def controller() -> AdminClient | None:
+    """The running controller of this state directory, or None (then a command works on
+    the state directory itself). Costs one connect: no controller is the common case."""
+    from mlxctl.admin.client import connect
+
+    return connect(paths())
+
+
+def need_controller(command: str) -> AdminClient:
+    """The running controller; exit 10 in one line when there is none."""
+    from mlxctl.errors import ExitCode, MlxctlError
+
+    client = controller()
+    if client is None:
+        raise MlxctlError(
+            f"`mlxctl {command}` needs a running controller: start it with `mlxctl reconcile`",
+            exit_code=ExitCode.NO_CONTROLLER,
+        )
+    return client
+
+
+def explicit_files(path: Path | None, files: tuple[Path, ...] | list[Path] | None) -> list[str]:
+    """The stack files named on the command line, absolute (the controller's working
+    directory is not ours); [] when none: the controller applies its own."""
+    import os
+
+    chosen = list(files) if files else ([path] if path is not None else [])
+    return [os.path.abspath(p) for p in chosen]
+
+
+def show_converge(answer: dict[str, Any], *, json_out: bool) -> int:
+    """Print a converge run the controller carried out, as ``reconcile --once`` prints its
+    own: the plan, the status table, then "converged" or one error line per service."""
+    if json_out:
+        for record in answer["records"]:
+            emit_json(record)
+        return int(answer["exit_code"])
+    for line in answer["plan"]:
+        err(line)
+    if answer["status"]:
+        print(answer["status"])
+    if answer["exit_code"] == 0:
+        err("converged: every service is running and ready.")
+    for line in answer["errors"]:
+        err(f"error: {line}")
+    return int(answer["exit_code"])
 
 
 def targets(path: Path | None, files: tuple[Path, ...] | list[Path] | None) -> list[Path]:

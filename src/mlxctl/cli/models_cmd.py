@@ -266,31 +266,36 @@ def gc(
 
 def update(tiers: tuple[str, ...] = (), files: tuple[Path, ...] = (), output: str = "text") -> int:
     """Re-resolve the hub revisions of TIERs (all when none) and rewrite the lock files."""
-    from mlxctl.app.models import update_locks
-    from mlxctl.cli.common import load_selected
+    from mlxctl.cli.common import controller, explicit_files, load_selected
 
-    stack = load_selected(targets(None, files))
-    changes = update_locks(stack, paths(), tiers)
-    if output == "json":
-        emit_json(
+    client = controller()
+    if client is not None:
+        body = {"tiers": list(tiers), "files": explicit_files(None, files)}
+        changes = client.call("POST", "/v1/models/update", body, timeout=None)["changes"]
+    else:
+        from mlxctl.app.models import update_locks
+
+        stack = load_selected(targets(None, files))
+        changes = [
             {
-                "changes": [
-                    {
-                        "tier": c.tier,
-                        "repo": c.repo,
-                        "requested": c.requested,
-                        "old": c.old,
-                        "new": c.new,
-                        "lock_file": str(c.lock_file),
-                    }
-                    for c in changes
-                ]
+                "tier": c.tier,
+                "repo": c.repo,
+                "requested": c.requested,
+                "old": c.old,
+                "new": c.new,
+                "lock_file": str(c.lock_file),
             }
-        )
+            for c in update_locks(stack, paths(), tiers)
+        ]
+    if output == "json":
+        emit_json({"changes": changes})
         return int(ExitCode.OK)
     for c in changes:
-        old = c.old[:12] if c.old else "(not locked)"
-        print(f"{c.tier}: {c.repo}@{c.requested} revision {old} -> {c.new[:12]} ({c.lock_file})")
+        old = c["old"][:12] if c["old"] else "(not locked)"
+        print(
+            f"{c['tier']}: {c['repo']}@{c['requested']} revision {old} -> {c['new'][:12]} "
+            f"({c['lock_file']})"
+        )
     if not changes:
         print("every locked revision is current")
     return int(ExitCode.OK)

@@ -1,32 +1,55 @@
-"""``status``, ``down``, ``logs``, ``events``, ``gateway-key`` and ``quickstart``."""
+"""``status``, ``down``, ``up``, ``logs``, ``events``, ``gateway-key`` and ``quickstart``.
+
+Each asks the running controller when there is one (its admin API: the controller
+holds the state lock, and knows health and demand first-hand), and otherwise works on
+the state directory itself.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mlxctl.cli.common import (
     CLOCK,
     context,
+    controller,
     emit_json,
     err,
+    explicit_files,
     load_selected,
     output_option,
     paths,
+    show_converge,
     stack_selection,
     state_lock,
     targets,
 )
 from mlxctl.errors import ExitCode, NotFoundError
 
+if TYPE_CHECKING:
+    from mlxctl.admin.client import AdminClient
+
 
 def status(path: Path | None = None, files: tuple[Path, ...] = (), output: str = "text") -> int:
     """Per tier and gateway: health, desired vs running (Synced/OutOfSync), PID, port, uptime."""
+    client = controller()
+    if client is not None:
+        from mlxctl.admin.client import query
+        from mlxctl.cli.quick import show_status
+
+        show_status(
+            client.call("GET", "/v1/status" + query(file=explicit_files(path, files))), output
+        )
+        return int(ExitCode.OK)
     from mlxctl.app import stacks
     from mlxctl.status import report
     from mlxctl.status.services import status_json
@@ -47,7 +70,11 @@ def status(path: Path | None = None, files: tuple[Path, ...] = (), output: str =
 
 
 def down(output: str = "text") -> int:
-    """Stop everything mlxctl owns (the gateway and every tier)."""
+    """Stop everything mlxctl owns (the gateway and every tier). A running controller stays
+    up, suspended (even across its restarts) until `mlxctl up` or `reconcile --once`."""
+    client = controller()
+    if client is not None:
+        return _down_through(client, output == "json")
     from mlxctl.app import stacks
     from mlxctl.status import report
 
@@ -73,6 +100,37 @@ def down(output: str = "text") -> int:
         if not result.outcomes and not notes:
             print("nothing to stop")
     return int(code)
+
+
+def _down_through(client: AdminClient, json_out: bool) -> int:
+    answer = client.call("POST", "/v1/down", {}, timeout=None)
+    code = int(answer["exit_code"])
+    if json_out:
+        for record in answer["records"]:
+            emit_json(record)
+    else:
+        for line in answer["outcomes"]:
+            print(line)
+        for line in answer["notes"]:
+            print(line)
+        if not answer["outcomes"] and not answer["notes"] and code == 0:
+            print("nothing to stop")
+        for line in answer["errors"]:
+            err(f"error: {line}")
+    err("the controller stays up, suspended: `mlxctl up` (or `mlxctl reconcile --once`) resumes")
+    return code
+
+
+def up(output: str = "text") -> int:
+    """Resume after `down` and converge: through the running controller, or as
+    `reconcile --once` without one."""
+    client = controller()
+    if client is None:
+        from mlxctl.cli.stack_cmds import reconcile
+
+        return reconcile(once=True, output=output)
+    answer = client.call("POST", "/v1/up", {}, timeout=None)
+    return show_converge(answer, json_out=output == "json")
 
 
 def logs(tier: str, follow: bool = False, tail_lines: int = 50) -> int:
@@ -113,18 +171,37 @@ def _follow(log: Path) -> None:
         handle.close()
 
 
-def events(tail_n: int = 50, output: str = "text") -> int:
-    """Recent actions with their causes and results."""
+def events(tail_n: int = 50, output: str = "text", follow: bool = False) -> int:
+    """Recent actions with their causes and results; -f: then each new one as it happens."""
+    import threading
+
     from mlxctl.app import ops
     from mlxctl.status.report import event_line
 
-    found = ops.events(paths(), tail_n)
-    for event in found:
-        if output == "json":
-            emit_json(event.to_json())
-        else:
-            print(event_line(event))
-    if not found and output == "text":
+    client = controller()
+    records: Iterator[Any]
+    if client is not None:
+        from mlxctl.admin.client import query
+
+        target = "/v1/events" + query(tail=tail_n, follow=follow)
+        records = client.stream(target) if follow else iter(client.call("GET", target)["events"])
+    else:
+        offset = ops.events_size(paths())
+        found = [e.to_json() for e in ops.events(paths(), tail_n)] if tail_n > 0 else []
+        tail = ops.follow_events(paths(), offset, threading.Event()) if follow else iter(())
+        records = itertools.chain(found, tail)
+    shown = 0
+    try:
+        for record in records:
+            shown += 1
+            event = ops.event_of(record)
+            if output == "json":
+                emit_json(record)
+            elif event is not None:
+                print(event_line(event), flush=True)
+    except KeyboardInterrupt:
+        return int(ExitCode.OK)  # how -f ends
+    if not shown and output == "text" and not follow:
         print("no events yet")
     return int(ExitCode.OK)
 
@@ -136,7 +213,14 @@ def gateway_key(
     from mlxctl.app import ops
 
     stack = load_selected(targets(path, files))
-    if rotate:
+    client = controller() if rotate else None
+    if client is not None:
+        client.call("POST", "/v1/gateway/key/rotate", {"files": explicit_files(path, files)})
+        err(
+            "rotated (by the controller): the running gateway accepts only the new key "
+            "from its next poll (<1 s)"
+        )
+    elif rotate:
         ops.rotate_gateway_key(paths(), stack)
         err("rotated: the running gateway accepts only the new key from its next poll (<1 s)")
     print(ops.gateway_key(paths(), stack))
@@ -218,6 +302,7 @@ def bundled_stack(name: str) -> Path:
 def register(app: click.Group) -> None:
     app.command("status")(stack_selection(output_option(status)))
     app.command("down")(output_option(down))
+    app.command("up")(output_option(up))
     logs_command = click.argument("tier")(
         click.option("--follow", "-f", is_flag=True, help="Keep printing new lines.")(
             click.option(
@@ -231,10 +316,11 @@ def register(app: click.Group) -> None:
         )
     )
     app.command("logs")(logs_command)
+    follow = click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
     app.command("events")(
         click.option(
             "--tail", "-n", "tail_n", default=50, show_default=True, help="How many recent events."
-        )(output_option(events))
+        )(output_option(follow(events)))
     )
     rotate = click.option(
         "--rotate", is_flag=True, help="Replace the generated key (the gateway reloads it)."

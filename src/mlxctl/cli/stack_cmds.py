@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,11 +17,14 @@ import click
 from mlxctl.cli.common import (
     CLOCK,
     context,
+    controller,
     emit_json,
     err,
+    explicit_files,
     load_selected,
     output_option,
     paths,
+    show_converge,
     stack_selection,
     state_lock,
     targets,
@@ -28,8 +32,10 @@ from mlxctl.cli.common import (
 from mlxctl.errors import ExitCode
 
 if TYPE_CHECKING:
+    from mlxctl.admin.client import AdminClient
     from mlxctl.apply.events import Event, Listener
     from mlxctl.plan.actions import Plan, PlanOptions
+    from mlxctl.reconcile.controller import Controller
     from mlxctl.reconcile.passes import PassResult
 
 
@@ -63,6 +69,9 @@ def diff(
     path: Path | None = None, files: Files = (), output: str = "text", allow_empty: bool = False
 ) -> int:
     """Show what reconcile would do, with causes. Exit 0: no changes, 1: changes, >=2: error."""
+    client = controller()
+    if client is not None:
+        return _remote_plan(client, explicit_files(path, files), allow_empty, output == "json")
     from mlxctl.app import stacks
     from mlxctl.status import report
 
@@ -80,6 +89,22 @@ def diff(
     for line in report.plan_lines(the_plan):
         print(line)
     return int(code)
+
+
+def _remote_plan(client: AdminClient, files: list[str], allow_empty: bool, json_out: bool) -> int:
+    """``diff`` (and ``reconcile --dry-run``) answered by the running controller."""
+    from mlxctl.admin.client import query
+
+    answer = client.call("GET", "/v1/plan" + query(file=files, allow_empty=allow_empty))
+    for note in answer["notes"]:
+        err(note)
+    if json_out:
+        for record in answer["records"]:
+            emit_json(record)
+    else:
+        for line in answer["lines"]:
+            print(line)
+    return int(answer["exit_code"])
 
 
 def _diff_code(changes: bool) -> ExitCode:
@@ -108,6 +133,11 @@ def reconcile(
     options = PlanOptions(allow_empty=allow_empty, startup_timeout=timeout)
     the_targets = targets(path, files)
     if once or dry_run:
+        client = controller()
+        if client is not None:
+            return _through(
+                client, explicit_files(path, files), dry_run, allow_empty, timeout, json_out
+            )
         return _once(the_targets, options, dry_run=dry_run, json_out=json_out, listeners=listeners)
     if not path and not files:
         paths().stacks.mkdir(parents=True, exist_ok=True)  # watch it even while empty
@@ -117,12 +147,43 @@ def reconcile(
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop())
 
+    def serve(ctl: Controller) -> AbstractContextManager[object]:
+        from mlxctl.admin.server import serving
+
+        socket = paths().admin_socket
+        _stamped(f"controller: admin API on {socket}")
+        return serving(ctl, socket, log=_stamped)
+
     ctx = context(listeners=listeners, online_models=True)
     with state_lock(ctx):
         stacks.run_controller(
-            ctx, the_targets, options, interval=interval, log=_stamped, on_start=on_start
+            ctx,
+            the_targets,
+            options,
+            interval=interval,
+            log=_stamped,
+            on_start=on_start,
+            serve=serve,
         )
     return int(ExitCode.OK)
+
+
+def _through(
+    client: AdminClient,
+    files: list[str],
+    dry_run: bool,
+    allow_empty: bool,
+    timeout: float | None,
+    json_out: bool,
+) -> int:
+    """``reconcile --once`` (or ``--dry-run``) with a controller running: it is asked to
+    converge (resuming it after a ``down``) and this waits for its verdict; same exit codes."""
+    if dry_run:
+        return _remote_plan(client, files, allow_empty, json_out)
+    if timeout is not None:
+        err("note: --timeout applies without a controller; the controller's own timeouts apply")
+    answer = client.call("POST", "/v1/reconcile", {"files": files, "wait": True}, timeout=None)
+    return show_converge(answer, json_out=json_out)
 
 
 def _stamped(line: str) -> None:
@@ -205,19 +266,10 @@ def _once(
     if code == ExitCode.OK:
         err("converged: every service is running and ready.")
         return int(code)
-    failed = {o.action.target for o in result.failed}
-    for outcome in result.failed:
-        first = outcome.message.splitlines()[0] if outcome.message else outcome.action.kind
-        err(f"error: {outcome.action.target}: {first}")
-    for name, why in result.last.plan.blocked.items():
-        if name not in failed:
-            err(f"error: {name}: {why}")
-    if not result.failed and not result.last.plan.blocked:
-        waits = [a for a in result.last.plan.actions if a.kind == "wait"]
-        for action in waits:
-            err(f"error: {action.target}: {action.cause.splitlines()[0]}")
-        if not waits:
-            err("error: not converged (see mlxctl status)")
+    from mlxctl.app.control import converge_errors
+
+    for line in converge_errors(result):
+        err(f"error: {line}")
     return int(code)
 
 

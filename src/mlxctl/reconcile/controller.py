@@ -26,6 +26,13 @@ When the controller stops (SIGINT/SIGTERM) the servers keep running, as workload
 outlive a stopped Kubernetes controller: ``mlxctl down`` stops them. The same loop,
 with no file watching and an exit condition, is ``reconcile --once`` and ``down``
 (:mod:`mlxctl.reconcile.converge`).
+
+While it runs, the controller is also what the daily commands talk to (its admin API,
+:mod:`mlxctl.admin`): it holds the demand book (``ctx.demand``, what the gateway and
+``load``/``unload`` ask), can be suspended (``down``: its desired state is nothing,
+persisted across its restarts, :mod:`mlxctl.reconcile.suspension`) and resumed, and
+lets a caller wait for the passes that follow a request (:meth:`Controller.converge`:
+``reconcile --once`` through a running controller, with the same exit codes).
 """
 
 from __future__ import annotations
@@ -34,14 +41,18 @@ import queue
 import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlxctl.apply.events import Event
 from mlxctl.desired.state import DesiredState
-from mlxctl.errors import MlxctlError
+from mlxctl.errors import ExitCode, MlxctlError
 from mlxctl.plan.actions import Plan, PlanOptions
 from mlxctl.plan.backoff import failure_backoff
+from mlxctl.reconcile import suspension
 from mlxctl.reconcile.context import Context
+from mlxctl.reconcile.demand import DemandBook
 from mlxctl.reconcile.monitor import HealthMonitor, MonitorSettings
 from mlxctl.reconcile.passes import (
     PassResult,
@@ -52,8 +63,40 @@ from mlxctl.reconcile.passes import (
 from mlxctl.reconcile.triggers import POLL_INTERVAL, Trigger, controller_triggers
 from mlxctl.status import report
 
+if TYPE_CHECKING:
+    from mlxctl.reconcile.converge import ConvergeResult
+
 DesiredSource = Callable[[], DesiredState]
 Until = Callable[["Controller", PassResult], bool]
+# While suspended: nothing desired, converged as ``down`` does (no heal, pruning allowed).
+SUSPENDED_OPTIONS = PlanOptions(allow_empty=True, prune_cause="mlxctl down", heal=False)
+
+
+@dataclass(frozen=True)
+class PassSeen:
+    """What one turn of the loop gave, for those waiting on passes (:meth:`Controller.converge`).
+
+    ``number`` is the pass's (passes are numbered as they begin). ``result`` is None when
+    no plan was made: the stack was refused or the pass raised (``problem`` says why,
+    ``exit_code`` as ``reconcile --once`` would exit), or the controller stopped.
+    """
+
+    number: int
+    result: PassResult | None
+    problem: str = ""
+    exit_code: ExitCode = ExitCode.OK
+    stopped: bool = False
+
+
+@dataclass(frozen=True)
+class NotConverged:
+    """A wait for convergence that ended without a converge result (why, and the exit code)."""
+
+    message: str
+    exit_code: ExitCode
+
+
+PassListener = Callable[[PassSeen], None]
 
 
 class Controller:
@@ -108,6 +151,16 @@ class Controller:
         )
         ctx.health = self.monitor
         ctx.on_job_change = self.trigger
+        self._custom_desired = desired is not None
+        # Only the long-running controller is suspended by `down` and observes demand: a
+        # converge run (`--once`, `down`) is told exactly what to converge to.
+        self.suspended: suspension.Suspended | None = None
+        if watch:
+            self.suspended = suspension.read(ctx.paths)
+            if ctx.demand is None:
+                ctx.demand = DemandBook(ctx.clock)
+        self._listeners: list[PassListener] = []
+        self._listeners_lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -117,6 +170,101 @@ class Controller:
 
     def trigger(self, reason: str) -> None:
         self._queue.put(reason)
+
+    # -- suspension (``down``) and resumption (``up``, ``reconcile --once``) ----------
+
+    def suspend(self, by: str = "mlxctl down") -> None:
+        """Desire nothing from the next pass on, and until resumed, across restarts: the
+        marker is written first (a full disk raises, and nothing changed)."""
+        marker = suspension.Suspended(since=self.ctx.clock.time(), by=by)
+        suspension.write(self.ctx.paths, marker)
+        self.suspended = marker
+        self.log(f"controller: suspended by {by}: every server stops; nothing starts or heals")
+        self.trigger(f"suspended by {by}")
+
+    def resume(self, by: str) -> bool:
+        """Apply the stack files again; True when the controller was suspended."""
+        was = self.suspended is not None
+        suspension.clear(self.ctx.paths)
+        self.suspended = None
+        if was:
+            self.log(f"controller: resumed by {by}")
+        self.trigger(f"resumed by {by}" if was else by)
+        return was
+
+    def desired_now(self) -> DesiredState:
+        """What the controller would apply now, read without side effects (no last-good
+        save): nothing while suspended."""
+        if self.suspended is not None:
+            return DesiredState(tiers=(), gateway=None)
+        if self._custom_desired:
+            return self._desired()
+        return resolve(self.ctx, load_stack_keeping_last_good(self.ctx, self.targets, save=False))
+
+    # -- waiting on passes ----------------------------------------------------------
+
+    def subscribe(self, listener: PassListener) -> Callable[[], None]:
+        """Call ``listener`` after every pass (on the loop's thread: keep it quick);
+        returns the function that unsubscribes it."""
+        with self._listeners_lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._listeners_lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _publish(self, seen: PassSeen) -> None:
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(seen)
+
+    def converge(
+        self, reason: str, *, timeout: float | None = None
+    ) -> ConvergeResult | NotConverged:
+        """Run a pass now and follow the passes after it until done, judged as
+        ``reconcile --once`` judges its own (:class:`~mlxctl.reconcile.converge.OnceRun`):
+        converged, a failure of something started, or nothing in flight. The controller
+        keeps healing meanwhile; only the verdict is ``--once``'s. Only passes that
+        began after this call count, so a change made just before it (a resume, a
+        suspension, a load wish) is seen. Called from another thread than the loop's."""
+        from mlxctl.reconcile.converge import OnceRun
+
+        seen: queue.Queue[PassSeen] = queue.Queue()
+        unsubscribe = self.subscribe(seen.put)
+        after = self.passes
+        try:
+            self.trigger(reason)
+            run = OnceRun(self.ctx.clock.time, self.options)
+            deadline = None if timeout is None else self.ctx.clock.monotonic() + timeout
+            while True:
+                wait = None if deadline is None else deadline - self.ctx.clock.monotonic()
+                if wait is not None and wait <= 0:
+                    if run.first is None:
+                        return NotConverged(
+                            f"the controller ran no pass within {timeout:.0f}s",
+                            ExitCode.HEALTH_TIMEOUT,
+                        )
+                    return run.result()
+                try:
+                    item = seen.get(timeout=wait)
+                except queue.Empty:
+                    continue
+                if item.stopped:
+                    return NotConverged(
+                        "the controller stopped before the stack converged", ExitCode.APPLY_FAILED
+                    )
+                if item.number <= after:
+                    continue
+                if item.result is None:
+                    return NotConverged(item.problem, item.exit_code)
+                if run.done(item.result):
+                    return run.result()
+        finally:
+            unsubscribe()
 
     def run(self, until: Until | None = None) -> PassResult | None:
         """Pass after pass until stopped, or until ``until`` says the work is done."""
@@ -129,6 +277,11 @@ class Controller:
                 f"controller: watching {', '.join(str(t) for t in self.targets) or '(nothing)'}; "
                 f"resync every {self.interval:.0f}s"
             )
+            if self.suspended is not None:
+                self.log(
+                    f"controller: suspended by {self.suspended.by} (it starts and heals "
+                    "nothing): `mlxctl up` or `mlxctl reconcile --once` resumes it"
+                )
         self.trigger("controller started" if self.watch else "start")
         next_resync = self.ctx.clock.monotonic() + self.interval
         try:
@@ -157,6 +310,8 @@ class Controller:
                     if not self.watch:
                         raise
                     delay = self._pass_failed(exc)
+                    code = exc.exit_code if isinstance(exc, MlxctlError) else ExitCode.APPLY_FAILED
+                    self._publish(PassSeen(self.passes, None, self._reported_failure, code))
                     # Not even the resync retries sooner: a failed resync that left it due
                     # made the controller loop hot (hundreds of passes a second).
                     next_resync = max(next_resync, self.ctx.clock.monotonic() + delay)
@@ -171,6 +326,7 @@ class Controller:
         finally:
             self._stop.set()
             self.monitor.stop()
+            self._publish(PassSeen(self.passes, None, stopped=True))
             if self.watch:
                 self.log("controller: stopped (servers keep running; `mlxctl down` stops them)")
         return self.last
@@ -202,11 +358,17 @@ class Controller:
 
     def run_pass(self, reason: str) -> PassResult | None:
         self.passes += 1
+        number = self.passes
+        options = self.options
         try:
-            desired = self._desired()
+            if self.suspended is not None:
+                desired, options = DesiredState(tiers=(), gateway=None), SUSPENDED_OPTIONS
+            else:
+                desired = self._desired()
         except MlxctlError as exc:
             if not self.watch:
                 raise
+            self._publish(PassSeen(number, None, str(exc), exc.exit_code))
             if str(exc) != self._reported_refusal:
                 self._reported_refusal = str(exc)
                 self.log(f"reconcile ({reason}): stack not applied, nothing changed:")
@@ -221,18 +383,30 @@ class Controller:
         result = run_pass(
             self.ctx,
             desired,
-            options=self.options,
+            options=options,
             on_plan=lambda p: self._show_plan(reason, p),
             retry_failed_after=self.interval / 6,
         )
         self.last = result
         self._report_blocked(result.plan.blocked)
+        self._fulfil_loads(result)
         # The pass says when it wants to run again; a trigger may run it sooner.
         after = result.requeue_after
         self._wake_at = None if after is None else self.ctx.clock.time() + after
         if result.requeue:
             self.trigger("follow-up")
+        self._publish(PassSeen(number, result))
         return result
+
+    def _fulfil_loads(self, result: PassResult) -> None:
+        """Tell the demand book which tiers serve (clears the load wishes they fulfil)."""
+        book = self.ctx.demand
+        if book is None:
+            return
+        for name, seen in result.observed.services.items():
+            ready_at = seen.record.ready_at
+            if seen.record.role == "tier" and seen.alive and ready_at is not None:
+                book.loaded(name, ready_at)
 
     def _report_invalid(self, desired: DesiredState) -> None:
         """Say once (log and event) that a file turned invalid, or valid again; meanwhile

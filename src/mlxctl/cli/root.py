@@ -1,0 +1,17 @@
+"""The ``mlxctl`` click group every command module registers on."""
+
+from __future__ import annotations
+
+import click
+
+from mlxctl import __version__
+
+
+@click.group(
+    name="mlxctl",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(__version__, prog_name="mlxctl")
+def app() -> None:
+    """Declarative controller for local LLM model servers (mlx-lm, vllm-mlx) behind a
+    LiteLLM gateway."""
