@@ -11,7 +11,7 @@ import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -362,19 +362,35 @@ def test_a_client_of_another_user_is_refused_by_its_uid(world: World, tmp_path: 
 # -- the controller's side: suspension and load bookkeeping -----------------------------
 
 
+@pytest.fixture
+def controllers(world: World) -> Iterator[Callable[[], Controller]]:
+    """Controllers on ``world`` whose health monitors are stopped after the test (a pass
+    starts a watcher thread per ready tier; left running, it outlives the test)."""
+    made: list[Controller] = []
+
+    def make() -> Controller:
+        ctl = Controller(world.ctx, [world.stacks], PlanOptions(), log=lambda _l: None, triggers=[])
+        made.append(ctl)
+        return ctl
+
+    yield make
+    for ctl in made:
+        ctl.monitor.stop()
+
+
 def test_a_suspended_controller_stops_everything_and_stays_suspended_when_restarted(
-    world: World,
+    world: World, controllers: Callable[[], Controller]
 ) -> None:
     world.apply()
     assert world.record("fast").spawned
-    ctl = Controller(world.ctx, [world.stacks], PlanOptions(), log=lambda _l: None, triggers=[])
+    ctl = controllers()
     ctl.suspend()
     for _ in range(5):
         ctl.run_pass("test")
         world.clock.advance(1)
     assert world.ctx.inventory.load() == {}
     assert ctl.desired_now().services == ()
-    again = Controller(world.ctx, [world.stacks], PlanOptions(), log=lambda _l: None, triggers=[])
+    again = controllers()
     assert again.suspended is not None and again.suspended.by == "mlxctl down"
     result = again.run_pass("restarted")
     assert result is not None and not result.plan.actions  # starts nothing
@@ -383,8 +399,10 @@ def test_a_suspended_controller_stops_everything_and_stays_suspended_when_restar
     assert result is not None and any(a.kind == "start" for a in result.plan.actions)
 
 
-def test_a_pass_tells_the_book_which_tiers_serve(world: World) -> None:
-    ctl = Controller(world.ctx, [world.stacks], PlanOptions(), log=lambda _l: None, triggers=[])
+def test_a_pass_tells_the_book_which_tiers_serve(
+    world: World, controllers: Callable[[], Controller]
+) -> None:
+    ctl = controllers()
     book = world.ctx.demand
     assert isinstance(book, DemandBook)  # the controller keeps one
     book.request_load("lazy")
@@ -395,8 +413,10 @@ def test_a_pass_tells_the_book_which_tiers_serve(world: World) -> None:
     assert book.observed()["lazy"].load_requested_at is None  # fulfilled
 
 
-def test_a_wait_for_convergence_ends_when_the_controller_stops(world: World) -> None:
-    ctl = Controller(world.ctx, [world.stacks], PlanOptions(), log=lambda _l: None, triggers=[])
+def test_a_wait_for_convergence_ends_when_the_controller_stops(
+    world: World, controllers: Callable[[], Controller]
+) -> None:
+    ctl = controllers()
     ctl.stop()
     loop = threading.Thread(target=ctl.run)
     answer: list[Any] = []

@@ -42,5 +42,7 @@ def test_launch_hashes_are_those_of_the_release_before(tmp_path: Path) -> None:
         "agent": "v1:c1e78df25e1aa57c17eae355",
         # Moved on purpose (issue #10): the gateway became mlxctl's own program and its
         # routes left the hash (they reload in place), so an upgrade restarts it once.
-        "gateway": "v1:f6da928cf3cfe74de39b0ae9",
+        # Moved again (issue #16): it is told the controller's admin socket, where it
+        # reports demand; the upgrade replaces it once, without a failed request.
+        "gateway": "v1:d960869465eba2a445b817c1",
     }

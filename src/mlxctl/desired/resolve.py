@@ -25,8 +25,10 @@ from mlxctl.desired.state import (
     ModelRef,
 )
 from mlxctl.errors import MlxctlError, NotFoundError, SpecError
+from mlxctl.paths import Paths, admin_socket_path
 from mlxctl.runtimes.base import ArgValue, ProbeSpec, Runtime, ServerLaunch
 from mlxctl.runtimes.gateway import (
+    ADMIN_SOCKET_ENV,
     GATEWAY_ENV,
     KEY_FILE_ENV,
     MASTER_KEY_ENV,
@@ -294,6 +296,9 @@ def _gateway_service(
         hold=gw.hold,
     )
     env_pairs = [*GATEWAY_ENV, (MASTER_KEY_ENV, master_key_ref(stack, ctx.state_dir))]
+    # Where it reports demand (a path, no secret): the controller's admin socket.
+    state = Paths(config=ctx.state_dir, state=ctx.state_dir)
+    env_pairs.append((ADMIN_SOCKET_ENV, str(admin_socket_path(state))))
     if gw.master_key is None:
         env_pairs.append((KEY_FILE_ENV, str(generated_key_path(ctx.state_dir))))
     env_pairs += [(remote_key_env(r.name), r.api_key) for r in gw.remotes if r.api_key]
