@@ -234,13 +234,17 @@ def test_demand_is_booked_triggers_a_pass_when_new_requests_wait_and_gets_verdic
     waiting = DemandReport(gateway_pid=7, tiers={"lazy": TierLoad(waiting=2)})
     answer = client.call("PUT", "/v1/demand", waiting.model_dump(mode="json"))
     assert answer["tiers"]["lazy"]["state"] == "cold"  # the last pass had no request yet
-    assert ctl.triggers == ["requests wait for lazy"]
+    assert ctl.triggers == ["demand changed for lazy"]
     assert ctl.ctx.demand is not None and ctl.ctx.demand.observed()["lazy"].waiting == 2
     client.call("PUT", "/v1/demand", waiting.model_dump(mode="json"))
-    assert ctl.triggers == ["requests wait for lazy"]  # the same wait: no second pass
+    assert ctl.triggers == ["demand changed for lazy"]  # the same wait: no second pass
     ctl.step()
     answer = client.call("PUT", "/v1/demand", waiting.model_dump(mode="json"))
     assert answer["tiers"]["lazy"]["state"] == "loading"
+    # The gateway now holds a draining tier's requests: the stop may go at once.
+    held = DemandReport(gateway_pid=7, tiers={"lazy": TierLoad(held_back=True)})
+    client.call("PUT", "/v1/demand", held.model_dump(mode="json"))
+    assert ctl.triggers[-1] == "demand changed for lazy" and len(ctl.triggers) == 2
 
 
 def test_load_and_unload_record_wishes_and_unload_of_an_always_tier_says_it_returns(

@@ -242,18 +242,25 @@ def _book(ctl: ControllerPort) -> DemandBook:
 
 
 def report_demand(ctl: ControllerPort, report: DemandReport) -> DemandAnswer:
-    """Keep the gateway's report; run a pass now when a tier has requests waiting that it
-    had not before (a cold on-demand tier to load); answer with the last pass's verdicts."""
+    """Keep the gateway's report; run a pass now when it changes what the planner decides
+    by (requests begin or stop waiting for a tier, its last request ends, the gateway
+    starts holding a draining tier's requests); answer with the last pass's verdicts."""
     book = _book(ctl)
-    before = {name for name, d in book.observed().items() if d.waiting > 0}
+    before = {name: _decides(d) for name, d in book.observed().items()}
     book.report(report)
-    new = sorted(n for n, load in report.tiers.items() if load.waiting > 0 and n not in before)
-    if new:
-        ctl.trigger(f"requests wait for {', '.join(new)}")
+    after = {name: _decides(d) for name, d in book.observed().items()}
+    changed = sorted(n for n in set(before) | set(after) if before.get(n) != after.get(n))
+    if changed:
+        ctl.trigger(f"demand changed for {', '.join(changed)}")
     last = ctl.last
     if last is None:
         return DemandAnswer()
     return DemandAnswer(tiers=dict(_verdicts(last)))
+
+
+def _decides(demand: TierDemand) -> tuple[bool, bool, bool]:
+    """What of a tier's demand the planner's decisions turn on."""
+    return (demand.waiting > 0, demand.in_flight > 0, demand.held_back)
 
 
 # --------------------------------------------------------------------------- ps
