@@ -206,7 +206,8 @@ class Gateway:
         is then dropped (it was only demand), one already sent runs on as before.
         """
         route = table.config.route(name)
-        if route is not None and route.on_demand:
+        if route is not None and (route.on_demand or self.demand.draining(name)):
+            # Held by the controller's verdicts: an on-demand tier, or a planned restart.
             return await self._on_demand(table, route, checked, endpoint, gone)
         claim = self.demand.claim(name)  # counted: held at the gate, then in flight
         assert claim is not None  # only on-demand holds are capped
