@@ -24,11 +24,13 @@ def _register() -> None:
         models_cmd,
         ops_cmds,
         root,
+        service_cmd,
         stack_cmds,
     )
 
     for module in (
         stack_cmds, ops_cmds, control_cmds, catalog_cmd, hardware_cmd, init_cmd, models_cmd,
+        service_cmd,
     ):  # fmt: skip
         module.register(root.app)
 
