@@ -19,6 +19,7 @@ def _register() -> None:
     from mlxctl.cli import (
         catalog_cmd,
         control_cmds,
+        doctor_cmd,
         hardware_cmd,
         init_cmd,
         models_cmd,
@@ -30,7 +31,7 @@ def _register() -> None:
 
     for module in (
         stack_cmds, ops_cmds, control_cmds, catalog_cmd, hardware_cmd, init_cmd, models_cmd,
-        service_cmd,
+        service_cmd, doctor_cmd,
     ):  # fmt: skip
         module.register(root.app)
 
