@@ -247,7 +247,7 @@ def test_install_twice_is_harmless_and_uninstall_leaves_no_trace(tmp_path: Path,
             "systemctl --user reset-failed mlxctl.service",
         ]
     manager.commands.clear()
-    assert service.uninstall(platform, spec, manager)[-1].endswith("not installed")
+    assert service.uninstall(platform, spec, manager) == [f"{file.path}: not installed"]
 
 
 @pytest.mark.parametrize("name", ["launchd", "systemd"])

@@ -120,8 +120,12 @@ def install(platform: Platform, spec: ServiceSpec, runner: Runner) -> list[str]:
         else:
             done.append(f"{platform.name}: already loaded (nothing rewritten, nothing restarted)")
     except MlxctlError as exc:
+        hint = ""
+        if platform.name == "systemd" and "bus" in str(exc):
+            hint = "; no user manager answers: log in to a session, or `loginctl enable-linger`"
         raise MlxctlError(
-            f"{exc} ({file.path} is written but not loaded; `mlxctl service uninstall` removes it)"
+            f"{exc} ({file.path} is written but not loaded; "
+            f"`mlxctl service uninstall` removes it{hint})"
         ) from None
     return done + stacks_note + list(_loaded(platform, spec, runner).notes)
 
@@ -137,7 +141,7 @@ def uninstall(platform: Platform, spec: ServiceSpec, runner: Runner) -> list[str
     done.append(f"removed {file.path}" if removed else f"{file.path}: not installed")
     for argv in platform.forget(spec):
         runner.run(argv)  # best effort: nothing is left to forget when it fails
-    if before.loaded or removed:
+    if before.loaded:
         done.append("the model servers keep running: `mlxctl down` stops them")
     return done
 
