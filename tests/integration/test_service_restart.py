@@ -175,6 +175,7 @@ def main_pid(manager: UserManager, other_than: int = 0) -> int | None:
     return pid if state.get("SubState") == "running" and pid not in (0, other_than) else None
 
 
+@pytest.mark.slow  # ~40 s: a user manager, a controller and a tier, twice
 @pytest.mark.skipif(user_manager_possible() is not None, reason=str(user_manager_possible()))
 def test_the_systemd_user_unit_for_real(mlxctl: Mlxctl, tiny_model: Path, tmp_path: Path) -> None:
     """install -> systemd runs the controller -> it serves the tier -> kill -9 the
