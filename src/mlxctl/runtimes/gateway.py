@@ -38,6 +38,11 @@ REMOTE_KEY_ENV_PREFIX = "MLXCTL_REMOTE_KEY_"
 GATEWAY_ENV: tuple[tuple[str, str], ...] = (
     ("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
     ("LITELLM_TELEMETRY", "False"),
+    # The routes file's version. The file is left out of the gateway's launch hash (it is
+    # reloaded in place), so a gateway running older code would refuse a file with fields
+    # it does not know and keep its old routes: a new version moves the hash once, and the
+    # gateway is replaced (with its overlapping handover). 2: the model facts of issue 18.
+    ("MLXCTL_ROUTES_VERSION", "2"),
 )
 
 # Defaults for local models: a cold model is slow on its first token and a stream
