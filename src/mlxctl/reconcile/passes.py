@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlxctl.desired.tier_route import recorded_route_facts
 from mlxctl.desired.resolve import ResolveContext, master_key_ref, resolve_desired
 from mlxctl.desired.state import GATEWAY, DesiredState
 from mlxctl.errors import ExitCode
@@ -59,7 +60,8 @@ def other_stacks_routes(ctx: Context, stack: StackSet) -> tuple[Route, ...]:
         if runtime not in MODEL_SERVERS:
             continue
         served = runtime_named(runtime).served_model_name(rec.name)
-        routes.append(Route(name=rec.name, port=rec.port, served_model=served))
+        routes.append(Route(name=rec.name, port=rec.port, served_model=served,
+                            **recorded_route_facts(rec.launch, runtime)))  # fmt: skip
     return tuple(routes)
 
 

@@ -49,6 +49,9 @@ DEFAULT_RETRIES = 1
 # when it has no fallback: long enough for a large model to load (30 s cut a 45 s load's
 # first requests off with a 502), short of a client's own timeout (OpenAI SDK: 600 s).
 DEFAULT_HOLD = 120.0
+# Requests that may wait in the gateway for one tier's turn (16 concurrent agents, each
+# with a few requests in flight, fit).
+DEFAULT_MAX_WAITING = 64
 
 
 class _Frozen(BaseModel):
@@ -62,8 +65,21 @@ class Route(_Frozen):
     port: int
     served_model: str
     aliases: tuple[str, ...] = ()
-    # Requests the gateway sends this server at once; the rest wait in the gateway.
+    # The tier's capacity: requests the gateway sends this server at once; the rest wait
+    # in the gateway (a vllm-mlx tier without continuous batching takes one).
     max_concurrency: int = Field(default=4, gt=0)
+    # Requests that may wait in the gateway for a turn at this tier; one more is
+    # answered 503 with ``Retry-After`` (:mod:`mlxctl.gateway.capacity`).
+    max_waiting: int = Field(default=DEFAULT_MAX_WAITING, ge=0)
+    # The runtime serving it ("mlx-lm", "vllm-mlx"; "" when unknown): how its errors and
+    # its "busy" answers read (:mod:`mlxctl.gateway.backend_errors`).
+    runtime: str = ""
+    # Tokens of context the tier serves (the stack's ``context``, else the model's
+    # config), when known: a longer prompt is refused with a 400 before it is sent.
+    context: int | None = Field(default=None, gt=0)
+    # The file holding the tier's own secret (a path, no secret): the gateway sends it
+    # as the tier's bearer key (:mod:`mlxctl.runtimes.tier_guard`).
+    key_file: str | None = None
     # ``load: on-demand``: the tier runs only while requests want it. The gateway holds
     # a request for it (reporting it as demand) until the controller says it serves,
     # up to ``hold`` seconds (the tier's startup timeout).
