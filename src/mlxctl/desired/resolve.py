@@ -17,19 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlxctl.desired.ports import assign_ports
-from mlxctl.desired.tier_route import (
-    launch_facts,
-    recorded_route_facts,
-    tier_capacity,
-    tier_context,
-    tier_key_path,
-)
 from mlxctl.desired.state import (
     GATEWAY,
     HASH_VERSION,
     DesiredService,
     DesiredState,
     ModelRef,
+)
+from mlxctl.desired.tier_route import (
+    launch_facts,
+    recorded_route_facts,
+    tier_capacity,
+    tier_context,
+    tier_key_path,
 )
 from mlxctl.errors import MlxctlError, NotFoundError, SpecError
 from mlxctl.paths import Paths, admin_socket_path
@@ -117,9 +117,7 @@ def resolve_desired(stack: StackSet, ctx: ResolveContext) -> DesiredState:
             service = _tier_service(tier, ports[name], ctx)
             tiers.append(service)
             # Its capacity with the catalog's args, its context from its model's config.
-            routes[-1] = route.model_copy(
-                update=recorded_route_facts(service.launch, runtime.name)
-            )
+            routes[-1] = route.model_copy(update=recorded_route_facts(service.launch, runtime.name))
         except (SpecError, secrets.MissingSecretError) as exc:
             problems.append(str(exc))
         except (MlxctlError, OSError, ValueError) as exc:

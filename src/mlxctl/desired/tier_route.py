@@ -48,7 +48,6 @@ def tier_context(spec: TierSpec, model_dir: Path | None) -> int | None:
     if model_dir is None:
         return None
     from mlxctl.capacity.model_dir import read_model_config
-
     from mlxctl.errors import MlxctlError
 
     try:

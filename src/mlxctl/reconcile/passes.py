@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlxctl.desired.tier_route import recorded_route_facts
 from mlxctl.desired.resolve import ResolveContext, master_key_ref, resolve_desired
 from mlxctl.desired.state import GATEWAY, DesiredState
+from mlxctl.desired.tier_route import recorded_route_facts
 from mlxctl.errors import ExitCode
 from mlxctl.machine.record import Record
 from mlxctl.observe.gather import observe

@@ -109,16 +109,19 @@ def main(argv: list[str]) -> None:
     runtime, args = argv[0], argv[1:]
     path = os.environ.pop(KEY_FILE_ENV, "")
     key = read_key(Path(path)) if path else ""
+    serve: Callable[[], Any]
     if runtime == "mlx-lm":
         guard_mlx_lm(key)
-        from mlx_lm.server import main as serve
+        from mlx_lm import server
 
+        serve = server.main
         sys.argv = ["mlx_lm.server", *args]
     else:
-        from vllm_mlx.cli import main as serve
+        import vllm_mlx.cli  # type: ignore[import-untyped]
 
+        serve = vllm_mlx.cli.main
         sys.argv = ["vllm-mlx", *args, *(["--api-key", key] if key else [])]
-    sys.exit(serve())
+    sys.exit(serve())  # type: ignore[no-untyped-call,unused-ignore]
 
 
 if __name__ == "__main__":
