@@ -47,6 +47,9 @@ class ProbeResult:
     poisoned: bool = False
     # The process that answered, when the server says (the gateway does).
     pid: int | None = None
+    # It answered no completion, only "busy" (or nothing in time): fine now, but a
+    # server busy for longer than its liveness budget answers nobody (monitor).
+    busy: bool = False
 
 
 class Http(Protocol):

@@ -66,7 +66,7 @@ def _live(http: Http, model: str) -> ProbeResult:
         return ProbeResult(False, f"/health answered {status}")
     answer, body = generates(http, model)
     if answer is None:
-        return ProbeResult(True, "/health answered 200; busy (a completion is queued)")
+        return ProbeResult(True, "/health answered 200; busy (a completion is queued)", busy=True)
     if answer == 200:
         return ProbeResult(True, "/health answered 200; 1-token completion answered")
     text = excerpt(body)

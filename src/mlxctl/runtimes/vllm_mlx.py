@@ -58,7 +58,7 @@ def check(http: Http, mode: ProbeMode, model: str) -> ProbeResult:
         return ProbeResult(loaded, detail)
     answer, raw = generates(http, model)
     if answer is None or (answer == 503 and BUSY in raw):
-        return ProbeResult(True, f"{detail}; busy (another generation runs)")
+        return ProbeResult(True, f"{detail}; busy (another generation runs)", busy=True)
     if answer == 200:
         return ProbeResult(True, f"{detail}; 1-token completion answered")
     return ProbeResult(False, f"cannot generate: completion answered {answer}: {excerpt(raw)}")
