@@ -109,6 +109,8 @@ def main(argv: list[str]) -> None:
     runtime, args = argv[0], argv[1:]
     path = os.environ.pop(KEY_FILE_ENV, "")
     key = read_key(Path(path)) if path else ""
+    if path and not key:  # fail closed: a tier meant to have a key never serves without
+        sys.exit(f"mlxctl tier guard: the key file {path} is empty")
     serve: Callable[[], Any]
     if runtime == "mlx-lm":
         guard_mlx_lm(key)
