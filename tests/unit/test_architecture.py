@@ -441,6 +441,12 @@ READS_THE_CLOCK: dict[str, set[str]] = {
     # The demand report loop spaces its reports and polls a loading tier's port, in the
     # gateway's event loop (deadlines and stamps are the clock's).
     "mlxctl.gateway.demand": {"asyncio.sleep"},
+    # A request whose tier answered "busy" waits a little in the gateway's event loop
+    # before asking again (the deadline is the clock's, passed in).
+    "mlxctl.gateway.capacity": {"asyncio.sleep"},
+    # The liveness budget: how long a watcher thread's server has answered only "busy"
+    # (the watcher threads already wait on real time, tenacity's event sleeps).
+    "mlxctl.reconcile.monitor": {"time.monotonic"},
     # The fake hub paces its replies (a slow link) inside a real HTTP server thread
     # that integration tests download from: real time is what it simulates.
     "mlxctl.testing.hub": {"time.sleep"},

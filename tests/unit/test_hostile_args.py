@@ -85,8 +85,8 @@ def parsers() -> dict[str, argparse.ArgumentParser]:
 def render(runtime: Runtime, args: Mapping[str, ArgValue]) -> list[str]:
     assert runtime.argv is not None
     argv = runtime.argv(ServerLaunch(Path("/venv/bin/python"), MODEL_DIR, PORT, SERVED, args))
-    # Drop the program: "python -m mlx_lm server" or ".../vllm-mlx serve".
-    skip = 4 if runtime is mlx_lm.RUNTIME else 2
+    # Drop the program: "python -m mlxctl.runtimes.tier_guard mlx-lm" or "... vllm-mlx serve".
+    skip = 4 if runtime is mlx_lm.RUNTIME else 5
     return list(argv[skip:])
 
 

@@ -110,3 +110,29 @@ def test_a_watcher_that_is_no_longer_wanted_ends_without_sitting_out_its_wait() 
     watcher.join(BOUND)
     assert not watcher.is_alive()
     assert [mode for _, mode in prober.calls] == ["live"]
+
+
+def test_a_server_busy_past_its_liveness_budget_fails_liveness_whatever_its_health() -> None:
+    """Issue 18 row 6: /health 200 and every completion "busy" for 31.7 min went unseen."""
+    prober, triggers = FakeProber(busy={8001}), Triggers()
+    mon = monitor(prober, triggers, threshold=3, busy_budget=0.0)
+    try:
+        mon.sample([record(ready_at=1.0)])
+        assert triggers.wait_for("liveness failed 3 times")
+        sample = mon.sample([record(ready_at=1.0)])["fast"]
+        assert not sample.ok and "answered nobody" in sample.detail
+    finally:
+        mon.stop()
+
+
+def test_a_server_busy_within_its_budget_is_live() -> None:
+    prober, triggers = FakeProber(busy={8001}), Triggers()
+    mon = monitor(prober, triggers, threshold=1, busy_budget=3600.0)
+    try:
+        mon.sample([record(ready_at=1.0)])
+        deadline = threading.Event()
+        deadline.wait(0.3)
+        assert not any("liveness failed" in r for r in triggers.reasons)
+        assert mon.sample([record(ready_at=1.0)])["fast"].ok
+    finally:
+        mon.stop()

@@ -33,6 +33,7 @@ from mlxctl.machine.interfaces import (
 from mlxctl.machine.inventory import write_atomic
 from mlxctl.machine.record import Record
 from mlxctl.plan.actions import Action, Plan
+from mlxctl.runtimes.tier_guard import KEY_FILE_ENV as TIER_KEY_FILE_ENV
 from mlxctl.spec import secrets
 
 
@@ -269,7 +270,9 @@ class Executor:
     def _write_files(self, service: DesiredService) -> None:
         for path, content in service.files:
             write_atomic(Path(path), content)
-        for _key, raw in service.env:
+        for key, raw in service.env:
+            if key == TIER_KEY_FILE_ENV and service.role == "tier":
+                ensure_generated_key(Path(raw))  # the tier's own key (runtimes.tier_guard)
             for ref in secrets.find_refs(raw):
                 kind, _, name = ref.partition(":")
                 if kind == "file" and service.role == "gateway":

@@ -25,6 +25,13 @@ from mlxctl.desired.state import (
     DesiredState,
     ModelRef,
 )
+from mlxctl.desired.tier_route import (
+    launch_facts,
+    recorded_route_facts,
+    tier_capacity,
+    tier_context,
+    tier_key_path,
+)
 from mlxctl.errors import MlxctlError, NotFoundError, SpecError
 from mlxctl.paths import Paths, admin_socket_path
 from mlxctl.runtimes.base import ArgValue, ProbeSpec, Runtime, ServerLaunch
@@ -41,6 +48,7 @@ from mlxctl.runtimes.gateway import (
 )
 from mlxctl.runtimes.gateway import RUNTIME as GATEWAY_RUNTIME
 from mlxctl.runtimes.registry import runtime as runtime_named
+from mlxctl.runtimes.tier_guard import KEY_FILE_ENV as TIER_KEY_FILE_ENV
 from mlxctl.spec import secrets
 from mlxctl.spec.schema import TierSpec
 from mlxctl.spec.stack_set import SourcedTier, StackSet
@@ -98,28 +106,36 @@ def resolve_desired(stack: StackSet, ctx: ResolveContext) -> DesiredState:
             # One tier's model cannot be read: that tier is blocked, the others converge.
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             unresolved[name] = f"{tier.file}:{tier.line}: model: {first}"
+        # What the gateway checks requests against (the model's config) ...
         facts = model_facts(service.model.directory if service and service.model else None)
         if tier.spec.context is not None and "context" in tier.spec.model_fields_set:
             written = tier.spec.context
             facts["context"] = min(written, facts["context"] or written)
-        routes.append(
-            Route(
-                name=name,
-                port=ports[name],
-                served_model=runtime.served_model_name(name),
-                aliases=tuple(tier.spec.aliases),
-                # Enough to keep a batching server busy, never a burst past mlx_lm.server's
-                # listen backlog of 5 (the rest wait in the gateway).
-                max_concurrency=max(4, tier.spec.concurrency),
-                on_demand=tier.load == "on-demand",
-                # A request for a cold tier waits as long as the tier may take to start.
-                hold=(tier.spec.startup_timeout or runtime.startup_timeout)
-                if tier.load == "on-demand"
-                else None,
-                runtime=tier.spec.runtime,
-                **facts,
-            )
+        route = Route(
+            name=name,
+            port=ports[name],
+            served_model=runtime.served_model_name(name),
+            aliases=tuple(tier.spec.aliases),
+            # The requests its server takes at once (desired.tier_route); the rest
+            # wait in the gateway.
+            max_concurrency=tier_capacity(tier.spec),
+            runtime=runtime.name,
+            key_file=str(tier_key_path(ctx.state_dir, name)) if runtime.guarded else None,
+            on_demand=tier.load == "on-demand",
+            # A request for a cold tier waits as long as the tier may take to start.
+            hold=(tier.spec.startup_timeout or runtime.startup_timeout)
+            if tier.load == "on-demand"
+            else None,
+            **facts,
         )
+        if service is not None:
+            # ... and what its launch says: its capacity with the catalog's args, its
+            # context (the smaller of the two when both are known).
+            launched = recorded_route_facts(service.launch, runtime.name)
+            if facts["context"] is not None and "context" in launched:
+                launched["context"] = min(launched["context"], facts["context"])
+            route = route.model_copy(update=launched)
+        routes.append(route)
     gateway = None
     # The gateway fronts tiers (every stack's): with none to route to, it is not run.
     routes += [r for r in ctx.extra_routes if r.name not in ports]
@@ -229,15 +245,20 @@ def _tier_service(tier: SourcedTier, port: int, ctx: ResolveContext) -> DesiredS
     limits, unenforced = _limit_args(spec, runtime)
     args = {**catalog_serving_args(spec), **spec.args, **limits}
     argv = runtime.argv(ServerLaunch(ctx.python, model.directory, port, served, args))
-    env = tuple(sorted(spec.env.items()))
+    key_file = str(tier_key_path(ctx.state_dir, spec.name)) if runtime.guarded else ""
+    # The tier's key file (a path, no secret): read by its guard, created at its launch.
+    guard_env = {TIER_KEY_FILE_ENV: key_file} if key_file else {}
+    env = tuple(sorted({**spec.env, **guard_env}.items()))
     hashed_env = _resolved_env(env, ctx, f"{where}: tier '{spec.name}'")
     launch = {
         "runtime": spec.runtime,
         "model": model.display,
         "port": port,
         "args": dict(args),
-        "env": dict(env),
+        "env": dict(sorted(spec.env.items())),
     }
+    capacity = tier_capacity(spec, args)
+    launch |= launch_facts(capacity, tier_context(spec, model.directory), key_file)
     if model.revision:
         # A hub model's pinned commit: a lock-file change shows as "revision changed: a -> b".
         launch["revision"] = model.revision[:12]
@@ -252,7 +273,7 @@ def _tier_service(tier: SourcedTier, port: int, ctx: ResolveContext) -> DesiredS
         model=model,
         launch=launch,
         spec_hash=spec_hash(argv, hashed_env, {}, model.identity),
-        probe=ProbeSpec(kind=runtime.name, port=port, model=served),
+        probe=ProbeSpec(kind=runtime.name, port=port, model=served, key_file=key_file),
         startup_timeout=spec.startup_timeout or runtime.startup_timeout,
         source=where,
         stack=tier.stack,

@@ -38,7 +38,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,12 +48,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
 
-from mlxctl.gateway.answers import StreamRenamer, renamed
+from mlxctl.gateway.answers import renamed
+from mlxctl.gateway.backend_errors import BODY_MAX, BackendAnswer, classify, router_error
 from mlxctl.gateway.bounds import clip
+from mlxctl.gateway.capacity import (
+    Backoff,
+    ClientGone,
+    Gone,
+    QueueFull,
+    TierKeys,
+    unless_gone,
+    wait_turn,
+)
 from mlxctl.gateway.demand import HOLD, SEND, Cadence, Claim, Demand, Refusal
 from mlxctl.gateway.intake import read_json
 from mlxctl.gateway.requests import Checked, Endpoint, RequestError, check_request
 from mlxctl.gateway.routing import RoutingTable
+from mlxctl.gateway.streams import chunk_finished, open_stream, relay_events
+from mlxctl.gateway.streams import error_event as stream_error
 from mlxctl.gateway.tierfit import fit_request
 from mlxctl.machine.clock import SystemClock
 from mlxctl.runtimes.base import HOST
@@ -75,8 +87,9 @@ KEEPALIVE = b": keep-alive\n\n"
 # The response header naming the tier (or remote) that answered: a fallback's name when
 # one did, whatever model name the client asked for.
 TIER_HEADER = "x-mlxctl-tier"
-# An awaitable that ends when the client has gone (its connection closed).
-Gone = Callable[[], Awaitable[object]]
+# Retry-After for a tier that cannot generate: its liveness check replaces it within
+# about its interval (10 s) and a new one starts.
+RETRY_DEAD = 15
 
 
 class _Refused:
@@ -122,19 +135,23 @@ def error_event(response: Response) -> bytes:
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-def backend_error(exc: Exception) -> JSONResponse:
-    """A Router exception as the client should see it: the backend's 4xx, else 5xx."""
-    from litellm.exceptions import APIConnectionError, Timeout
+def answered(answer: BackendAnswer, retry_after: int | None = None) -> JSONResponse:
+    """A tier's error (:mod:`mlxctl.gateway.backend_errors`) as the client's response."""
+    response = JSONResponse(answer.body(), status_code=answer.status)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
-    message = str(exc).replace("litellm.", "", 1)[:500]
-    if isinstance(exc, Timeout):
-        return error(504, message, code="timeout", type_="timeout_error")
-    status = getattr(exc, "status_code", None)
-    if isinstance(status, int) and 400 <= status < 500 and status not in (401, 403, 408):
-        return error(status, message, code="backend_rejected")
-    if isinstance(exc, APIConnectionError):
-        return error(502, message, code="backend_unreachable", type_="server_error")
-    return error(502, message, code="backend_error", type_="server_error")
+
+def queue_full(full: QueueFull) -> JSONResponse:
+    """A 503 for a request the tier's queue has no room for, with when to try again."""
+    response = error(503, str(full), code="queue_full", type_="server_error")
+    response.headers["Retry-After"] = str(full.retry_after)
+    return response
+
+
+def client_gone() -> JSONResponse:
+    return error(499, "the client went away", code="client_gone")
 
 
 class Gateway:
@@ -166,6 +183,8 @@ class Gateway:
         )
         self.requests_done = 0
         self._session: aiohttp.ClientSession | None = None
+        # Each tier's own key, sent with every request to it (runtimes.tier_guard).
+        self.keys = TierKeys()
 
     def _tier_names(self) -> list[str]:
         return [route.name for route in self.table.config.routes]
@@ -217,26 +236,16 @@ class Gateway:
             return await self._on_demand(table, route, checked, endpoint, gone)
         claim = self.demand.claim(name)  # counted: held at the gate, then in flight
         assert claim is not None  # only on-demand holds are capped
-        serving = self._serve(table, name, route, checked, endpoint, claim)
-        return await _unless_client_left(serving, gone)
-
-    async def _serve(
-        self,
-        table: RoutingTable,
-        name: str,
-        route: Route | None,
-        checked: Checked,
-        endpoint: Endpoint,
-        claim: Claim,
-    ) -> Response:
-        """Wait at the tier's gate (up to the queue timeout: then a 503), then send."""
-        try:
-            slot = await _Slot.take(
-                self, table.gates.get(name), claim, timeout=table.config.queue_timeout
-            )
+        wait = table.config.queue_timeout
+        turn = _Slot.take(self, table.gates.get(name), claim, route)
+        try:  # a turn at the tier's capacity (gateway.capacity), within the queue's
+            # deadline; its client may leave meanwhile
+            slot = await unless_gone(asyncio.wait_for(turn, wait), gone, _Slot.orphaned)
+        except (QueueFull, ClientGone) as exc:
+            claim.close()
+            return queue_full(exc) if isinstance(exc, QueueFull) else client_gone()
         except TimeoutError:
             claim.close()
-            wait = table.config.queue_timeout
             why = f"tier '{name}' is busy: the request waited {wait:g} s for its turn"
             return refusal(Refusal(why, min(wait, 30.0), "queue_timeout"))
         except BaseException:
@@ -244,11 +253,20 @@ class Gateway:
             raise
         try:
             if route is not None and table.config.fast_path:
-                answer = await self._relay(table, route, checked, endpoint, slot.release)
+                relay = self._relay(table, route, checked, endpoint, slot.release)
+                answer = await unless_gone(relay, gone, _let_go)
                 if isinstance(answer, Response):
                     return answer
+                if isinstance(answer, BackendAnswer):  # it cannot serve: its fallbacks may
+                    return await unless_gone(
+                        self._fallback(table, name, checked, endpoint, slot.release, answer),
+                        gone, _let_go)  # fmt: skip
                 log(f"tier '{name}' did not answer; the Router retries it and its fallbacks")
-            return await self._route(table, name, checked, endpoint, slot.release)
+            routed = self._route(table, name, checked, endpoint, slot.release)
+            return await unless_gone(routed, gone, _let_go)
+        except ClientGone:  # the request to the tier was closed with it
+            slot.release()
+            return client_gone()
         except BaseException:
             slot.release()
             raise
@@ -300,14 +318,18 @@ class Gateway:
         release: Callable[[], None],
         *,
         wait_refused: bool = True,
-    ) -> Response | _Refused | None:
-        """The fast path: the tier's answer, or None when the tier failed to answer.
+    ) -> Response | _Refused | BackendAnswer | None:
+        """The fast path: the tier's answer, or None when the tier failed to answer (a
+        :class:`BackendAnswer` when it said it cannot serve at all: skip it).
 
         A refused connection is waited out here (up to the hold, for a tier without
         fallbacks), or with ``wait_refused=False`` returned as :data:`REFUSED` for the
-        caller to hold the request itself."""
+        caller to hold the request itself. A tier's "busy" is never relayed: the request
+        keeps its turn and asks again, up to the hold (:mod:`mlxctl.gateway.capacity`);
+        its errors reach the client in OpenAI's shape (:mod:`mlxctl.gateway.backend_errors`)."""
         body = json.dumps({**checked.params, "model": route.served_model}).encode()
         url = f"http://{HOST}:{route.port}{PATHS[endpoint]}"
+        headers = {**JSON_BODY, **self.keys.headers(route.key_file)}
         config = table.config
         # Per read, not in total: a stream may run for minutes, a cold model is slow to
         # its first token; a refused connection is known at once.
@@ -318,45 +340,89 @@ class Gateway:
         # hold the request until it listens again, up to ``hold`` seconds.
         clock = self.clock
         held_until = None if config.fallbacks.get(route.name) else clock.monotonic() + config.hold
-        try:
-            while True:
-                try:
-                    resp = await self.session.post(
-                        url, data=body, headers=JSON_BODY, timeout=timeout
-                    )
-                    break
-                except aiohttp.ClientConnectorError:
-                    if not wait_refused:
-                        return REFUSED
-                    if held_until is None or clock.monotonic() >= held_until:
-                        raise
-                    # Yields to the event loop between attempts (the clock's sleep would
-                    # block it); the deadline above is the clock's.
-                    await asyncio.sleep(HOLD_POLL)
-        except aiohttp.ConnectionTimeoutError:
-            return None
-        except TimeoutError:  # connected, but no answer within the timeout
-            release()
-            return error(504, f"tier '{route.name}' did not answer in time", code="timeout",
-                         type_="timeout_error")  # fmt: skip
-        except aiohttp.ClientError:
-            return None  # refused or reset: the Router retries and falls back
-        if resp.status >= 500:
-            resp.release()
-            return None
-        media = resp.headers.get("Content-Type", "application/json")
-        if not checked.stream or resp.status != 200:
+        busy = Backoff(clock.monotonic, config.hold)
+        while True:
             try:
-                content = await resp.read()
-            except (aiohttp.ClientError, TimeoutError):
+                while True:
+                    try:
+                        resp = await self.session.post(
+                            url, data=body, headers=headers, timeout=timeout
+                        )
+                        break
+                    except aiohttp.ClientConnectorError:
+                        if not wait_refused:
+                            return REFUSED
+                        if held_until is None or clock.monotonic() >= held_until:
+                            raise
+                        # Yields to the event loop between attempts (the clock's sleep
+                        # would block it); the deadline above is the clock's.
+                        await asyncio.sleep(HOLD_POLL)
+            except aiohttp.ConnectionTimeoutError:
                 return None
-            finally:
-                resp.release()
+            except TimeoutError:  # connected, but no answer within the timeout
+                release()
+                return error(504, f"tier '{route.name}' did not answer in time", code="timeout",
+                             type_="timeout_error")  # fmt: skip
+            except aiohttp.ClientError:
+                return None  # refused or reset: the Router retries and falls back
+            media = resp.headers.get("Content-Type", "application/json")
+            try:
+                if resp.status == 200 and checked.stream:
+                    start = await open_stream(resp)
+                    if not start.empty:
+                        events = relay_events(resp, checked.model, release, start.head)
+                        return StreamingResponse(events, media_type=media)
+                    # Closed before a word: vllm-mlx's busy stream, or a tier that died.
+                    verdict = BackendAnswer("busy" if route.runtime == "vllm-mlx" else "failed",
+                                            502, "the tier closed the stream at once")  # fmt: skip
+                elif resp.status == 200:
+                    content = renamed(await resp.read(), checked.model)
+                    resp.release()
+                    release()
+                    return Response(content, status_code=200, media_type=media)
+                else:
+                    verdict = classify(
+                        route.runtime, resp.status, await resp.content.read(BODY_MAX)
+                    )
+            except (aiohttp.ClientError, TimeoutError):
+                resp.close()
+                return None  # it broke before answering: the Router retries and falls back
+            except BaseException:  # the client left: the request to the tier is closed
+                resp.close()
+                raise
+            resp.close()
+            if verdict.kind == "busy":
+                if await busy.again():
+                    continue
+                release()
+                gate = table.gates.get(route.name)
+                retry = gate.waiting.retry_after(route.max_concurrency) if gate else 1
+                message = f"tier '{route.name}' stayed busy for {config.hold:g} s; try again later"
+                return answered(BackendAnswer("error", 503, message, "tier_busy"), retry)
+            if verdict.kind == "failed":
+                log(f"tier '{route.name}': {verdict.message}")
+                return verdict if verdict.dead else None
             release()
-            if resp.status == 200:
-                content = renamed(content, checked.model)
-            return Response(content, status_code=resp.status, media_type=media)
-        return StreamingResponse(_events(resp, checked.model, release), media_type=media)
+            return answered(verdict)
+
+    async def _fallback(
+        self,
+        table: RoutingTable,
+        name: str,
+        checked: Checked,
+        endpoint: Endpoint,
+        release: Callable[[], None],
+        why: BackendAnswer,
+    ) -> Response:
+        """A request for a tier that said it cannot serve at all: to its first fallback
+        (through the Router, with that one's own fallbacks), or a 503 when it has none."""
+        fallbacks = table.config.fallbacks.get(name, ())
+        if not fallbacks:
+            release()
+            message = f"tier '{name}': {why.message}; it is being replaced"
+            return answered(BackendAnswer("error", 503, message, why.code), RETRY_DEAD)
+        log(f"tier '{name}': {why.message}; sent to '{fallbacks[0]}'")
+        return await self._route(table, fallbacks[0], checked, endpoint, release)
 
     async def _route(
         self,
@@ -376,7 +442,8 @@ class Gateway:
                 result = await router.atext_completion(model=name, **params)
         except Exception as exc:  # the Router's errors, each mapped to its status
             release()
-            return backend_error(exc)
+            verdict = router_error(exc, name)
+            return answered(verdict, 1 if verdict.kind == "busy" else None)
         served = {TIER_HEADER: _served_by(result, name)}
         if not checked.stream:
             release()
@@ -385,26 +452,6 @@ class Gateway:
             )
         stream = _sse(result, checked.model, release)
         return StreamingResponse(stream, media_type="text/event-stream", headers=served)
-
-
-async def _events(
-    resp: aiohttp.ClientResponse, model: str, release: Callable[[], None]
-) -> AsyncIterator[bytes]:
-    """A tier's stream, each event as soon as it is complete; the gate opens when it ends."""
-    events = StreamRenamer(model)
-    try:
-        async for chunk in resp.content.iter_any():
-            if out := events.feed(chunk):
-                yield out
-        if rest := events.flush():
-            yield rest
-    except (aiohttp.ClientError, TimeoutError) as exc:  # the tier died mid-stream: in-band
-        message = f"the tier stopped mid-stream: {exc!r}"
-        body = {"error": {"message": message, "code": "backend_error"}}
-        yield b"data: " + json.dumps(body).encode() + b"\n\n"
-    finally:
-        resp.release()
-        release()
 
 
 class _Slot:
@@ -420,22 +467,31 @@ class _Slot:
         self.gate = gate
         self.claim = claim
         self.done = False
+        self.since = gateway.clock.monotonic()
 
     @classmethod
     async def take(
-        cls, gateway: Gateway, gate: Gate | None, claim: Claim, *, timeout: float | None = None
+        cls, gateway: Gateway, gate: Gate | None, claim: Claim, route: Route | None = None
     ) -> _Slot:
-        """The gate, waited for up to ``timeout`` seconds (then TimeoutError)."""
         if gate is not None:
-            await asyncio.wait_for(gate.semaphore.acquire(), timeout)
+            if route is None:
+                await gate.semaphore.acquire()
+            else:  # bounded: QueueFull when the tier's queue is full
+                await wait_turn(gate, route.name, route.max_concurrency, route.max_waiting)
         claim.sent()
         return cls(gateway, gate, claim)
+
+    @staticmethod
+    async def orphaned(slot: _Slot) -> None:
+        """A turn that came just as its client left."""
+        slot.release()
 
     def _open_gate(self) -> bool:
         if self.done:
             return False
         self.done = True
         if self.gate is not None:
+            self.gate.waiting.timed(self.gateway.clock.monotonic() - self.since)
             self.gate.semaphore.release()
         return True
 
@@ -494,6 +550,9 @@ class _Held:
                     continue
                 if isinstance(answer, Response):
                     return answer
+                if isinstance(answer, BackendAnswer):
+                    return await gateway._fallback(table, route.name, self.checked,
+                                                   self.endpoint, slot.release, answer)  # fmt: skip
                 log(f"tier '{route.name}' did not answer; the Router retries it")
                 return await gateway._route(table, route.name, self.checked, self.endpoint,
                                             slot.release)  # fmt: skip
@@ -506,6 +565,14 @@ class _Held:
         if self.slot is not None:
             self.slot.release()
         self.claim.close()
+
+
+def _served_by(result: Any, asked: str) -> str:
+    """The tier or remote whose deployment answered through the Router (its
+    ``model_info.id``: :func:`mlxctl.gateway.routing.deployment`), else ``asked``."""
+    hidden = getattr(result, "_hidden_params", None)
+    served = hidden.get("model_id") if isinstance(hidden, dict) else None
+    return served if isinstance(served, str) and served else asked
 
 
 async def _unless_gone(held: _Held, gone: Gone | None) -> Response:
@@ -556,36 +623,6 @@ async def _held_stream(held: _Held, keepalive: float) -> AsyncIterator[bytes]:
             held.abandon()
 
 
-def _served_by(result: Any, asked: str) -> str:
-    """The tier or remote whose deployment answered through the Router (its
-    ``model_info.id``: :func:`mlxctl.gateway.routing.deployment`), else ``asked``."""
-    hidden = getattr(result, "_hidden_params", None)
-    served = hidden.get("model_id") if isinstance(hidden, dict) else None
-    return served if isinstance(served, str) and served else asked
-
-
-async def _unless_client_left(serving: Awaitable[Response], gone: Gone | None) -> Response:
-    """``serving``'s answer, unless its client goes away first: then it is cancelled,
-    which takes it out of the gate's queue or closes its request to the tier (a stream
-    already answering is left to the response, which sees the disconnect itself)."""
-    task = asyncio.ensure_future(serving)
-    if gone is None:
-        return await task
-    watcher = asyncio.ensure_future(gone())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            return error(499, "the client went away", code="client_gone")
-        return task.result()
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-
-
 def _dump(result: Any, public: str) -> bytes:
     data = result.model_dump(exclude_none=True)
     data["model"] = public
@@ -593,15 +630,28 @@ def _dump(result: Any, public: str) -> bytes:
 
 
 async def _sse(stream: Any, public: str, release: Callable[[], None]) -> AsyncIterator[bytes]:
+    finished = False
     try:
         async for chunk in stream:
+            finished = finished or chunk_finished(chunk)
             yield b"data: " + _dump(chunk, public) + b"\n\n"
-        yield b"data: [DONE]\n\n"
+        if finished:
+            yield b"data: [DONE]\n\n"
+        else:  # an empty or cut stream is not a successful answer (gateway.streams)
+            yield stream_error("the tier ended the stream before it finished its answer")
     except Exception as exc:  # a backend that fails mid-stream: tell the client, in-band
-        body = json.loads(bytes(backend_error(exc).body))
-        yield b"data: " + json.dumps(body).encode() + b"\n\n"
+        verdict = router_error(exc, public)
+        yield stream_error(verdict.message, verdict.code, verdict.status)
     finally:
         release()
+
+
+async def _let_go(answer: object) -> None:
+    """An answer whose client left as it came: a stream's iterator holds the tier's
+    connection and the turn, closed here (a whole answer holds nothing)."""
+    body = getattr(answer, "body_iterator", None)
+    if body is not None and hasattr(body, "aclose"):
+        await body.aclose()
 
 
 def build_app(gateway: Gateway) -> Starlette:

@@ -14,19 +14,23 @@ import contextlib
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from mlxctl.gateway.capacity import Waiting
 from mlxctl.runtimes.base import HOST
 from mlxctl.runtimes.gateway import GatewayConfig, Route
+from mlxctl.runtimes.tier_guard import read_key
 
 
 @dataclass(frozen=True)
 class Gate:
-    """At most ``limit`` requests at once to one backend; the rest wait their turn."""
+    """At most ``limit`` requests at once to one backend; the rest wait their turn, at
+    most ``Route.max_waiting`` of them (:mod:`mlxctl.gateway.capacity`)."""
 
     key: tuple[str, int, int]
     semaphore: asyncio.Semaphore
+    waiting: Waiting = field(default_factory=Waiting)
 
 
 def deployment(route: Route) -> dict[str, Any]:
@@ -36,12 +40,35 @@ def deployment(route: Route) -> dict[str, Any]:
         "litellm_params": {
             "model": f"openai/{route.served_model}",
             "api_base": f"http://{HOST}:{route.port}/v1",
-            "api_key": "none",
+            # The tier's own key (runtimes.tier_guard), when it has one.
+            "api_key": _tier_key(route.key_file) or "none",
         },
         # The deployment's id: the Router reports it for the answer (the response header
         # naming who answered, a fallback included).
         "model_info": {"id": route.name},
     }
+
+
+def _tier_key(path: str | None) -> str:
+    if not path:
+        return ""
+    try:
+        return read_key(path)
+    except OSError:
+        return ""
+
+
+def key_stamps(config: GatewayConfig) -> tuple[tuple[str, int], ...]:
+    """When each tier's key file last changed (0: absent): a Router built before a key
+    was written (the tier started after the gateway) is built again."""
+    stamps = []
+    for route in config.routes:
+        if route.key_file:
+            try:
+                stamps.append((route.key_file, os.stat(route.key_file).st_mtime_ns))
+            except OSError:
+                stamps.append((route.key_file, 0))
+    return tuple(stamps)
 
 
 def router_kwargs(config: GatewayConfig, environ: Mapping[str, str]) -> dict[str, Any]:
@@ -135,6 +162,7 @@ class RoutingTable:
         self.names = config.public_names()
         self._environ = os.environ if environ is None else environ
         self._router: Any = None
+        self._stamps: tuple[tuple[str, int], ...] = ()
         self._building: asyncio.Lock | None = None
         old = previous.gates if previous else {}
         self.gates: dict[str, Gate] = {}
@@ -151,13 +179,16 @@ class RoutingTable:
         return router_class(**router_kwargs(self.config, self._environ))
 
     async def router(self) -> Any:
-        """The ``litellm.Router`` of these routes (built once, off the event loop)."""
-        if self._router is None:
+        """The ``litellm.Router`` of these routes (built once, off the event loop, and
+        again when a tier's key file has changed since)."""
+        stamps = key_stamps(self.config)
+        if self._router is None or stamps != self._stamps:
             if self._building is None:
                 self._building = asyncio.Lock()
             async with self._building:
-                if self._router is None:
+                if self._router is None or stamps != self._stamps:
                     self._router = await asyncio.to_thread(self._build_router)
+                    self._stamps = stamps
         return self._router
 
     def resolve(self, name: str) -> str | None:

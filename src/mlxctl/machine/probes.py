@@ -14,6 +14,7 @@ from typing import Any
 
 from mlxctl.runtimes.base import ProbeMode, ProbeResult, ProbeSpec
 from mlxctl.runtimes.registry import runtime
+from mlxctl.runtimes.tier_guard import bearer
 
 
 def _request(
@@ -23,6 +24,7 @@ def _request(
     try:
         payload = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if payload else {}
+        headers |= bearer(spec.key_file)
         conn.request(method, path, body=payload, headers=headers)
         response = conn.getresponse()
         return response.status, response.read()

@@ -51,7 +51,9 @@ def probe_kind(record: Record) -> str:
 def probe_spec(record: Record) -> ProbeSpec:
     kind = probe_kind(record)
     model = "" if record.role == "gateway" else runtime(kind).served_model_name(record.name)
-    return ProbeSpec(kind=kind, port=record.port, model=model, pid=record.pid)
+    # A guarded tier's key file (runtimes.tier_guard), recorded with its launch.
+    key_file = str(record.launch.get("keyFile") or "") if record.role != "gateway" else ""
+    return ProbeSpec(kind=kind, port=record.port, model=model, pid=record.pid, key_file=key_file)
 
 
 def probe_mode(record: Record) -> ProbeMode:

@@ -19,6 +19,7 @@ instance going away, ends a wait at once instead of after a whole interval.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 READY_POLL = 0.1
 READY_TIMEOUT = 30.0
 LIVE_TIMEOUT = 5.0
+BUSY_BUDGET = 600.0
 # After a server answered that it can never be ready, ask again this often (the
 # planner replaces it meanwhile; a new instance gets a new watcher).
 FATAL_RETRY = 1.0
@@ -49,6 +51,12 @@ class MonitorSettings:
     live_interval: float = 10.0
     live_timeout: float = LIVE_TIMEOUT
     threshold: int = 3
+    # Seconds a ready server may answer nothing but "busy" to the liveness check (its
+    # /health fine, its one generation never ending) before each such answer counts as a
+    # failure: a generation pinned for 31.7 min by a hostile schema answered everyone
+    # 503 while /health said healthy. As long as the gateway's read timeout, so a
+    # legitimate request is never cut for it.
+    busy_budget: float = BUSY_BUDGET
     # How long :meth:`HealthMonitor.sample` waits for a newly watched *ready* server's
     # first liveness answer. 0 for the controller (a pass never waits: the answer
     # triggers a pass); ``reconcile --once`` waits, so that its first pass sees a server
@@ -134,6 +142,7 @@ class HealthMonitor:
         key: Key,
         stop: threading.Event,
         failures: int,
+        busy_since: list[float | None] | None = None,
     ) -> tuple[ProbeResult, int] | None:
         """One probe, its answer stored with the failures in a row it makes (returned
         too); None when the watcher was stopped before or while it ran. Only a readiness
@@ -143,11 +152,29 @@ class HealthMonitor:
         result = self.prober.probe(spec, mode, timeout)
         if stop.is_set():
             return None
+        if busy_since is not None:
+            result = self._within_budget(result, busy_since)
         failures = 0 if result.ok else failures + 1
         fatal = result.fatal and mode == "ready"
         sample = HealthSample(result.ok, result.detail, fatal, failures, mode, result.poisoned)
         self._store(key, sample, stop)
         return result, failures
+
+    def _within_budget(self, result: ProbeResult, busy_since: list[float | None]) -> ProbeResult:
+        """``result``, failed when the server has answered nothing but "busy" for longer
+        than its liveness budget (``busy_since[0]``: when that began, kept here)."""
+        if not result.busy:
+            busy_since[0] = None
+            return result
+        now = time.monotonic()
+        since = busy_since[0] if busy_since[0] is not None else now
+        busy_since[0] = since
+        busy = now - since
+        if busy <= self.settings.busy_budget:
+            return result
+        detail = (f"answered nobody for {busy:.0f} s (liveness budget "
+                  f"{self.settings.busy_budget:g} s): {result.detail}")  # fmt: skip
+        return ProbeResult(False, detail)
 
     def _watch_one(self, record: Record, stop: threading.Event) -> None:
         key = (record.name, record.instance)
@@ -193,10 +220,11 @@ class HealthMonitor:
         them, or at once when the server says it can no longer generate."""
         spec, cfg = probe_spec(record), self.settings
         failures = 0
+        busy_since: list[float | None] = [None]
 
         def attempt() -> bool:
             nonlocal failures
-            answer = self._probe(spec, "live", cfg.live_timeout, key, stop, failures)
+            answer = self._probe(spec, "live", cfg.live_timeout, key, stop, failures, busy_since)
             if answer is None:
                 return False
             result, failures = answer

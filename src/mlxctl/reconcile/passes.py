@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from mlxctl.desired.resolve import ResolveContext, master_key_ref, resolve_desired
 from mlxctl.desired.state import GATEWAY, DesiredState
+from mlxctl.desired.tier_route import recorded_route_facts
 from mlxctl.errors import ExitCode
 from mlxctl.machine.record import Record
 from mlxctl.observe.gather import observe
@@ -59,9 +60,11 @@ def other_stacks_routes(ctx: Context, stack: StackSet) -> tuple[Route, ...]:
         if runtime not in MODEL_SERVERS:
             continue
         served = runtime_named(runtime).served_model_name(rec.name)
-        # The model facts (vocabulary, context, vision) are its own stack's to give: unknown
-        # here, the gateway checks its requests the strictest way.
-        routes.append(Route(name=rec.name, port=rec.port, served_model=served, runtime=runtime))
+        # Its capacity, context and key from its record; the rest of the model facts
+        # (vocabulary, vision) are its own stack's to give: unknown here, the gateway
+        # checks its requests the strictest way.
+        facts = recorded_route_facts(rec.launch, runtime)
+        routes.append(Route(name=rec.name, port=rec.port, served_model=served, **facts))
     return tuple(routes)
 
 

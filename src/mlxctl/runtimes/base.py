@@ -32,6 +32,8 @@ class ProbeSpec:
     # The process that must be the one answering (0: any). Two gateways share a port
     # while one replaces the other; an answer from the other one proves nothing.
     pid: int = 0
+    # The file of the tier's own key (a path, no secret): sent as its bearer key.
+    key_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ class ProbeResult:
     poisoned: bool = False
     # The process that answered, when the server says (the gateway does).
     pid: int | None = None
+    # It answered no completion, only "busy" (or nothing in time): fine now, but a
+    # server busy for longer than its liveness budget answers nobody (monitor).
+    busy: bool = False
 
 
 class Http(Protocol):
@@ -122,6 +127,9 @@ class Runtime:
     # them, nor any prefix of them (argparse takes an unambiguous prefix as the flag),
     # or the server would listen, serve or authenticate other than the stack says.
     managed_flags: frozenset[str] = frozenset()
+    # Started through :mod:`mlxctl.runtimes.tier_guard` with a key of its own: the
+    # gateway and the probes send it, nothing else has it.
+    guarded: bool = False
 
 
 def managed_flag_for(key: str, managed: frozenset[str]) -> str | None:

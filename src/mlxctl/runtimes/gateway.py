@@ -57,6 +57,9 @@ DEFAULT_HOLD = 120.0
 # Seconds a request may wait at a busy tier's gate (its concurrency limit) before it is
 # answered 503 with Retry-After, rather than waiting behind a queue of long generations.
 DEFAULT_QUEUE_TIMEOUT = 120.0
+# Requests that may wait in the gateway for one tier's turn (16 concurrent agents, each
+# with a few requests in flight, fit).
+DEFAULT_MAX_WAITING = 64
 
 
 class _Frozen(BaseModel):
@@ -70,20 +73,31 @@ class Route(_Frozen):
     port: int
     served_model: str
     aliases: tuple[str, ...] = ()
-    # Requests the gateway sends this server at once; the rest wait in the gateway.
+    # The tier's capacity: requests the gateway sends this server at once; the rest wait
+    # in the gateway (a vllm-mlx tier without continuous batching takes one).
     max_concurrency: int = Field(default=4, gt=0)
+    # Requests that may wait in the gateway for a turn at this tier; one more is
+    # answered 503 with ``Retry-After`` (:mod:`mlxctl.gateway.capacity`).
+    max_waiting: int = Field(default=DEFAULT_MAX_WAITING, ge=0)
+    # The runtime serving it ("mlx-lm", "vllm-mlx"; "" when unknown): how its errors and
+    # its "busy" answers read (:mod:`mlxctl.gateway.backend_errors`), and which extension
+    # fields it takes (:mod:`mlxctl.gateway.tierfit`).
+    runtime: str = ""
+    # Tokens of context the tier serves (the stack's ``context``, else the model's
+    # config), when known: ``max_tokens`` is capped to it.
+    context: int | None = Field(default=None, gt=0)
+    # The file holding the tier's own secret (a path, no secret): the gateway sends it
+    # as the tier's bearer key (:mod:`mlxctl.runtimes.tier_guard`).
+    key_file: str | None = None
     # ``load: on-demand``: the tier runs only while requests want it. The gateway holds
     # a request for it (reporting it as demand) until the controller says it serves,
     # up to ``hold`` seconds (the tier's startup timeout).
     on_demand: bool = False
     hold: float | None = Field(default=None, ge=0)
-    # What the gateway checks a request against before the tier sees it (issue 18;
-    # None: unknown, the strictest check applies): the runtime (which extension fields it
-    # takes), the model's vocabulary size (logit_bias ids), its context in tokens
-    # (max_tokens is capped to it) and whether it reads images.
-    runtime: str = ""
+    # What else the gateway checks a request against before the tier sees it (issue 18;
+    # None: unknown, the strictest check applies): the model's vocabulary size
+    # (logit_bias ids) and whether it reads images.
     vocab_size: int | None = Field(default=None, gt=0)
-    context: int | None = Field(default=None, gt=0)
     vision: bool | None = None
 
 

@@ -17,6 +17,7 @@ generation, which is busy, not broken. A dead generation thread is reported as
 
 from __future__ import annotations
 
+from mlxctl.runtimes import tier_guard
 from mlxctl.runtimes.base import (
     COMPLETION_PROMPT,
     HOST,
@@ -38,7 +39,8 @@ THREAD_DIED = "generation thread died"
 
 
 def argv(launch: ServerLaunch) -> tuple[str, ...]:
-    base = [str(launch.python), "-m", "mlx_lm", "server", "--model", str(launch.model_dir)]
+    # Through mlxctl's guard: no CORS grant, no request without the tier's key.
+    base = [str(launch.python), "-m", tier_guard.MODULE, "mlx-lm", "--model", str(launch.model_dir)]
     base += ["--host", HOST, "--port", str(launch.port)]
     return (*base, *render_args(launch.args))
 
@@ -64,7 +66,7 @@ def _live(http: Http, model: str) -> ProbeResult:
         return ProbeResult(False, f"/health answered {status}")
     answer, body = generates(http, model)
     if answer is None:
-        return ProbeResult(True, "/health answered 200; busy (a completion is queued)")
+        return ProbeResult(True, "/health answered 200; busy (a completion is queued)", busy=True)
     if answer == 200:
         return ProbeResult(True, "/health answered 200; 1-token completion answered")
     text = excerpt(body)
@@ -87,9 +89,12 @@ RUNTIME = Runtime(
     check=check,
     argv=argv,
     # mlx_lm.server's parser (mlx_lm/server.py main): --model, --host, --port.
+    # (``--allowed-origins`` is left to the tier: the guard grants no origin whatever it
+    # says, see runtimes.tier_guard.)
     managed_flags=frozenset({"model", "host", "port"}),
     # mlx_lm.server (0.31) decodes up to --decode-concurrency requests at once; it has no
     # flag that bounds the KV cache of a sequence (--max-tokens bounds the reply only),
     # so ``context`` is estimated but not enforced.
     limit_flags={"concurrency": "decode-concurrency"},
+    guarded=True,
 )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 
+from mlxctl.runtimes import tier_guard
 from mlxctl.runtimes.base import (
     HOST,
     Http,
@@ -34,7 +35,9 @@ BUSY = b"text_generation_busy"
 
 
 def argv(launch: ServerLaunch) -> tuple[str, ...]:
-    base = [str(launch.python.parent / "vllm-mlx"), "serve", str(launch.model_dir)]
+    # Through mlxctl's guard, which adds ``--api-key`` from the tier's key file in the
+    # process (never on the command line, which every user can read).
+    base = [str(launch.python), "-m", tier_guard.MODULE, "vllm-mlx", "serve", str(launch.model_dir)]
     base += ["--host", HOST, "--port", str(launch.port), "--served-model-name", launch.served_name]
     return (*base, *render_args(launch.args))
 
@@ -55,7 +58,7 @@ def check(http: Http, mode: ProbeMode, model: str) -> ProbeResult:
         return ProbeResult(loaded, detail)
     answer, raw = generates(http, model)
     if answer is None or (answer == 503 and BUSY in raw):
-        return ProbeResult(True, f"{detail}; busy (another generation runs)")
+        return ProbeResult(True, f"{detail}; busy (another generation runs)", busy=True)
     if answer == 200:
         return ProbeResult(True, f"{detail}; 1-token completion answered")
     return ProbeResult(False, f"cannot generate: completion answered {answer}: {excerpt(raw)}")
@@ -69,11 +72,12 @@ RUNTIME = Runtime(
     argv=argv,
     # ``vllm-mlx serve`` (vllm_mlx/cli.py create_parser): the model is positional and
     # ``--models-config`` would serve a whole registry of other models (``--model``
-    # abbreviates it); ``--api-key`` would lock out the gateway and the probes.
+    # abbreviates it); ``--api-key`` is the tier's own key, set by mlxctl (runtimes.tier_guard).
     managed_flags=frozenset(
         {"model", "models-config", "host", "port", "served-model-name", "api-key"}
     ),
     # vllm-mlx serve: --max-num-seqs "Max concurrent sequences", --max-kv-size "Maximum KV
     # cache size per sequence" (a rotating cache past it).
     limit_flags={"context": "max-kv-size", "concurrency": "max-num-seqs"},
+    guarded=True,
 )

@@ -193,6 +193,8 @@ class FakeProber:
     slow: dict[int, int] = field(default_factory=dict)
     # Ports whose server runs but cannot generate because a request broke it.
     poisoned: dict[int, str] = field(default_factory=dict)
+    # Ports whose server says healthy but answers no completion (always "busy").
+    busy: set[int] = field(default_factory=set)
     calls: list[tuple[int, str]] = field(default_factory=list)
 
     def probe(self, spec: ProbeSpec, mode: Literal["ready", "live"], timeout: float) -> ProbeResult:
@@ -203,6 +205,8 @@ class FakeProber:
             return ProbeResult(False, self.fatal[spec.port], fatal=True)
         if spec.port in self.failing:
             return ProbeResult(False, self.failing[spec.port])
+        if spec.port in self.busy:
+            return ProbeResult(True, "/health 200; busy (another generation runs)", busy=True)
         remaining = self.slow.get(spec.port, 0)
         if remaining > 0:
             self.slow[spec.port] = remaining - 1
