@@ -19,6 +19,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tests.integration.conftest import Mlxctl, free_ports, ready_pid, wait_for
+from tests.integration.test_controller import one_tier
 
 from mlxctl.machine import oom
 from mlxctl.machine.interfaces import INSTANCE_ENV, STATE_ENV
@@ -232,3 +234,27 @@ def test_killed_by_the_kernel_for_memory_in_a_small_cgroup(tmp_path: Path) -> No
     # As root the kernel log names the very PID.
     if os.access("/dev/kmsg", os.R_OK):
         assert f"Killed process {found['pid']} (" in cause["evidence"]
+
+
+# -- a real mlx_lm.server under the controller --------------------------------------------
+
+
+def test_a_segfaulted_server_is_classified_through_the_controller(
+    mlxctl: Mlxctl, tiny_model: Path, tmp_path: Path
+) -> None:
+    """kill -SEGV on a real mlx_lm.server: the controller heals it, and `events --tier
+    fast --kind SIGSEGV -o json` (answered by the controller's admin API) shows why."""
+    [port] = free_ports(1)
+    mlxctl.write("stack.yaml", one_tier(tiny_model, port, 16))
+    mlxctl.start("reconcile", str(mlxctl.stacks), "--interval", "3600", log=tmp_path / "c.log")
+    pid = wait_for(lambda: ready_pid(mlxctl), 120, "the tier to be ready")
+    os.kill(pid, signal.SIGSEGV)
+    wait_for(lambda: ready_pid(mlxctl, other_than=pid), 60, "the tier to be restarted")
+    found = mlxctl.run("events", "--tier", "fast", "--kind", "SIGSEGV", "-o", "json")
+    assert found.returncode == 0, found.stderr
+    [crash] = [json.loads(line) for line in found.stdout.splitlines()]
+    assert crash["kind"] == "crash" and crash["target"] == "fast"
+    assert crash["exit_cause"]["signal"] == "SIGSEGV" and not crash["exit_cause"]["by_us"]
+    assert crash["cause"].startswith("SIGSEGV: killed by SIGSEGV (exit code -11, not sent by")
+    none = mlxctl.run("events", "--tier", "fast", "--kind", "oom-killed", "-o", "json")
+    assert none.returncode == 0 and none.stdout == ""
