@@ -227,20 +227,26 @@ async def chunk_stream(chunks: Any, translator: Translator) -> AsyncIterator[byt
 
 async def read_json(request: Request, family: Family) -> Any | Response:
     """The request's JSON body, or the family's 413 / 400."""
+    too_large = f"the request body is over {MAX_BODY_BYTES} bytes"
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-        return family.error(413, f"the request body is over {MAX_BODY_BYTES} bytes",
-                            code="request_too_large")  # fmt: skip
+        return _unread(family.error(413, too_large, code="request_too_large"))
     raw = b""
     async for piece in request.stream():
         raw += piece
         if len(raw) > MAX_BODY_BYTES:
-            return family.error(413, f"the request body is over {MAX_BODY_BYTES} bytes",
-                                code="request_too_large")  # fmt: skip
+            return _unread(family.error(413, too_large, code="request_too_large"))
     try:
         return json.loads(raw)
     except ValueError:
         return family.error(400, "the request body is not valid JSON", code="invalid_json")
+
+
+def _unread(response: Response) -> Response:
+    """An answer sent before the body was read: the connection closes after it (the rest
+    of the body would otherwise be read as the next request)."""
+    response.headers["Connection"] = "close"
+    return response
 
 
 async def serve(gateway: Gateway, request: Request, family: Family) -> Response:
