@@ -121,7 +121,7 @@ def test_a_messages_request_becomes_chat_messages_with_tools_and_results() -> No
     [
         ({"max_tokens": None}, "max_tokens"),
         ({"messages": []}, "messages"),
-        ({"messages": [{"role": "system", "content": "x"}]}, "messages"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages"),
         ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools"),
         ({"tools": [{"name": "x"}]}, "tools"),
         ({"stream": "yes"}, "stream"),

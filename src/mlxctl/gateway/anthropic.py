@@ -6,7 +6,8 @@ What Claude Code and the ``anthropic`` SDKs send (``/v1/messages?beta=true``,
 request as is; for ``mlx_lm.server`` it is translated to a chat completion and back
 (:mod:`mlxctl.gateway.families` says why the translation is ours).
 
-Translated, supported: text, a system prompt (string or text blocks), multi-turn,
+Translated, supported: text, a system prompt (string or text blocks, and system
+messages in the conversation, which Claude Code 2.1 sends), multi-turn,
 ``tool_use`` / ``tool_result`` blocks (a result's text or text blocks; ``is_error`` is
 said in its text), custom tools (``input_schema``), ``tool_choice`` (auto, any, tool,
 none, ``disable_parallel_tool_use``), images as base64 or URL blocks, ``max_tokens``,
@@ -345,9 +346,11 @@ def _message(message: object, where: str) -> list[dict[str, Any]]:
     if not isinstance(message, dict):
         raise _refuse(where, "a message must be an object")
     role = message.get("role")
-    if role not in ("user", "assistant"):
-        raise _refuse(f"{where}.role", "must be 'user' or 'assistant'")
     content = message.get("content")
+    if role == "system":  # Claude Code's mid-conversation system messages (a beta)
+        return _system(content) if content else []
+    if role not in ("user", "assistant"):
+        raise _refuse(f"{where}.role", "must be 'user', 'assistant' or 'system'")
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     if not isinstance(content, list):

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from starlette.requests import Request
@@ -92,6 +92,9 @@ class Parsed:
     stream: bool
     native: dict[str, Any]
     chat: dict[str, Any]
+    # What the answer's translation needs of the request (the Responses API: the
+    # namespace of each function tool that came in a namespace).
+    namespaces: dict[str, str] = field(default_factory=dict)
 
 
 class Translator(Protocol):

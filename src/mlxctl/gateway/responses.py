@@ -7,7 +7,9 @@ A vllm-mlx tier serves the route itself and gets the request as is; for
 Translated, supported: ``input`` as a string or a list of items (messages with
 ``input_text`` / ``output_text`` / ``input_image`` parts, roles user, assistant, system
 and developer; ``function_call`` and ``function_call_output`` items), ``instructions``,
-function tools, ``tool_choice``, ``parallel_tool_calls``, ``max_output_tokens``,
+function tools and namespace tools (groups of function tools, as Codex sends: their
+functions are offered to the model, and a call of one says its ``namespace``),
+``tool_choice``, ``parallel_tool_calls``, ``max_output_tokens``,
 ``temperature``, ``top_p``, ``text.format`` (``json_schema``, ``json_object``), and
 streaming with the Responses events (``response.created``, ``response.in_progress``,
 ``response.output_item.added`` / ``.done``, ``response.content_part.added`` / ``.done``,
@@ -25,8 +27,9 @@ Refused with a 400 naming the field: ``previous_response_id`` and ``conversation
 (nothing is stored to continue from), ``background``, ``prompt`` (stored prompts),
 built-in tools (``web_search``, ``file_search``, ``code_interpreter``,
 ``computer_use_preview``, ``image_generation``, ``mcp``, ``local_shell``, ``custom``: they
-run on OpenAI's service, not on a local model), ``input_file`` parts and item types other
-than the above.
+run on OpenAI's service, not on a local model; Codex CLI sends ``web_search`` unless its
+config says ``web_search = "disabled"``, which the 400 tells), ``input_file`` parts and
+item types other than the above.
 """
 
 from __future__ import annotations
@@ -111,8 +114,9 @@ class Responses:
         for field in _SAMPLING:
             if body.get(field) is not None:
                 chat[field] = body[field]
+        namespaces: dict[str, str] = {}
         if body.get("tools"):
-            chat["tools"] = _tools(body["tools"])
+            chat["tools"] = _tools(body["tools"], namespaces)
         if body.get("tool_choice") is not None and chat.get("tools"):
             chat["tool_choice"] = _tool_choice(body["tool_choice"])
         if isinstance(body.get("parallel_tool_calls"), bool) and chat.get("tools"):
@@ -123,7 +127,7 @@ class Responses:
             chat["stream"] = True
             chat["stream_options"] = {"include_usage": True}
         native = {k: v for k, v in body.items() if k != "model"}
-        return Parsed(model=model, stream=stream, native=native, chat=chat)
+        return Parsed(model=model, stream=stream, native=native, chat=chat, namespaces=namespaces)
 
     def error(
         self,
@@ -170,6 +174,7 @@ class Responses:
                     function.get("name") or "",
                     arguments if isinstance(arguments, str) else json.dumps(arguments or {}),
                     "completed",
+                    parsed.namespaces,
                 )
             )
         prompt, completion_tokens, cached = usage_numbers(completion.get("usage"))
@@ -282,7 +287,8 @@ class ResponsesStream:
                 key = f"tool:{call.get('index', 0)}"
                 if self.open != key:
                     item = _call_item(_id("fc_"), call.get("id") or _id("call_"),
-                                      function.get("name") or "", "", "in_progress")  # fmt: skip
+                                      function.get("name") or "", "", "in_progress",
+                                      self.parsed.namespaces)  # fmt: skip
                     out += self._item_added(key, item)
                     index = len(self.output) - 1
                 arguments = function.get("arguments")
@@ -375,9 +381,14 @@ def _reasoning_item(id_: str, text: str) -> dict[str, Any]:
             "content": [{"type": "reasoning_text", "text": text}]}  # fmt: skip
 
 
-def _call_item(id_: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
-    return {"type": "function_call", "id": id_, "call_id": call_id, "name": name,
+def _call_item(
+    id_: str, call_id: str, name: str, arguments: str, status: str, namespaces: dict[str, str]
+) -> dict[str, Any]:
+    item = {"type": "function_call", "id": id_, "call_id": call_id, "name": name,
             "arguments": arguments, "status": status}  # fmt: skip
+    if name in namespaces:  # a function of a namespace tool: said as the client named it
+        item["namespace"] = namespaces[name]
+    return item
 
 
 def _input(value: object) -> list[dict[str, Any]]:
@@ -472,37 +483,53 @@ def _output_text(output: object, at: str) -> str:
     raise _refuse(f"{at}.output", "must be a string or a list of text parts")
 
 
-def _tools(tools: object) -> list[dict[str, Any]]:
+def _tools(tools: object, namespaces: dict[str, str]) -> list[dict[str, Any]]:
+    """Function tools as chat tools; a namespace's functions are listed among them (and
+    ``namespaces`` learns whose they are)."""
     if not isinstance(tools, list):
         raise _refuse("tools", "must be a list")
-    if len(tools) > MAX_TOOLS:
-        raise _refuse("tools", f"at most {MAX_TOOLS} tools")
     out = []
     for i, tool in enumerate(tools):
-        if not isinstance(tool, dict):
-            raise _refuse(f"tools.{i}", "a tool must be an object")
-        kind = tool.get("type")
-        if kind != "function":
-            raise _refuse(
-                f"tools.{i}.type",
-                f"built-in tool {clip(kind)} is not supported: only function tools run on a "
-                "local model",
-            )
-        name = tool.get("name")
-        if not isinstance(name, str) or not name:
-            raise _refuse(f"tools.{i}.name", "must be a non-empty string")
-        function: dict[str, Any] = {"name": name}
-        parameters = tool.get("parameters")
-        if parameters is not None:
-            if not isinstance(parameters, dict):
-                raise _refuse(f"tools.{i}.parameters", "must be a JSON schema object")
-            function["parameters"] = parameters
-        if isinstance(tool.get("description"), str):
-            function["description"] = tool["description"]
-        if isinstance(tool.get("strict"), bool):
-            function["strict"] = tool["strict"]
-        out.append({"type": "function", "function": function})
+        if isinstance(tool, dict) and tool.get("type") == "namespace":
+            if not isinstance(tool.get("name"), str) or not isinstance(tool.get("tools"), list):
+                raise _refuse(f"tools.{i}", "a namespace needs a name and a list of tools")
+            for j, member in enumerate(tool["tools"]):
+                out.append(_function(member, f"tools.{i}.tools.{j}"))
+                namespaces[out[-1]["function"]["name"]] = tool["name"]
+        else:
+            out.append(_function(tool, f"tools.{i}"))
+        if len(out) > MAX_TOOLS:
+            raise _refuse("tools", f"at most {MAX_TOOLS} tools")
     return out
+
+
+def _function(tool: object, at: str) -> dict[str, Any]:
+    if not isinstance(tool, dict):
+        raise _refuse(at, "a tool must be an object")
+    kind = tool.get("type")
+    if kind != "function":
+        hint = ""
+        if kind in ("web_search", "web_search_preview"):
+            hint = ' (Codex CLI: set web_search = "disabled" in its config.toml)'
+        raise _refuse(
+            f"{at}.type",
+            f"built-in tool {clip(kind)} is not supported: only function tools run on a "
+            f"local model{hint}",
+        )
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise _refuse(f"{at}.name", "must be a non-empty string")
+    function: dict[str, Any] = {"name": name}
+    parameters = tool.get("parameters")
+    if parameters is not None:
+        if not isinstance(parameters, dict):
+            raise _refuse(f"{at}.parameters", "must be a JSON schema object")
+        function["parameters"] = parameters
+    if isinstance(tool.get("description"), str):
+        function["description"] = tool["description"]
+    if isinstance(tool.get("strict"), bool):
+        function["strict"] = tool["strict"]
+    return {"type": "function", "function": function}
 
 
 def _tool_choice(choice: object) -> object:
