@@ -476,6 +476,8 @@ def test_messages_and_responses_to_a_vllm_mlx_tier_are_relayed_as_is_but_for_the
         assert tier.seen[0] == ("/v1/messages", {**ASK, "top_k": 3, "model": "big"})
         events = sse_events(streamed[1])
         assert events[0][1]["message"]["model"] == "claude-x"
+        # Its last event ends it: nothing is added after message_stop.
+        assert [name for name, _ in events] == ["message_start", "message_stop"]
         assert responses[0] == 200 and json.loads(responses[1])["model"] == "claude-x"
         assert tier.seen[2] == ("/v1/responses", {"model": "big", "input": "hi"})
 

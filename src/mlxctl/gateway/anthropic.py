@@ -39,13 +39,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from mlxctl.gateway import errors
-from mlxctl.gateway.api_bounds import (
+from mlxctl.gateway.bounds import (
     MAX_CONTENT_PARTS,
     MAX_MESSAGES,
     MAX_MODEL_NAME,
     MAX_STOP,
     MAX_TOKENS,
     MAX_TOOLS,
+    RequestError,
     clip,
 )
 from mlxctl.gateway.errors import Body
@@ -53,12 +54,11 @@ from mlxctl.gateway.families import (
     Api,
     Parsed,
     arguments_object,
-    read_json,
     sse,
     text_of,
     usage_numbers,
 )
-from mlxctl.gateway.requests import RequestError
+from mlxctl.gateway.intake import read_json
 
 STOP_REASONS = {
     "stop": "end_turn",
@@ -541,10 +541,8 @@ async def count_tokens(gateway: Any, request: Request) -> Response:
     family = MESSAGES
     if not gateway.authorized(request):
         return family.error(401, "missing or wrong API key", code="invalid_api_key")
-    body = await read_json(request, family)
-    if isinstance(body, Response):
-        return body
     try:
+        body = await read_json(request)
         family.parse({"max_tokens": 1, **body} if isinstance(body, dict) else body)
     except RequestError as exc:
         return family.error(exc.status, str(exc), code=exc.code)

@@ -437,7 +437,7 @@ class Gateway:
     ) -> Response:
         """Through ``litellm.Router``: its retries, timeouts and fallbacks (local or remote)."""
         if isinstance(checked, families.Native):  # as a chat completion, translated back
-            return await families.route_native(table, name, checked, release)
+            return await families.route_native(table, name, checked, release, self.clock)
         params = dict(checked.params)
         try:
             router = await table.router()

@@ -44,6 +44,7 @@ same holds, gates and model names, and is tested against fake tiers and real one
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -53,13 +54,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from mlxctl.gateway.answers import _EVENT_END
-from mlxctl.gateway.api_bounds import MAX_BODY_BYTES
-from mlxctl.gateway.errors import Body, as_bytes, message_of, openai_error_fields
-from mlxctl.gateway.requests import Checked, RequestError, check_request
+from mlxctl.gateway.bounds import RequestError, clip
+from mlxctl.gateway.errors import Body, as_bytes, openai_error_fields
+from mlxctl.gateway.intake import read_json
+from mlxctl.gateway.requests import Checked, check_request
+from mlxctl.gateway.tierfit import fit_request
 
 if TYPE_CHECKING:
     from mlxctl.gateway.app import Gateway
     from mlxctl.gateway.routing import RoutingTable
+    from mlxctl.machine.interfaces import Clock
     from mlxctl.runtimes.gateway import Route
 
 Api = Literal["messages", "responses"]
@@ -72,7 +76,7 @@ def serves_natively(route: Route | None, api: Api) -> bool:
     return route is not None and api in NATIVE.get(route.runtime, frozenset())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Native(Checked):
     """A Messages or Responses request relayed as is to a tier that serves its route.
 
@@ -95,6 +99,8 @@ class Parsed:
     # What the answer's translation needs of the request (the Responses API: the
     # namespace of each function tool that came in a namespace).
     namespaces: dict[str, str] = field(default_factory=dict)
+    # When it arrived (the gateway's clock, whole seconds): the Responses ``created_at``.
+    created: int = 0
 
 
 class Translator(Protocol):
@@ -210,17 +216,17 @@ def _ended(translator: Translator) -> bool:
     return getattr(translator, "stop", None) is not None
 
 
-async def chunk_stream(chunks: Any, translator: Translator) -> AsyncIterator[bytes]:
+async def chunk_stream(chunks: Any, translator: Translator, name: str) -> AsyncIterator[bytes]:
     """LiteLLM's streamed chat chunks (objects) as a family's events."""
+    from mlxctl.gateway.backend_errors import router_error
+
     yield translator.start()
     try:
         async for chunk in chunks:
             yield translator.feed(chunk.model_dump(exclude_none=True))
     except Exception as exc:
-        from mlxctl.gateway.app import backend_error
-
-        response = backend_error(exc)
-        yield translator.fail(response.status_code, message_of(bytes(response.body)))
+        why = router_error(exc, name)
+        yield translator.fail(why.status, why.message)
         return
     yield translator.finish()
 
@@ -228,32 +234,9 @@ async def chunk_stream(chunks: Any, translator: Translator) -> AsyncIterator[byt
 # -- the request path ------------------------------------------------------------------
 
 
-async def read_json(request: Request, family: Family) -> Any | Response:
-    """The request's JSON body, or the family's 413 / 400."""
-    too_large = f"the request body is over {MAX_BODY_BYTES} bytes"
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-        return _unread(family.error(413, too_large, code="request_too_large"))
-    raw = b""
-    async for piece in request.stream():
-        raw += piece
-        if len(raw) > MAX_BODY_BYTES:
-            return _unread(family.error(413, too_large, code="request_too_large"))
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return family.error(400, "the request body is not valid JSON", code="invalid_json")
-
-
-def _unread(response: Response) -> Response:
-    """An answer sent before the body was read: the connection closes after it (the rest
-    of the body would otherwise be read as the next request)."""
-    response.headers["Connection"] = "close"
-    return response
-
-
 async def serve(gateway: Gateway, request: Request, family: Family) -> Response:
-    """One request of ``family``: key, checks, model, then the tier (native or translated)."""
+    """One request of ``family``: key, body, checks, model, then the tier (native or
+    translated); every refusal in the family's own shape."""
     if not gateway.authorized(request):
         return family.error(
             401,
@@ -261,27 +244,37 @@ async def serve(gateway: Gateway, request: Request, family: Family) -> Response:
             " (mlxctl gateway key)",
             code="invalid_api_key",
         )
-    body = await read_json(request, family)
-    if isinstance(body, Response):
-        return body
-    try:
-        parsed = family.parse(body)
-        # The chat checks apply to every family: their bounds and refusals hold here too.
-        chat = check_request({**parsed.chat, "model": parsed.model}, "chat")
-    except RequestError as exc:
-        return family.error(exc.status, str(exc), code=exc.code, param=exc.param)
     table = gateway.table
-    name = table.resolve(parsed.model)
+    try:
+        # The body's size, deadline and strict JSON: the shared intake's.
+        parsed = family.parse(await read_json(request))
+        parsed = dataclasses.replace(parsed, created=int(gateway.clock.time()))
+        # The chat checks apply to every family: their bounds and refusals hold here too,
+        # and so do the tier's (context, extensions).
+        chat = check_request({**parsed.chat, "model": parsed.model}, "chat")
+        name = table.resolve(parsed.model)
+        route = table.config.route(name) if name is not None else None
+        if route is not None:
+            chat = fit_request(chat, route, "chat", table.config)
+    except RequestError as exc:
+        response = family.error(exc.status, str(exc), code=exc.code, param=exc.param)
+        if exc.status == 413:  # the rest of the body would be read as the next request
+            response.headers["Connection"] = "close"
+        return response
     if name is None:
         models = ", ".join(table.models()) or "(none)"
-        return family.error(404, f"model '{parsed.model}' does not exist; models: {models}",
-                            code="model_not_found", param="model")  # fmt: skip
+        return family.error(404, f"model '{clip(parsed.model)}' does not exist; models: "
+                            f"{models}", code="model_not_found", param="model")  # fmt: skip
 
     async def gone() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    return await answer(gateway, table, name, family, parsed, chat, gone)
+    from mlxctl.gateway.app import TIER_HEADER
+
+    response = await answer(gateway, table, name, family, parsed, chat, gone)
+    response.headers.setdefault(TIER_HEADER, name)
+    return response
 
 
 async def answer(
@@ -329,21 +322,24 @@ def _streaming(body: AsyncIterator[bytes], like: StreamingResponse) -> Streaming
 
 
 async def route_native(
-    table: RoutingTable, name: str, checked: Native, release: Callable[[], None]
+    table: RoutingTable, name: str, checked: Native, release: Callable[[], None], clock: Clock
 ) -> Response:
     """A native request whose tier failed: its chat translation through ``litellm.Router``
     (retries, fallbacks local or remote), the answer translated back."""
-    from mlxctl.gateway.app import backend_error
+    from mlxctl.gateway.backend_errors import router_error
 
     family = checked.family
     parsed = family.parse({**checked.params, "model": checked.model})
+    parsed = dataclasses.replace(parsed, created=int(clock.time()))
     params = dict(parsed.chat)
     try:
         router = await table.router()
         result = await router.acompletion(model=name, **params)
     except Exception as exc:  # the Router's errors, each mapped to its status
         release()
-        return family.fix_error(backend_error(exc))
+        why = router_error(exc, name)
+        retry = "1" if why.kind == "busy" else None
+        return family.error(why.status, why.message, code=why.code, retry_after=retry)
     if not checked.stream:
         release()
         completion = result.model_dump(exclude_none=True)
@@ -351,7 +347,7 @@ async def route_native(
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            async for out in chunk_stream(result, family.translator(parsed)):
+            async for out in chunk_stream(result, family.translator(parsed), name):
                 yield out
         finally:
             release()

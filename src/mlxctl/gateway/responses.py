@@ -35,7 +35,6 @@ item types other than the above.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -43,17 +42,17 @@ from typing import Any
 from starlette.responses import Response
 
 from mlxctl.gateway import errors
-from mlxctl.gateway.api_bounds import (
+from mlxctl.gateway.bounds import (
     MAX_CONTENT_PARTS,
     MAX_MESSAGES,
     MAX_MODEL_NAME,
     MAX_TOKENS,
     MAX_TOOLS,
+    RequestError,
     clip,
 )
 from mlxctl.gateway.errors import Body, as_bytes
 from mlxctl.gateway.families import Api, Parsed, sse, usage_numbers
-from mlxctl.gateway.requests import RequestError
 
 _REFUSED = {
     "previous_response_id": "the gateway stores no responses: send the whole conversation "
@@ -347,7 +346,7 @@ def _response(
     return {
         "id": id_,
         "object": "response",
-        "created_at": int(time.time()),
+        "created_at": parsed.created,
         "status": status,
         "error": None,
         "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
