@@ -48,6 +48,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
 
+from mlxctl.gateway import anthropic, errors, families, responses
 from mlxctl.gateway.answers import renamed
 from mlxctl.gateway.backend_errors import BODY_MAX, BackendAnswer, classify, router_error
 from mlxctl.gateway.bounds import clip
@@ -328,7 +329,9 @@ class Gateway:
         keeps its turn and asks again, up to the hold (:mod:`mlxctl.gateway.capacity`);
         its errors reach the client in OpenAI's shape (:mod:`mlxctl.gateway.backend_errors`)."""
         body = json.dumps({**checked.params, "model": route.served_model}).encode()
-        url = f"http://{HOST}:{route.port}{PATHS[endpoint]}"
+        # A Messages or Responses request to a tier that serves that route itself.
+        path = checked.path if isinstance(checked, families.Native) else PATHS[endpoint]
+        url = f"http://{HOST}:{route.port}{path}"
         headers = {**JSON_BODY, **self.keys.headers(route.key_file)}
         config = table.config
         # Per read, not in total: a stream may run for minutes, a cold model is slow to
@@ -433,6 +436,8 @@ class Gateway:
         release: Callable[[], None],
     ) -> Response:
         """Through ``litellm.Router``: its retries, timeouts and fallbacks (local or remote)."""
+        if isinstance(checked, families.Native):  # as a chat completion, translated back
+            return await families.route_native(table, name, checked, release, self.clock)
         params = dict(checked.params)
         try:
             router = await table.router()
@@ -704,6 +709,15 @@ def build_app(gateway: Gateway) -> Starlette:
         ]
         return JSONResponse({"object": "list", "data": data})
 
+    async def messages(request: Request) -> Response:
+        return await families.serve(gateway, request, anthropic.MESSAGES)
+
+    async def count_tokens(request: Request) -> Response:
+        return await anthropic.count_tokens(gateway, request)
+
+    async def responses_(request: Request) -> Response:
+        return await families.serve(gateway, request, responses.RESPONSES)
+
     async def live(_: Request) -> Response:
         routes = len(gateway.table.config.routes)
         # The PID tells mlxctl's probe which gateway answered while two share the port.
@@ -718,8 +732,15 @@ def build_app(gateway: Gateway) -> Starlette:
         HttpRoute("/models", models, methods=["GET"]),
         HttpRoute("/health/liveliness", live, methods=["GET"]),
         HttpRoute("/health", live, methods=["GET"]),
+        # Anthropic Messages and OpenAI Responses (mlxctl.gateway.families).
+        HttpRoute("/v1/messages", messages, methods=["POST"]),
+        HttpRoute("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+        HttpRoute("/v1/responses", responses_, methods=["POST"]),
+        HttpRoute("/responses", responses_, methods=["POST"]),
     ]
-    return Starlette(routes=routes)
+    # Unknown paths and methods: an error body in the style of the path's API family.
+    handlers = {404: errors.not_found, 405: errors.method_not_allowed}
+    return Starlette(routes=routes, exception_handlers=handlers)
 
 
 def log(message: str) -> None:
