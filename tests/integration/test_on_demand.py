@@ -88,6 +88,11 @@ class Setup:
             return None
         return int(record["pid"]) if pid_alive(int(record["pid"])) else None
 
+    def ready(self, name: str) -> int:
+        """The tier's PID once the controller has recorded it ready (a held request is
+        sent as soon as the tier's port answers, which may be before that)."""
+        return int(wait_for(lambda: self.pid(name), 30, f"{name} recorded ready"))
+
     def starts(self, name: str) -> list[dict[str, Any]]:
         return [e for e in events(self.ctl) if e["kind"] == "start" and e["target"] == name]
 
@@ -191,8 +196,7 @@ def test_a_cold_tier_answers_its_first_request_through_the_openai_sdk(on_demand:
 
     [start] = setup.starts("cold")
     assert start["cause"] == "on demand: 1 request(s) waiting", start
-    # Sent once its port answered; the controller's own readiness check may come after.
-    wait_for(lambda: setup.pid("cold"), 30, "the tier recorded ready")
+    setup.ready("cold")
     assert setup.ctl.tier("cold")["health"] == "ready"
 
 
@@ -212,8 +216,7 @@ def test_32_concurrent_first_requests_start_one_process_and_all_are_answered(
         answered = list(pool.map(one, range(32)))
     assert answered == ["burst"] * 32
     assert len(setup.starts("burst")) == 1, setup.starts("burst")
-    pid = setup.pid("burst")
-    assert pid is not None
+    pid = setup.ready("burst")
     # One more round: served by the same process.
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(lambda _: sdk.models.list().data[0].id, range(8)))
@@ -247,8 +250,7 @@ def test_idle_unload_after_the_timeout_and_never_during_a_long_stream(on_demand:
     stream = Stream(setup, "idler")
     stream.start()
     assert stream.first_token.wait(60) and stream.error is None, stream.error
-    pid = setup.pid("idler")
-    assert pid is not None
+    pid = setup.ready("idler")
     began = time.time()
     stream.join(120)
     assert stream.error is None, stream.error
@@ -279,11 +281,11 @@ def test_eviction_stops_the_least_recently_used_idle_tier(on_demand: Any) -> Non
     time.sleep(0.3)
     setup.ask("a")  # a is now the most recently used
     time.sleep(0.3)
-    a, b = setup.pid("a"), setup.pid("b")
-    assert a is not None and b is not None
+    a, b = setup.ready("a"), setup.ready("b")
 
     setup.ask("c")
-    assert not pid_alive(b) and setup.pid("a") == a and setup.pid("c") is not None
+    assert not pid_alive(b) and setup.pid("a") == a
+    setup.ready("c")
     [stop] = setup.stops("b")
     assert stop["cause"].startswith("evicted for c: least recently used"), stop
     assert setup.stops("a") == []
@@ -302,8 +304,7 @@ def test_a_busy_tier_is_not_evicted_and_the_waiting_request_is_served_after_its_
     stream = Stream(setup, "busy")
     stream.start()
     assert stream.first_token.wait(60) and stream.error is None, stream.error
-    busy = setup.pid("busy")
-    assert busy is not None
+    busy = setup.ready("busy")
 
     asked = time.time()
     answer = setup.post("next", timeout=120)
@@ -328,7 +329,7 @@ def test_503_with_retry_after_when_nothing_can_be_freed_within_the_hold(on_deman
         idleTimeout="10m",
     )
     setup.ask("resident")
-    resident = setup.pid("resident")
+    resident = setup.ready("resident")
     began = time.monotonic()
     answer = setup.post("late")
     took = time.monotonic() - began
