@@ -74,6 +74,11 @@ class Cadence:
     held: float = 0.1
     busy: float = REPORT_EVERY
     idle: float = 5.0
+    # While an on-demand tier is loaded (its verdict ``ready``): the controller's verdict
+    # ``draining`` (its idle timeout is over) comes back only as the answer to a report,
+    # and the tier stops only once the gateway says it holds its requests, so an idle
+    # unload is late by up to this much.
+    loaded: float = 1.0
     # No two reports start closer than this: bursts are coalesced (at most 20 a second
     # however busy the gateway is).
     gap: float = 0.05
@@ -477,14 +482,16 @@ class Demand:
     def _pause(self) -> float:
         """Seconds until the next report if nothing changes."""
         cadence = self.cadence
-        busy = False
+        busy = loaded = False
         for state in self._tiers.values():
             cold = state.verdict is None or state.verdict.state != "ready"
             # An on-demand request held (a gate's queue has no deadline) for a tier not ready.
             if cold and any(forget is not None for _, forget in state.held.values()):
                 return cadence.held
             busy = busy or not state.idle
-        return cadence.busy if busy else cadence.idle
+            loaded = loaded or not cold
+        pause = cadence.busy if busy else cadence.idle
+        return min(pause, cadence.loaded) if loaded else pause
 
     async def _run(self) -> None:
         clock = self.clock
