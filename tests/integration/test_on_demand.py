@@ -312,11 +312,13 @@ def test_a_busy_tier_is_not_evicted_and_the_waiting_request_is_served_after_its_
     stream.join(60)
     assert answer.status_code == 200, answer.text
     assert stream.error is None and (stream.finish, stream.chunks) == ("length", LONG)
-    assert served > stream.ended > asked  # held until the stream ended, then served
-    assert not pid_alive(busy)
+    # Never cut: every token arrived (the slow client reads the last ones from its
+    # socket's buffer after the gateway sent them, so it may finish after the stop).
+    assert served > asked and not pid_alive(busy)
     [stop] = setup.stops("busy")
     assert stop["cause"].startswith("evicted for next"), stop
-    assert stop["ts"] >= stream.ended - 0.05
+    [start] = setup.starts("next")
+    assert start["ts"] >= stop["ts"]  # loaded once the busy one was stopped, never beside it
 
 
 def test_503_with_retry_after_when_nothing_can_be_freed_within_the_hold(on_demand: Any) -> None:
