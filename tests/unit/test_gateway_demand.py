@@ -585,5 +585,7 @@ def test_an_idle_gateway_reports_every_second_while_an_on_demand_tier_is_loaded(
     assert demand._pause() == 5.0
     demand._apply(DemandAnswer(tiers={"big": TierVerdict(state="ready")}))
     assert demand._pause() == 1.0
+    demand._apply(DemandAnswer(tiers={"big": TierVerdict(state="loading")}))
+    assert demand._pause() == 1.0  # its first request was sent, its readiness check runs
     demand._apply(DemandAnswer(tiers={"big": TierVerdict(state="cold")}))
     assert demand._pause() == 5.0

@@ -74,7 +74,8 @@ class Cadence:
     held: float = 0.1
     busy: float = REPORT_EVERY
     idle: float = 5.0
-    # While an on-demand tier is loaded (its verdict ``ready``): the controller's verdict
+    # While an on-demand tier is loaded (its verdict ``ready``, ``loading`` or
+    # ``draining``): the controller's verdict
     # ``draining`` (its idle timeout is over) comes back only as the answer to a report,
     # and the tier stops only once the gateway says it holds its requests, so an idle
     # unload is late by up to this much.
@@ -489,7 +490,12 @@ class Demand:
             if cold and any(forget is not None for _, forget in state.held.values()):
                 return cadence.held
             busy = busy or not state.idle
-            loaded = loaded or not cold
+            # Loaded, or on its way (a tier whose first request was sent at its port's
+            # first answer is still "loading" until the controller's check says ready).
+            verdict = state.verdict
+            loaded = loaded or (
+                verdict is not None and verdict.state in ("ready", "loading", "draining")
+            )
         pause = cadence.busy if busy else cadence.idle
         return min(pause, cadence.loaded) if loaded else pause
 
