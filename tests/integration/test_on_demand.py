@@ -264,7 +264,8 @@ def test_idle_unload_after_the_timeout_and_never_during_a_long_stream(on_demand:
     # Stopped idleTimeout after the stream's last byte (a pass's latency and the
     # process's exit on top), never before.
     assert idle - 0.3 <= after_end <= idle + 3.0, after_end
-    [stop] = setup.stops("idler")
+    # (its event may be written just after the process has gone)
+    [stop] = wait_for(lambda: setup.stops("idler"), 10, "the stop event")
     assert stop["cause"].startswith("scaled to zero: idle "), stop
     wait_for(lambda: setup.ctl.tier("idler")["health"] == "unloaded", 30, "unloaded")
     setup.ask("idler")  # and the next request loads it again
