@@ -31,7 +31,8 @@ Measured (medians of ``--runs``, min and max alongside):
   evictions); every ~50 ms the estimates of the tiers whose processes are alive
   (inventory) and their RSS (psutil, process tree) are summed: never over the budget.
 - ``status``: ``mlxctl status -o json`` as a whole process, with a controller running
-  (one always tier and the gateway, a stack the older version reads too); with
+  (one always tier and the gateway, a stack the older version reads too, in the
+  default stacks directory: the command's quick form, no path); with
   ``--before REV`` the same with that commit's sources on PYTHONPATH (a temporary
   ``git worktree``, removed afterwards), controller included.
 """
@@ -162,8 +163,9 @@ class Session:
 
     def __init__(self, root: Path, pythonpath: str | None = None) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="home-", dir=root))
-        self.stacks = self.home / "stacks"
-        self.stacks.mkdir()
+        # The default stacks directory: ``mlxctl status`` needs no path (its quick form).
+        self.stacks = self.home / "config" / "stacks"
+        self.stacks.mkdir(parents=True)
         self.env = {**os.environ, "MLXCTL_HOME": str(self.home)}
         self.env.pop("PYTHONDONTWRITEBYTECODE", None)  # the CLI as users run it
         if pythonpath is not None:
@@ -483,11 +485,11 @@ def status(root: Path, model: Path, runs: int, pythonpath: str | None) -> dict[s
         s.write([{**always, "port": free_port()}], None)
         s.start()
         wait_for(lambda: s.pid("fast"), 120, "the always tier")
-        s.run("status", str(s.stacks), "-o", "json")  # warm the file cache
+        s.run("status", "-o", "json")  # warm the file cache
         samples = []
         for _ in range(runs):
             began = time.perf_counter()
-            s.run("status", str(s.stacks), "-o", "json")
+            s.run("status", "-o", "json")
             samples.append(time.perf_counter() - began)
         floor = []
         for _ in range(runs):
@@ -553,6 +555,11 @@ def main() -> None:
     out: dict[str, Any] = {"versions": versions(), "load_before": os.getloadavg()}
     rows: list[tuple[str, str, str]] = []
 
+    def loaded(section: dict[str, Any]) -> dict[str, Any]:
+        """The section, with the machine's load average when it ended."""
+        section["load_after"] = [round(x, 2) for x in os.getloadavg()]
+        return section
+
     def row(name: str, value: str, goal: str = "") -> None:
         rows.append((name, value, goal))
         print(f"  {name}: {value}", flush=True)
@@ -562,14 +569,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mlxctl-on-demand-") as tmp:
         root = Path(tmp)
         model = build_tiny_model(root / "models" / "tiny")
-        alone = standalone(model, opts.runs)
+        alone = loaded(standalone(model, opts.runs))
         out["standalone"] = alone
         load = alone["load_to_first_token_s"]["median"]
         stop = alone["stop_s"]["median"]
         row("standalone load, spawn to first token", f"{load * 1000:.0f} ms")
         row("standalone stop, SIGTERM to exit", f"{stop * 1000:.0f} ms")
         if wanted("cold"):
-            c = out["cold"] = cold(root, model, opts.runs, load)
+            c = out["cold"] = loaded(cold(root, model, opts.runs, load))
             row("cold request, send to first token", f"{c['cold_first_token_s']['median']:.3f} s")
             over = c["cold_over_standalone_load_s"]
             row(
@@ -583,7 +590,7 @@ def main() -> None:
                 spread(idle),
             )
         if wanted("swap"):
-            w = out["swap"] = swap(root, model, opts.runs, load, stop)
+            w = out["swap"] = loaded(swap(root, model, opts.runs, load, stop))
             row("swap A -> B, send to first token", f"{w['swap_first_token_s']['median']:.3f} s")
             over = w["swap_over_stop_plus_load_s"]
             row(
@@ -594,7 +601,7 @@ def main() -> None:
         if wanted("alt"):
             out["alternating"] = []
             for residency in (float(r) for r in opts.residencies.split(",")):
-                a = alternating(root, model, residency, opts.alt_seconds)
+                a = loaded(alternating(root, model, residency, opts.alt_seconds))
                 out["alternating"].append(a)
                 row(
                     f"alternating, 8 clients, minResidency {residency:g}s",
@@ -603,7 +610,7 @@ def main() -> None:
                     "0 failed",
                 )
         if wanted("memory"):
-            m = out["memory"] = memory(root, model)
+            m = out["memory"] = loaded(memory(root, model))
             row(
                 "memory through a b c a b c a (budget 2.5 GiB, 2 fit)",
                 f"max estimate {m['max_estimate_bytes'] / GIB:.3f} GiB, max RSS "
@@ -612,7 +619,7 @@ def main() -> None:
                 "never over",
             )
         if wanted("status"):
-            now = out["status"] = status(root, model, max(opts.runs, 10), None)
+            now = out["status"] = loaded(status(root, model, max(opts.runs, 10), None))
             row(
                 "mlxctl status -o json, controller running",
                 f"{now['status_s']['median'] * 1000:.0f} ms "
@@ -621,7 +628,7 @@ def main() -> None:
             )
             if opts.before:
                 with checkout(opts.before, root) as src:
-                    before = status(root, model, max(opts.runs, 10), str(src))
+                    before = loaded(status(root, model, max(opts.runs, 10), str(src)))
                 out["status_before"] = {"commit": opts.before, **before}
                 row(
                     f"  the same at {opts.before} (before)",
