@@ -27,6 +27,9 @@ Measured (medians of ``--runs``, min and max alongside):
 - ``alternating``: 8 clients, each asking the two tiers in turn (1-token answers),
   for ``--alt-seconds`` per ``minResidency`` value: swaps (tier starts), requests
   answered, p50/p99 latency, failed requests (goal 0).
+- ``cpu``: one client sending 1-token requests back to back to a loaded on-demand
+  tier for 10 s: the controller's CPU (each request's start and end changes the
+  demand the gateway reports), against 10 s of no traffic.
 - ``memory``: three tiers, a budget that holds two, requests a b c a b c a (four
   evictions); every ~50 ms the estimates of the tiers whose processes are alive
   (inventory) and their RSS (psutil, process tree) are summed: never over the budget.
@@ -413,6 +416,44 @@ def alternating(root: Path, model: Path, residency: float, seconds: float) -> di
     }
 
 
+# -- the controller's CPU under steady traffic --------------------------------------------
+
+
+def controller_cpu(root: Path, model: Path, seconds: float) -> dict[str, Any]:
+    """One client, back-to-back 1-token requests to a loaded on-demand tier: the CPU the
+    controller spends meanwhile (each request's start and end is a demand change)."""
+    with session(root) as s:
+        s.write([tier("steady", model, idleTimeout="10m")], {"budget": "1.5GiB"})
+        s.start()
+        s.ask("steady")
+        time.sleep(2.0)
+        assert s.controller is not None
+        proc = psutil.Process(s.controller.pid)
+        idle_before = proc.cpu_times()
+        time.sleep(seconds)
+        idle_after = proc.cpu_times()
+        body = {"model": "steady", "messages": MSG, "max_tokens": 1}
+        count = 0
+        before = proc.cpu_times()
+        began = time.perf_counter()
+        with httpx.Client(timeout=60, headers=s.auth) as client:
+            while time.perf_counter() - began < seconds:
+                r = client.post(f"{s.url}/v1/chat/completions", json=body)
+                count += r.status_code == 200
+        took = time.perf_counter() - began
+        after = proc.cpu_times()
+
+    def cpu(a: Any, b: Any) -> float:
+        return float((b.user - a.user) + (b.system - a.system))
+
+    return {
+        "seconds": round(took, 1),
+        "requests": count,
+        "controller_cpu_s_per_s_busy": round(cpu(before, after) / took, 3),
+        "controller_cpu_s_per_s_idle": round(cpu(idle_before, idle_after) / seconds, 3),
+    }
+
+
 # -- memory through an eviction sequence ---------------------------------------------------
 
 
@@ -544,7 +585,7 @@ def main() -> None:
     parser.add_argument("--alt-seconds", type=float, default=40.0)
     parser.add_argument("--residencies", default="0,5,15")
     parser.add_argument("--before", default="ff93b20", help="a commit for the status 'before'")
-    parser.add_argument("--only", default=None, help="standalone,cold,swap,alt,memory,status")
+    parser.add_argument("--only", default=None, help="cold,swap,alt,cpu,memory,status")
     parser.add_argument("--json", type=Path, default=RESULTS)
     opts = parser.parse_args()
     only = set(opts.only.split(",")) if opts.only else None
@@ -609,6 +650,14 @@ def main() -> None:
                     f"p50 {a['p50_s']:.2f} s, p99 {a['p99_s']:.2f} s, {a['failed']} failed",
                     "0 failed",
                 )
+        if wanted("cpu"):
+            u = out["controller_cpu"] = loaded(controller_cpu(root, model, 10.0))
+            row(
+                "controller CPU, 1 client back to back (1-token) vs idle",
+                f"{u['controller_cpu_s_per_s_busy'] * 100:.0f}% of a core "
+                f"({u['requests']} requests / {u['seconds']:.0f} s) vs "
+                f"{u['controller_cpu_s_per_s_idle'] * 100:.0f}% idle",
+            )
         if wanted("memory"):
             m = out["memory"] = loaded(memory(root, model))
             row(
