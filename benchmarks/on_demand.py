@@ -18,12 +18,14 @@ Measured (medians of ``--runs``, min and max alongside):
   refused retried every 10 ms): the model's own load. And SIGTERM to exit after a
   request: the model's own stop.
 - ``cold``: a request to a cold on-demand tier through the gateway (controller
-  running), send to first token; minus the standalone load: mlxctl's own cost
-  (goal <= 150 ms). The same runs give the idle-unload error: the tier's exit after
-  the answer's last byte, minus ``idleTimeout`` (2 s).
+  running), send to first token; minus the standalone load measured just before it
+  (pairs: the machine's load drifts): mlxctl's own cost (goal <= 150 ms). The same
+  runs give the idle-unload error: the tier's exit after the answer's last byte,
+  minus ``idleTimeout`` (2 s).
 - ``swap``: two tiers of which one fits, ``minResidency: 0s``: a request to the
-  unloaded one, send to first token; minus (standalone stop + standalone load)
-  (goal <= 200 ms).
+  unloaded one, send to first token; minus (standalone stop + standalone load),
+  measured just before it (goal <= 200 ms). Both also give the time from the request
+  to the tier's spawn (its ``start`` event): mlxctl's part, free of the load's noise.
 - ``alternating``: 8 clients, each asking the two tiers in turn (1-token answers),
   for ``--alt-seconds`` per ``minResidency`` value: swaps (tier starts), requests
   answered, p50/p99 latency, failed requests (goal 0).
@@ -132,29 +134,36 @@ def summary(samples: list[float]) -> dict[str, Any]:
 # -- standalone: the model's own load and stop ------------------------------------------
 
 
+def standalone_once(model: Path, client: httpx.Client) -> tuple[float, float]:
+    """``mlx_lm.server`` started directly: (spawn to first token, SIGTERM to exit)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model)]
+    argv += ["--host", "127.0.0.1", "--port", str(port)]
+    began = time.perf_counter()
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        first_token(client, url, "default_model", retry=True)
+        load = time.perf_counter() - began
+        stopping = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        return load, time.perf_counter() - stopping
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def standalone(model: Path, runs: int) -> dict[str, Any]:
     loads, stops = [], []
     with httpx.Client(timeout=120) as client:
         for _ in range(runs):
-            port = free_port()
-            argv = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model)]
-            argv += ["--host", "127.0.0.1", "--port", str(port)]
-            began = time.perf_counter()
-            proc = subprocess.Popen(
-                argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-            )
-            try:
-                url = f"http://127.0.0.1:{port}/v1/chat/completions"
-                first_token(client, url, "default_model", retry=True)
-                loads.append(time.perf_counter() - began)
-                stopping = time.perf_counter()
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(30)
-                stops.append(time.perf_counter() - stopping)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+            load, stop = standalone_once(model, client)
+            loads.append(load)
+            stops.append(stop)
     return {"load_to_first_token_s": summary(loads), "stop_s": summary(stops)}
 
 
@@ -241,6 +250,15 @@ class Session:
             return None
         return int(record["pid"]) if pid_alive(int(record["pid"])) else None
 
+    def spawned(self, name: str, after: float) -> float:
+        """When the controller spawned ``name`` after ``after`` (its start event, wall clock)."""
+        starts = [
+            e["ts"]
+            for e in self.events()
+            if e["kind"] == "start" and e["target"] == name and e["ts"] >= after
+        ]
+        return float(min(starts))
+
     def ask(self, model: str) -> None:
         body = {"model": model, "messages": MSG, "max_tokens": 1}
         r = httpx.post(f"{self.url}/v1/chat/completions", json=body, headers=self.auth, timeout=300)
@@ -287,25 +305,33 @@ def tier(name: str, model: Path, **extra: Any) -> dict[str, Any]:
 # -- cold requests and idle unloads -------------------------------------------------------
 
 
-def cold(root: Path, model: Path, runs: int, load: float) -> dict[str, Any]:
-    ttft, over, idle_error = [], [], []
+def cold(root: Path, model: Path, runs: int) -> dict[str, Any]:
+    """Each run: the model's own load measured standalone, then a cold request through
+    mlxctl, back to back (the machine's load drifts; a pair shares it)."""
+    ttft, alone, over, idle_error, spawn = [], [], [], [], []
     with session(root) as s, httpx.Client(timeout=300) as client:
         s.write([tier("cold", model, idleTimeout=f"{IDLE:g}s")], {"budget": "1.5GiB"})
         s.start()
         url = f"{s.url}/v1/chat/completions"
         for _ in range(runs):
             wait_for(lambda: "cold" not in s.inventory(), 60, "the tier to be unloaded")
-            time.sleep(0.5)
+            load, _ = standalone_once(model, client)
+            time.sleep(0.3)
+            sent = time.time()
             first, _ = first_token(client, url, "cold", s.key)
             ended = time.monotonic()
             pid: int = wait_for(lambda: s.pid("cold"), 10, "the ready tier")
+            spawn.append(s.spawned("cold", sent) - sent)
             ttft.append(first)
+            alone.append(load)
             over.append(first - load)
             wait_for(lambda p=pid: not pid_alive(p), 60, "the idle unload", step=0.01)
             idle_error.append(time.monotonic() - ended - IDLE)
     return {
         "cold_first_token_s": summary(ttft),
+        "standalone_load_s": summary(alone),
         "cold_over_standalone_load_s": summary(over),
+        "request_to_spawn_s": summary(spawn),
         "idle_unload_error_s": summary(idle_error),
         "idle_timeout_s": IDLE,
     }
@@ -314,8 +340,10 @@ def cold(root: Path, model: Path, runs: int, load: float) -> dict[str, Any]:
 # -- swaps ----------------------------------------------------------------------------------
 
 
-def swap(root: Path, model: Path, runs: int, load: float, stop: float) -> dict[str, Any]:
-    ttft, over = [], []
+def swap(root: Path, model: Path, runs: int) -> dict[str, Any]:
+    """Each run: the model's own load and stop measured standalone, then a swap through
+    mlxctl (a request to the unloaded tier of two, one fits), back to back."""
+    ttft, alone, over, spawn = [], [], [], []
     with session(root) as s, httpx.Client(timeout=300) as client:
         tiers = [tier("a", model, idleTimeout="10m"), tier("b", model, idleTimeout="10m")]
         s.write(tiers, {"budget": "1.5GiB", "minResidency": "0s"})
@@ -326,14 +354,20 @@ def swap(root: Path, model: Path, runs: int, load: float, stop: float) -> dict[s
         for name in names[:runs]:
             other = "a" if name == "b" else "b"
             wait_for(lambda o=other: s.pid(o), 60, "the loaded tier")
-            time.sleep(0.5)
+            load, stop = standalone_once(model, client)
+            time.sleep(0.3)
+            sent = time.time()
             first, _ = first_token(client, url, name, s.key)
+            spawn.append(s.spawned(name, sent) - sent)
             ttft.append(first)
+            alone.append(load + stop)
             over.append(first - load - stop)
         starts = sum(1 for e in s.events() if e["kind"] == "start" and e["target"] in ("a", "b"))
     return {
         "swap_first_token_s": summary(ttft),
+        "standalone_stop_plus_load_s": summary(alone),
         "swap_over_stop_plus_load_s": summary(over),
+        "request_to_spawn_s": summary(spawn),
         "starts": starts,
     }
 
@@ -617,7 +651,7 @@ def main() -> None:
         row("standalone load, spawn to first token", f"{load * 1000:.0f} ms")
         row("standalone stop, SIGTERM to exit", f"{stop * 1000:.0f} ms")
         if wanted("cold"):
-            c = out["cold"] = loaded(cold(root, model, opts.runs, load))
+            c = out["cold"] = loaded(cold(root, model, opts.runs))
             row("cold request, send to first token", f"{c['cold_first_token_s']['median']:.3f} s")
             over = c["cold_over_standalone_load_s"]
             row(
@@ -625,13 +659,17 @@ def main() -> None:
                 spread(over),
                 "<= 150 ms",
             )
+            row(
+                "cold request, send to the tier's spawn (mlxctl's part)",
+                spread(c["request_to_spawn_s"]),
+            )
             idle = c["idle_unload_error_s"]
             row(
                 f"idle unload: exit after last byte minus idleTimeout ({IDLE:g} s)",
                 spread(idle),
             )
         if wanted("swap"):
-            w = out["swap"] = loaded(swap(root, model, opts.runs, load, stop))
+            w = out["swap"] = loaded(swap(root, model, opts.runs))
             row("swap A -> B, send to first token", f"{w['swap_first_token_s']['median']:.3f} s")
             over = w["swap_over_stop_plus_load_s"]
             row(
@@ -639,6 +677,7 @@ def main() -> None:
                 spread(over),
                 "<= 200 ms",
             )
+            row("swap, send to B's spawn (A drained and stopped)", spread(w["request_to_spawn_s"]))
         if wanted("alt"):
             out["alternating"] = []
             for residency in (float(r) for r in opts.residencies.split(",")):
