@@ -730,6 +730,10 @@ def main() -> None:
     print(f"load average before {out['load_before']}, after {out['load_after']}")
     if opts.json:
         opts.json.parent.mkdir(parents=True, exist_ok=True)
+        if only is not None and opts.json.exists():
+            # A partial run replaces its sections of the last full run's results.
+            previous = json.loads(opts.json.read_text()).get("on_demand", {})
+            out = {**previous, **out, "partial_rerun": sorted(only)}
         write_results(opts.json, "on_demand", out)
 
 
