@@ -134,6 +134,10 @@ class FakeController:
     def desired_now(self) -> DesiredState:
         return DesiredState(tiers=(), gateway=None) if self.suspended else self.world.desired()
 
+    def pass_now(self, reason: str, *, timeout: float) -> PassResult | None:
+        self.triggers.append(reason)
+        return None  # passes run when the test says: the last one's verdicts answer
+
     def converge(self, reason: str, *, timeout: float | None = None) -> ConvergeResult:
         self.triggers.append(reason)
         desired = self.desired_now()
@@ -460,3 +464,25 @@ def test_a_wait_for_convergence_ends_when_the_controller_stops(
     loop.join(10)
     assert answer and isinstance(answer[0], NotConverged)
     assert answer[0].exit_code == ExitCode.APPLY_FAILED
+
+
+def test_a_report_that_causes_a_pass_is_answered_with_that_passs_verdicts(world: World) -> None:
+    """The gateway learns a verdict only from an answer: one a report caused comes back
+    at once (a cold tier ``loading``), not a report cycle later."""
+    from mlxctl.app.control import report_demand
+
+    ctl = Controller(world.ctx, [world.stacks], PlanOptions(), log=lambda _l: None, triggers=[])
+    loop = threading.Thread(target=ctl.run, daemon=True)
+    loop.start()
+    try:
+        for _ in range(500):
+            if ctl.last is not None:
+                break
+            threading.Event().wait(0.01)
+        assert ctl.last is not None
+        waiting = DemandReport(gateway_pid=7, tiers={"lazy": TierLoad(waiting=1)})
+        answer = report_demand(ctl, waiting)
+        assert answer.tiers["lazy"].state == "loading", answer
+    finally:
+        ctl.stop()
+        loop.join(10)
