@@ -48,6 +48,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
 
+from mlxctl.gateway import metrics
 from mlxctl.gateway.answers import StreamRenamer, renamed
 from mlxctl.gateway.demand import HOLD, SEND, Cadence, Claim, Demand, Refusal
 from mlxctl.gateway.requests import Checked, Endpoint, RequestError, check_request
@@ -57,6 +58,8 @@ from mlxctl.runtimes.base import HOST
 from mlxctl.runtimes.gateway import Route
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
     from mlxctl.gateway.routing import Gate
     from mlxctl.machine.interfaces import Clock
 
@@ -158,6 +161,8 @@ class Gateway:
             log=log,
             pid=os.getpid(),
         )
+        self.metrics = metrics.Metrics(self.demand, lambda: self.table.config.routes)
+        self.demand.on_verdict = self.metrics.verdict
         self.requests_done = 0
         self._session: aiohttp.ClientSession | None = None
 
@@ -205,6 +210,7 @@ class Gateway:
         ``gone`` ends when the client disconnects: a request held for an on-demand tier
         is then dropped (it was only demand), one already sent runs on as before.
         """
+        metrics.routed(name)
         route = table.config.route(name)
         if route is not None and route.on_demand:
             return await self._on_demand(table, route, checked, endpoint, gone)
@@ -291,6 +297,7 @@ class Gateway:
         # hold the request until it listens again, up to ``hold`` seconds.
         clock = self.clock
         held_until = None if config.fallbacks.get(route.name) else clock.monotonic() + config.hold
+        metrics.sending()
         try:
             while True:
                 try:
@@ -325,6 +332,7 @@ class Gateway:
                 return None
             finally:
                 resp.release()
+            metrics.answered()
             release()
             if resp.status == 200:
                 content = renamed(content, checked.model)
@@ -541,7 +549,7 @@ async def _sse(stream: Any, public: str, release: Callable[[], None]) -> AsyncIt
         release()
 
 
-def build_app(gateway: Gateway) -> Starlette:
+def build_app(gateway: Gateway) -> ASGIApp:
     def unauthorized() -> JSONResponse:
         return error(
             401,
@@ -590,6 +598,12 @@ def build_app(gateway: Gateway) -> Starlette:
         ]
         return JSONResponse({"object": "list", "data": data})
 
+    async def scrape(request: Request) -> Response:
+        if not gateway.authorized(request):
+            return unauthorized()
+        body, content_type = gateway.metrics.exposition(request.headers.get("accept", ""))
+        return Response(body, headers={"Content-Type": content_type})
+
     async def live(_: Request) -> Response:
         routes = len(gateway.table.config.routes)
         # The PID tells mlxctl's probe which gateway answered while two share the port.
@@ -604,8 +618,9 @@ def build_app(gateway: Gateway) -> Starlette:
         HttpRoute("/models", models, methods=["GET"]),
         HttpRoute("/health/liveliness", live, methods=["GET"]),
         HttpRoute("/health", live, methods=["GET"]),
+        HttpRoute("/metrics", scrape, methods=["GET"]),
     ]
-    return Starlette(routes=routes)
+    return metrics.Instrumented(Starlette(routes=routes), gateway.metrics)
 
 
 def log(message: str) -> None:
