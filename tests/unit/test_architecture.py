@@ -440,6 +440,9 @@ READS_THE_CLOCK: dict[str, set[str]] = {
     # The demand report loop spaces its reports and polls a loading tier's port, in the
     # gateway's event loop (deadlines and stamps are the clock's).
     "mlxctl.gateway.demand": {"asyncio.sleep"},
+    # Prometheus durations (a request's total, first token, queue, the gateway's own
+    # microseconds) measure real elapsed time and decide nothing.
+    "mlxctl.gateway.metrics": {"time.perf_counter"},
     # The fake hub paces its replies (a slow link) inside a real HTTP server thread
     # that integration tests download from: real time is what it simulates.
     "mlxctl.testing.hub": {"time.sleep"},

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlxctl.desired.model_info import attach_info
 from mlxctl.desired.ports import assign_ports
 from mlxctl.desired.state import (
     GATEWAY,
@@ -111,6 +112,9 @@ def resolve_desired(stack: StackSet, ctx: ResolveContext) -> DesiredState:
             # One tier's model cannot be read: that tier is blocked, the others converge.
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             unresolved[name] = f"{tier.file}:{tier.line}: model: {first}"
+    # What each tier's model is and can do, for the gateway's /v1/models.
+    specs = {tier.spec.name: tier.spec for tier in stack.tiers}
+    routes = attach_info(routes, specs, {s.name: s.model for s in tiers if s.model is not None})
     gateway = None
     # The gateway fronts tiers (every stack's): with none to route to, it is not run.
     routes += [r for r in ctx.extra_routes if r.name not in ports]

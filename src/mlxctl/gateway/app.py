@@ -49,6 +49,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
 
 from mlxctl.gateway import metrics
+from mlxctl.gateway import models as model_list
 from mlxctl.gateway.answers import StreamRenamer, renamed
 from mlxctl.gateway.demand import HOLD, SEND, Cadence, Claim, Demand, Refusal
 from mlxctl.gateway.requests import Checked, Endpoint, RequestError, check_request
@@ -592,11 +593,19 @@ def build_app(gateway: Gateway) -> ASGIApp:
         if not gateway.authorized(request):
             return unauthorized()
         now = int(gateway.clock.time())
-        data = [
-            {"id": n, "object": "model", "created": now, "owned_by": "mlxctl"}
-            for n in gateway.table.models()
-        ]
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse(model_list.listing(gateway.table, gateway.demand, now))
+
+    async def model(request: Request) -> Response:
+        if not gateway.authorized(request):
+            return unauthorized()
+        name = request.path_params["model_id"]
+        table = gateway.table
+        found = model_list.model_object(table, gateway.demand, name, int(gateway.clock.time()))
+        if found is None:
+            models = ", ".join(table.models()) or "(none)"
+            return error(404, f"model '{name}' does not exist; models: {models}",
+                         code="model_not_found", param="model")  # fmt: skip
+        return JSONResponse(found)
 
     async def scrape(request: Request) -> Response:
         if not gateway.authorized(request):
@@ -616,6 +625,8 @@ def build_app(gateway: Gateway) -> ASGIApp:
         HttpRoute("/completions", text, methods=["POST"]),
         HttpRoute("/v1/models", models, methods=["GET"]),
         HttpRoute("/models", models, methods=["GET"]),
+        HttpRoute("/v1/models/{model_id:path}", model, methods=["GET"]),
+        HttpRoute("/models/{model_id:path}", model, methods=["GET"]),
         HttpRoute("/health/liveliness", live, methods=["GET"]),
         HttpRoute("/health", live, methods=["GET"]),
         HttpRoute("/metrics", scrape, methods=["GET"]),

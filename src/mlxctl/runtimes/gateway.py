@@ -55,6 +55,20 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ModelInfo(_Frozen):
+    """What ``/v1/models`` says of a tier's model (:mod:`mlxctl.desired.model_info`): from
+    the catalog entry when the tier names one, else from the model's own files; the
+    tier's written ``context`` wins over both. Unknown is None / False."""
+
+    context_length: int | None = Field(default=None, gt=0)
+    tools: bool = False
+    reasoning: bool = False
+    vision: bool = False
+    embeddings: bool = False
+    # Where these came from: "catalog <id>", "config.json", "stack" (the tier's context).
+    sources: tuple[str, ...] = ()
+
+
 class Route(_Frozen):
     """One tier behind the gateway: its public name, aliases and server."""
 
@@ -69,6 +83,8 @@ class Route(_Frozen):
     # up to ``hold`` seconds (the tier's startup timeout).
     on_demand: bool = False
     hold: float | None = Field(default=None, ge=0)
+    # What the tier's model is and can do, for /v1/models.
+    info: ModelInfo = Field(default_factory=ModelInfo)
 
 
 class RemoteRoute(_Frozen):
