@@ -21,6 +21,7 @@ from typing import Any
 from mlxctl.desired.state import ModelRef
 from mlxctl.errors import NotFoundError, SpecError
 from mlxctl.runtimes.gateway import ModelInfo, Route
+from mlxctl.runtimes.vllm_mlx_embeddings import NAME as EMBEDDINGS_RUNTIME
 from mlxctl.spec.schema import TierSpec
 
 # config.json keys that hold the context length, in the order models use them.
@@ -49,8 +50,16 @@ def attach_info(
         if spec is None:
             out.append(route)
             continue
-        info = describe(spec, models.get(route.name))
-        out.append(route.model_copy(update={"info": info}))
+        model = models.get(route.name)
+        info = describe(spec, model)
+        update: dict[str, Any] = {"info": info}
+        if spec.runtime == EMBEDDINGS_RUNTIME:
+            # vllm-mlx locks its embedding model under the directory's path: the name
+            # the gateway must send (runtimes/vllm_mlx_embeddings.py).
+            update["info"] = info.model_copy(update={"embeddings": True, "chat": False})
+            if model is not None:
+                update["served_model"] = str(model.directory)
+        out.append(route.model_copy(update=update))
     return out
 
 

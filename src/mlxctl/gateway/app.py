@@ -48,7 +48,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
 
-from mlxctl.gateway import metrics
+from mlxctl.gateway import embeddings, metrics
 from mlxctl.gateway import models as model_list
 from mlxctl.gateway.answers import StreamRenamer, renamed
 from mlxctl.gateway.demand import HOLD, SEND, Cadence, Claim, Demand, Refusal
@@ -64,7 +64,11 @@ if TYPE_CHECKING:
     from mlxctl.gateway.routing import Gate
     from mlxctl.machine.interfaces import Clock
 
-PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "text": "/v1/completions"}
+PATHS: dict[str, str] = {
+    "chat": "/v1/chat/completions",
+    "text": "/v1/completions",
+    "embeddings": "/v1/embeddings",  # mlxctl.gateway.embeddings
+}
 JSON_BODY = {"Content-Type": "application/json"}
 # A refused connection is known at once; a tier that accepts but never answers
 # headers is slow, not dead, and gets the whole request timeout.
@@ -354,8 +358,10 @@ class Gateway:
             router = await table.router()
             if endpoint == "chat":
                 result = await router.acompletion(model=name, **params)
-            else:
+            elif endpoint == "text":
                 result = await router.atext_completion(model=name, **params)
+            else:  # embeddings (mlxctl.gateway.embeddings)
+                result = await router.aembedding(model=name, **params)
         except Exception as exc:  # the Router's errors, each mapped to its status
             release()
             return backend_error(exc)
@@ -576,6 +582,8 @@ def build_app(gateway: Gateway) -> ASGIApp:
             models = ", ".join(table.models()) or "(none)"
             return error(404, f"model '{checked.model}' does not exist; models: {models}",
                          code="model_not_found", param="model")  # fmt: skip
+        if (refused := embeddings.chat_refusal(table, checked.model, name)) is not None:
+            return refused
 
         async def gone() -> None:
             while (await request.receive())["type"] != "http.disconnect":
@@ -607,6 +615,11 @@ def build_app(gateway: Gateway) -> ASGIApp:
                          code="model_not_found", param="model")  # fmt: skip
         return JSONResponse(found)
 
+    async def embed(request: Request) -> Response:
+        if not gateway.authorized(request):
+            return unauthorized()
+        return await embeddings.create(gateway, request)
+
     async def scrape(request: Request) -> Response:
         if not gateway.authorized(request):
             return unauthorized()
@@ -623,6 +636,8 @@ def build_app(gateway: Gateway) -> ASGIApp:
         HttpRoute("/chat/completions", chat, methods=["POST"]),
         HttpRoute("/v1/completions", text, methods=["POST"]),
         HttpRoute("/completions", text, methods=["POST"]),
+        HttpRoute("/v1/embeddings", embed, methods=["POST"]),
+        HttpRoute("/embeddings", embed, methods=["POST"]),
         HttpRoute("/v1/models", models, methods=["GET"]),
         HttpRoute("/models", models, methods=["GET"]),
         HttpRoute("/v1/models/{model_id:path}", model, methods=["GET"]),

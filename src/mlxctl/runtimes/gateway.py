@@ -65,6 +65,8 @@ class ModelInfo(_Frozen):
     reasoning: bool = False
     vision: bool = False
     embeddings: bool = False
+    # False for a tier that serves only embeddings: the gateway refuses chat for it.
+    chat: bool = True
     # Where these came from: "catalog <id>", "config.json", "stack" (the tier's context).
     sources: tuple[str, ...] = ()
 
