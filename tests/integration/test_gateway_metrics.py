@@ -293,3 +293,77 @@ def test_the_printed_claude_settings_reach_the_gateway(setup: Setup) -> None:
         model=env["ANTHROPIC_MODEL"], max_tokens=8, messages=[{"role": "user", "content": "hi"}]
     )
     assert answer.model == env["ANTHROPIC_MODEL"]
+
+
+@pytest.fixture(scope="module")
+def embedding_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A real vllm-mlx serving the tests' tiny BERT as the ``vllm-mlx-embeddings`` runtime
+    launches it, behind a real gateway."""
+    from mlxctl.runtimes import vllm_mlx_embeddings
+    from mlxctl.runtimes.base import ServerLaunch
+    from mlxctl.testing.tiny_embedding import build_tiny_embedding_model
+
+    work = tmp_path_factory.mktemp("embeddings")
+    model = build_tiny_embedding_model(work / "tiny-bert")
+    tier_port, gw_port = free_ports(2)
+    argv = vllm_mlx_embeddings.argv(ServerLaunch(Path(sys.executable), model, tier_port, "emb", {}))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with open(work / "tier.log", "wb") as log:
+            procs.append(
+                subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            )
+        routes = [
+            {"name": "emb", "port": tier_port, "served_model": str(model),
+             "aliases": ["text-embedding-3-small"],
+             "info": {"embeddings": True, "chat": False}},
+        ]  # fmt: skip
+        config = work / "routes.json"
+        config.write_text(json.dumps({"routes": routes}))
+        env = {**os.environ, "LITELLM_MASTER_KEY": KEY}
+        env.pop("MLXCTL_GATEWAY_KEY_FILE", None)
+        gw = [sys.executable, "-m", "mlxctl.gateway", "--config", str(config)]
+        with open(work / "gateway.log", "wb") as log:
+            procs.append(
+                subprocess.Popen([*gw, "--port", str(gw_port)], env=env, stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+            )  # fmt: skip
+        url = f"http://127.0.0.1:{gw_port}"
+
+        from mlxctl.machine.probes import HttpProber
+        from mlxctl.runtimes.base import ProbeSpec
+
+        # mlxctl's own readiness probe, through the runtime registry.
+        probe = ProbeSpec(kind="vllm-mlx-embeddings", port=tier_port, model="emb")
+
+        def ready() -> bool:
+            try:
+                ok = HttpProber().probe(probe, "ready", 30).ok
+                return ok and httpx.get(f"{url}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, 180, "vllm-mlx serving the tiny embedding model, and the gateway")
+        yield url, work
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
+def test_embeddings_through_the_gateway_with_the_openai_sdk(
+    embedding_setup: tuple[str, Path],
+) -> None:
+    url, _ = embedding_setup
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=120)
+    answer = client.embeddings.create(
+        model="text-embedding-3-small", input=["hello world", "the quick brown fox", "hello world"]
+    )
+    assert answer.model == "text-embedding-3-small"
+    vectors = [d.embedding for d in answer.data]
+    assert len(vectors) == 3 and len(vectors[0]) == 32  # the tiny model's hidden size
+    assert vectors[0] == vectors[2] and vectors[0] != vectors[1]
+    assert answer.usage.prompt_tokens > 0
+    with pytest.raises(openai.BadRequestError, match="serves embeddings only"):
+        client.chat.completions.create(model="emb", messages=MSG)  # type: ignore[arg-type]
+    # The tier still serves after the refused chat (it never reached it).
+    assert client.embeddings.create(model="emb", input="again").data
