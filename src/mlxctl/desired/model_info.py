@@ -18,8 +18,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mlxctl.capacity.model_dir import read_model_config
 from mlxctl.desired.state import ModelRef
 from mlxctl.errors import NotFoundError, SpecError
+from mlxctl.files import read_text_bounded
 from mlxctl.runtimes.gateway import ModelInfo, Route
 from mlxctl.runtimes.vllm_mlx_embeddings import NAME as EMBEDDINGS_RUNTIME
 from mlxctl.spec.schema import TierSpec
@@ -38,6 +40,9 @@ _EMBEDDING_TYPES = frozenset(
     {"bert", "roberta", "xlm-roberta", "modernbert", "nomic_bert", "distilbert", "e5", "gte"}
 )
 _REASONING = ("<think>", "enable_thinking", "reasoning_content")
+# A chat template, a tokenizer config (its added tokens can be long): bounded reads.
+MAX_TEMPLATE_BYTES = 1 << 20
+MAX_TOKENIZER_CONFIG_BYTES = 16 << 20
 
 
 def attach_info(
@@ -110,8 +115,10 @@ def _from_files(directory: Path) -> dict[str, Any]:
 def _read_files(directory: str, _stamp: int) -> tuple[tuple[str, Any], ...]:
     """Read once per directory and ``config.json`` version (resolution runs every pass)."""
     root = Path(directory)
-    config = _json(root / "config.json")
-    if not config:
+    try:
+        # Read as the memory estimate reads it: bounded, and a hostile file refused.
+        config = read_model_config(root)
+    except SpecError:
         return ()
     nested = config.get("text_config")
     text: dict[str, Any] = nested if isinstance(nested, dict) else {}
@@ -143,8 +150,8 @@ def _template(root: Path) -> str:
     """The chat template: its own file, or the tokenizer config's (a list of named ones
     joined)."""
     try:
-        return (root / "chat_template.jinja").read_text(encoding="utf-8")
-    except OSError:
+        return read_text_bounded(root / "chat_template.jinja", MAX_TEMPLATE_BYTES)
+    except (OSError, ValueError):
         pass
     template = _json(root / "tokenizer_config.json").get("chat_template")
     if isinstance(template, list):
@@ -154,7 +161,7 @@ def _template(root: Path) -> str:
 
 def _json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_text_bounded(path, MAX_TOKENIZER_CONFIG_BYTES))
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}

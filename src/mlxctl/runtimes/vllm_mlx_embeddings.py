@@ -30,7 +30,6 @@ from mlxctl.runtimes.base import (
     excerpt,
     render_args,
 )
-from mlxctl.runtimes.vllm_mlx import RUNTIME as VLLM_MLX
 
 NAME = "vllm-mlx-embeddings"
 OWNER = "vllm-mlx-embedding"
@@ -78,12 +77,16 @@ def check(http: Http, mode: ProbeMode, model: str) -> ProbeResult:
 
 RUNTIME = Runtime(
     name=NAME,
-    startup_timeout=VLLM_MLX.startup_timeout,
+    startup_timeout=600.0,
     served_model_name=lambda tier: tier,
     check=check,
     argv=argv,
-    managed_flags=VLLM_MLX.managed_flags
-    | {"embedding-model", "lazy-load-model", "continuous-batching"},
+    # vllm-mlx's own (runtimes/vllm_mlx.py: the positional model, another registry of
+    # models, the address, the name, a key), and the two that make it an embedding server.
+    managed_flags=frozenset(
+        {"model", "models-config", "host", "port", "served-model-name", "api-key"}
+        | {"embedding-model", "lazy-load-model"}
+    ),
     # vllm-mlx serve --embedding-max-length: "Maximum tokens per embedding input".
     limit_flags={"context": "embedding-max-length"},
 )
