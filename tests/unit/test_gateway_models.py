@@ -144,7 +144,7 @@ def test_every_name_and_alias_is_listed_with_its_tier_context_capabilities_and_s
         assert alias["tier"] == "fast" and alias["object"] == "model"
         assert (alias["context_length"], alias["max_model_len"]) == (8192, 8192)
         assert alias["capabilities"] == {
-            "tools": True, "reasoning": False, "vision": False, "embeddings": False,
+            "tools": True, "reasoning": False, "vision": False, "embeddings": False, "chat": True,
         }  # fmt: skip
         assert (alias["load"], alias["state"]) == ("always", "loaded")
         assert (by_id["big"]["load"], by_id["big"]["state"]) == ("on-demand", "unknown")

@@ -8,7 +8,8 @@ fields:
 - ``context_length`` (and ``max_model_len``, vLLM's name for it): the tier's written
   ``context``, else the catalog's, else the model's ``config.json``; null when unknown;
 - ``capabilities``: ``tools``, ``reasoning``, ``vision``, ``embeddings`` (the catalog's,
-  else read from the model's files: :mod:`mlxctl.desired.model_info`);
+  else read from the model's files: :mod:`mlxctl.desired.model_info`) and ``chat``
+  (false for a tier that serves only embeddings);
 - ``load``: ``always`` or ``on-demand``; ``state``: ``loaded`` (an ``always`` tier, or an
   on-demand tier the controller says is ready), ``loading``, ``on_demand`` (cold: the
   first request loads it), ``unloading`` (draining), ``unavailable`` (its load failed or
@@ -64,6 +65,7 @@ def model_object(
             "reasoning": info.reasoning,
             "vision": vision,
             "embeddings": info.embeddings,
+            "chat": info.chat,
         },
         "load": "on-demand" if route.on_demand else "always",
         "state": state,
