@@ -43,9 +43,10 @@ Per tier and route (the route's path, ``/v1/...``):
   ``mlxctl events``, say which). An ``always`` tier's state is ``always``.
 - The process's own CPU, memory and file descriptors (``process_*``).
 
-Cost on the request path: one object, a few clock reads and 4-6 metric updates
-(~10-20 µs of CPU); a stream's events are scanned with byte searches, and only the
-events that carry ``usage`` or an error are parsed as JSON.
+Cost on the request path, measured in process (20 000 calls): the middleware and its
+record, ~25 µs of CPU a request before caching each metric's children, ~18 µs after; a
+stream's events are scanned with byte searches, and only the events that carry
+``usage`` or an error are parsed as JSON.
 """
 
 from __future__ import annotations
@@ -283,7 +284,16 @@ class Metrics:
         if demand is not None:
             r.register(_DemandCollector(demand, routes))
         ProcessCollector(registry=r)
-        self._labels: dict[tuple[str, ...], Any] = {}
+        # Each metric's children by label values: ``labels()`` costs ~1.5 µs (a lock, a
+        # validation) and a request updates up to seven.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """The registry in the format the scraper asks for (its ``Accept``): the text
@@ -309,26 +319,27 @@ class Metrics:
             status = "499"
         else:
             status = str(trace.status)
-        self.requests.labels(tier, route, status).inc()
-        self.duration.labels(tier, route).observe(end - trace.arrival)
+        child = self._child
+        child(self.requests, tier, route, status).inc()
+        child(self.duration, tier, route).observe(end - trace.arrival)
         if trace.first is not None:
-            self.ttft.labels(tier, route).observe(trace.first - trace.arrival)
+            child(self.ttft, tier, route).observe(trace.first - trace.arrival)
         if trace.entered is not None:
             own = trace.entered - trace.arrival
             if trace.answered is not None and trace.done_out is not None:
                 own += max(0.0, trace.done_out - trace.answered)
-            self.overhead.labels(route).observe(own)
+            child(self.overhead, route).observe(own)
             if trace.sent is not None:
-                self.queue.labels(tier).observe(max(0.0, trace.sent - trace.entered))
+                child(self.queue, tier).observe(max(0.0, trace.sent - trace.entered))
         if not tier:
             return
         out = trace.out_tokens
         if out is None and trace.stream:
             out = trace.deltas
         if out:
-            self.tokens.labels(tier, "out").inc(out)
+            child(self.tokens, tier, "out").inc(out)
         if trace.in_tokens:
-            self.tokens.labels(tier, "in").inc(trace.in_tokens)
+            child(self.tokens, tier, "in").inc(trace.in_tokens)
 
 
 class _DemandCollector(Collector):
