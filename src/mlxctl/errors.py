@@ -17,6 +17,8 @@ class ExitCode(IntEnum):
     OK = 0
     # ``diff`` only: the plan has changes (like ``diff(1)`` and ``kubectl diff``).
     CHANGES = 1
+    # ``doctor``: a check failed (the same value: "something is different from fine").
+    PROBLEMS = 1
     USAGE = 2
     INVALID_SPEC = 3
     APPLY_FAILED = 4

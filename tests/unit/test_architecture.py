@@ -6,7 +6,8 @@
   core never imports the CLI, the planner never reaches the executor.
 - Adapters are independent: a runtime adapter (a file defining ``RUNTIME``) never
   imports another one, nor a model source (a file defining ``SOURCE``) another
-  source; only the registries know them all.
+  source, nor a service platform (``PLATFORM``: launchd, systemd) another platform;
+  only the registries know them all.
 - The planner is pure: its whole closure inside mlxctl is pure data and functions,
   imports nothing that does I/O, starts processes, sleeps or reads a clock, and calls
   nothing that touches a file (``open``, ``Path.read_text``, ``os.stat``, ``glob``, ...:
@@ -236,7 +237,7 @@ def adapters(kind: str) -> dict[str, str]:
     return found
 
 
-@pytest.mark.parametrize("kind", ["RUNTIME", "SOURCE"])
+@pytest.mark.parametrize("kind", ["RUNTIME", "SOURCE", "PLATFORM"])
 def test_adapters_are_independent_of_each_other(kind: str) -> None:
     found = adapters(kind)
     assert len(found) >= 2  # the check sees the adapters it should

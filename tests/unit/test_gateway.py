@@ -292,3 +292,32 @@ def test_a_rotated_key_file_replaces_the_key(tmp_path: Path) -> None:
     assert gateway.authorized(with_key("sk-old"))
     reloader.reload_key()
     assert gateway.authorized(with_key("sk-new")) and not gateway.authorized(with_key("sk-old"))
+
+
+def test_the_routes_file_carries_each_models_vocabulary_context_vision_and_runtime(
+    tmp_path: Path,
+) -> None:
+    """Issue 18: what the gateway checks requests against comes from the model's config."""
+    text_model, vision_model = tmp_path / "a", tmp_path / "b"
+    text_model.mkdir()
+    vision_model.mkdir()
+    config = {"vocab_size": 300, "max_position_embeddings": 2048}
+    (text_model / "config.json").write_text(json.dumps(config))
+    vision = {"vocab_size": 262208, "vision_config": {}, "text_config": {"vocab_size": 262144,
+              "max_position_embeddings": 131072}}  # fmt: skip
+    (vision_model / "config.json").write_text(json.dumps(vision))
+    stack = f"""\
+        gateway: {{remoteImages: true}}
+        tiers:
+          - {{name: fast, runtime: mlx-lm, model: {{path: {text_model}}}, context: 1024}}
+          - {{name: eyes, runtime: vllm-mlx, model: {{path: {vision_model}}}}}
+          - {{name: gone, runtime: mlx-lm, model: {{path: {tmp_path / "missing"}}}}}
+        """
+    routes = parse_config(resolve(tmp_path, stack).gateway.files[0][1])
+    facts = {r.name: (r.runtime, r.vocab_size, r.context, r.vision) for r in routes.routes}
+    assert facts == {
+        "fast": ("mlx-lm", 300, 1024, False),  # the stack's smaller context wins
+        "eyes": ("vllm-mlx", 262144, 131072, True),  # the smaller vocabulary is the bound
+        "gone": ("mlx-lm", None, None, None),  # unknown: the strictest checks apply
+    }
+    assert routes.remote_images is True

@@ -403,10 +403,11 @@ def test_a_held_request_outlives_a_controller_restart(short_dir: Path) -> None:
             restarted.say("big", "ready")
             await restarted.start()
             s.controller = restarted
+            # The new controller learns of the held request from the next report.
+            await restarted.until(lambda t: t.waiting == 1)
             await s.big.start()
             status, _, _ = await asyncio.wait_for(asking, DEADLINE)
             assert status == 200
-            assert restarted.reports[0].tiers["big"].waiting == 1  # it learnt of the request
 
     run(test)
 
@@ -540,5 +541,35 @@ def test_too_many_waiting_requests_are_refused_at_once(short_dir: Path) -> None:
             assert "Retry-After" in headers
             s.controller.say("big", "unavailable", "gone")
             await asyncio.wait_for(asyncio.gather(*held), DEADLINE)
+
+    run(test)
+
+
+def test_a_planned_restart_holds_an_always_tiers_new_requests_while_one_runs(
+    short_dir: Path,
+) -> None:
+    """``draining`` for an always tier (a planned restart): the stream running finishes,
+    a new request is held (reported as waiting) and sent once the verdict is ready."""
+
+    async def test() -> None:
+        setup = Setup(short_dir / "admin.sock")
+        async with running(setup) as s:
+            s.small.finish.clear()
+            async with s.post("small", stream=True) as streaming:
+                await streaming.content.readuntil(b"\n\n")
+                await s.controller.until(lambda t: t.in_flight == 1, "small")
+                s.controller.say("small", "draining", "restart (args changed)")
+                await s.controller.told()
+                drained = await s.controller.until(lambda t: t.held_back, "small")
+                assert drained.in_flight == 1
+                held = asyncio.ensure_future(s.ask("small"))
+                await s.controller.until(lambda t: t.waiting == 1, "small")
+                s.small.finish.set()
+                rest = await read_stream(streaming)
+            assert rest[-1] == b"data: [DONE]\n\n"
+            assert not held.done() and s.small.started_streams == 1
+            s.controller.say("small", "ready")
+            status, _, _ = await asyncio.wait_for(held, DEADLINE)
+            assert status == 200
 
     run(test)

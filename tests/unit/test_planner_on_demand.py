@@ -161,11 +161,11 @@ def test_idle_timeout_never_keeps_it_loaded() -> None:
 
 
 def test_an_unload_of_an_always_tier_stops_it_and_says_it_comes_back() -> None:
-    the_plan, _, _ = decide(
-        [loaded("a")],
-        [tier("a", load="always")],
-        demand={"a": TierDemand(unload_requested_at=NOW - 1)},
-    )
+    asked = TierDemand(unload_requested_at=NOW - 1)
+    the_plan, _, _ = decide([loaded("a")], [tier("a", load="always")], demand={"a": asked})
+    assert rows(the_plan) == [("wait", "a", "draining")]  # the gateway holds its requests first
+    held = replace(asked, held_back=True)
+    the_plan, _, _ = decide([loaded("a")], [tier("a", load="always")], demand={"a": held})
     [stop] = the_plan.actions
     assert stop.kind == "stop" and "an always tier: started again next" in stop.cause
     # Once gone, the always tier starts again (the unload is older than nothing now).
@@ -186,6 +186,38 @@ def test_a_scaled_to_zero_tier_is_converged() -> None:
 def test_an_idle_loaded_tier_is_converged() -> None:
     the_plan, desired, observed = decide([loaded("a")], [tier("a")], demand={"a": IDLE})
     assert is_converged(desired, observed, the_plan)
+
+
+# -- a planned restart drains first ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("demand", "reported", "expected"),
+    [
+        # no gateway reporting: nothing can be on its way
+        (TierDemand(), False, "restart"),
+        # the gateway not told yet: it is told to hold the tier's new requests
+        (TierDemand(), True, "draining"),
+        # held, nothing in flight: the restart goes
+        (TierDemand(held_back=True, held_back_since=NOW - 1), True, "restart"),
+        # held, two streams running for 3 s of the 10 s grace: they finish first
+        (TierDemand(held_back=True, held_back_since=NOW - 3, in_flight=2), True, "draining"),
+        # held for the whole grace: the restart goes anyway
+        (TierDemand(held_back=True, held_back_since=NOW - 10, in_flight=2), True, "restart"),
+    ],
+)
+def test_a_planned_restart_waits_for_the_requests_in_flight(
+    demand: TierDemand, reported: bool, expected: str
+) -> None:
+    changed = replace(tier("a", load="always"), spec_hash="v1:a2", launch={"args": {"a": 2}})
+    the_plan, desired, observed = decide(
+        [loaded("a")], [changed], demand={"a": demand}, reported=reported
+    )
+    [action] = the_plan.actions
+    assert (action.reason or action.kind) == expected
+    if expected == "draining":
+        assert verdicts(desired, observed, the_plan)["a"].state == "draining"
+        assert action.cause.startswith("restart (args changed")
 
 
 # -- eviction ----------------------------------------------------------------------------

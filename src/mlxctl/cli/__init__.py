@@ -19,16 +19,19 @@ def _register() -> None:
     from mlxctl.cli import (
         catalog_cmd,
         control_cmds,
+        doctor_cmd,
         hardware_cmd,
         init_cmd,
         models_cmd,
         ops_cmds,
         root,
+        service_cmd,
         stack_cmds,
     )
 
     for module in (
         stack_cmds, ops_cmds, control_cmds, catalog_cmd, hardware_cmd, init_cmd, models_cmd,
+        service_cmd, doctor_cmd,
     ):  # fmt: skip
         module.register(root.app)
 

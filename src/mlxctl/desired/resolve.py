@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mlxctl.desired.model_info import attach_info
 from mlxctl.desired.ports import assign_ports
@@ -88,6 +89,20 @@ def resolve_desired(stack: StackSet, ctx: ResolveContext) -> DesiredState:
     for tier in stack.tiers:
         name = tier.spec.name
         runtime = runtime_named(tier.spec.runtime)
+        service: DesiredService | None = None
+        try:
+            service = _tier_service(tier, ports[name], ctx)
+            tiers.append(service)
+        except (SpecError, secrets.MissingSecretError) as exc:
+            problems.append(str(exc))
+        except (MlxctlError, OSError, ValueError) as exc:
+            # One tier's model cannot be read: that tier is blocked, the others converge.
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            unresolved[name] = f"{tier.file}:{tier.line}: model: {first}"
+        facts = model_facts(service.model.directory if service and service.model else None)
+        if tier.spec.context is not None and "context" in tier.spec.model_fields_set:
+            written = tier.spec.context
+            facts["context"] = min(written, facts["context"] or written)
         routes.append(
             Route(
                 name=name,
@@ -102,16 +117,10 @@ def resolve_desired(stack: StackSet, ctx: ResolveContext) -> DesiredState:
                 hold=(tier.spec.startup_timeout or runtime.startup_timeout)
                 if tier.load == "on-demand"
                 else None,
+                runtime=tier.spec.runtime,
+                **facts,
             )
         )
-        try:
-            tiers.append(_tier_service(tier, ports[name], ctx))
-        except (SpecError, secrets.MissingSecretError) as exc:
-            problems.append(str(exc))
-        except (MlxctlError, OSError, ValueError) as exc:
-            # One tier's model cannot be read: that tier is blocked, the others converge.
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            unresolved[name] = f"{tier.file}:{tier.line}: model: {first}"
     # What each tier's model is and can do, for the gateway's /v1/models.
     specs = {tier.spec.name: tier.spec for tier in stack.tiers}
     routes = attach_info(routes, specs, {s.name: s.model for s in tiers if s.model is not None})
@@ -140,6 +149,40 @@ def resolve_desired(stack: StackSet, ctx: ResolveContext) -> DesiredState:
         ),
         invalid_files=stack.invalid,
     )
+
+
+def model_facts(directory: Path | None) -> dict[str, Any]:
+    """What the gateway checks requests against, from the model's ``config.json``: its
+    vocabulary size (``logit_bias`` ids), context (``max_tokens`` cap) and whether it
+    reads images (a ``vision_config`` or an image processor). Unknown (no directory yet,
+    an unreadable config): None each, and the gateway applies its strictest check."""
+    facts: dict[str, Any] = {"vocab_size": None, "context": None, "vision": None}
+    if directory is None:
+        return facts
+    from mlxctl.capacity.model_dir import read_model_config
+
+    try:
+        config = read_model_config(directory)
+    except (MlxctlError, OSError, ValueError):
+        return facts
+    scopes = [config] + [
+        config[k] for k in ("text_config", "llm_config") if isinstance(config.get(k), dict)
+    ]
+
+    def smallest(key: str) -> int | None:
+        values = [
+            v
+            for c in scopes
+            if isinstance(v := c.get(key), int) and not isinstance(v, bool) and v > 0
+        ]
+        return min(values) if values else None
+
+    facts["vocab_size"] = smallest("vocab_size")
+    facts["context"] = smallest("max_position_embeddings")
+    facts["vision"] = isinstance(config.get("vision_config"), dict) or any(
+        (directory / f).is_file() for f in ("preprocessor_config.json", "processor_config.json")
+    )
+    return facts
 
 
 def _limit_args(spec: TierSpec, runtime: Runtime) -> tuple[dict[str, ArgValue], tuple[str, ...]]:
@@ -298,6 +341,7 @@ def _gateway_service(
         retries=gw.retries,
         timeout=gw.timeout,
         hold=gw.hold,
+        remote_images=gw.remote_images,
     )
     env_pairs = [*GATEWAY_ENV, (MASTER_KEY_ENV, master_key_ref(stack, ctx.state_dir))]
     # Where it reports demand (a path, no secret): the controller's admin socket.

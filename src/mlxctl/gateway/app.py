@@ -51,9 +51,12 @@ from starlette.routing import Route as HttpRoute
 from mlxctl.gateway import embeddings, metrics
 from mlxctl.gateway import models as model_list
 from mlxctl.gateway.answers import StreamRenamer, renamed
+from mlxctl.gateway.bounds import clip
 from mlxctl.gateway.demand import HOLD, SEND, Cadence, Claim, Demand, Refusal
+from mlxctl.gateway.intake import read_json
 from mlxctl.gateway.requests import Checked, Endpoint, RequestError, check_request
 from mlxctl.gateway.routing import RoutingTable
+from mlxctl.gateway.tierfit import fit_request
 from mlxctl.machine.clock import SystemClock
 from mlxctl.runtimes.base import HOST
 from mlxctl.runtimes.gateway import Route
@@ -77,6 +80,9 @@ HOLD_POLL = 0.25
 # How often a request whose client went away checks whether it was sent meanwhile.
 GONE_POLL = 0.25
 KEEPALIVE = b": keep-alive\n\n"
+# The response header naming the tier (or remote) that answered: a fallback's name when
+# one did, whatever model name the client asked for.
+TIER_HEADER = "x-mlxctl-tier"
 # An awaitable that ends when the client has gone (its connection closed).
 Gone = Callable[[], Awaitable[object]]
 
@@ -217,12 +223,33 @@ class Gateway:
         """
         metrics.routed(name)
         route = table.config.route(name)
-        if route is not None and route.on_demand:
+        if route is not None and (route.on_demand or self.demand.draining(name)):
+            # Held by the controller's verdicts: an on-demand tier, or a planned restart.
             return await self._on_demand(table, route, checked, endpoint, gone)
         claim = self.demand.claim(name)  # counted: held at the gate, then in flight
         assert claim is not None  # only on-demand holds are capped
+        serving = self._serve(table, name, route, checked, endpoint, claim)
+        return await _unless_client_left(serving, gone)
+
+    async def _serve(
+        self,
+        table: RoutingTable,
+        name: str,
+        route: Route | None,
+        checked: Checked,
+        endpoint: Endpoint,
+        claim: Claim,
+    ) -> Response:
+        """Wait at the tier's gate (up to the queue timeout: then a 503), then send."""
         try:
-            slot = await _Slot.take(self, table.gates.get(name), claim)
+            slot = await _Slot.take(
+                self, table.gates.get(name), claim, timeout=table.config.queue_timeout
+            )
+        except TimeoutError:
+            claim.close()
+            wait = table.config.queue_timeout
+            why = f"tier '{name}' is busy: the request waited {wait:g} s for its turn"
+            return refusal(Refusal(why, min(wait, 30.0), "queue_timeout"))
         except BaseException:
             claim.close()
             raise
@@ -365,11 +392,14 @@ class Gateway:
         except Exception as exc:  # the Router's errors, each mapped to its status
             release()
             return backend_error(exc)
+        served = {TIER_HEADER: _served_by(result, name)}
         if not checked.stream:
             release()
-            return Response(_dump(result, checked.model), media_type="application/json")
+            return Response(
+                _dump(result, checked.model), media_type="application/json", headers=served
+            )
         stream = _sse(result, checked.model, release)
-        return StreamingResponse(stream, media_type="text/event-stream")
+        return StreamingResponse(stream, media_type="text/event-stream", headers=served)
 
 
 async def _events(
@@ -407,9 +437,12 @@ class _Slot:
         self.done = False
 
     @classmethod
-    async def take(cls, gateway: Gateway, gate: Gate | None, claim: Claim) -> _Slot:
+    async def take(
+        cls, gateway: Gateway, gate: Gate | None, claim: Claim, *, timeout: float | None = None
+    ) -> _Slot:
+        """The gate, waited for up to ``timeout`` seconds (then TimeoutError)."""
         if gate is not None:
-            await gate.semaphore.acquire()
+            await asyncio.wait_for(gate.semaphore.acquire(), timeout)
         claim.sent()
         return cls(gateway, gate, claim)
 
@@ -538,6 +571,36 @@ async def _held_stream(held: _Held, keepalive: float) -> AsyncIterator[bytes]:
             held.abandon()
 
 
+def _served_by(result: Any, asked: str) -> str:
+    """The tier or remote whose deployment answered through the Router (its
+    ``model_info.id``: :func:`mlxctl.gateway.routing.deployment`), else ``asked``."""
+    hidden = getattr(result, "_hidden_params", None)
+    served = hidden.get("model_id") if isinstance(hidden, dict) else None
+    return served if isinstance(served, str) and served else asked
+
+
+async def _unless_client_left(serving: Awaitable[Response], gone: Gone | None) -> Response:
+    """``serving``'s answer, unless its client goes away first: then it is cancelled,
+    which takes it out of the gate's queue or closes its request to the tier (a stream
+    already answering is left to the response, which sees the disconnect itself)."""
+    task = asyncio.ensure_future(serving)
+    if gone is None:
+        return await task
+    watcher = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return error(499, "the client went away", code="client_gone")
+        return task.result()
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+
+
 def _dump(result: Any, public: str) -> bytes:
     data = result.model_dump(exclude_none=True)
     data["model"] = public
@@ -568,19 +631,18 @@ def build_app(gateway: Gateway) -> ASGIApp:
     async def completions(request: Request, endpoint: Endpoint) -> Response:
         if not gateway.authorized(request):
             return unauthorized()
+        table = gateway.table
         try:
-            body = json.loads(await request.body())
-        except ValueError:
-            return error(400, "the request body is not valid JSON", code="invalid_json")
-        try:
-            checked = check_request(body, endpoint)
+            checked = check_request(await read_json(request), endpoint)
+            name = table.resolve(checked.model)
+            route = table.config.route(name) if name is not None else None
+            if route is not None:
+                checked = fit_request(checked, route, endpoint, table.config)
         except RequestError as exc:
             return error(exc.status, str(exc), code=exc.code, param=exc.param)
-        table = gateway.table
-        name = table.resolve(checked.model)
         if name is None:
             models = ", ".join(table.models()) or "(none)"
-            return error(404, f"model '{checked.model}' does not exist; models: {models}",
+            return error(404, f"model '{clip(checked.model)}' does not exist; models: {models}",
                          code="model_not_found", param="model")  # fmt: skip
         if (refused := embeddings.chat_refusal(table, checked.model, name)) is not None:
             return refused
@@ -589,7 +651,9 @@ def build_app(gateway: Gateway) -> ASGIApp:
             while (await request.receive())["type"] != "http.disconnect":
                 pass
 
-        return await gateway.handle(table, name, checked, endpoint, gone=gone)
+        response = await gateway.handle(table, name, checked, endpoint, gone=gone)
+        response.headers.setdefault(TIER_HEADER, name)
+        return response
 
     async def chat(request: Request) -> Response:
         return await completions(request, "chat")

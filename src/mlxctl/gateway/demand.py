@@ -328,6 +328,12 @@ class Demand:
         state = self._tiers.get(tier)
         return state.verdict if state is not None else None
 
+    def draining(self, tier: str) -> bool:
+        """An always tier's new requests are held: a planned restart drains it (while a
+        controller answers; without one they go as usual)."""
+        verdict = self.verdict(tier)
+        return verdict is not None and verdict.state == "draining" and not self._controller_gone()
+
     def step(self, claim: Claim, route: Route, *, arriving: bool = False) -> Step:
         """What a held request does now, by its tier's latest verdict (and its port).
 

@@ -19,12 +19,15 @@ tier fails.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any, cast
 
 from starlette.responses import JSONResponse, Response
 
-from mlxctl.gateway.requests import Checked, Endpoint
+from mlxctl.gateway.bounds import clip
+from mlxctl.gateway.intake import read_json
+from mlxctl.gateway.requests import Checked, Endpoint, RequestError
+
+TIER_HEADER = "x-mlxctl-tier"  # as mlxctl.gateway.app names the tier that answered
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -115,18 +118,17 @@ def chat_refusal(table: RoutingTable, public: str, tier: str) -> Response | None
         return None
     return _error(
         400,
-        f"model '{public}' serves embeddings only (POST /v1/embeddings), not completions",
+        f"model '{clip(public)}' serves embeddings only (POST /v1/embeddings), not completions",
         "model_not_chat",
     )
 
 
 async def create(gateway: Gateway, request: Request) -> Response:
     try:
-        body = json.loads(await request.body())
-    except ValueError:
-        return _error(400, "the request body is not valid JSON", "invalid_json", None)
-    try:
-        checked = check(body)
+        # Bounded, with a deadline, parsed strictly: as a completion's body is.
+        checked = check(await read_json(request))
+    except RequestError as exc:
+        return _error(exc.status, str(exc), exc.code, exc.param)
     except Invalid as exc:
         return _error(400, f"invalid request: {exc}", "invalid_request", exc.param)
     table = gateway.table
@@ -134,11 +136,15 @@ async def create(gateway: Gateway, request: Request) -> Response:
     if name is None:
         models = ", ".join(table.models()) or "(none)"
         return _error(
-            404, f"model '{checked.model}' does not exist; models: {models}", "model_not_found"
+            404,
+            f"model '{clip(checked.model)}' does not exist; models: {models}",
+            "model_not_found",
         )
     if not _info_embeddings(table, name):
         able = ", ".join(serving(table))
         where = f"models that serve embeddings: {able}" if able else f"none does: {HOW_TO}"
-        message = f"model '{checked.model}' does not serve embeddings; {where}"
+        message = f"model '{clip(checked.model)}' does not serve embeddings; {where}"
         return _error(400, message, "model_not_embedding")
-    return await gateway.handle(table, name, checked, ENDPOINT)
+    response = await gateway.handle(table, name, checked, ENDPOINT)
+    response.headers.setdefault(TIER_HEADER, name)
+    return response

@@ -48,9 +48,10 @@ def model_object(
     if route is None:
         return None
     info = route.info
-    # Another helper's Route may carry the context itself (``Route.context``): it wins.
-    context = getattr(route, "context", None) or info.context_length
-    vision = bool(getattr(route, "vision", None)) or info.vision
+    # The context the gateway checks requests against (the model's config, capped by the
+    # tier's written ``context``) wins; the catalog's when the model is not on disk yet.
+    context = route.context or info.context_length
+    vision = bool(route.vision) or info.vision
     state, detail = load_state(demand, route)
     answer: dict[str, Any] = {
         "id": public,

@@ -38,6 +38,9 @@ def deployment(route: Route) -> dict[str, Any]:
             "api_base": f"http://{HOST}:{route.port}/v1",
             "api_key": "none",
         },
+        # The deployment's id: the Router reports it for the answer (the response header
+        # naming who answered, a fallback included).
+        "model_info": {"id": route.name},
     }
 
 
@@ -50,7 +53,9 @@ def router_kwargs(config: GatewayConfig, environ: Mapping[str, str]) -> dict[str
             params["api_base"] = remote.api_base
         if remote.api_key_env:
             params["api_key"] = environ.get(remote.api_key_env, "")
-        model_list.append({"model_name": remote.name, "litellm_params": params})
+        model_list.append(
+            {"model_name": remote.name, "litellm_params": params, "model_info": {"id": remote.name}}
+        )
     return {
         "model_list": model_list,
         # Where the Router reads fallbacks: a list of {model_group: [fallback groups]}.

@@ -80,8 +80,9 @@ class TierDemand:
     # ``mlxctl load TIER`` asked (and the tier has not served since); ``mlxctl unload``.
     load_requested_at: float | None = None
     unload_requested_at: float | None = None
-    # The gateway holds its new requests (it was told the tier drains).
+    # The gateway holds its new requests (it was told the tier drains), and since when.
     held_back: bool = False
+    held_back_since: float | None = None
 
     @property
     def busy(self) -> bool:

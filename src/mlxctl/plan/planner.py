@@ -119,7 +119,8 @@ class _Planner:
             # The new launch's model first, while the old server keeps serving: a download
             # of minutes must not be minutes of downtime.
             if self.model_ready(service):
-                self.add("restart", service.name, changed)
+                if self.drained(service, changed):
+                    self.add("restart", service.name, changed)
             else:
                 self.add(
                     "wait",
@@ -244,18 +245,28 @@ class _Planner:
         )
 
     def unload(self, service: DesiredService, cause: str) -> bool:
-        """Stop a loaded tier without cutting a request. With a gateway reporting, an
-        on-demand tier is drained first: stopped once the gateway says it holds the
-        tier's new requests and none is in flight; an always tier (whose requests the
-        gateway never holds) once none is in flight. With no gateway reporting, no
+        """Stop a loaded tier without cutting a request: once the gateway says it holds
+        the tier's new requests and none is in flight. With no gateway reporting, no
         request can be on its way."""
         demand = self.demand(service.name)
-        reported = self.observed.demand_reported
-        if reported and (demand.in_flight or (service.on_demand and not demand.held_back)):
+        if self.observed.demand_reported and (demand.in_flight or not demand.held_back):
             self.drain(service.name, cause, demand)
         else:
             self.add("stop", service.name, cause)
         return True
+
+    def drained(self, service: DesiredService, cause: str) -> bool:
+        """A planned restart cuts no request: the gateway holds the tier's new requests,
+        the ones in flight finish, then the restart goes (True). The running ones get the
+        stop's grace at most: past it, the restart goes anyway and says how many it cut."""
+        demand = self.demand(service.name)
+        if not self.observed.demand_reported or (demand.held_back and not demand.in_flight):
+            return True
+        since = demand.held_back_since
+        if demand.held_back and since is not None and self.now - since >= self.opts.grace:
+            return True
+        self.drain(service.name, f"restart ({cause})", demand)
+        return False
 
     def drain(self, name: str, cause: str, demand: TierDemand) -> None:
         if demand.in_flight:

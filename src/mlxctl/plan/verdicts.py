@@ -5,6 +5,8 @@ with them; the answer is the planner's decision, translated (the gateway decides
 nothing): send them (``ready``), hold them (``cold``, ``loading``, ``draining``), or
 answer them now with 503 and ``Retry-After`` (``unavailable``: the load failed, the
 tier backs off after crashes, is blocked or suspended, or the stack is refused).
+An always tier is only ever ``ready`` or ``draining`` (a planned restart: its new
+requests wait for the new process while the running ones finish).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ BLOCKED_RETRY_AFTER = 60.0
 
 
 def verdicts(desired: DesiredState, observed: ObservedState, plan: Plan) -> dict[str, TierVerdict]:
-    """A verdict for every on-demand tier of ``desired``."""
+    """A verdict for every tier of ``desired`` (an always tier's is ``ready`` or, while a
+    planned restart drains it, ``draining``)."""
     if plan.refused:
         first = plan.refused.splitlines()[0]
         return {
@@ -34,6 +37,16 @@ def verdicts(desired: DesiredState, observed: ObservedState, plan: Plan) -> dict
             if t.on_demand
         }
     out = {t.name: verdict(t, observed, plan) for t in desired.tiers if t.on_demand}
+    # An always tier's requests are held only while a planned restart drains it; else
+    # they go as they always did (a refused connection is held or falls back).
+    for t in desired.tiers:
+        if not t.on_demand:
+            draining = [a for a in plan.for_target(t.name) if a.reason == "draining"]
+            out[t.name] = (
+                TierVerdict(state="draining", detail=_first(draining[0]))
+                if draining
+                else TierVerdict(state="ready")
+            )
     for name, why in desired.unresolved.items():
         out[name] = TierVerdict(state="unavailable", detail=why, retry_after=BLOCKED_RETRY_AFTER)
     return out

@@ -42,6 +42,8 @@ class DemandBook:
         self._last_end: dict[str, float] = {}
         self._load: dict[str, float] = {}
         self._unload: dict[str, float] = {}
+        # When the gateways began holding each draining tier's new requests.
+        self._held_since: dict[str, float] = {}
 
     def report(self, report: DemandReport) -> None:
         """Keep the gateway's latest view (stamped with the controller's clock)."""
@@ -51,6 +53,13 @@ class DemandBook:
             for pid, (_, at) in list(self._reports.items()):
                 if now - at > self.stale_after:
                     del self._reports[pid]  # that gateway is gone
+            current = self._current()
+            for name in set(self._held_since) | set(report.tiers):
+                loads = [r.tiers[name] for r in current if name in r.tiers]
+                if loads and all(t.held_back for t in loads):
+                    self._held_since.setdefault(name, now)
+                else:
+                    self._held_since.pop(name, None)
             for name, load in report.tiers.items():
                 if load.last_end is not None:
                     self._last_end[name] = max(self._last_end.get(name, 0.0), load.last_end)
@@ -112,6 +121,7 @@ class DemandBook:
                         in_flight=sum(t.in_flight for t in loads),
                         waiting_since=min(since, default=None),
                         held_back=all(t.held_back for t in loads),
+                        held_back_since=self._held_since.get(name),
                     )
                 out[name] = demand
             return out

@@ -59,7 +59,9 @@ def other_stacks_routes(ctx: Context, stack: StackSet) -> tuple[Route, ...]:
         if runtime not in MODEL_SERVERS:
             continue
         served = runtime_named(runtime).served_model_name(rec.name)
-        routes.append(Route(name=rec.name, port=rec.port, served_model=served))
+        # The model facts (vocabulary, context, vision) are its own stack's to give: unknown
+        # here, the gateway checks its requests the strictest way.
+        routes.append(Route(name=rec.name, port=rec.port, served_model=served, runtime=runtime))
     return tuple(routes)
 
 

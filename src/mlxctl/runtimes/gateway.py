@@ -38,6 +38,11 @@ REMOTE_KEY_ENV_PREFIX = "MLXCTL_REMOTE_KEY_"
 GATEWAY_ENV: tuple[tuple[str, str], ...] = (
     ("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
     ("LITELLM_TELEMETRY", "False"),
+    # The routes file's version. The file is left out of the gateway's launch hash (it is
+    # reloaded in place), so a gateway running older code would refuse a file with fields
+    # it does not know and keep its old routes: a new version moves the hash once, and the
+    # gateway is replaced (with its overlapping handover). 2: the model facts of issue 18.
+    ("MLXCTL_ROUTES_VERSION", "2"),
 )
 
 # Defaults for local models: a cold model is slow on its first token and a stream
@@ -49,6 +54,9 @@ DEFAULT_RETRIES = 1
 # when it has no fallback: long enough for a large model to load (30 s cut a 45 s load's
 # first requests off with a 502), short of a client's own timeout (OpenAI SDK: 600 s).
 DEFAULT_HOLD = 120.0
+# Seconds a request may wait at a busy tier's gate (its concurrency limit) before it is
+# answered 503 with Retry-After, rather than waiting behind a queue of long generations.
+DEFAULT_QUEUE_TIMEOUT = 120.0
 
 
 class _Frozen(BaseModel):
@@ -85,7 +93,15 @@ class Route(_Frozen):
     # up to ``hold`` seconds (the tier's startup timeout).
     on_demand: bool = False
     hold: float | None = Field(default=None, ge=0)
-    # What the tier's model is and can do, for /v1/models.
+    # What the gateway checks a request against before the tier sees it (issue 18;
+    # None: unknown, the strictest check applies): the runtime (which extension fields it
+    # takes), the model's vocabulary size (logit_bias ids), its context in tokens
+    # (max_tokens is capped to it) and whether it reads images.
+    runtime: str = ""
+    vocab_size: int | None = Field(default=None, gt=0)
+    context: int | None = Field(default=None, gt=0)
+    vision: bool | None = None
+    # What the tier's model is and can do, for /v1/models (mlxctl.desired.model_info).
     info: ModelInfo = Field(default_factory=ModelInfo)
 
 
@@ -116,6 +132,12 @@ class GatewayConfig(_Frozen):
     # Seconds a request waits for a tier that refuses connections (it is starting or
     # restarting) when the tier has no fallback to go to instead.
     hold: float = Field(default=DEFAULT_HOLD, ge=0)
+    # Seconds a request waits at a tier's gate before a 503 (``Retry-After``).
+    queue_timeout: float = Field(default=DEFAULT_QUEUE_TIMEOUT, gt=0)
+    # Image parts with an http(s) URL reach the tiers (which fetch them: from this
+    # machine, loopback included); off, only inline data: URLs do
+    # (``spec.gateway.remoteImages``).
+    remote_images: bool = False
 
     def route(self, name: str) -> Route | None:
         return next((r for r in self.routes if r.name == name), None)
@@ -195,6 +217,7 @@ def render_config(
     retries: int = DEFAULT_RETRIES,
     timeout: float = DEFAULT_TIMEOUT,
     hold: float = DEFAULT_HOLD,
+    remote_images: bool = False,
 ) -> str:
     """The gateway's routes file: deterministic JSON, so equal routes give equal bytes."""
     config = GatewayConfig(
@@ -204,6 +227,7 @@ def render_config(
         retries=retries,
         timeout=timeout,
         hold=hold,
+        remote_images=remote_images,
     )
     return config.model_dump_json(indent=2) + "\n"
 

@@ -327,6 +327,9 @@ class GatewaySpec(_Strict):
     # Seconds a request waits for a tier that is starting or restarting (it refuses
     # connections) when the tier has no fallback.
     hold: Annotated[float, Field(ge=0, le=86400)] = 120.0
+    # Image parts may name http(s) URLs, which the tiers fetch (from this machine, so
+    # loopback services included): off, only inline data: URLs reach a tier.
+    remote_images: bool = Field(default=False, alias="remoteImages")
     remotes: list[RemoteSpec] = Field(default_factory=list)
 
     @field_validator("host")
