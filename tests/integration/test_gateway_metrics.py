@@ -194,15 +194,17 @@ def printed(setup: Setup, client: str) -> tuple[str, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "MLXCTL_HOME": str(setup.work / "h")}
     out = subprocess.run(
         [sys.executable, "-m", "mlxctl", "gateway", "env", "--client", client, "-f", str(stack)],
-        env=env, capture_output=True, text=True, timeout=60, check=True,
+        env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
+    assert out.returncode == 0, out.stderr
     return out.stdout, out.stderr
 
 
 def evaluated(exports: str) -> dict[str, str]:
     """The environment after a shell ``eval``s the printed lines."""
     script = exports + '\npython3 -c "import json, os; print(json.dumps(dict(os.environ)))"'
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
     return dict(json.loads(out.stdout))
 
 

@@ -38,9 +38,10 @@ def stack(tmp_path: Path, gateway: str = "{port: 4100}", extra: str = "") -> Sta
 def shell_env(exports: str, **environ: str) -> dict[str, str]:
     script = exports + '\npython3 -c "import json, os; print(json.dumps(dict(os.environ)))"'
     out = subprocess.run(
-        ["bash", "-c", script], capture_output=True, text=True, check=True,
+        ["bash", "-c", script], capture_output=True, text=True,
         env={"PATH": "/usr/bin:/bin", "ANTHROPIC_API_KEY": "stale", **environ},
     )  # fmt: skip
+    assert out.returncode == 0, out.stderr
     return dict(json.loads(out.stdout))
 
 
