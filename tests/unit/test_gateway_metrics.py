@@ -284,3 +284,16 @@ def test_anthropic_and_responses_streams_give_their_usage() -> None:
 def test_keepalive_comments_are_not_a_first_token() -> None:
     trace = feed_all(Trace(0.0), b": keep-alive\n\n", b": keep-alive\n\n", event("[DONE]"))
     assert trace.first is None and trace.deltas == 0
+
+
+def test_a_large_answer_is_not_parsed_whole_for_its_usage() -> None:
+    vectors = [{"object": "embedding", "index": i, "embedding": [0.125] * 512} for i in range(40)]
+    answer = {"object": "list", "data": vectors, "model": "emb",
+              "usage": {"prompt_tokens": 321, "total_tokens": 321}}  # fmt: skip
+    body = json.dumps(answer).encode()
+    assert len(body) > 64 << 10
+    trace = Trace(0.0)
+    trace.feed(body[:1000], 1.0)
+    trace.feed(body[1000:], 1.0)
+    trace.finish()
+    assert (trace.in_tokens, trace.out_tokens) == (321, None)

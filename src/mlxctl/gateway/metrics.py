@@ -80,8 +80,12 @@ LATENCY_BUCKETS = (
 OVERHEAD_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 )  # fmt: skip
-# A non-streamed answer larger than this is relayed but not parsed for its usage.
-MAX_PARSED = 4 << 20
+# A non-streamed answer is parsed whole for its usage up to this size; past it only its
+# last ``usage`` object is (a 100-input embeddings answer is megabytes of floats).
+WHOLE_PARSE = 64 << 10
+# Bytes of a non-streamed answer kept to find its usage (past it, none is counted).
+MAX_PARSED = 64 << 20
+_DECODER = json.JSONDecoder()
 # Paths never counted: the scrape itself and the liveness probe.
 UNCOUNTED = ("/metrics", "/health")
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
@@ -177,8 +181,10 @@ class Trace:
         except ValueError:
             return
         usage = _find_usage(answer)
-        if usage is None:
-            return
+        if usage is not None:
+            self._take(usage)
+
+    def _take(self, usage: dict[str, Any]) -> None:
         for field, attr in (
             ("prompt_tokens", "in_tokens"), ("input_tokens", "in_tokens"),
             ("completion_tokens", "out_tokens"), ("output_tokens", "out_tokens"),
@@ -194,8 +200,25 @@ class Trace:
                 self._event(self.tail, self.done_out or time.perf_counter())
             self.tail = b""
         elif self.body and b'"usage"' in self.body:
-            self._usage_of(self.body)
+            if len(self.body) <= WHOLE_PARSE:
+                self._usage_of(self.body)
+            else:
+                self._usage_at_end(self.body)
         self.body = None
+
+    def _usage_at_end(self, body: bytearray) -> None:
+        """A large answer (embeddings of many inputs): parse only its last ``usage``
+        object, where the servers write it (after ``choices`` or ``data``)."""
+        at = body.rfind(b'"usage"')
+        start = body.find(b"{", at)
+        if start < 0 or start - at > 16:
+            return
+        try:
+            usage, _ = _DECODER.raw_decode(body[start : start + 4096].decode("utf-8", "replace"))
+        except ValueError:
+            return
+        if isinstance(usage, dict):
+            self._take(usage)
 
 
 def _find_usage(answer: Any) -> dict[str, Any] | None:
