@@ -54,7 +54,8 @@ class Tiers:
     work: Path
 
     def anthropic(self) -> Any:
-        anthropic = pytest.importorskip("anthropic")
+        import anthropic  # a dev dependency
+
         return anthropic.Anthropic(base_url=self.url, api_key=KEY, max_retries=0, timeout=120)
 
     def openai(self) -> openai.OpenAI:

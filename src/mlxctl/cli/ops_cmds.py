@@ -348,6 +348,9 @@ def register(app: click.Group) -> None:
         """The gateway in front of every tier."""
 
     gateway_group.command("key")(stack_selection(rotate(gateway_key)))
+    from mlxctl.cli import gateway_env
+
+    gateway_env.register(gateway_group)
     app.command("quickstart")(
         click.option("--timeout", type=float, help="Startup timeout, seconds.")(quickstart)
     )

@@ -48,7 +48,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
 
-from mlxctl.gateway import anthropic, errors, families, responses
+from mlxctl.gateway import anthropic, embeddings, errors, families, metrics, responses
+from mlxctl.gateway import models as model_list
 from mlxctl.gateway.answers import renamed
 from mlxctl.gateway.backend_errors import BODY_MAX, BackendAnswer, classify, router_error
 from mlxctl.gateway.bounds import clip
@@ -73,10 +74,16 @@ from mlxctl.runtimes.base import HOST
 from mlxctl.runtimes.gateway import Route
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
     from mlxctl.gateway.routing import Gate
     from mlxctl.machine.interfaces import Clock
 
-PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "text": "/v1/completions"}
+PATHS: dict[str, str] = {
+    "chat": "/v1/chat/completions",
+    "text": "/v1/completions",
+    "embeddings": "/v1/embeddings",  # mlxctl.gateway.embeddings
+}
 JSON_BODY = {"Content-Type": "application/json"}
 # A refused connection is known at once; a tier that accepts but never answers
 # headers is slow, not dead, and gets the whole request timeout.
@@ -182,6 +189,8 @@ class Gateway:
             log=log,
             pid=os.getpid(),
         )
+        self.metrics = metrics.Metrics(self.demand, lambda: self.table.config.routes)
+        self.demand.on_verdict = self.metrics.verdict
         self.requests_done = 0
         self._session: aiohttp.ClientSession | None = None
         # Each tier's own key, sent with every request to it (runtimes.tier_guard).
@@ -231,6 +240,7 @@ class Gateway:
         ``gone`` ends when the client disconnects: a request held for an on-demand tier
         is then dropped (it was only demand), one already sent runs on as before.
         """
+        metrics.routed(name)
         route = table.config.route(name)
         if route is not None and (route.on_demand or self.demand.draining(name)):
             # Held by the controller's verdicts: an on-demand tier, or a planned restart.
@@ -344,6 +354,7 @@ class Gateway:
         clock = self.clock
         held_until = None if config.fallbacks.get(route.name) else clock.monotonic() + config.hold
         busy = Backoff(clock.monotonic, config.hold)
+        metrics.sending()
         while True:
             try:
                 while True:
@@ -381,6 +392,7 @@ class Gateway:
                 elif resp.status == 200:
                     content = renamed(await resp.read(), checked.model)
                     resp.release()
+                    metrics.answered()
                     release()
                     return Response(content, status_code=200, media_type=media)
                 else:
@@ -443,8 +455,10 @@ class Gateway:
             router = await table.router()
             if endpoint == "chat":
                 result = await router.acompletion(model=name, **params)
-            else:
+            elif endpoint == "text":
                 result = await router.atext_completion(model=name, **params)
+            else:  # embeddings (mlxctl.gateway.embeddings)
+                result = await router.aembedding(model=name, **params)
         except Exception as exc:  # the Router's errors, each mapped to its status
             release()
             verdict = router_error(exc, name)
@@ -659,7 +673,7 @@ async def _let_go(answer: object) -> None:
         await body.aclose()
 
 
-def build_app(gateway: Gateway) -> Starlette:
+def build_app(gateway: Gateway) -> ASGIApp:
     def unauthorized() -> JSONResponse:
         return error(
             401,
@@ -684,6 +698,8 @@ def build_app(gateway: Gateway) -> Starlette:
             models = ", ".join(table.models()) or "(none)"
             return error(404, f"model '{clip(checked.model)}' does not exist; models: {models}",
                          code="model_not_found", param="model")  # fmt: skip
+        if (refused := embeddings.chat_refusal(table, checked.model, name)) is not None:
+            return refused
 
         async def gone() -> None:
             while (await request.receive())["type"] != "http.disconnect":
@@ -703,11 +719,30 @@ def build_app(gateway: Gateway) -> Starlette:
         if not gateway.authorized(request):
             return unauthorized()
         now = int(gateway.clock.time())
-        data = [
-            {"id": n, "object": "model", "created": now, "owned_by": "mlxctl"}
-            for n in gateway.table.models()
-        ]
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse(model_list.listing(gateway.table, gateway.demand, now))
+
+    async def model(request: Request) -> Response:
+        if not gateway.authorized(request):
+            return unauthorized()
+        name = request.path_params["model_id"]
+        table = gateway.table
+        found = model_list.model_object(table, gateway.demand, name, int(gateway.clock.time()))
+        if found is None:
+            models = ", ".join(table.models()) or "(none)"
+            return error(404, f"model '{clip(name)}' does not exist; models: {models}",
+                         code="model_not_found", param="model")  # fmt: skip
+        return JSONResponse(found)
+
+    async def embed(request: Request) -> Response:
+        if not gateway.authorized(request):
+            return unauthorized()
+        return await embeddings.create(gateway, request)
+
+    async def scrape(request: Request) -> Response:
+        if not gateway.authorized(request):
+            return unauthorized()
+        body, content_type = gateway.metrics.exposition(request.headers.get("accept", ""))
+        return Response(body, headers={"Content-Type": content_type})
 
     async def messages(request: Request) -> Response:
         return await families.serve(gateway, request, anthropic.MESSAGES)
@@ -728,10 +763,15 @@ def build_app(gateway: Gateway) -> Starlette:
         HttpRoute("/chat/completions", chat, methods=["POST"]),
         HttpRoute("/v1/completions", text, methods=["POST"]),
         HttpRoute("/completions", text, methods=["POST"]),
+        HttpRoute("/v1/embeddings", embed, methods=["POST"]),
+        HttpRoute("/embeddings", embed, methods=["POST"]),
         HttpRoute("/v1/models", models, methods=["GET"]),
         HttpRoute("/models", models, methods=["GET"]),
+        HttpRoute("/v1/models/{model_id:path}", model, methods=["GET"]),
+        HttpRoute("/models/{model_id:path}", model, methods=["GET"]),
         HttpRoute("/health/liveliness", live, methods=["GET"]),
         HttpRoute("/health", live, methods=["GET"]),
+        HttpRoute("/metrics", scrape, methods=["GET"]),
         # Anthropic Messages and OpenAI Responses (mlxctl.gateway.families).
         HttpRoute("/v1/messages", messages, methods=["POST"]),
         HttpRoute("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
@@ -740,7 +780,8 @@ def build_app(gateway: Gateway) -> Starlette:
     ]
     # Unknown paths and methods: an error body in the style of the path's API family.
     handlers = {404: errors.not_found, 405: errors.method_not_allowed}
-    return Starlette(routes=routes, exception_handlers=handlers)
+    app = Starlette(routes=routes, exception_handlers=handlers)
+    return metrics.Instrumented(app, gateway.metrics)
 
 
 def log(message: str) -> None:

@@ -229,6 +229,8 @@ class Demand:
         self._news = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        # Told each change of a tier's verdict state (the gateway's metrics: loads, unloads).
+        self.on_verdict: Callable[[str, TierVerdict | None, TierVerdict | None], None] | None = None
 
     # -- counts -------------------------------------------------------------------------
 
@@ -584,6 +586,8 @@ class Demand:
                 # The controller waits for this to stop the tier: said at once.
                 self._changed(urgent=True)
             state.verdict = verdict
+            if self.on_verdict is not None and (old and old.state) != (verdict and verdict.state):
+                self.on_verdict(name, old, verdict)
 
 
 def _forget_after(deadline: float | None) -> float | None:
