@@ -22,6 +22,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "gateway": ("mlxctl gateway key",),
     "gateway key": ("mlxctl gateway key", "mlxctl gateway key --rotate"),
+    "gateway env": ("mlxctl gateway env --client openai", "mlxctl gateway env --client codex"),
     "gateway-key": ("mlxctl gateway-key",),
     "hardware": ("mlxctl hardware", "mlxctl hardware -o json"),
     "init": ("mlxctl init", "mlxctl init --intent coding --budget 24GB"),
