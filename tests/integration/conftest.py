@@ -102,6 +102,15 @@ class Mlxctl:
             kill_group_if_ours(record)
 
 
+def tier_key_headers(ctl: Mlxctl, tier: str) -> dict[str, str]:
+    """What only mlxctl's gateway and probes send a tier: its own key (every model server
+    starts through mlxctl's tier guard, which refuses requests without it)."""
+    from mlxctl.desired.tier_route import tier_key_path
+
+    key = tier_key_path(ctl.home / "state", tier).read_text().strip()
+    return {"Authorization": f"Bearer {key}"}
+
+
 def kill_group_if_ours(record: dict[str, Any]) -> None:
     """SIGKILL a recorded process group, only if its leader is still the recorded process."""
     if int(record.get("pid") or 0) <= 0 or int(record.get("pgid") or 0) <= 0:

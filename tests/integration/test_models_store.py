@@ -7,16 +7,19 @@ import json
 from pathlib import Path
 
 import httpx
-from tests.integration.conftest import Mlxctl, free_ports, stack_yaml, wait_for
+from tests.integration.conftest import Mlxctl, free_ports, stack_yaml, tier_key_headers, wait_for
 
 from mlxctl.errors import ExitCode
 from mlxctl.testing.hub import LocalHub
 
 
-def answers(port: int) -> bool:
+def answers(ctl: Mlxctl, port: int, tier: str = "fast") -> bool:
     body = {"model": "default_model", "messages": [{"role": "user", "content": "hi"}]}
     reply = httpx.post(
-        f"http://127.0.0.1:{port}/v1/chat/completions", json={**body, "max_tokens": 1}, timeout=60
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        json={**body, "max_tokens": 1},
+        headers=tier_key_headers(ctl, tier),
+        timeout=60,
     )
     return reply.status_code == 200 and bool(reply.json()["choices"])
 
@@ -53,7 +56,7 @@ def test_rm_of_a_fork_at_the_same_commit_leaves_the_served_repo_alone(
     assert [m["path"] for m in json.loads(removed.stdout)["removed"]] == [str(fork)]
     assert not fork.parent.parent.exists()
     assert (served / "config.json").is_file() and (served / "model.safetensors").is_file()
-    assert answers(record["port"])
+    assert answers(mlxctl, record["port"])
     tier = mlxctl.tier("fast")
     assert (tier["sync"], tier["health"]) == ("Synced", "ready"), tier
 
@@ -62,7 +65,7 @@ def test_rm_of_a_fork_at_the_same_commit_leaves_the_served_repo_alone(
     [line] = refused.stderr.strip().splitlines()
     assert "used by running tier(s) fast" in line
     assert (served / "model.safetensors").is_file()
-    assert mlxctl.inventory()["fast"]["pid"] == record["pid"] and answers(record["port"])
+    assert mlxctl.inventory()["fast"]["pid"] == record["pid"] and answers(mlxctl, record["port"])
 
 
 def test_a_just_pulled_config_that_is_not_json_blocks_its_tier_and_the_other_converges(
@@ -102,6 +105,6 @@ def test_a_just_pulled_config_that_is_not_json_blocks_its_tier_and_the_other_con
     assert "Traceback" not in result.stderr
     # The run ends at the failure; the other tier was started and becomes ready.
     wait_for(lambda: mlxctl.tier("good")["health"] == "ready", 120, "the good tier ready")
-    assert answers(ports[0])
+    assert answers(mlxctl, ports[0], "good")
     assert "bad" not in mlxctl.inventory()  # never started: nothing to crash
     assert [t["name"] for t in mlxctl.status()["tiers"]] == ["good"]

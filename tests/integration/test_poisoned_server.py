@@ -22,6 +22,7 @@ from tests.integration.conftest import (
     pid_alive,
     ready_pid,
     stack_yaml,
+    tier_key_headers,
     wait_for,
 )
 
@@ -37,11 +38,11 @@ POISON = {
 }
 
 
-def post(port: int, body: dict[str, object]) -> tuple[int, str]:
+def post(ctl: Mlxctl, port: int, body: dict[str, object]) -> tuple[int, str]:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/chat/completions",
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **tier_key_headers(ctl, "fast")},
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -50,10 +51,10 @@ def post(port: int, body: dict[str, object]) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def poison(port: int) -> None:
+def poison(ctl: Mlxctl, port: int) -> None:
     """Send the poison, and check it really broke the server (every completion fails)."""
-    post(port, POISON)
-    status, body = post(port, {**POISON, "stop": ["\n"]})
+    post(ctl, port, POISON)
+    status, body = post(ctl, port, {**POISON, "stop": ["\n"]})
     assert status == 404 and "generation thread died" in body, (status, body)
 
 
@@ -78,7 +79,7 @@ def test_the_controller_replaces_a_poisoned_server_within_one_resync(
     time.sleep(interval + 1)  # it has been probed live once at least: a steady state
 
     poisoned_at = time.time()
-    poison(port)
+    poison(mlxctl, port)
     healed = wait_for(lambda: ready_pid(mlxctl, other_than=first), 120, "a replacement")
 
     assert not pid_alive(first)
@@ -96,7 +97,7 @@ def test_the_controller_replaces_a_poisoned_server_within_one_resync(
     tier = mlxctl.tier("fast")
     assert tier["health"] == "ready" and tier["restart_in"] is None
     # It serves again.
-    assert post(port, {**POISON, "stop": ["\n"]})[0] == 200
+    assert post(mlxctl, port, {**POISON, "stop": ["\n"]})[0] == 200
 
 
 def test_reconcile_once_replaces_a_poisoned_server(mlxctl: Mlxctl, tiny_model: Path) -> None:
@@ -105,7 +106,7 @@ def test_reconcile_once_replaces_a_poisoned_server(mlxctl: Mlxctl, tiny_model: P
     assert up.returncode == 0, up.stderr
     first = int(mlxctl.inventory()["fast"]["pid"])
 
-    poison(port)
+    poison(mlxctl, port)
     diff = mlxctl.run("diff", str(mlxctl.stacks))
     assert diff.returncode == 1 and BY_REQUEST in diff.stdout, diff.stdout + diff.stderr
 
@@ -116,4 +117,4 @@ def test_reconcile_once_replaces_a_poisoned_server(mlxctl: Mlxctl, tiny_model: P
     assert record["consecutive_crashes"] == 0
     [crash] = crash_events(mlxctl)
     assert str(crash["cause"]).startswith(BY_REQUEST)
-    assert post(port, {**POISON, "stop": ["\n"]})[0] == 200
+    assert post(mlxctl, port, {**POISON, "stop": ["\n"]})[0] == 200
