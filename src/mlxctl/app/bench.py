@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -383,3 +383,32 @@ def stored(paths: Paths, profile_id: str | None) -> tuple[list[Any], list[str]]:
     from mlxctl.machine import bench_results
 
     return bench_results.load_all(paths.state, profile_id)
+
+
+def matches_variant(identity: str, variant: Any, variants: Mapping[str, Any]) -> bool:
+    """Whether a benchmarked model (its ModelRef identity) is this catalog ``variant``:
+    its hub repo at any revision, its wheel's GGUF, or its local quantization; pure."""
+    if variant.repo is not None:
+        return identity.startswith(f"hf:{variant.repo}@")
+    source = variant.source
+    if source is not None and source.pypi_gguf is not None:
+        return identity == f"pypi-gguf:{source.pypi_gguf.sha256}"
+    if source is not None and source.quantize is not None:
+        q = source.quantize
+        base = variants.get(q.from_variant)
+        if base is None or base.repo is None:
+            return False
+        return identity.startswith(f"quantized:hf:{base.repo}@") and identity.endswith(
+            f":{q.bits}bit-g{q.group_size}"
+        )
+    return False
+
+
+def measured_here(model: Any, results: Sequence[Any]) -> dict[str, Any]:
+    """The newest stored result of each of ``model``'s catalog variants; pure."""
+    found: dict[str, Any] = {}
+    for key, variant in model.variants.items():
+        mine = [r for r in results if matches_variant(r.model.identity, variant, model.variants)]
+        if mine:
+            found[key] = max(mine, key=lambda r: r.measured_at)
+    return found
