@@ -412,3 +412,21 @@ def measured_here(model: Any, results: Sequence[Any]) -> dict[str, Any]:
         if mine:
             found[key] = max(mine, key=lambda r: r.measured_at)
     return found
+
+
+def speeds_here(paths: Paths, catalog: Any, profile_id: str) -> dict[tuple[str, str], Any]:
+    """This machine's benchmarked single-stream speed of each catalog variant it has run,
+    for ``init``'s scoring: (model id, quant) -> ThroughputEstimate."""
+    from mlxctl.capacity.memory import ThroughputEstimate
+
+    results, _ = stored(paths, profile_id)
+    speeds: dict[tuple[str, str], Any] = {}
+    for model in catalog.models:
+        for quant, result in measured_here(model, results).items():
+            gen = result.generation_tps()
+            if gen:
+                basis = f"measured here by mlxctl bench (tier '{result.tier}')"
+                speeds[(model.id, quant)] = ThroughputEstimate(
+                    gen, result.prompt_tps(), False, basis
+                )
+    return speeds
