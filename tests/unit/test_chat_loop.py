@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -154,3 +155,15 @@ def test_answer_alone_reports_a_stop() -> None:
     out: list[str] = []
     text, stopped = answer(FakeAnswers("a b c", interrupt_after=1), chat, out.append)
     assert (text, stopped, out) == ("a ", True, ["a "])
+
+
+def test_without_prompt_toolkit_the_chat_falls_back_to_readline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mlxctl.app import chat
+
+    monkeypatch.setitem(sys.modules, "prompt_toolkit", None)  # import fails
+    lines = chat.terminal_lines()
+    assert isinstance(lines, chat.ReadlineLines)
+    monkeypatch.setattr("builtins.input", lambda prompt: f"typed at {prompt!r}")
+    assert lines.read(PROMPT) == "typed at '>>> '"

@@ -203,3 +203,25 @@ class TerminalLines:
     def read(self, prompt: str) -> str:
         hint = "Send a message (/? for help)" if prompt == PROMPT else ""
         return self.session.prompt(prompt, placeholder=hint)
+
+
+class ReadlineLines:
+    """Lines from the terminal with the standard library's ``readline`` (editing and
+    history through ``input()``), where prompt_toolkit is not installed."""
+
+    def __init__(self) -> None:
+        import contextlib
+
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401 - importing it gives input() line editing
+
+    def read(self, prompt: str) -> str:
+        return input(prompt)
+
+
+def terminal_lines() -> Lines:
+    """prompt_toolkit's line editor when it is installed, else ``readline``."""
+    try:
+        return TerminalLines()
+    except ImportError:
+        return ReadlineLines()

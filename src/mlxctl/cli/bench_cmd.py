@@ -152,8 +152,11 @@ def render(doc: dict[str, Any]) -> str:
     else:
         lines.append(f"ceiling: unknown ({doc['ceiling_unknown_because']})")
     lines.append(f"bandwidth: {bw['source']}")
+    done = sum(r["completed"] for r in doc["runs"])
+    sent = sum(r["total_prompt_tokens"] for r in doc["runs"])
+    counted = f" ({sent / done:.0f} counted by the server)" if done and sent else ""
     lines.append(
-        f"{s['requests']} requests per level, ~{s['prompt_tokens']} prompt tokens, "
+        f"{s['requests']} requests per level, ~{s['prompt_tokens']} prompt tokens{counted}, "
         f"up to {s['max_tokens']} generated; latencies in ms, p50/p90/p99"
     )
     header = (

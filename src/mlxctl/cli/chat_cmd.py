@@ -51,7 +51,7 @@ def chat(
         out("\n")
         return int(ExitCode.INTERRUPTED if stopped else ExitCode.OK)
     return use_case.converse(
-        use_case.TerminalLines(), answers, conversation, out, err,
+        use_case.terminal_lines(), answers, conversation, out, err,
         lambda name: check_model(stack, name),
     )  # fmt: skip
 
