@@ -134,6 +134,10 @@ class FakeController:
     def desired_now(self) -> DesiredState:
         return DesiredState(tiers=(), gateway=None) if self.suspended else self.world.desired()
 
+    def pass_now(self, reason: str, *, timeout: float) -> PassResult | None:
+        self.triggers.append(reason)
+        return None  # passes run when the test says: the last one's verdicts answer
+
     def converge(self, reason: str, *, timeout: float | None = None) -> ConvergeResult:
         self.triggers.append(reason)
         desired = self.desired_now()
@@ -304,6 +308,31 @@ def test_the_event_stream_sends_the_tail_then_each_new_event(
     stream.close()
 
 
+def test_events_filter_by_tier_and_kind_through_the_controller(
+    served: tuple[FakeController, AdminClient, list[str]], world: World
+) -> None:
+    """The same filter as without a controller (ops.EventFilter), in the tail and the
+    stream; a bad kind is a usage error."""
+    _, client, _ = served
+    log = world.ctx.event_log()
+    segv = {"kind": "signal", "word": "SIGSEGV", "detail": "killed by SIGSEGV"}
+    log.emit(Event(1.0, "start", "fast", "new tier", "ok"))
+    log.emit(Event(2.0, "crash", "fast", "SIGSEGV: killed", "failed", exit_cause=segv))
+    log.emit(Event(3.0, "crash", "slow", "error: exited", "failed"))
+    got = client.call("GET", "/v1/events?tail=5&tier=fast&kind=crash")["events"]
+    assert [(e["target"], e["kind"]) for e in got] == [("fast", "crash")]
+    got = client.call("GET", "/v1/events?kind=SIGSEGV")["events"]
+    assert [e["ts"] for e in got] == [2.0]
+    stream = client.stream("/v1/events?tail=0&follow=1&tier=slow")
+    threading.Timer(0.3, lambda: log.emit(Event(4.0, "stop", "fast", "x", "ok"))).start()
+    threading.Timer(0.5, lambda: log.emit(Event(5.0, "stop", "slow", "y", "ok"))).start()
+    assert next(stream)["cause"] == "y"
+    stream.close()
+    with pytest.raises(MlxctlError, match="unknown event kind") as caught:
+        client.call("GET", "/v1/events?kind=crashed")
+    assert caught.value.exit_code == ExitCode.USAGE
+
+
 def test_a_stale_socket_is_replaced_and_a_live_one_is_not(world: World) -> None:
     path = world.ctx.paths.admin_socket
     dead = socket.socket(socket.AF_UNIX)
@@ -435,3 +464,25 @@ def test_a_wait_for_convergence_ends_when_the_controller_stops(
     loop.join(10)
     assert answer and isinstance(answer[0], NotConverged)
     assert answer[0].exit_code == ExitCode.APPLY_FAILED
+
+
+def test_a_report_that_causes_a_pass_is_answered_with_that_passs_verdicts(world: World) -> None:
+    """The gateway learns a verdict only from an answer: one a report caused comes back
+    at once (a cold tier ``loading``), not a report cycle later."""
+    from mlxctl.app.control import report_demand
+
+    ctl = Controller(world.ctx, [world.stacks], PlanOptions(), log=lambda _l: None, triggers=[])
+    loop = threading.Thread(target=ctl.run, daemon=True)
+    loop.start()
+    try:
+        for _ in range(500):
+            if ctl.last is not None:
+                break
+            threading.Event().wait(0.01)
+        assert ctl.last is not None
+        waiting = DemandReport(gateway_pid=7, tiers={"lazy": TierLoad(waiting=1)})
+        answer = report_demand(ctl, waiting)
+        assert answer.tiers["lazy"].state == "loading", answer
+    finally:
+        ctl.stop()
+        loop.join(10)

@@ -447,6 +447,9 @@ READS_THE_CLOCK: dict[str, set[str]] = {
     # The liveness budget: how long a watcher thread's server has answered only "busy"
     # (the watcher threads already wait on real time, tenacity's event sleeps).
     "mlxctl.reconcile.monitor": {"time.monotonic"},
+    # Prometheus durations (a request's total, first token, queue, the gateway's own
+    # microseconds) measure real elapsed time and decide nothing.
+    "mlxctl.gateway.metrics": {"time.perf_counter"},
     # The fake hub paces its replies (a slow link) inside a real HTTP server thread
     # that integration tests download from: real time is what it simulates.
     "mlxctl.testing.hub": {"time.sleep"},

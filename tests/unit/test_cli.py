@@ -100,6 +100,29 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["events", "-o", "json"]) == 0
 
 
+def test_events_filters_without_a_controller(
+    mlxctl_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlxctl.apply.events import Event, EventLog
+    from mlxctl.paths import default_paths
+
+    log = EventLog(default_paths().events)
+    log.emit(Event(1.0, "start", "fast", "new tier", "ok"))
+    cause = {"kind": "oom-killed", "word": "oom-killed", "detail": "killed by the kernel"}
+    log.emit(Event(2.0, "crash", "fast", "oom-killed: killed", "failed", exit_cause=cause))
+    log.emit(Event(3.0, "crash", "slow", "error: exited", "failed"))
+    capsys.readouterr()
+    assert main(["events", "--tier", "fast", "--kind", "crash", "-o", "json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(e["target"], e["exit_cause"]["kind"]) for e in lines] == [("fast", "oom-killed")]
+    assert main(["events", "--kind", "oom-killed", "--kind", "error", "-n", "1"]) == 0
+    assert "oom-killed: killed" in capsys.readouterr().out
+    assert main(["events", "--tier", "nope"]) == 0
+    assert capsys.readouterr().out == "no matching events\n"
+    assert main(["events", "--kind", "crashed"]) == 2
+    assert "unknown event kind 'crashed'" in capsys.readouterr().err
+
+
 def test_an_over_budget_stack_is_refused_with_exit_8(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

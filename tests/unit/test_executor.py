@@ -27,7 +27,7 @@ def test_a_server_that_exits_while_starting_fails_at_once_not_after_the_timeout(
     assert "exited with code 1 while starting" in failed[0].message
     # The fake clock shows no waiting toward the 300 s startup timeout.
     assert world.clock.now - started < 1
-    assert world.record("fast").last_error.startswith("exited with code 1")
+    assert world.record("fast").last_error.startswith("error: exited with code 1")
 
 
 def test_a_pass_never_waits_for_readiness(world: World) -> None:

@@ -573,3 +573,19 @@ def test_a_planned_restart_holds_an_always_tiers_new_requests_while_one_runs(
             assert status == 200
 
     run(test)
+
+
+def test_an_idle_gateway_reports_every_second_while_an_on_demand_tier_is_loaded() -> None:
+    """A ``draining`` verdict (idle timeout over) comes back only as a report's answer:
+    while a tier may be drained, the idle heartbeat is 1 s, not 5 s."""
+    from mlxctl.gateway.demand import Demand
+    from mlxctl.testing.fakes import FakeClock
+
+    demand = Demand(None, FakeClock(), tiers=lambda: ("big",), cadence=Cadence())
+    assert demand._pause() == 5.0
+    demand._apply(DemandAnswer(tiers={"big": TierVerdict(state="ready")}))
+    assert demand._pause() == 1.0
+    demand._apply(DemandAnswer(tiers={"big": TierVerdict(state="loading")}))
+    assert demand._pause() == 1.0  # its first request was sent, its readiness check runs
+    demand._apply(DemandAnswer(tiers={"big": TierVerdict(state="cold")}))
+    assert demand._pause() == 5.0

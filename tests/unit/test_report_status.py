@@ -80,7 +80,7 @@ def test_status_rows_show_health_and_sync(world: World) -> None:
     text = report.status_text(list(rows.values()))
     assert text.splitlines()[0].split()[:4] == ["NAME", "RUNTIME", "HEALTH", "SYNC"]
     slow_line = next(line for line in text.splitlines() if line.startswith("slow"))
-    assert "restart in 10s: exited" in slow_line
+    assert "restart in 10s: SIGKILL: killed by SIGKILL" in slow_line
 
 
 def test_status_without_a_usable_stack_reports_unknown_sync(world: World) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from mlxctl.apply.events import read_events
 from mlxctl.desired.state import DesiredState
@@ -45,6 +48,41 @@ def test_a_crashed_server_wakes_the_loop_once_and_is_one_event(tmp_path: Path) -
     assert [(e.target, e.cause, e.result) for e in exits] == [
         ("fast", f"pid {pid} exited with code -9", "noticed")
     ]
+
+
+def test_a_stop_under_way_is_polled_faster_and_its_end_wakes_the_loop(tmp_path: Path) -> None:
+    """A swap of on-demand tiers starts the next one once the last one is gone: while a
+    stop is under way the poll runs at ``stopping_interval``, not ``interval``."""
+    w = World(tmp_path)
+    pid = running(w)
+    record = w.record("fast")
+    w.ctx.inventory.put(replace(record, stop_requested_at=w.clock.time(), stop_cause="idle"))
+    polls = 0
+    remaining = w.procs.remaining
+
+    def counted(ident: Any) -> int:
+        nonlocal polls
+        polls += 1
+        return remaining(ident)
+
+    w.procs.remaining = counted  # type: ignore[method-assign]
+    reasons: queue.Queue[str] = queue.Queue()
+    stop = threading.Event()
+    exits = ProcessExits(w.ctx, interval=1.0, stopping_interval=0.001)
+    poller = threading.Thread(target=exits.run, args=(reasons.put, stop), daemon=True)
+    poller.start()
+    try:
+        # 20 polls: ~1 s at the stopping interval (after the first full one), 20 s if not.
+        deadline = time.monotonic() + WAIT
+        while polls < 20:
+            assert time.monotonic() < deadline, polls
+            stop.wait(0.01)
+        assert reasons.empty()
+        w.procs.procs[pid].alive = False
+        assert reasons.get(timeout=WAIT) == "fast stopped"
+    finally:
+        stop.set()
+        poller.join(WAIT)
 
 
 def test_the_files_are_watched_only_by_a_controller_that_watches(tmp_path: Path) -> None:

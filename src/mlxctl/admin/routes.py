@@ -9,7 +9,6 @@ every route.
 from __future__ import annotations
 
 import datetime as _dt
-import itertools
 import os
 import re
 from pathlib import Path
@@ -114,12 +113,13 @@ def plan(ctl: ControllerPort, req: Request) -> Response:
 def events(ctl: ControllerPort, req: Request) -> Response:
     """The last ``tail`` events; with ``follow``, then every new one, as NDJSON."""
     tail = int(req.number("tail", 50, low=0, high=100_000) or 0)
-    offset = ops.events_size(ctl.ctx.paths)
-    found = [e.to_json() for e in ops.events(ctl.ctx.paths, tail)] if tail else []
-    if not req.flag("follow"):
-        return Response(200, {"events": found})
-    follow = ops.follow_events(ctl.ctx.paths, offset, req.closing)
-    return Response(200, stream=itertools.chain(found, follow))
+    # A bad name or kind is a usage error (400), as on the command line.
+    only = ops.EventFilter(tuple(req.query.get("tier", ())), tuple(req.query.get("kind", ())))
+    follow = req.flag("follow")
+    records = ops.event_records(ctl.ctx.paths, tail, only, follow=follow, stop=req.closing)
+    if not follow:
+        return Response(200, {"events": list(records)})
+    return Response(200, stream=records)
 
 
 def ps(ctl: ControllerPort, req: Request) -> Response:

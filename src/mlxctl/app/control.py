@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from mlxctl.runtimes.gateway import TierVerdict
 
 Convergence = ConvergeResult | NotConverged
+# Seconds a demand report that causes a pass waits for it, to be answered with its
+# verdicts (the gateway waits 2 s for an answer; past this, the last pass's verdicts).
+REPORT_PASS_WAIT = 1.0
 
 
 class ControllerPort(Protocol):
@@ -55,6 +58,8 @@ class ControllerPort(Protocol):
     def desired_now(self) -> DesiredState: ...
 
     def converge(self, reason: str, *, timeout: float | None = None) -> Convergence: ...
+
+    def pass_now(self, reason: str, *, timeout: float) -> PassResult | None: ...
 
 
 # --------------------------------------------------------------------------- converge
@@ -244,15 +249,23 @@ def _book(ctl: ControllerPort) -> DemandBook:
 def report_demand(ctl: ControllerPort, report: DemandReport) -> DemandAnswer:
     """Keep the gateway's report; run a pass now when it changes what the planner decides
     by (requests begin or stop waiting for a tier, its last request ends, the gateway
-    starts holding a draining tier's requests); answer with the last pass's verdicts."""
+    starts holding a draining tier's requests); answer with the last pass's verdicts, or
+    with the verdicts of the pass it caused when requests began waiting."""
     book = _book(ctl)
     before = {name: _decides(d) for name, d in book.observed().items()}
     book.report(report)
     after = {name: _decides(d) for name, d in book.observed().items()}
     changed = sorted(n for n in set(before) | set(after) if before.get(n) != after.get(n))
+    fresh = None
     if changed:
-        ctl.trigger(f"demand changed for {', '.join(changed)}")
-    last = ctl.last
+        reason = f"demand changed for {', '.join(changed)}"
+        if any(after[n][0] and not before.get(n, (False,))[0] for n in changed if n in after):
+            # Requests begin waiting: the pass's verdicts are what the gateway waits for
+            # (a load begun, another tier to drain), answered now, not a report later.
+            fresh = ctl.pass_now(reason, timeout=REPORT_PASS_WAIT)
+        else:
+            ctl.trigger(reason)
+    last = fresh or ctl.last
     if last is None:
         return DemandAnswer()
     return DemandAnswer(tiers=dict(_verdicts(last)))

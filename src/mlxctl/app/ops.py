@@ -11,16 +11,18 @@ import os
 import re
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from mlxctl.apply.events import Event, read_events
 from mlxctl.desired.resolve import master_key_ref
 from mlxctl.desired.state import GATEWAY
 from mlxctl.errors import ExitCode, MlxctlError, NotFoundError, echo
 from mlxctl.machine.logfiles import tail
+from mlxctl.machine.record import EXIT_KINDS
 from mlxctl.paths import Paths
+from mlxctl.plan.actions import ActionKind
 from mlxctl.spec import secrets
 from mlxctl.spec.schema import NAME_PATTERN
 from mlxctl.spec.stack_set import StackSet
@@ -29,6 +31,70 @@ from mlxctl.spec.stack_set import StackSet
 def events(paths: Paths, limit: int | None = 50) -> list[Event]:
     """The most recent events, oldest first."""
     return read_events(paths.events, limit)
+
+
+# What ``--kind`` takes: an action (what mlxctl did), ``exit`` (a death the poller
+# noticed), or why a server died (a class of mlxctl.observe.exit_cause, or its word).
+EVENT_KINDS = (*get_args(ActionKind), "exit")
+EXIT_WORDS = ("out-of-memory", "port-in-use", "bad-model")
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """``events --tier NAME --kind KIND`` (each repeatable; empty: all)."""
+
+    tiers: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in self.tiers:
+            if name != GATEWAY and not re.fullmatch(NAME_PATTERN, name):
+                raise MlxctlError(f"{echo(name)} is not a tier name", exit_code=ExitCode.USAGE)
+        known = (*EVENT_KINDS, *EXIT_KINDS, *EXIT_WORDS)
+        for kind in self.kinds:
+            if kind not in known and not re.fullmatch(r"SIG[A-Z0-9]{2,10}", kind):
+                raise MlxctlError(
+                    f"unknown event kind {echo(kind)}: one of {', '.join(known)}, or a "
+                    "signal's name (SIGKILL, SIGSEGV, ...)",
+                    exit_code=ExitCode.USAGE,
+                )
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        target = str(record.get("target", ""))
+        if self.tiers and not any(target == t or target.startswith(f"{t}~") for t in self.tiers):
+            return False
+        if not self.kinds:
+            return True
+        cause = record.get("exit_cause")
+        names = {record.get("kind")}
+        if isinstance(cause, Mapping):
+            names |= {cause.get("kind"), cause.get("word"), cause.get("signal")}
+        return bool(names & set(self.kinds))
+
+
+def event_records(
+    paths: Paths,
+    tail: int,
+    only: EventFilter,
+    *,
+    follow: bool = False,
+    stop: threading.Event | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The last ``tail`` events ``only`` lets through (JSON records, oldest first); with
+    ``follow``, then each new one as it is written, until ``stop`` is set. The one
+    function behind ``mlxctl events`` with or without a controller."""
+    offset = events_size(paths)
+    found: list[dict[str, Any]] = []
+    if tail > 0:
+        # Filtered before the tail is taken: the last 50 crashes, not the crashes among
+        # the last 50 events.
+        every = events(paths, None) if only.tiers or only.kinds else events(paths, tail)
+        found = [r for r in (e.to_json() for e in every) if only.matches(r)][-tail:]
+    yield from found
+    if follow:
+        for record in follow_events(paths, offset, stop or threading.Event()):
+            if only.matches(record):
+                yield record
 
 
 # Seconds between two looks at the event log while following it.

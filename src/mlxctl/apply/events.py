@@ -22,6 +22,7 @@ from pydantic import Field
 
 from mlxctl.errors import MlxctlError, storage_error
 from mlxctl.files import FileRefusedError, open_private, private_dir, read_bounded
+from mlxctl.machine.inventory import ExitCauseModel
 from mlxctl.machine.logfiles import rotate
 from mlxctl.machine.statemodel import Seconds, ShortStr, StateModel, Text, Timestamp
 
@@ -40,6 +41,8 @@ class Event:
     result: str  # "ok", "failed", "planned", "noticed", "refused"
     message: str = ""
     duration: float | None = None
+    # A crash's class (see mlxctl.observe.exit_cause): kind, word, detail, signal...
+    exit_cause: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {"v": EVENT_SCHEMA, **asdict(self)}
@@ -142,3 +145,4 @@ class EventModel(StateModel):
     result: ShortStr = ""
     message: Annotated[str, Field(max_length=1 << 16)] = ""
     duration: Seconds | None = None
+    exit_cause: ExitCauseModel | None = None

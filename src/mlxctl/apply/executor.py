@@ -22,6 +22,7 @@ from mlxctl.apply.jobs import PrepareJobs
 from mlxctl.apply.ledger import Ledger
 from mlxctl.desired.state import DesiredService, DesiredState
 from mlxctl.errors import StorageError, storage_error
+from mlxctl.machine import observed_memory
 from mlxctl.machine.environment import child_environment
 from mlxctl.machine.interfaces import (
     INSTANCE_ENV,
@@ -119,12 +120,17 @@ class Executor:
         if kind in ("stop", "restart"):
             return self._terminate(action, record, record, action.cause)
         if kind == "crash":
+            cause = action.exit_cause
             crashed = record.evolve(
                 died_at=now,
                 consecutive_crashes=action.crashes,
                 not_before=action.not_before,
                 last_error=action.cause.splitlines()[0],
+                exit_cause=cause,
+                exit_code=cause.exit_code if cause is not None else record.exit_code,
             )
+            if action.raise_memory_to is not None:
+                self._raise_estimate(action, record, action.raise_memory_to, now)
             if action.stop_process:
                 return self._terminate(action, record, crashed, action.cause.splitlines()[0])
             self.ledger.put(crashed, action, "failed", action.cause)
@@ -143,7 +149,9 @@ class Executor:
             self.ledger.put(adopted, action, "ok", f"pid {pid}")
             return Outcome(action, True, f"pid {pid}")
         if kind == "ready":
-            ready = record.evolve(ready_at=now, last_error=None, died_at=None, not_before=None)
+            ready = record.evolve(
+                ready_at=now, last_error=None, died_at=None, not_before=None, exit_cause=None
+            )
             duration = now - record.started_at
             self.ledger.put(ready, action, "ok", f"ready ({action.cause})", duration)
             return Outcome(action, True, "ready", duration)
@@ -154,6 +162,19 @@ class Executor:
                 self.ledger.put(rehashed, action)
             return Outcome(action, True)
         raise AssertionError(f"unknown action kind {kind}")
+
+    def _raise_estimate(self, action: Action, record: Record, to: int, now: float) -> None:
+        """Keep the tier's raised estimate for its next admission (an out-of-memory
+        death); a failed write loses only the raise (said in the event log)."""
+        before = record.memory_bytes or 0
+        why = action.exit_cause.word if action.exit_cause is not None else "out of memory"
+        raised = observed_memory.Raised(record.spec_hash, before, to, now, why)
+        try:
+            observed_memory.record_raise(
+                observed_memory.path_in(self.logs_dir.parent), record.name, raised
+            )
+        except OSError as exc:
+            self.ledger.emit(action, "failed", f"cannot keep the raised memory estimate: {exc}")
 
     def _terminate(self, action: Action, record: Record, updated: Record, cause: str) -> Outcome:
         """Begin a stop: SIGTERM now, recorded; the planner escalates or moves on later."""
@@ -254,6 +275,8 @@ class Executor:
             pgid=spawned.pgid,
             create_time=spawned.create_time,
             cmdline=spawned.cmdline,
+            cgroup=spawned.cgroup,
+            oom_kills_at_start=spawned.oom_kills,
         )
         message = f"pid {spawned.pid}, port {service.port}"
         self.ledger.put(record, action, "started", message)

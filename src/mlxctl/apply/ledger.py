@@ -39,6 +39,7 @@ class Ledger:
                 result=result,
                 message=message,
                 duration=duration,
+                exit_cause=action.exit_cause.to_json() if action.exit_cause else None,
             )
         )
 

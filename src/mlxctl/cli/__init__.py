@@ -36,6 +36,9 @@ def _register() -> None:
         service_cmd, doctor_cmd, bench_cmd, chat_cmd,
     ):  # fmt: skip
         module.register(root.app)
+    from mlxctl.cli.examples import add_examples
+
+    add_examples(root.app)
 
 
 def report_error(exc: MlxctlError) -> None:

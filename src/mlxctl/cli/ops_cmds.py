@@ -7,7 +7,6 @@ the state directory itself.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -171,25 +170,31 @@ def _follow(log: Path) -> None:
         handle.close()
 
 
-def events(tail_n: int = 50, output: str = "text", follow: bool = False) -> int:
-    """Recent actions with their causes and results; -f: then each new one as it happens."""
+def events(
+    tail_n: int = 50,
+    output: str = "text",
+    follow: bool = False,
+    tier: tuple[str, ...] = (),
+    kind: tuple[str, ...] = (),
+) -> int:
+    """Recent actions with their causes and results; -f: then each new one as it happens.
+    --tier and --kind keep only those events (a crash's class counts as its kind too:
+    --kind oom-killed, --kind SIGSEGV)."""
     import threading
 
     from mlxctl.app import ops
     from mlxctl.status.report import event_line
 
+    only = ops.EventFilter(tuple(tier), tuple(kind))
     client = controller()
     records: Iterator[Any]
     if client is not None:
         from mlxctl.admin.client import query
 
-        target = "/v1/events" + query(tail=tail_n, follow=follow)
+        target = "/v1/events" + query(tail=tail_n, follow=follow, tier=list(tier), kind=list(kind))
         records = client.stream(target) if follow else iter(client.call("GET", target)["events"])
     else:
-        offset = ops.events_size(paths())
-        found = [e.to_json() for e in ops.events(paths(), tail_n)] if tail_n > 0 else []
-        tail = ops.follow_events(paths(), offset, threading.Event()) if follow else iter(())
-        records = itertools.chain(found, tail)
+        records = ops.event_records(paths(), tail_n, only, follow=follow, stop=threading.Event())
     shown = 0
     try:
         for record in records:
@@ -202,7 +207,7 @@ def events(tail_n: int = 50, output: str = "text", follow: bool = False) -> int:
     except KeyboardInterrupt:
         return int(ExitCode.OK)  # how -f ends
     if not shown and output == "text" and not follow:
-        print("no events yet")
+        print("no matching events" if tier or kind else "no events yet")
     return int(ExitCode.OK)
 
 
@@ -317,10 +322,21 @@ def register(app: click.Group) -> None:
     )
     app.command("logs")(logs_command)
     follow = click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
+    by_tier = click.option(
+        "--tier", multiple=True, metavar="NAME", help="Only this tier's events (repeatable)."
+    )
+    by_kind = click.option(
+        "--kind",
+        multiple=True,
+        metavar="KIND",
+        help="Only events of this kind (repeatable): an action (start, crash, stop, ...), "
+        "exit, or why a server died (oom-killed, signal, error, could-not-start, "
+        "out-of-memory, port-in-use, bad-model, SIGKILL, SIGSEGV, ...).",
+    )
     app.command("events")(
         click.option(
             "--tail", "-n", "tail_n", default=50, show_default=True, help="How many recent events."
-        )(output_option(follow(events)))
+        )(output_option(follow(by_tier(by_kind(events)))))
     )
     rotate = click.option(
         "--rotate", is_flag=True, help="Replace the generated key (the gateway reloads it)."
@@ -332,6 +348,9 @@ def register(app: click.Group) -> None:
         """The gateway in front of every tier."""
 
     gateway_group.command("key")(stack_selection(rotate(gateway_key)))
+    from mlxctl.cli import gateway_env
+
+    gateway_env.register(gateway_group)
     app.command("quickstart")(
         click.option("--timeout", type=float, help="Startup timeout, seconds.")(quickstart)
     )

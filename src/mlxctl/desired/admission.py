@@ -10,18 +10,20 @@ which refuses the whole plan, before anything starts, when the stack cannot fit.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from mlxctl.capacity.memory import (
     MemoryEstimate,
     auto_idle_timeout,
     budget_bytes,
     estimate_catalog_variant,
+    gib,
     smaller_variants,
 )
 from mlxctl.capacity.model_dir import estimate_from_model_dir
 from mlxctl.desired.state import DesiredService, DesiredState
 from mlxctl.errors import MlxctlError
+from mlxctl.machine.observed_memory import Raised
 from mlxctl.spec.stack_set import SourcedTier, StackSet
 
 Alternatives = tuple[tuple[str, MemoryEstimate], ...]
@@ -35,15 +37,22 @@ def system_memory() -> int:
 
 
 def with_budget(
-    desired: DesiredState, stack: StackSet, memory_bytes: Callable[[], int] = system_memory
+    desired: DesiredState,
+    stack: StackSet,
+    memory_bytes: Callable[[], int] = system_memory,
+    raised: Mapping[str, Raised] | None = None,
 ) -> DesiredState:
-    """Attach each tier's memory estimate, the budget and smaller alternatives."""
+    """Attach each tier's memory estimate, the budget and smaller alternatives.
+
+    ``raised``: estimates raised after an out-of-memory death (see
+    :mod:`mlxctl.machine.observed_memory`), used for the launch that died only."""
     if not desired.tiers:
         return desired
     sourced = {t.spec.name: t for t in stack.tiers}
     tiers: list[DesiredService] = []
     alternatives: dict[str, Alternatives] = {}
     unresolved = dict(desired.unresolved)
+    notes: dict[str, str] = {}
     for service in desired.tiers:
         try:
             estimate, options = _estimate(service, sourced[service.name])
@@ -52,6 +61,9 @@ def with_budget(
             # blocked, named with why; the others are admitted and converge.
             unresolved[service.name] = f"{service.source}: model: {str(exc).splitlines()[0]}"
             continue
+        entry = (raised or {}).get(service.name)
+        if estimate is not None and entry is not None and entry.spec_hash == service.spec_hash:
+            estimate, notes[service.name] = raise_estimate(estimate, entry)
         tiers.append(dataclasses.replace(service, memory=estimate))
         if options:
             alternatives[service.name] = options
@@ -73,7 +85,21 @@ def with_budget(
         budget_bytes=budget,
         memory_alternatives=alternatives,
         unresolved=unresolved,
+        memory_raised=notes,
     )
+
+
+def raise_estimate(estimate: MemoryEstimate, entry: Raised) -> tuple[MemoryEstimate, str]:
+    """``estimate`` raised to what an out-of-memory death showed (the overhead grows:
+    the weights and KV cache are what they are), and the line that says so."""
+    what = "an OOM kill" if entry.why == "oom-killed" else "running out of memory"
+    note = f"estimate raised after {what}: {gib(entry.before, unit=False)} -> {gib(entry.bytes)}"
+    if entry.bytes <= estimate.total:
+        return estimate, f"{note} (the estimate is {gib(estimate.total)} now)"
+    extra = entry.bytes - estimate.total
+    basis = f"{estimate.basis}; {note}" if estimate.basis else note
+    overhead = estimate.overhead + extra
+    return MemoryEstimate.of(estimate.weights, estimate.kv_cache, overhead, basis), note
 
 
 def _estimate(

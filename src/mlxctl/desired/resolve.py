@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlxctl.desired.model_info import attach_info
 from mlxctl.desired.ports import assign_ports
 from mlxctl.desired.state import (
     GATEWAY,
@@ -136,6 +137,9 @@ def resolve_desired(stack: StackSet, ctx: ResolveContext) -> DesiredState:
                 launched["context"] = min(launched["context"], facts["context"])
             route = route.model_copy(update=launched)
         routes.append(route)
+    # What each tier's model is and can do, for the gateway's /v1/models.
+    specs = {tier.spec.name: tier.spec for tier in stack.tiers}
+    routes = attach_info(routes, specs, {s.name: s.model for s in tiers if s.model is not None})
     gateway = None
     # The gateway fronts tiers (every stack's): with none to route to, it is not run.
     routes += [r for r in ctx.extra_routes if r.name not in ports]

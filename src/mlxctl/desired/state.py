@@ -160,6 +160,9 @@ class DesiredState:
     # Seconds a loaded on-demand tier stays before another tier's requests may drain it
     # while it is busy (``spec.memory.minResidency``; an idle one may go at once).
     min_residency: float = DEFAULT_MIN_RESIDENCY
+    # Tiers whose estimate was raised after they ran out of memory, with the line
+    # ``diff`` shows ("estimate raised after an OOM kill: 1.0 -> 1.5 GiB").
+    memory_raised: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def services(self) -> tuple[DesiredService, ...]:

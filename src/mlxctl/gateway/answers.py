@@ -5,7 +5,9 @@ relays the answer, so without this a client that asked for ``fast`` or for an al
 such as ``gpt-4o-mini`` would read ``"model": "default_model"`` back. A client may
 check that name, log it or key a cache on it: it gets the name it sent.
 
-Only the top-level ``model`` of a JSON object is replaced; everything else of the
+Only the top-level ``model`` of a JSON object is replaced (or, when it has none, that
+of its ``message`` or ``response`` object: Anthropic's ``message_start`` and the
+Responses API's ``response.*`` events); everything else of the
 answer (tool calls, reasoning fields, usage) is kept. A body that is not such an
 object (an error, ``[DONE]``, anything unexpected) passes unchanged. A stream is
 rewritten event by event: a read may end anywhere in an event, so the incomplete
@@ -24,14 +26,25 @@ _DATA = b"data:"
 
 
 def renamed(body: bytes, model: str) -> bytes:
-    """``body`` with its top-level ``"model"`` set to ``model``, if it is a JSON object with one."""
+    """``body`` with its ``"model"`` set to ``model``, if it is a JSON object with one
+    (at its top, else in its ``message`` or ``response`` object)."""
     try:
         data = json.loads(body)
     except ValueError:  # also UnicodeDecodeError
         return body
-    if not isinstance(data, dict) or "model" not in data or data["model"] == model:
+    if not isinstance(data, dict):
         return body
-    data["model"] = model
+    target = data
+    if "model" not in data:
+        # Anthropic's message_start and the Responses API's response.* events carry it
+        # one level down.
+        inner = data.get("message") or data.get("response")
+        if not isinstance(inner, dict) or "model" not in inner:
+            return body
+        target = inner
+    if target["model"] == model:
+        return body
+    target["model"] = model
     return json.dumps(data, separators=(",", ":")).encode()
 
 

@@ -48,6 +48,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
 
+from mlxctl.gateway import anthropic, embeddings, errors, families, metrics, responses
+from mlxctl.gateway import models as model_list
 from mlxctl.gateway.answers import renamed
 from mlxctl.gateway.backend_errors import BODY_MAX, BackendAnswer, classify, router_error
 from mlxctl.gateway.bounds import clip
@@ -72,10 +74,16 @@ from mlxctl.runtimes.base import HOST
 from mlxctl.runtimes.gateway import Route
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
     from mlxctl.gateway.routing import Gate
     from mlxctl.machine.interfaces import Clock
 
-PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "text": "/v1/completions"}
+PATHS: dict[str, str] = {
+    "chat": "/v1/chat/completions",
+    "text": "/v1/completions",
+    "embeddings": "/v1/embeddings",  # mlxctl.gateway.embeddings
+}
 JSON_BODY = {"Content-Type": "application/json"}
 # A refused connection is known at once; a tier that accepts but never answers
 # headers is slow, not dead, and gets the whole request timeout.
@@ -181,6 +189,8 @@ class Gateway:
             log=log,
             pid=os.getpid(),
         )
+        self.metrics = metrics.Metrics(self.demand, lambda: self.table.config.routes)
+        self.demand.on_verdict = self.metrics.verdict
         self.requests_done = 0
         self._session: aiohttp.ClientSession | None = None
         # Each tier's own key, sent with every request to it (runtimes.tier_guard).
@@ -230,6 +240,7 @@ class Gateway:
         ``gone`` ends when the client disconnects: a request held for an on-demand tier
         is then dropped (it was only demand), one already sent runs on as before.
         """
+        metrics.routed(name)
         route = table.config.route(name)
         if route is not None and (route.on_demand or self.demand.draining(name)):
             # Held by the controller's verdicts: an on-demand tier, or a planned restart.
@@ -328,7 +339,9 @@ class Gateway:
         keeps its turn and asks again, up to the hold (:mod:`mlxctl.gateway.capacity`);
         its errors reach the client in OpenAI's shape (:mod:`mlxctl.gateway.backend_errors`)."""
         body = json.dumps({**checked.params, "model": route.served_model}).encode()
-        url = f"http://{HOST}:{route.port}{PATHS[endpoint]}"
+        # A Messages or Responses request to a tier that serves that route itself.
+        path = checked.path if isinstance(checked, families.Native) else PATHS[endpoint]
+        url = f"http://{HOST}:{route.port}{path}"
         headers = {**JSON_BODY, **self.keys.headers(route.key_file)}
         config = table.config
         # Per read, not in total: a stream may run for minutes, a cold model is slow to
@@ -341,6 +354,7 @@ class Gateway:
         clock = self.clock
         held_until = None if config.fallbacks.get(route.name) else clock.monotonic() + config.hold
         busy = Backoff(clock.monotonic, config.hold)
+        metrics.sending()
         while True:
             try:
                 while True:
@@ -378,6 +392,7 @@ class Gateway:
                 elif resp.status == 200:
                     content = renamed(await resp.read(), checked.model)
                     resp.release()
+                    metrics.answered()
                     release()
                     return Response(content, status_code=200, media_type=media)
                 else:
@@ -433,13 +448,17 @@ class Gateway:
         release: Callable[[], None],
     ) -> Response:
         """Through ``litellm.Router``: its retries, timeouts and fallbacks (local or remote)."""
+        if isinstance(checked, families.Native):  # as a chat completion, translated back
+            return await families.route_native(table, name, checked, release, self.clock)
         params = dict(checked.params)
         try:
             router = await table.router()
             if endpoint == "chat":
                 result = await router.acompletion(model=name, **params)
-            else:
+            elif endpoint == "text":
                 result = await router.atext_completion(model=name, **params)
+            else:  # embeddings (mlxctl.gateway.embeddings)
+                result = await router.aembedding(model=name, **params)
         except Exception as exc:  # the Router's errors, each mapped to its status
             release()
             verdict = router_error(exc, name)
@@ -654,7 +673,7 @@ async def _let_go(answer: object) -> None:
         await body.aclose()
 
 
-def build_app(gateway: Gateway) -> Starlette:
+def build_app(gateway: Gateway) -> ASGIApp:
     def unauthorized() -> JSONResponse:
         return error(
             401,
@@ -679,6 +698,8 @@ def build_app(gateway: Gateway) -> Starlette:
             models = ", ".join(table.models()) or "(none)"
             return error(404, f"model '{clip(checked.model)}' does not exist; models: {models}",
                          code="model_not_found", param="model")  # fmt: skip
+        if (refused := embeddings.chat_refusal(table, checked.model, name)) is not None:
+            return refused
 
         async def gone() -> None:
             while (await request.receive())["type"] != "http.disconnect":
@@ -698,11 +719,39 @@ def build_app(gateway: Gateway) -> Starlette:
         if not gateway.authorized(request):
             return unauthorized()
         now = int(gateway.clock.time())
-        data = [
-            {"id": n, "object": "model", "created": now, "owned_by": "mlxctl"}
-            for n in gateway.table.models()
-        ]
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse(model_list.listing(gateway.table, gateway.demand, now))
+
+    async def model(request: Request) -> Response:
+        if not gateway.authorized(request):
+            return unauthorized()
+        name = request.path_params["model_id"]
+        table = gateway.table
+        found = model_list.model_object(table, gateway.demand, name, int(gateway.clock.time()))
+        if found is None:
+            models = ", ".join(table.models()) or "(none)"
+            return error(404, f"model '{clip(name)}' does not exist; models: {models}",
+                         code="model_not_found", param="model")  # fmt: skip
+        return JSONResponse(found)
+
+    async def embed(request: Request) -> Response:
+        if not gateway.authorized(request):
+            return unauthorized()
+        return await embeddings.create(gateway, request)
+
+    async def scrape(request: Request) -> Response:
+        if not gateway.authorized(request):
+            return unauthorized()
+        body, content_type = gateway.metrics.exposition(request.headers.get("accept", ""))
+        return Response(body, headers={"Content-Type": content_type})
+
+    async def messages(request: Request) -> Response:
+        return await families.serve(gateway, request, anthropic.MESSAGES)
+
+    async def count_tokens(request: Request) -> Response:
+        return await anthropic.count_tokens(gateway, request)
+
+    async def responses_(request: Request) -> Response:
+        return await families.serve(gateway, request, responses.RESPONSES)
 
     async def live(_: Request) -> Response:
         routes = len(gateway.table.config.routes)
@@ -714,12 +763,25 @@ def build_app(gateway: Gateway) -> Starlette:
         HttpRoute("/chat/completions", chat, methods=["POST"]),
         HttpRoute("/v1/completions", text, methods=["POST"]),
         HttpRoute("/completions", text, methods=["POST"]),
+        HttpRoute("/v1/embeddings", embed, methods=["POST"]),
+        HttpRoute("/embeddings", embed, methods=["POST"]),
         HttpRoute("/v1/models", models, methods=["GET"]),
         HttpRoute("/models", models, methods=["GET"]),
+        HttpRoute("/v1/models/{model_id:path}", model, methods=["GET"]),
+        HttpRoute("/models/{model_id:path}", model, methods=["GET"]),
         HttpRoute("/health/liveliness", live, methods=["GET"]),
         HttpRoute("/health", live, methods=["GET"]),
+        HttpRoute("/metrics", scrape, methods=["GET"]),
+        # Anthropic Messages and OpenAI Responses (mlxctl.gateway.families).
+        HttpRoute("/v1/messages", messages, methods=["POST"]),
+        HttpRoute("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+        HttpRoute("/v1/responses", responses_, methods=["POST"]),
+        HttpRoute("/responses", responses_, methods=["POST"]),
     ]
-    return Starlette(routes=routes)
+    # Unknown paths and methods: an error body in the style of the path's API family.
+    handlers = {404: errors.not_found, 405: errors.method_not_allowed}
+    app = Starlette(routes=routes, exception_handlers=handlers)
+    return metrics.Instrumented(app, gateway.metrics)
 
 
 def log(message: str) -> None:

@@ -74,6 +74,12 @@ class Cadence:
     held: float = 0.1
     busy: float = REPORT_EVERY
     idle: float = 5.0
+    # While an on-demand tier is loaded (its verdict ``ready``, ``loading`` or
+    # ``draining``): the controller's verdict
+    # ``draining`` (its idle timeout is over) comes back only as the answer to a report,
+    # and the tier stops only once the gateway says it holds its requests, so an idle
+    # unload is late by up to this much.
+    loaded: float = 1.0
     # No two reports start closer than this: bursts are coalesced (at most 20 a second
     # however busy the gateway is).
     gap: float = 0.05
@@ -223,6 +229,8 @@ class Demand:
         self._news = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        # Told each change of a tier's verdict state (the gateway's metrics: loads, unloads).
+        self.on_verdict: Callable[[str, TierVerdict | None, TierVerdict | None], None] | None = None
 
     # -- counts -------------------------------------------------------------------------
 
@@ -477,14 +485,21 @@ class Demand:
     def _pause(self) -> float:
         """Seconds until the next report if nothing changes."""
         cadence = self.cadence
-        busy = False
+        busy = loaded = False
         for state in self._tiers.values():
             cold = state.verdict is None or state.verdict.state != "ready"
             # An on-demand request held (a gate's queue has no deadline) for a tier not ready.
             if cold and any(forget is not None for _, forget in state.held.values()):
                 return cadence.held
             busy = busy or not state.idle
-        return cadence.busy if busy else cadence.idle
+            # Loaded, or on its way (a tier whose first request was sent at its port's
+            # first answer is still "loading" until the controller's check says ready).
+            verdict = state.verdict
+            loaded = loaded or (
+                verdict is not None and verdict.state in ("ready", "loading", "draining")
+            )
+        pause = cadence.busy if busy else cadence.idle
+        return min(pause, cadence.loaded) if loaded else pause
 
     async def _run(self) -> None:
         clock = self.clock
@@ -571,6 +586,8 @@ class Demand:
                 # The controller waits for this to stop the tier: said at once.
                 self._changed(urgent=True)
             state.verdict = verdict
+            if self.on_verdict is not None and (old and old.state) != (verdict and verdict.state):
+                self.on_verdict(name, old, verdict)
 
 
 def _forget_after(deadline: float | None) -> float | None:

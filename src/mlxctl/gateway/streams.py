@@ -54,6 +54,33 @@ def _events(buffer: bytes) -> list[bytes]:
     return out
 
 
+# Events of the Anthropic Messages and Responses streams that say nothing yet (like a
+# chat stream's role announcement); every other event of theirs does.
+_ANNOUNCEMENTS = frozenset(
+    {"message_start", "ping", "content_block_start", "response.created", "response.in_progress"}
+)
+# The last event of a finished Anthropic Messages or Responses stream (a chat stream's
+# is ``[DONE]``).
+_LAST = frozenset(
+    {"message_stop", "response.completed", "response.incomplete", "response.failed", "error"}
+)
+
+
+def ends_stream(out: bytes) -> bool:
+    """Whether ``out`` (complete events) ends with a stream's last event."""
+    tail = out.rstrip()
+    if tail.endswith(_DONE):
+        return True
+    events = _events(tail + b"\n\n")
+    if not events:
+        return False
+    try:
+        last = json.loads(events[-1])
+    except ValueError:
+        return False
+    return isinstance(last, dict) and last.get("type") in _LAST
+
+
 def says_something(data: bytes) -> bool:
     """Whether one event's data is more than a ``role`` announcement: content, a tool
     call, a finish reason, usage, an error, or ``[DONE]``."""
@@ -67,6 +94,9 @@ def says_something(data: bytes) -> bool:
         return True
     if "error" in event or event.get("usage"):
         return True
+    kind = event.get("type")
+    if isinstance(kind, str):  # an Anthropic Messages or OpenAI Responses event
+        return kind not in _ANNOUNCEMENTS
     for choice in event.get("choices") or ():
         if not isinstance(choice, dict):
             return True
@@ -122,14 +152,14 @@ async def relay_events(
     finished = False
     try:
         if head and (out := events.feed(head)):
-            done = out.rstrip().endswith(_DONE)
+            done = ends_stream(out)
             yield out
         async for chunk in resp.content.iter_any():
             if out := events.feed(chunk):
-                done = out.rstrip().endswith(_DONE)
+                done = ends_stream(out)
                 yield out
         if rest := events.flush():
-            done = rest.rstrip().endswith(_DONE)
+            done = ends_stream(rest)
             yield rest
         finished = True
         if not done:

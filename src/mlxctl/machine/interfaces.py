@@ -49,6 +49,22 @@ class Spawned:
     pgid: int
     create_time: float
     cmdline: tuple[str, ...]
+    # Linux: its memory cgroup and that cgroup's ``oom_kill`` count at spawn ("" and
+    # None where there is none to read).
+    cgroup: str = ""
+    oom_kills: int | None = None
+
+
+@dataclass(frozen=True)
+class OomEvidence:
+    """What the kernel says about a dead process and memory.
+
+    ``cgroup_kills``: how much its cgroup's ``oom_kill`` count grew since its spawn (None:
+    not readable); ``kernel_line``: the kernel log line naming its PID as killed for
+    memory ("" when there is none, or the log is not readable)."""
+
+    cgroup_kills: int | None = None
+    kernel_line: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,6 +131,13 @@ class ProcessControl(Protocol):
 
     def find_marked(self, state: str) -> list[Marked]:
         """Every live process whose environment says it was started for ``state``."""
+
+    def oom_evidence(
+        self, pid: int, cgroup: str, oom_kills_at_start: int | None, started_at: float
+    ) -> OomEvidence:
+        """Whether the kernel killed ``pid`` (started at ``started_at``, wall clock) for
+        memory: its cgroup's ``oom_kill`` count against the one at spawn, and the kernel
+        log where it is readable."""
 
 
 class Prober(Protocol):

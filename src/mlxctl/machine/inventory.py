@@ -17,13 +17,13 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError
 
 from mlxctl.errors import MlxctlError, storage_error
 from mlxctl.files import PRIVATE_FILE, private_dir, read_text_bounded
-from mlxctl.machine.record import Record
+from mlxctl.machine.record import ExitCause, Record
 from mlxctl.machine.statemodel import (
     Cmdline,
     Count,
@@ -105,6 +105,19 @@ ExitStatus = Annotated[int, Field(ge=-255, le=255)]
 Bytes = Annotated[int, Field(ge=0, le=1 << 60)]
 
 
+class ExitCauseModel(StateModel):
+    """Why a server died, as a record holds it (:class:`~mlxctl.machine.record.ExitCause`)."""
+
+    kind: Literal["oom-killed", "signal", "error", "could-not-start", "exited", "unknown"]
+    word: ShortStr
+    detail: Text
+    exit_code: ExitStatus | None = None
+    signal: ShortStr = ""
+    by_us: bool = False
+    out_of_memory: bool = False
+    evidence: Text = ""
+
+
 class RecordModel(StateModel):
     """A record as the inventory file must hold it (see :mod:`mlxctl.machine.statemodel`).
 
@@ -138,6 +151,9 @@ class RecordModel(StateModel):
     memory_bytes: Bytes | None = None
     stack: ShortStr = ""
     handover_to: ShortStr = ""
+    exit_cause: ExitCauseModel | None = None
+    cgroup: Text = ""
+    oom_kills_at_start: Count | None = None
 
 
 def parse_record(data: object) -> Record:
@@ -145,6 +161,8 @@ def parse_record(data: object) -> Record:
     is missing, of the wrong type or out of range)."""
     values = RecordModel.model_validate(data).model_dump()
     values["cmdline"] = tuple(values["cmdline"])
+    if values["exit_cause"] is not None:
+        values["exit_cause"] = ExitCause(**values["exit_cause"])
     return Record(**values)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import psutil
 
+from mlxctl.machine import oom
 from mlxctl.machine.clock import SystemClock
 from mlxctl.machine.interfaces import (
     INSTANCE_ENV,
@@ -34,6 +35,7 @@ from mlxctl.machine.interfaces import (
     Clock,
     Identity,
     Marked,
+    OomEvidence,
     ProcessStatus,
     Spawned,
     StopResult,
@@ -44,6 +46,8 @@ from mlxctl.machine.statemodel import PID_MAX, is_identity_time
 START_TIME_TOLERANCE = 0.05
 POLL_INTERVAL = 0.05
 KILL_WAIT = 5.0
+# Seconds the kernel log's clock may differ from this process's monotonic clock.
+KMSG_CLOCK_SLACK = 5.0
 
 
 class RealProcessControl:
@@ -112,7 +116,29 @@ class RealProcessControl:
             self._helpers.append(pump)
             self._exit_codes.pop(child.pid, None)
         create_time, cmdline = _identity(child.pid, argv, self.clock)
-        return Spawned(pid=child.pid, pgid=child.pid, create_time=create_time, cmdline=cmdline)
+        # Its memory cgroup now, while it lives (a dead process shows the root one).
+        cgroup = oom.cgroup_of(child.pid)
+        return Spawned(
+            pid=child.pid,
+            pgid=child.pid,
+            create_time=create_time,
+            cmdline=cmdline,
+            cgroup=cgroup,
+            oom_kills=oom.oom_kill_count(cgroup) if cgroup else None,
+        )
+
+    def oom_evidence(
+        self, pid: int, cgroup: str, oom_kills_at_start: int | None, started_at: float
+    ) -> OomEvidence:
+        grown = None
+        if cgroup and oom_kills_at_start is not None:
+            now = oom.oom_kill_count(cgroup)
+            grown = None if now is None else max(0, now - oom_kills_at_start)
+        # The kernel log stamps its lines in seconds since boot (the monotonic clock).
+        boot = self.clock.time() - self.clock.monotonic()
+        since = started_at - boot - KMSG_CLOCK_SLACK
+        line = oom.kernel_oom_line(pid, since) if 1 <= pid <= PID_MAX else ""
+        return OomEvidence(cgroup_kills=grown, kernel_line=line)
 
     def _reap(self, pid: int) -> int | None:
         with self._lock:

@@ -19,6 +19,40 @@ from typing import Any
 
 from mlxctl.machine.interfaces import Identity
 
+# Why a server died, in classes (see :func:`mlxctl.observe.exit_cause.classify`):
+# ``oom-killed`` the kernel killed it for memory (Linux's OOM killer; macOS's jetsam);
+# ``signal`` a signal killed it (``signal`` names it; ``by_us``: mlxctl sent it);
+# ``error`` it exited with an error (its log's last error line);
+# ``could-not-start`` it exited before it was ready because of its port or its model;
+# ``exited`` it exited with code 0 on its own; ``unknown`` mlxctl was not its parent, so
+# its exit status is lost, and nothing else says why.
+EXIT_KINDS = ("oom-killed", "signal", "error", "could-not-start", "exited", "unknown")
+
+
+@dataclass(frozen=True)
+class ExitCause:
+    """Why a server died, as ``status``, ``events`` and the JSON show it."""
+
+    kind: str
+    # A short word for the LAST ERROR column: ``oom-killed``, ``SIGSEGV``, ``error``,
+    # ``out-of-memory``, ``port-in-use``, ``bad-model``, ``exited``.
+    word: str
+    # One line: what happened and what says so.
+    detail: str
+    exit_code: int | None = None
+    # The signal's name (``SIGKILL``) when a signal ended it.
+    signal: str = ""
+    # mlxctl sent that signal (a stop, or a kill after the grace period).
+    by_us: bool = False
+    # It ran out of memory (the kernel killed it, or its log says an allocation failed):
+    # the tier's memory estimate is raised for the next admission.
+    out_of_memory: bool = False
+    # The line that decided it (a kernel log line, the log's error line).
+    evidence: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 @dataclass(frozen=True)
 class Record:
@@ -56,6 +90,12 @@ class Record:
     # A retiring instance (its record renamed ``NAME~PID``): it keeps serving until the
     # service named here is ready, then it is stopped (the gateway's overlapping restart).
     handover_to: str = ""
+    # Why it died (its last crash), classified; None while it runs or when unknown.
+    exit_cause: ExitCause | None = None
+    # The cgroup it was started in and that cgroup's ``oom_kill`` count then (Linux):
+    # a count grown by its death says the kernel killed it for memory.
+    cgroup: str = ""
+    oom_kills_at_start: int | None = None
 
     @property
     def spawned(self) -> bool:
@@ -74,6 +114,11 @@ class Record:
         data = asdict(self)
         data["cmdline"] = list(self.cmdline)
         data["launch"] = dict(self.launch)
+        if self.exit_cause is None:
+            data.pop("exit_cause")
+        if not self.cgroup:
+            data.pop("cgroup")
+            data.pop("oom_kills_at_start")
         return data
 
     def evolve(self, **changes: Any) -> Record:

@@ -11,6 +11,7 @@ disk. Everything here is quick: a pass takes milliseconds whatever is in flight.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from mlxctl.files import read_text_bounded
 from mlxctl.machine.interfaces import Clock, ModelStore, ProcessControl
 from mlxctl.machine.logfiles import tail
 from mlxctl.machine.record import Record
+from mlxctl.observe.exit_cause import classify
 from mlxctl.observe.health import HealthSource
 from mlxctl.observe.state import ObservedService, ObservedState, PrepareJob, TierDemand
 
@@ -155,8 +157,23 @@ def _process(record: Record, procs: ProcessControl) -> ObservedService:
         return ObservedService(record, alive=True)
     detail = "PID now belongs to another process" if status.foreign else "not running"
     log_tail: tuple[str, ...] = ()
-    if record.ready_at is None and record.died_at is None and not status.foreign:
+    cause = None
+    if record.died_at is None and not status.foreign:
+        # A death not recorded yet: why it died, from its log and the kernel.
         log_tail = tuple(tail(Path(record.log), LOG_TAIL_LINES))
+        cause = classify(
+            exit_code=status.exit_code,
+            stopped_by_us=status.stopped or record.kill_sent_at is not None,
+            ready=record.ready_at is not None,
+            port=record.port,
+            log_tail=log_tail,
+            oom=procs.oom_evidence(
+                record.pid, record.cgroup, record.oom_kills_at_start, record.started_at
+            ),
+            platform=sys.platform,
+        )
+        if record.ready_at is not None:
+            log_tail = ()  # the cause carries its error line; the tail is for starts
     return ObservedService(
         record,
         alive=False,
@@ -164,4 +181,5 @@ def _process(record: Record, procs: ProcessControl) -> ObservedService:
         exit_code=status.exit_code,
         foreign=status.foreign,
         log_tail=log_tail,
+        exit_cause=cause,
     )

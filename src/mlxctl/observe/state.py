@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mlxctl.machine.record import Record
+from mlxctl.machine.record import ExitCause, Record
 
 Health = Literal["ready", "unready", "unknown"]
 
@@ -40,6 +40,9 @@ class ObservedService:
     log_tail: tuple[str, ...] = ()
     # An intent record (pid 0) whose process was found by its instance marker.
     adoptable: tuple[int, int, float, tuple[str, ...]] | None = None
+    # Why it died (a death not recorded yet), classified from its exit status, its log
+    # and the kernel (see mlxctl.observe.exit_cause).
+    exit_cause: ExitCause | None = None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mlxctl.capacity.memory import BudgetCheck
+from mlxctl.machine.record import ExitCause
 from mlxctl.plan.backoff import DEFAULT_BACKOFF, BackoffPolicy
 
 ActionKind = Literal[
@@ -96,6 +97,10 @@ class Action:
     # For "restart": start the new process now, beside the old one, which keeps serving
     # until the new one is ready (the gateway: both listen on one port, SO_REUSEPORT).
     overlap: bool = False
+    # For "crash": why it died (None: it hung, or did not become ready in time).
+    exit_cause: ExitCause | None = None
+    # For "crash": it ran out of memory; the tier's estimate is raised to this (bytes).
+    raise_memory_to: int | None = None
     # For "wait": what is awaited.
     reason: WaitReason = ""
     # For "ready": when it became ready (readiness detail in ``cause``).
@@ -128,6 +133,8 @@ class Plan:
     # Per tier, the limits its estimate assumes that its server is not told (no flag in
     # its runtime, or not written): the estimate is not what the server enforces.
     unenforced: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Per tier, why its estimate is higher than the formula's (an out-of-memory death).
+    memory_raised: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def has_changes(self) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 
 from mlxctl.capacity.memory import BudgetCheck, check_budget, gib
 from mlxctl.desired.state import HASH_VERSION, DesiredService, DesiredState
-from mlxctl.machine.record import Record
+from mlxctl.machine.record import ExitCause, Record
 from mlxctl.observe.state import ObservedService, ObservedState, TierDemand
 from mlxctl.plan.actions import Action, ActionKind, Plan, PlanOptions
 from mlxctl.plan.eviction import Resident, make_room
@@ -21,6 +21,8 @@ from mlxctl.plan.eviction import Resident, make_room
 # How a replacement caused by a request (not a crash) begins its cause, in the plan,
 # the event log and the record's ``last_error``.
 BY_REQUEST = "caused by a request, not a crash"
+# An out-of-memory death raises the tier's estimate by this factor for its next start.
+OOM_RAISE_FACTOR = 1.5
 
 
 def plan(
@@ -29,8 +31,9 @@ def plan(
     """Decide what to do to make ``observed`` match ``desired``."""
     opts = options or PlanOptions()
     memory = memory_check(desired)
+    raised = dict(desired.memory_raised)
     if memory is not None and not memory.fits:
-        return Plan(refused=memory.message, refusal="budget", memory=memory)
+        return Plan(refused=memory.message, refusal="budget", memory=memory, memory_raised=raised)
     refusal = _empty_refusal(desired, observed, opts)
     if refusal:
         return Plan(refused=refusal, refusal="empty", memory=memory)
@@ -51,6 +54,7 @@ def plan(
         blocked=planner.blocked,
         memory=memory,
         unenforced=unenforced if memory is not None else {},
+        memory_raised=raised,
     )
 
 
@@ -384,7 +388,10 @@ class _Planner:
         else:
             crashes = self.opts.backoff.count_after_crash(rec.consecutive_crashes, uptime)
             delay = self.opts.backoff.delay(crashes)
-        if cause is None:
+        exit_cause = seen.exit_cause if cause is None else None
+        if exit_cause is not None:
+            cause = f"{exit_cause.word}: {exit_cause.detail} after {_duration(uptime)}"
+        elif cause is None:
             code = f" with code {seen.exit_code}" if seen.exit_code is not None else ""
             when = " while starting" if rec.ready_at is None else ""
             cause = f"exited{code}{when} after {_duration(uptime)}"
@@ -406,6 +413,8 @@ class _Planner:
             stop_process=stop,
             timed_out=timed_out,
             by_request=by_request,
+            exit_cause=exit_cause,
+            raise_memory_to=self.raised_estimate(service, rec, exit_cause),
         )
         if stop:
             return  # restarted once the stop completes (see after_stop)
@@ -419,6 +428,18 @@ class _Planner:
                 not_before=self.now + delay,
                 reason="backoff",
             )
+
+    def raised_estimate(
+        self, service: DesiredService, rec: Record, exit_cause: ExitCause | None
+    ) -> int | None:
+        """An out-of-memory death: the estimate the next admission of this tier uses
+        (the one it ran with, times :data:`OOM_RAISE_FACTOR`); None otherwise."""
+        if exit_cause is None or not exit_cause.out_of_memory or service.role != "tier":
+            return None
+        ran_with = rec.memory_bytes or (service.memory.total if service.memory else 0)
+        if not ran_with:
+            return None
+        return int(ran_with * OOM_RAISE_FACTOR)
 
     def start(self, service: DesiredService, kind: ActionKind, cause: str) -> None:
         """Start ``service`` when the tiers it depends on are ready, its model is there and

@@ -222,6 +222,30 @@ class Controller:
         for listener in listeners:
             listener(seen)
 
+    def pass_now(self, reason: str, *, timeout: float) -> PassResult | None:
+        """Run a pass now and wait, up to ``timeout`` seconds, for the first one that began
+        after this call: its result (None when it made no plan, or none ended in time).
+        Called from another thread than the loop's (a demand report that changes what
+        the planner decides is answered with the verdicts of the pass it caused)."""
+        seen: queue.Queue[PassSeen] = queue.Queue()
+        unsubscribe = self.subscribe(seen.put)
+        after = self.passes
+        try:
+            self.trigger(reason)
+            deadline = self.ctx.clock.monotonic() + timeout
+            while (wait := deadline - self.ctx.clock.monotonic()) > 0:
+                try:
+                    item = seen.get(timeout=wait)
+                except queue.Empty:
+                    return None
+                if item.stopped:
+                    return None
+                if item.number > after:
+                    return item.result
+            return None
+        finally:
+            unsubscribe()
+
     def converge(
         self, reason: str, *, timeout: float | None = None
     ) -> ConvergeResult | NotConverged:

@@ -102,8 +102,10 @@ def resolve(ctx: Context, stack: StackSet) -> DesiredState:
     )
     desired = resolve_desired(stack, rctx)
     from mlxctl.desired.admission import with_budget
+    from mlxctl.machine import observed_memory
 
-    return with_budget(desired, stack, ctx.memory_bytes)
+    raised = observed_memory.read_raised(observed_memory.path_in(ctx.paths.state))
+    return with_budget(desired, stack, ctx.memory_bytes, raised)
 
 
 def _held_by_other(ctx: Context, name: str, port: int) -> bool:

@@ -31,6 +31,9 @@ from mlxctl.spec.loader import STACK_SUFFIXES
 DEBOUNCE_MS = 400
 # How often recorded processes are checked: a crash is acted on within a second.
 POLL_INTERVAL = 0.25
+# ... and while a stop is under way: a swap of on-demand tiers starts the next one once
+# the last one's process is gone, so each poll's wait is on the swap's path.
+STOPPING_POLL_INTERVAL = 0.05
 
 Wake = Callable[[str], None]
 
@@ -58,11 +61,14 @@ class ProcessExits:
     ctx: Context
     interval: float = POLL_INTERVAL
     name: str = "mlxctl-poll"
+    stopping_interval: float = STOPPING_POLL_INTERVAL
 
     def run(self, wake: Wake, stop: threading.Event) -> None:
         known: set[tuple[str, int, bool]] = set()
         ctx = self.ctx
-        while not stop.wait(self.interval):
+        interval = self.interval
+        while not stop.wait(interval):
+            interval = self.interval
             try:
                 records = ctx.inventory.load()
             except (OSError, ValueError):
@@ -77,6 +83,8 @@ class ProcessExits:
                     if ctx.procs.remaining(record.identity()) == 0:
                         known.add(key)
                         wake(f"{name} stopped")
+                    else:
+                        interval = min(interval, self.stopping_interval)
                     continue
                 if record.died_at is not None:
                     continue

@@ -66,6 +66,22 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ModelInfo(_Frozen):
+    """What ``/v1/models`` says of a tier's model (:mod:`mlxctl.desired.model_info`): from
+    the catalog entry when the tier names one, else from the model's own files; the
+    tier's written ``context`` wins over both. Unknown is None / False."""
+
+    context_length: int | None = Field(default=None, gt=0)
+    tools: bool = False
+    reasoning: bool = False
+    vision: bool = False
+    embeddings: bool = False
+    # False for a tier that serves only embeddings: the gateway refuses chat for it.
+    chat: bool = True
+    # Where these came from: "catalog <id>", "config.json", "stack" (the tier's context).
+    sources: tuple[str, ...] = ()
+
+
 class Route(_Frozen):
     """One tier behind the gateway: its public name, aliases and server."""
 
@@ -99,6 +115,8 @@ class Route(_Frozen):
     # (logit_bias ids) and whether it reads images.
     vocab_size: int | None = Field(default=None, gt=0)
     vision: bool | None = None
+    # What the tier's model is and can do, for /v1/models (mlxctl.desired.model_info).
+    info: ModelInfo = Field(default_factory=ModelInfo)
 
 
 class RemoteRoute(_Frozen):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from mlxctl.errors import MlxctlError
-from mlxctl.runtimes import gateway, mlx_lm, vllm_mlx
+from mlxctl.runtimes import gateway, mlx_lm, vllm_mlx, vllm_mlx_embeddings
 from mlxctl.runtimes.base import Runtime
 
 RUNTIMES: dict[str, Runtime] = {
-    r.name: r for r in (mlx_lm.RUNTIME, vllm_mlx.RUNTIME, gateway.RUNTIME)
+    r.name: r
+    for r in (mlx_lm.RUNTIME, vllm_mlx.RUNTIME, vllm_mlx_embeddings.RUNTIME, gateway.RUNTIME)
 }
 # The runtimes a tier may name (the gateway's is mlxctl's own choice). The gateway's
 # runtime keeps the name "litellm": it is in every gateway's recorded launch (and its

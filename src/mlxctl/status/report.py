@@ -53,8 +53,9 @@ VERBS = {
 
 def plan_lines(plan: Plan) -> list[str]:
     """The plan as Terraform-like text lines, ending with a summary line."""
+    raised = [f"Memory: {name}: {why}." for name, why in plan.memory_raised.items()]
     if plan.refused:
-        return [f"refused: {plan.refused}"]
+        return [f"refused: {plan.refused}", *raised]
     width = max([len(a.target) for a in plan.actions] + [len(n) for n in plan.blocked] + [7])
     lines = [
         f"  {SYMBOLS[a.kind]:>3} {a.target:<{width}}  {VERBS[a.kind]:<13} {a.cause}"
@@ -74,7 +75,7 @@ def plan_lines(plan: Plan) -> list[str]:
         )
     if plan.memory:
         memory.append(f"Memory: {plan.memory.message}.")
-    return [*lines, summary_line(plan), *memory]
+    return [*lines, summary_line(plan), *memory, *raised]
 
 
 def summary_line(plan: Plan) -> str:
@@ -148,6 +149,7 @@ def summary_record(
                 "budget": plan.memory.budget,
                 "fits": plan.memory.fits,
                 "unenforced": {n: list(why) for n, why in plan.unenforced.items()},
+                "raised": dict(plan.memory_raised),
             }
             if plan.memory
             else None

@@ -56,6 +56,9 @@ class ServiceStatus:
     in_flight: int | None = None
     idle_for: float | None = None
     unloads_in: float | None = None
+    # Why it died, for a service that crashed (kind, word, detail, exit_code, signal,
+    # by_us, out_of_memory, evidence; see mlxctl.observe.exit_cause).
+    exit_cause: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,6 +170,11 @@ def build_status(desired: DesiredState | None, observed: ObservedState) -> list[
                 in_flight=demand.in_flight if demand is not None and alive else None,
                 idle_for=idle_for,
                 unloads_in=unloads_in,
+                exit_cause=(
+                    rec.exit_cause.to_json()
+                    if rec is not None and rec.exit_cause is not None and not alive
+                    else None
+                ),
             )
         )
     return rows

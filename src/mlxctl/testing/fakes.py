@@ -20,6 +20,7 @@ from mlxctl.machine.interfaces import (
     STATE_ENV,
     Identity,
     Marked,
+    OomEvidence,
     ProbeResult,
     ProcessStatus,
     ProgressFn,
@@ -79,6 +80,8 @@ class FakeProcs:
     # The state directory's marker, as the real control is bound to one: when set, a
     # process is ours only if its environment carries it (another directory's are not).
     state: str | None = None
+    # PIDs the kernel killed for memory (as :meth:`oom_evidence` reports them).
+    oom_killed: set[int] = field(default_factory=set)
 
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> Spawned:
         pid = self.next_pid
@@ -168,6 +171,13 @@ class FakeProcs:
             for p in self.procs.values()
             if p.alive and not p.foreign and p.env.get(STATE_ENV) == state and INSTANCE_ENV in p.env
         ]
+
+    def oom_evidence(
+        self, pid: int, cgroup: str, oom_kills_at_start: int | None, started_at: float
+    ) -> OomEvidence:
+        if pid in self.oom_killed:
+            return OomEvidence(1, f"Out of memory: Killed process {pid} (python)")
+        return OomEvidence()
 
     def crash(self, pid: int, code: int = -9) -> None:
         self.procs[pid].alive = False

@@ -26,8 +26,8 @@ _CORPUS = (
 _VOCAB_SIZE = 300
 
 
-def tiny_config(vocab_size: int) -> dict[str, Any]:
-    """The ``config.json`` of the tiny model."""
+def tiny_config(vocab_size: int, *, context: int = 2048) -> dict[str, Any]:
+    """The ``config.json`` of the tiny model (``context``: its ``max_position_embeddings``)."""
     return {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
@@ -40,7 +40,7 @@ def tiny_config(vocab_size: int) -> dict[str, Any]:
         "vocab_size": vocab_size,
         "rope_theta": 10000.0,
         "tie_word_embeddings": True,
-        "max_position_embeddings": 2048,
+        "max_position_embeddings": context,
         "bos_token_id": SPECIAL_TOKENS.index("<|im_start|>"),
         "eos_token_id": SPECIAL_TOKENS.index("<|im_end|>"),
     }
@@ -73,15 +73,17 @@ def _train_tokenizer() -> Any:
     return fast
 
 
-def build_tiny_model(out_dir: Path, *, seed: int = 0) -> Path:
-    """Write the tiny model to ``out_dir`` (atomically, replacing it); return ``out_dir``."""
+def build_tiny_model(out_dir: Path, *, seed: int = 0, context: int = 2048) -> Path:
+    """Write the tiny model to ``out_dir`` (atomically, replacing it); return ``out_dir``.
+
+    Coding agents send 10k+ token prompts: give them ``context=131072``."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
 
     out_dir = Path(out_dir)
     tokenizer = _train_tokenizer()
-    config = tiny_config(len(tokenizer))
+    config = tiny_config(len(tokenizer), context=context)
     mx.random.seed(seed)
     args_class: Any = llama.ModelArgs  # untyped library boundary
     model = llama.Model(args_class.from_dict(config))
@@ -102,7 +104,7 @@ _TOOL_TEMPLATE = (
 )
 
 
-def build_tool_call_model(out_dir: Path) -> Path:
+def build_tool_call_model(out_dir: Path, *, context: int = 2048) -> Path:
     """A tiny model whose every answer is one tool call: ``get_weather(city="Paris")``.
 
     Its layers add nothing (their output projections are zero), so each next token
@@ -111,22 +113,43 @@ def build_tool_call_model(out_dir: Path) -> Path:
     ``</tool_call>`` -> end of turn. mlx_lm.server parses that as a tool call, which lets
     tests prove tool calls pass through the gateway with a real server and no network.
     """
+    body = json.dumps(TOOL_CALL)
+    return _build_chain_model(
+        out_dir, ["<tool_call>", body, "</tool_call>"], _TOOL_TEMPLATE, context=context
+    )
+
+
+ANSWER = "Hello from the tiny model."
+
+
+def build_answer_model(out_dir: Path, text: str = ANSWER, *, context: int = 2048) -> Path:
+    """A tiny model whose every answer is ``text``, then the end of its turn.
+
+    Built as :func:`build_tool_call_model` is (``text`` is one added token), so a
+    client that treats an answer cut at ``max_tokens`` as an error (Claude Code does)
+    gets a whole answer from a model that costs nothing to run, whatever its prompt.
+    """
+    return _build_chain_model(out_dir, [text], CHATML_TEMPLATE, context=context)
+
+
+def _build_chain_model(out_dir: Path, answer: list[str], template: str, *, context: int) -> Path:
+    """A tiny model that answers the tokens ``answer`` (each added to its vocabulary),
+    then ends its turn, after any prompt of its chat template."""
     import mlx.core as mx
     from mlx.utils import tree_flatten, tree_unflatten
     from mlx_lm.models import llama
 
     out_dir = Path(out_dir)
     tokenizer = _train_tokenizer()
-    body = json.dumps(TOOL_CALL)
-    tokenizer.add_tokens(["<tool_call>", body, "</tool_call>"])
-    tokenizer.chat_template = _TOOL_TEMPLATE
+    tokenizer.add_tokens(answer)
+    tokenizer.chat_template = template
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": "weather?"}], add_generation_prompt=True, tokenize=False
     )
     prompt = tokenizer.encode(text, add_special_tokens=False)
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<tool_call>", body, "</tool_call>")]
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in answer]
     chain = [int(prompt[-1]), *ids, int(tokenizer.convert_tokens_to_ids("<|im_end|>"))]
-    config = {**tiny_config(len(tokenizer)), "tie_word_embeddings": False}
+    config = {**tiny_config(len(tokenizer), context=context), "tie_word_embeddings": False}
     mx.random.seed(0)
     args_class: Any = llama.ModelArgs  # untyped library boundary
     model = llama.Model(args_class.from_dict(config))
