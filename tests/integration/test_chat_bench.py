@@ -55,7 +55,9 @@ def test_one_answer_is_streamed_and_a_wrong_tier_is_one_line(served: Mlxctl) -> 
     assert done.stdout.strip(), "no answer came back"
     wrong = served.run("chat", "nope", "hi", "-f", stacks)
     assert wrong.returncode == 7
-    assert wrong.stderr.startswith("error: 'nope' is not a tier or alias here; tiers: fast, other")
+    assert wrong.stderr.startswith(
+        "error: model 'nope' is not a tier or alias here; models: fast, other"
+    )
     assert "Traceback" not in wrong.stderr
 
 

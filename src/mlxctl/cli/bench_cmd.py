@@ -41,10 +41,6 @@ def bench(
     """Measure TIER: TTFT, TPOT, ITL, E2E percentiles and tok/s at each concurrency,
     through the gateway and direct to the tier, and the share of the machine's
     memory-bandwidth ceiling reached. Results are saved per machine and model.
-
-    \b
-    Example:
-      mlxctl bench fast --concurrency 1,4 --requests 8 --max-tokens 64
     """
     from mlxctl.app import bench as use_case
     from mlxctl.capacity.detect import detect_hardware

@@ -21,11 +21,6 @@ def chat(
     Without: an interactive chat (history kept; \"\"\" for multi-line messages;
     /model TIER switches tier; /bye, Ctrl-D or Ctrl-C leave; Ctrl-C during an answer
     stops that answer). Piped input without PROMPT is sent as one message.
-
-    \b
-    Examples:
-      mlxctl chat fast "What is the capital of France?"
-      mlxctl chat fast
     """
     from mlxctl.app import chat as use_case
     from mlxctl.app.gateway_client import check_model, client_settings
