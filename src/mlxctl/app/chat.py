@@ -183,6 +183,11 @@ class GatewayAnswers:
 
 
 def _message(exc: Exception) -> str:
+    import openai
+
+    if isinstance(exc, openai.APIConnectionError):
+        url = getattr(getattr(exc, "request", None), "url", "")
+        return f"cannot reach the gateway at {url}: is it running? (mlxctl status)"
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
         error = body.get("error", body)

@@ -188,6 +188,8 @@ def render(doc: dict[str, Any]) -> str:
             f"gateway adds at x{level}: TTFT p50 {_num(ttft, '{:+.1f}')} ms, "
             f"E2E p50 {_num(e2e, '{:+.1f}')} ms"
         )
+    if len(doc["settings"]["concurrency"]) > 1:
+        lines += chart(doc["runs"])
     errors = sorted({e for r in doc["runs"] for e in r["errors"]})
     lines += [f"error: {e}" for e in errors]
     lines.append(
@@ -195,6 +197,19 @@ def render(doc: dict[str, Any]) -> str:
         "aggregate: all output tokens / wall time"
     )
     return "\n".join(lines)
+
+
+def chart(runs: list[dict[str, Any]], width: int = 40) -> list[str]:
+    """Aggregate tok/s against concurrency as horizontal bars, one per path and level."""
+    top = max([r["output_throughput"] for r in runs] + [1e-9])
+    lines = ["aggregate tok/s by concurrency:"]
+    for run in runs:
+        bar = "#" * max(1, round(run["output_throughput"] / top * width))
+        lines.append(
+            f"  x{run['concurrency']:<3} {run['path']:<7} {bar:<{width}} "
+            f"{run['output_throughput']:.1f}"
+        )
+    return lines
 
 
 def register(app: click.Group) -> None:
