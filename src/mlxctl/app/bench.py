@@ -414,12 +414,15 @@ def measured_here(model: Any, results: Sequence[Any]) -> dict[str, Any]:
     return found
 
 
-def speeds_here(paths: Paths, catalog: Any, profile_id: str) -> dict[tuple[str, str], Any]:
+def speeds_here(
+    paths: Paths, catalog: Any, profile_id: str
+) -> tuple[dict[tuple[str, str], Any], list[str]]:
     """This machine's benchmarked single-stream speed of each catalog variant it has run,
-    for ``init``'s scoring: (model id, quant) -> ThroughputEstimate."""
+    for ``init``'s scoring: (model id, quant) -> ThroughputEstimate; and the result files
+    skipped (one line each)."""
     from mlxctl.capacity.memory import ThroughputEstimate
 
-    results, _ = stored(paths, profile_id)
+    results, skipped = stored(paths, profile_id)
     speeds: dict[tuple[str, str], Any] = {}
     for model in catalog.models:
         for quant, result in measured_here(model, results).items():
@@ -429,4 +432,4 @@ def speeds_here(paths: Paths, catalog: Any, profile_id: str) -> dict[tuple[str, 
                 speeds[(model.id, quant)] = ThroughputEstimate(
                     gen, result.prompt_tps(), False, basis
                 )
-    return speeds
+    return speeds, skipped

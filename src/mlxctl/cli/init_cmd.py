@@ -96,7 +96,9 @@ def register(
             from mlxctl.app.bench import speeds_here
             from mlxctl.cli.common import paths
 
-            measured = speeds_here(paths(), catalog, machine.profile_id)
+            measured, skipped = speeds_here(paths(), catalog, machine.profile_id)
+            for line in skipped:
+                err(f"warning: bench result skipped: {line}")
         generated = generate_stack(
             machine, intent, parse_budget(budget), catalog=catalog, measured_here=measured
         )
