@@ -53,7 +53,10 @@ def chat(
 
 def register(app: click.Group) -> None:
     command = click.option(
-        "--max-tokens", type=int, default=None, help="Cap each answer's length (tokens)."
+        "--max-tokens",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Cap each answer's length (tokens).",
     )(chat)
     command = files_option("A stack file to read (repeatable; default: your stacks directory).")(
         command
