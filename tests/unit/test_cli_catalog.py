@@ -106,3 +106,61 @@ def test_show_adds_no_estimate_where_measured_or_bandwidth_is_unknown() -> None:
     assert "this machine" not in measured.output and "m4-pro-64   51.1 tok/s" in measured.output
     unknown = runner.invoke(app(), ["catalog", "show", "qwen3-8b", "-o", "json"])
     assert json.loads(unknown.output)["this_machine"] == {}
+
+
+def test_show_puts_this_machines_bench_results_beside_the_catalogs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlxctl.machine.bench_results import save
+    from tests.unit.test_bench_results import report
+
+    monkeypatch.setenv("MLXCTL_HOME", str(tmp_path))
+    machine = mac("M4 Pro", 20, 48)
+    mine = report(
+        model={"identity": "hf:mlx-community/Qwen3-8B-4bit@0123abc", "display": "Qwen3-8B",
+               "weights_bytes": 4_600_000_000},
+        hardware={"profile_id": machine.profile_id, "chip": machine.chip, "accelerator": "metal"},
+    )  # fmt: skip
+    save(tmp_path / "state", mine)
+    other_machine = report(hardware={"profile_id": "m1-16", "chip": "Apple M1"})
+    save(tmp_path / "state", other_machine)
+    text = runner.invoke(app(machine=machine), ["catalog", "show", "qwen3-8b"]).output
+    four_bit = text[text.index("4bit (default)") : text.index("8bit")]
+    assert "m4-pro-48   55.0 tok/s generation, 400 tok/s prompt [mlxctl bench" in four_bit
+    assert "mlxctl bench" not in text[text.index("8bit") :]  # another variant: not its result
+    data = json.loads(
+        runner.invoke(app(machine=machine), ["catalog", "show", "qwen3-8b", "-o", "json"]).output
+    )
+    assert data["benchmarked_here"] == {
+        "4bit": {"generation_tps": 55.0, "prompt_tps": 400.0, "tier": "fast",
+                 "measured_at": 1_790_000_000.0, "profile_id": "m4-pro-48"},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("identity", "variant", "expected"),
+    [
+        ("hf:mlx-community/Qwen3-8B-4bit@abc", "4bit", True),
+        ("hf:mlx-community/Qwen3-8B-4bit@abc", "8bit", False),
+        ("hf:mlx-community/Qwen3-8B-4bitX@abc", "4bit", False),
+        ("path:/models/qwen", "4bit", False),
+    ],
+)
+def test_a_result_matches_a_variant_by_its_source(
+    identity: str, variant: str, expected: bool
+) -> None:
+    from mlxctl.app.bench import matches_variant
+
+    model = load_catalog(ROOT / "catalog").get("qwen3-8b")
+    assert matches_variant(identity, model.variants[variant], model.variants) is expected
+
+
+def test_the_demo_wheel_variant_matches_by_the_gguf_hash() -> None:
+    from mlxctl.app.bench import matches_variant
+
+    model = load_catalog(ROOT / "catalog").get("smollm2-135m-instruct")
+    variant = next(v for v in model.variants.values() if v.source is not None)
+    assert variant.source is not None and variant.source.pypi_gguf is not None
+    sha = variant.source.pypi_gguf.sha256
+    assert matches_variant(f"pypi-gguf:{sha}", variant, model.variants)
+    assert not matches_variant("pypi-gguf:" + "0" * 64, variant, model.variants)

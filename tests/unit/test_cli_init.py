@@ -79,3 +79,30 @@ def test_init_bad_budget_and_impossible_budget(capsys: pytest.CaptureFixture[str
     code, stderr = reported(runner.invoke(app(), ["init", "--budget", "1GiB"]), capsys)
     assert code == 8
     assert stderr.startswith("error: no measured catalog model fits")
+
+
+def test_init_scores_with_this_machines_bench_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlxctl.machine.bench_results import save
+    from tests.unit.test_bench_results import report
+
+    monkeypatch.setenv("MLXCTL_HOME", str(tmp_path))
+    catalog = load_catalog(ROOT / "catalog")
+    plain = YAML(typ="safe").load(runner.invoke(app(), ["init"]).output)
+    picks = [(t["model"], t["quant"]) for t in plain["spec"]["tiers"]]
+    for model_id, quant in picks:  # measured here: far slower than the catalog says
+        repo = catalog.get(model_id).variants[quant].repo
+        slow = report(
+            model={"identity": f"hf:{repo}@abc", "display": repo, "weights_bytes": 1},
+            hardware={"profile_id": M4_PRO.profile_id, "chip": M4_PRO.chip},
+        )
+        slow["runs"][0]["metrics"]["generation_tps"]["p50"] = 0.5
+        save(tmp_path / "state", slow)
+    hostile = tmp_path / "state" / "bench" / M4_PRO.profile_id / "bad.json"
+    hostile.write_text('{"version": 1}')
+    result = runner.invoke(app(), ["init"])
+    assert result.exit_code == 0, result.output
+    again = YAML(typ="safe").load(result.stdout)
+    assert not {(t["model"], t["quant"]) for t in again["spec"]["tiers"]} & set(picks)
+    assert f"warning: bench result skipped: {hostile}" in result.stderr

@@ -177,3 +177,32 @@ def test_linux_machine_is_named_by_its_profile(catalog: Catalog) -> None:
     stack, why = generate_stack(hw, "balanced", None, catalog=catalog)
     assert stack["metadata"]["name"] == "linux-cpu-32"
     assert "memory bandwidth unknown" in why.header[0]
+
+
+def test_this_machines_bench_results_replace_the_catalogs_numbers(catalog: Catalog) -> None:
+    from mlxctl.capacity.hardware import parse_macos
+    from mlxctl.capacity.init_stack import ROLES, candidates
+    from mlxctl.capacity.memory import ThroughputEstimate
+
+    hw = parse_macos("Apple M4 Max", str(128 * GIB), "Total Number of Cores: 40")
+    role = ROLES["balanced"][0]
+    mine = ThroughputEstimate(7.0, 50.0, False, "measured here by mlxctl bench (tier 'fast')")
+    # A variant the catalog never measured becomes a candidate once measured here.
+    unmeasured = ("qwen3-32b", "4bit")
+    before = candidates(catalog, role, context=8192, profile_id=hw.profile_id, bandwidth=546.0)
+    assert unmeasured not in {(c.model.id, c.quant) for c in before}
+    after = candidates(
+        catalog, role, context=8192, profile_id=hw.profile_id, bandwidth=546.0,
+        measured_here={unmeasured: mine, ("qwen3-8b", "4bit"): mine},
+    )  # fmt: skip
+    chosen = {(c.model.id, c.quant): c for c in after}
+    assert chosen[unmeasured].tps == 7.0 and chosen[unmeasured].speed_basis == mine.basis
+    assert chosen[("qwen3-8b", "4bit")].tps == 7.0  # the catalog's own number is replaced
+    # And the whole choice takes them: what init picks, once measured slow here, is not
+    # picked again.
+    plain = generate_stack(hw, "balanced", catalog=catalog)
+    first = [(t["model"], t["quant"]) for t in plain.stack["spec"]["tiers"]]
+    slow = {pick: ThroughputEstimate(0.5, None, False, "here") for pick in first}
+    measured = generate_stack(hw, "balanced", catalog=catalog, measured_here=slow)
+    again = [(t["model"], t["quant"]) for t in measured.stack["spec"]["tiers"]]
+    assert again and not set(again) & set(first), (first, again)

@@ -24,6 +24,7 @@ from mlxctl.capacity.hardware import HardwareProfile, profile_for_memory
 from mlxctl.capacity.memory import (
     GIB,
     MemoryEstimate,
+    ThroughputEstimate,
     budget_bytes,
     check_budget,
     default_budget_bytes,
@@ -250,8 +251,12 @@ def candidates(
     context: int,
     profile_id: str | None,
     bandwidth: float,
+    measured_here: Mapping[tuple[str, str], ThroughputEstimate] | None = None,
 ) -> list[Candidate]:
-    """Every measured catalog variant that meets ``role``'s requirements; pure."""
+    """Every measured catalog variant that meets ``role``'s requirements; pure.
+
+    ``measured_here`` ((model id, quant) -> speed) is this machine's own ``mlxctl bench``
+    results: they take the place of the catalog's numbers and of any estimate."""
     out = []
     for model in catalog.models:
         if "demo" in model.tags:
@@ -260,7 +265,9 @@ def candidates(
             continue
         ctx = min(context, model.context_length.value)
         for quant, variant in model.variants.items():
-            speed = estimate_throughput(variant, profile_id, bandwidth)
+            speed = (measured_here or {}).get((model.id, quant)) or estimate_throughput(
+                variant, profile_id, bandwidth
+            )
             if speed is None:
                 continue  # never measured: not recommended (see docs/init.md)
             quality, qbasis = quality_of(model, quant, coding=role.coding)
@@ -328,6 +335,7 @@ def generate_stack(
     *,
     catalog: Catalog,
     name: str | None = None,
+    measured_here: Mapping[tuple[str, str], ThroughputEstimate] | None = None,
 ) -> GeneratedStack:
     """Choose the tiers for a machine (a profile, or a memory size in GiB); pure.
 
@@ -358,6 +366,7 @@ def generate_stack(
                     context=max(4096, r.context // scale),
                     profile_id=profile,
                     bandwidth=bandwidth,
+                    measured_here=measured_here,
                 )
                 for r in roles
             ]

@@ -17,7 +17,9 @@ from mlxctl.errors import ExitCode, MlxctlError, SpecError
 
 def _register() -> None:
     from mlxctl.cli import (
+        bench_cmd,
         catalog_cmd,
+        chat_cmd,
         control_cmds,
         doctor_cmd,
         hardware_cmd,
@@ -31,7 +33,7 @@ def _register() -> None:
 
     for module in (
         stack_cmds, ops_cmds, control_cmds, catalog_cmd, hardware_cmd, init_cmd, models_cmd,
-        service_cmd, doctor_cmd,
+        service_cmd, doctor_cmd, bench_cmd, chat_cmd,
     ):  # fmt: skip
         module.register(root.app)
     from mlxctl.cli.examples import add_examples

@@ -111,15 +111,17 @@ def register(
 
         model = load().get(model_id)
         here = _speeds_here(model, detect)
+        benched = _benched_here(model, detect)
         if output == "json":
             data: dict[str, Any] = model.model_dump(mode="json")
             data["memory_estimates"] = {
                 k: estimate_catalog_variant(model, k).to_dict() for k in model.variants
             }
             data["this_machine"] = {k: dataclasses.asdict(v) for k, v in here.items()}
+            data["benchmarked_here"] = {k: _bench_record(v) for k, v in benched.items()}
             emit_json(data)
             return
-        click.echo(_describe(model, here))
+        click.echo(_describe(model, here, benched))
 
 
 def _speeds_here(model: CatalogModel, detect: Detector) -> dict[str, ThroughputEstimate]:
@@ -141,6 +143,31 @@ def _speeds_here(model: CatalogModel, detect: Detector) -> dict[str, ThroughputE
         for key, variant in model.variants.items()
     }
     return {key: speed for key, speed in speeds.items() if speed is not None}
+
+
+def _benched_here(model: CatalogModel, detect: Detector) -> dict[str, Any]:
+    """This machine's own ``mlxctl bench`` results for each variant (validated when read)."""
+    from mlxctl.app.bench import measured_here, stored
+    from mlxctl.cli.common import err, paths
+
+    try:
+        profile_id = detect().profile_id
+    except OSError:
+        return {}
+    results, skipped = stored(paths(), profile_id)
+    for line in skipped:
+        err(f"warning: bench result skipped: {line}")
+    return measured_here(model, results)
+
+
+def _bench_record(result: Any) -> dict[str, Any]:
+    return {
+        "generation_tps": result.generation_tps(),
+        "prompt_tps": result.prompt_tps(),
+        "tier": result.tier,
+        "measured_at": result.measured_at,
+        "profile_id": result.hardware.profile_id,
+    }
 
 
 def _smallest(model: CatalogModel) -> int:
@@ -169,7 +196,11 @@ def _summary(model: CatalogModel) -> dict[str, Any]:
     }
 
 
-def _describe(model: CatalogModel, here: Mapping[str, ThroughputEstimate]) -> str:
+def _describe(
+    model: CatalogModel,
+    here: Mapping[str, ThroughputEstimate],
+    benched: Mapping[str, Any] | None = None,
+) -> str:
     from mlxctl.capacity.memory import estimate_catalog_variant, gib
 
     caps = model.capabilities
@@ -209,6 +240,15 @@ def _describe(model: CatalogModel, here: Mapping[str, ThroughputEstimate]) -> st
             )
         if not variant.benchmarks:
             lines.append("      no measurements")
+        mine = (benched or {}).get(key)
+        if mine is not None:
+            gen, prompt = mine.generation_tps(), mine.prompt_tps()
+            lines.append(
+                f"      {mine.hardware.profile_id:<11} "
+                + (f"{gen:.1f} tok/s generation" if gen is not None else "generation -")
+                + (f", {prompt:.0f} tok/s prompt" if prompt is not None else "")
+                + f" [mlxctl bench on this machine, tier '{mine.tier}']"
+            )
         speed = here.get(key)
         if speed is not None and speed.estimated:
             lines.append(

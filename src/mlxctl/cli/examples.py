@@ -9,6 +9,12 @@ from __future__ import annotations
 import click
 
 EXAMPLES: dict[str, tuple[str, ...]] = {
+    "bench": (
+        "mlxctl bench fast",
+        "mlxctl bench fast -c 1,4 -n 16 --max-tokens 64",
+        "mlxctl bench fast --bandwidth 100 -o json",
+    ),
+    "chat": ('mlxctl chat fast "What is the capital of France?"', "mlxctl chat fast"),
     "catalog": ("mlxctl catalog ls --fits", "mlxctl catalog show qwen3-8b"),
     "catalog ls": ("mlxctl catalog ls --fits", "mlxctl catalog ls --tag coding -o json"),
     "catalog show": ("mlxctl catalog show qwen3-8b",),

@@ -90,7 +90,18 @@ def register(
                 raise MlxctlError(
                     f"cannot detect the hardware: {exc}", exit_code=ExitCode.APPLY_FAILED
                 ) from exc
-        generated = generate_stack(machine, intent, parse_budget(budget), catalog=load())
+        catalog = load()
+        measured = None
+        if not isinstance(machine, float | int):
+            from mlxctl.app.bench import speeds_here
+            from mlxctl.cli.common import paths
+
+            measured, skipped = speeds_here(paths(), catalog, machine.profile_id)
+            for line in skipped:
+                err(f"warning: bench result skipped: {line}")
+        generated = generate_stack(
+            machine, intent, parse_budget(budget), catalog=catalog, measured_here=measured
+        )
         text = render_stack_yaml(generated)
         if output is None:
             click.echo(text, nl=False)
