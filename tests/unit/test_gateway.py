@@ -13,7 +13,7 @@ import pytest
 
 from mlxctl.desired.resolve import ResolveContext, resolve_desired
 from mlxctl.errors import SpecError
-from mlxctl.gateway.requests import RequestError, check_request
+from mlxctl.gateway.requests import Endpoint, RequestError, check_request
 from mlxctl.gateway.routing import router_kwargs
 from mlxctl.runtimes.gateway import GatewayConfig, RemoteRoute, Route, parse_config
 from mlxctl.sources.path import path_ref
@@ -30,10 +30,26 @@ def refused(body: dict[str, Any], endpoint: Any = "chat") -> RequestError:
 
 
 def test_a_valid_request_keeps_schema_fields_and_sampling_extensions_only() -> None:
-    body = {"model": "fast", "messages": MSG, "max_tokens": 1, "top_k": 5, "junk": 1}
+    body = {"model": "fast", "messages": MSG, "max_tokens": 1, "top_k": 5}
     checked = check_request(body, "chat")
     assert checked.model == "fast" and checked.stream is False
     assert checked.params == {"messages": MSG, "max_tokens": 1, "top_k": 5}
+
+
+@pytest.mark.parametrize(("field", "endpoint"), [("junk", "chat"), ("cache_prompt", "text")])
+def test_a_field_outside_the_schema_and_the_extensions_is_a_400_naming_it(
+    field: str, endpoint: Endpoint
+) -> None:
+    """Issue 18: only the schema and a known list of extensions reach a backend; anything
+    else is named back to the client, never silently dropped or forwarded."""
+    base = (
+        {"model": "fast", "messages": MSG}
+        if endpoint == "chat"
+        else {"model": "fast", "prompt": "x"}
+    )
+    err = refused({**base, field: 1}, endpoint)
+    assert (err.status, err.param, err.code) == (400, field, "unknown_parameter")
+    assert f"unknown parameter '{field}'" in str(err)
 
 
 def test_stop_of_the_wrong_type_is_a_400_naming_the_field() -> None:

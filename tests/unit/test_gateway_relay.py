@@ -91,7 +91,7 @@ def test_an_answer_is_relayed_with_the_clients_model_and_the_backend_sees_its_ow
         server = await serve(ok, seen)
         gateway, table = gateway_for(server.sockets[0].getsockname()[1])
         try:
-            body = {"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 1, "draft": 1}
+            body = {"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 1}
             status, content = await answer(gateway, table, body)
         finally:
             await gateway.aclose()

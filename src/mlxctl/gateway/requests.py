@@ -9,10 +9,10 @@ and number is bounded (:mod:`mlxctl.gateway.bounds`): NaN or a temperature of 5,
 ``max_tokens: true``, a remote image URL are each a 400 naming the field. Fields that
 would make a backend load something the stack does not name (``draft_model``,
 adapters) or run a template of the client's (``chat_template``) are refused;
-``chat_template_kwargs`` takes a short list of plain values. Other fields outside the
-schema are dropped (they never reach a backend) unless they are a known sampling
-extension; which extensions each runtime takes, and the checks that need the tier
-(its vocabulary, context, vision), are :mod:`mlxctl.gateway.tierfit`'s.
+``chat_template_kwargs`` takes a short list of plain values. Any other field outside
+the schema and the known sampling extensions is a 400 naming it; which extensions each
+runtime takes, and the checks that need the tier (its vocabulary, context, vision), are
+:mod:`mlxctl.gateway.tierfit`'s.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ EXTENSIONS = frozenset(
         "xtc_probability", "xtc_threshold", "num_draft_tokens", "chat_template_kwargs",
     }
 )  # fmt: skip
+API_NAMES: dict[Endpoint, str] = {"chat": "chat completions", "text": "completions"}
 # The chat template's keyword arguments a client may set, and what each may be.
 TEMPLATE_KWARGS: dict[str, tuple[type, frozenset[str] | None]] = {
     "enable_thinking": (bool, None),
@@ -194,7 +195,19 @@ def check_request(body: Any, endpoint: Endpoint) -> Checked:
                 adapter.validate_python(body[name])
             except ValidationError as exc:
                 raise _first_error(exc, name) from None
-    params = {k: v for k, v in body.items() if k != "model" and (k in fields or k in EXTENSIONS)}
+    unknown = sorted(k for k in body if k != "model" and k not in fields and k not in EXTENSIONS)
+    if unknown:
+        # Issue 18: what reaches a backend is the schema plus a known list; anything else
+        # is named back, never silently forwarded nor silently dropped.
+        name = clip(str(unknown[0]))
+        raise RequestError(
+            400,
+            f"unknown parameter '{name}': not part of the OpenAI {API_NAMES[endpoint]} API nor "
+            f"an extension the gateway forwards ({', '.join(sorted(EXTENSIONS))})",
+            code="unknown_parameter",
+            param=name,
+        )
+    params = {k: v for k, v in body.items() if k != "model"}
     _check_values(params, endpoint)
     images, remote = _check_messages(params.get("messages"))
     return Checked(
