@@ -226,7 +226,6 @@ def test_a_tier_killed_mid_stream_makes_the_sdk_raise(stack: Stack) -> None:
         messages=MSG,  # type: ignore[arg-type]
         max_tokens=4000,
         stream=True,
-        extra_body={"ignore_eos": True},
     )
     received = 0
     with pytest.raises(openai.APIError) as err:
