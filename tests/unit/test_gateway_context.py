@@ -124,3 +124,42 @@ def test_without_a_tokenizer_only_a_prompt_certainly_too_long_is_refused(tmp_pat
 def test_the_routes_name_the_model_s_tokenizer(tokenizer_file: Path, tmp_path: Path) -> None:
     assert model_facts(tokenizer_file.parent)["tokenizer"] == str(tokenizer_file)
     assert "tokenizer" not in model_facts(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "type_"),
+    [
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "TEXT"}]}, None),
+        ("/v1/completions", {"prompt": "TEXT"}, None),
+        ("/v1/messages", {"max_tokens": 10, "messages": [{"role": "user", "content": "TEXT"}]},
+         "invalid_request_error"),
+        ("/v1/responses", {"input": "TEXT"}, None),
+    ],
+)  # fmt: skip
+def test_every_route_answers_the_400_before_the_tier_sees_the_request(
+    tokenizer_file: Path, path: str, body: dict[str, Any], type_: str | None
+) -> None:
+    import httpx
+
+    from mlxctl.gateway.app import Gateway, build_app
+    from mlxctl.gateway.routing import RoutingTable
+    from mlxctl.runtimes.gateway import GatewayConfig
+
+    route = tier(tokenizer_file).model_copy(update={"port": 1})  # nothing listens there
+    app = build_app(Gateway("k" * 32, RoutingTable(GatewayConfig(routes=(route,)))))
+    payload = json.loads(json.dumps({"model": "fast", **body}).replace("TEXT", WORDS * 40))
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            headers = {"Authorization": "Bearer " + "k" * 32}
+            return await client.post(path, json=payload, headers=headers)
+
+    answer = asyncio.run(post())
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert "> the tier's context 256" in error["message"]
+    if type_ is not None:
+        assert error["type"] == type_
+    else:
+        assert error["code"] == "context_length_exceeded"
