@@ -70,7 +70,7 @@ class Backend:
 @contextlib.asynccontextmanager
 async def gateway(port: int, **config: Any) -> AsyncIterator[tuple[int, Gateway]]:
     route = Route(name="fast", port=port, served_model="m", runtime="mlx-lm",
-                  vocab_size=300, context=64, vision=False, max_concurrency=1)  # fmt: skip
+                  vocab_size=300, context=131072, vision=False, max_concurrency=1)  # fmt: skip
     gw = Gateway(KEY, RoutingTable(GatewayConfig(routes=(route,), **config)))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

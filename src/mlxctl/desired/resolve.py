@@ -170,11 +170,14 @@ def resolve_desired(stack: StackSet, ctx: ResolveContext) -> DesiredState:
 def model_facts(directory: Path | None) -> dict[str, Any]:
     """What the gateway checks requests against, from the model's ``config.json``: its
     vocabulary size (``logit_bias`` ids), context (``max_tokens`` cap) and whether it
-    reads images (a ``vision_config`` or an image processor). Unknown (no directory yet,
-    an unreadable config): None each, and the gateway applies its strictest check."""
+    reads images (a ``vision_config`` or an image processor), and its ``tokenizer.json``
+    (a prompt's tokens). Unknown (no directory yet, an unreadable config): None each, and
+    the gateway applies its strictest check."""
     facts: dict[str, Any] = {"vocab_size": None, "context": None, "vision": None}
     if directory is None:
         return facts
+    if (directory / "tokenizer.json").is_file():
+        facts["tokenizer"] = str(directory / "tokenizer.json")
     from mlxctl.capacity.model_dir import read_model_config
 
     try:

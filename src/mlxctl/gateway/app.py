@@ -64,6 +64,7 @@ from mlxctl.gateway.capacity import (
 )
 from mlxctl.gateway.demand import HOLD, SEND, Cadence, Claim, Demand, Refusal
 from mlxctl.gateway.intake import read_json
+from mlxctl.gateway.prompt_tokens import fit_context
 from mlxctl.gateway.requests import Checked, Endpoint, RequestError, check_request
 from mlxctl.gateway.routing import RoutingTable
 from mlxctl.gateway.streams import chunk_finished, open_stream, relay_events
@@ -692,6 +693,7 @@ def build_app(gateway: Gateway) -> ASGIApp:
             route = table.config.route(name) if name is not None else None
             if route is not None:
                 checked = fit_request(checked, route, endpoint, table.config)
+                checked = await fit_context(checked, route, endpoint)
         except RequestError as exc:
             return error(exc.status, str(exc), code=exc.code, param=exc.param)
         if name is None:

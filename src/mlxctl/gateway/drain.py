@@ -12,10 +12,16 @@ with ``Connection: close``, which moves that client to a new connection, i.e. to
 new gateway, without an error. The drain ends when no connection is left, or after
 :data:`DRAIN_SECONDS`; then uvicorn's shutdown runs as usual (running requests and
 streams finish). A second ``SIGTERM`` or a ``SIGINT`` skips what is left of the drain.
+
+The listener is closed by the event loop, not in the signal handler: uvicorn's handler
+is a Python one and runs between any two bytecodes, e.g. inside uvloop's accept callback
+while it builds the new connection's protocol; closing the server there made uvloop's
+``Server._attach`` raise an unhandled ``AssertionError`` (and drop that connection).
 """
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import Awaitable, Callable, MutableMapping
 from types import FrameType
@@ -53,10 +59,18 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig == signal.SIGTERM and self.drain > 0 and not self.draining:
             self.drain_until = self.clock.monotonic() + self.drain
-            for server in self.servers:
-                server.close()  # no new connection reaches this process
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not serving (yet): nothing is being accepted
+                self.stop_listening()
+            else:  # between two of the loop's callbacks, never inside an accept
+                loop.call_soon_threadsafe(self.stop_listening)
             return
         super().handle_exit(sig, frame)
+
+    def stop_listening(self) -> None:
+        for server in self.servers:
+            server.close()  # no new connection reaches this process
 
     async def on_tick(self, counter: int) -> bool:
         if self.drain_until is not None and not self.should_exit:

@@ -57,6 +57,7 @@ from mlxctl.gateway.answers import _EVENT_END
 from mlxctl.gateway.bounds import RequestError, clip
 from mlxctl.gateway.errors import Body, as_bytes, openai_error_fields
 from mlxctl.gateway.intake import read_json
+from mlxctl.gateway.prompt_tokens import fit_context
 from mlxctl.gateway.requests import Checked, check_request
 from mlxctl.gateway.tierfit import fit_request
 
@@ -256,6 +257,7 @@ async def serve(gateway: Gateway, request: Request, family: Family) -> Response:
         route = table.config.route(name) if name is not None else None
         if route is not None:
             chat = fit_request(chat, route, "chat", table.config)
+            chat = await fit_context(chat, route, "chat")
     except RequestError as exc:
         response = family.error(exc.status, str(exc), code=exc.code, param=exc.param)
         if exc.status == 413:  # the rest of the body would be read as the next request

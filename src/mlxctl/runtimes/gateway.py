@@ -102,6 +102,9 @@ class Route(_Frozen):
     # Tokens of context the tier serves (the stack's ``context``, else the model's
     # config), when known: ``max_tokens`` is capped to it.
     context: int | None = Field(default=None, gt=0)
+    # The model's ``tokenizer.json`` (a path), when it has one: the gateway counts a
+    # prompt's tokens with it against ``context`` (:mod:`mlxctl.gateway.prompt_tokens`).
+    tokenizer: str | None = None
     # The file holding the tier's own secret (a path, no secret): the gateway sends it
     # as the tier's bearer key (:mod:`mlxctl.runtimes.tier_guard`).
     key_file: str | None = None

@@ -73,6 +73,15 @@ def _train_tokenizer() -> Any:
     return fast
 
 
+def build_tiny_tokenizer(out_dir: Path) -> Path:
+    """Write only the tiny model's tokenizer files to ``out_dir``; return its
+    ``tokenizer.json`` (what the gateway counts prompts with)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _train_tokenizer().save_pretrained(str(out_dir))
+    return out_dir / "tokenizer.json"
+
+
 def build_tiny_model(out_dir: Path, *, seed: int = 0, context: int = 2048) -> Path:
     """Write the tiny model to ``out_dir`` (atomically, replacing it); return ``out_dir``.
 
