@@ -189,7 +189,9 @@ def short_dir() -> Iterator[Path]:
 class Setup:
     """A gateway under uvicorn, its controller and its tiers, all in this loop."""
 
-    def __init__(self, sock: Path, *, hold: float = 30.0, cadence: Cadence = FAST) -> None:
+    def __init__(
+        self, sock: Path, *, hold: float = 30.0, cadence: Cadence = FAST, small_capacity: int = 4
+    ) -> None:
         self.sock = sock
         self.clock = StepClock()
         self.big = Tier(free_port())  # on demand
@@ -197,7 +199,8 @@ class Setup:
         routes = (
             Route(name="big", port=self.big.port, served_model="default_model",
                   on_demand=True, hold=hold),
-            Route(name="small", port=self.small.port, served_model="default_model"),
+            Route(name="small", port=self.small.port, served_model="default_model",
+                  max_concurrency=small_capacity),
         )  # fmt: skip
         self.gateway = Gateway(
             KEY,
@@ -571,6 +574,35 @@ def test_a_planned_restart_holds_an_always_tiers_new_requests_while_one_runs(
             s.controller.say("small", "ready")
             status, _, _ = await asyncio.wait_for(held, DEADLINE)
             assert status == 200
+
+    run(test)
+
+
+def test_a_request_queued_at_the_gate_when_a_drain_begins_is_held_for_the_new_process(
+    short_dir: Path,
+) -> None:
+    """One stream at a one-slot always tier, a second queued at its gate; ``draining``
+    comes: when the first ends, the second is held (waiting, never sent to the old
+    process the restart stops, nothing in flight) and sent once the verdict is ready."""
+
+    async def test() -> None:
+        setup = Setup(short_dir / "admin.sock", small_capacity=1)
+        async with running(setup) as s:
+            s.small.finish.clear()
+            async with s.post("small", stream=True) as first:
+                await first.content.readuntil(b"\n\n")
+                queued = asyncio.ensure_future(s.ask("small"))
+                await s.controller.until(lambda t: (t.in_flight, t.waiting) == (1, 1), "small")
+                s.controller.say("small", "draining", "restart (args changed)")
+                await s.controller.told()
+                s.small.finish.set()
+                rest = await read_stream(first)
+            assert rest[-1] == b"data: [DONE]\n\n"
+            drained = await s.controller.until(lambda t: t.held_back and t.in_flight == 0, "small")
+            assert drained.waiting == 1 and not queued.done()
+            s.controller.say("small", "ready")
+            status, body, _ = await asyncio.wait_for(queued, DEADLINE)
+            assert status == 200 and body["choices"][0]["message"]["content"] == "hello"
 
     run(test)
 

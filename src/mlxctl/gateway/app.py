@@ -263,6 +263,13 @@ class Gateway:
         except BaseException:
             claim.close()
             raise
+        if route is not None and self.demand.draining(name):
+            # A planned restart began while it waited at the gate: counted in flight since
+            # its turn came (so no report could say the tier drained), it goes back and is
+            # held for the new process, never sent to the old one the restart stops.
+            slot.give_back()
+            claim.close()
+            return await self._on_demand(table, route, checked, endpoint, gone)
         try:
             if route is not None and table.config.fast_path:
                 relay = self._relay(table, route, checked, endpoint, slot.release)
