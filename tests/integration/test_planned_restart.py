@@ -111,7 +111,7 @@ def live_pid(ctl: Mlxctl, other_than: int | None = None) -> int | None:
     ("concurrency", "tokens"),
     [
         # Every stream at the tier when the edit lands.
-        pytest.param(CLIENTS, 400, id="all-16-at-the-tier"),
+        pytest.param(CLIENTS, 400, id="all-16-at-the-tier", marks=pytest.mark.slow),
         # The default capacity (4): 4 at the tier, 12 queued at the gateway's gate. The
         # queued ones are held for the new process, never sent to the old one: sent
         # there, they made the drain outlast the stop's grace (10 s) and the restart cut

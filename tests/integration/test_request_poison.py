@@ -228,7 +228,7 @@ def fuzz(tier: Tier, body: dict[str, Any]) -> None:
 
 
 QUICK = settings(
-    max_examples=40, deadline=None, derandomize=True, database=None,
+    max_examples=15, deadline=None, derandomize=True, database=None,
     phases=[Phase.explicit, Phase.generate],
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )  # fmt: skip

@@ -66,6 +66,7 @@ def touched_after(ctl: Mlxctl, since: float) -> list[dict[str, Any]]:
     ]
 
 
+@pytest.mark.slow  # ~25 s: a controller, a tier, two kills and restarts
 def test_a_killed_controller_is_followed_by_one_that_reloads_nothing(
     mlxctl: Mlxctl, tiny_model: Path, tmp_path: Path
 ) -> None:
