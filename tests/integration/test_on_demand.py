@@ -262,8 +262,10 @@ def test_idle_unload_after_the_timeout_and_never_during_a_long_stream(on_demand:
     gone = time.time()
     after_end = gone - stream.ended
     # Stopped idleTimeout after the stream's last byte (a pass's latency and the
-    # process's exit on top), never before.
-    assert idle - 0.3 <= after_end <= idle + 3.0, after_end
+    # process's exit on top), never before. The gateway's last byte precedes this slow
+    # reader's by what the kernel's socket buffers hold (0.33 s was seen in CI): the idle
+    # clock is the gateway's, so the client's view of it may be up to a second late.
+    assert idle - 1.0 <= after_end <= idle + 3.0, after_end
     # (its event may be written just after the process has gone)
     [stop] = wait_for(lambda: setup.stops("idler"), 10, "the stop event")
     assert stop["cause"].startswith("scaled to zero: idle "), stop
