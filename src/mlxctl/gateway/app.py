@@ -63,6 +63,7 @@ from mlxctl.gateway.capacity import (
     wait_turn,
 )
 from mlxctl.gateway.demand import HOLD, SEND, Cadence, Claim, Demand, Refusal
+from mlxctl.gateway.errors import openai_error as error
 from mlxctl.gateway.intake import read_json
 from mlxctl.gateway.prompt_tokens import fit_context
 from mlxctl.gateway.requests import Checked, Endpoint, RequestError, check_request
@@ -107,19 +108,6 @@ class _Refused:
 
 
 REFUSED = _Refused()
-
-
-def error(
-    status: int,
-    message: str,
-    *,
-    code: str,
-    type_: str = "invalid_request_error",
-    param: str | None = None,
-) -> JSONResponse:
-    """An OpenAI-style error response."""
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
 
 
 def refusal(why: Refusal) -> JSONResponse:
