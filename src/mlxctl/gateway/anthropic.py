@@ -42,18 +42,19 @@ from mlxctl.gateway import errors
 from mlxctl.gateway.bounds import (
     MAX_CONTENT_PARTS,
     MAX_MESSAGES,
-    MAX_MODEL_NAME,
     MAX_STOP,
     MAX_TOKENS,
     MAX_TOOLS,
     RequestError,
     clip,
+    refusal,
 )
 from mlxctl.gateway.errors import Body
 from mlxctl.gateway.families import (
     Api,
     Parsed,
     arguments_object,
+    request_head,
     sse,
     text_of,
     usage_numbers,
@@ -86,12 +87,6 @@ _KNOWN = frozenset({"model", "messages", "system", "max_tokens", "stop_sequences
 _TEXT = frozenset({"text"})
 
 
-def _refuse(param: str, message: str) -> RequestError:
-    top = param.split(".")[0]
-    return RequestError(400, f"invalid request: {param}: {message}", code="invalid_request",
-                        param=top)  # fmt: skip
-
-
 class Messages:
     """The Anthropic Messages family (see the module's docstring)."""
 
@@ -100,36 +95,29 @@ class Messages:
     # -- the request ------------------------------------------------------------------
 
     def parse(self, body: Any) -> Parsed:
-        if not isinstance(body, dict):
-            raise _refuse("body", "the request body must be a JSON object")
-        model = body.get("model")
-        if not isinstance(model, str) or not model or len(model) > MAX_MODEL_NAME:
-            raise _refuse("model", "a model name (a string) is required")
-        for field, why in _REFUSED.items():
-            if body.get(field):
-                raise _refuse(field, f"not supported: {why}")
+        model = request_head(body, _REFUSED)
         max_tokens = body.get("max_tokens")
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
-            raise _refuse("max_tokens", "a positive integer is required")
+            raise refusal("max_tokens", "a positive integer is required")
         if not 1 <= max_tokens <= MAX_TOKENS:
-            raise _refuse("max_tokens", "a positive integer is required")
+            raise refusal("max_tokens", "a positive integer is required")
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
-            raise _refuse("stream", "must be a boolean")
+            raise refusal("stream", "must be a boolean")
         messages = _system(body.get("system"))
         raw = body.get("messages")
         if not isinstance(raw, list) or not raw:
-            raise _refuse("messages", "a non-empty list of messages is required")
+            raise refusal("messages", "a non-empty list of messages is required")
         if len(raw) > MAX_MESSAGES:
-            raise _refuse("messages", f"at most {MAX_MESSAGES} messages")
+            raise refusal("messages", f"at most {MAX_MESSAGES} messages")
         for i, message in enumerate(raw):
             messages += _message(message, f"messages.{i}")
         chat: dict[str, Any] = {"messages": messages, "max_tokens": max_tokens}
         if (stops := body.get("stop_sequences")) is not None:
             if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-                raise _refuse("stop_sequences", "must be a list of strings")
+                raise refusal("stop_sequences", "must be a list of strings")
             if len(stops) > MAX_STOP:
-                raise _refuse("stop_sequences", f"at most {MAX_STOP}")
+                raise refusal("stop_sequences", f"at most {MAX_STOP}")
             if stops:
                 chat["stop"] = stops
         for field in _SAMPLING:
@@ -337,26 +325,26 @@ def _system(system: object) -> list[dict[str, Any]]:
         text = text_of(system, _TEXT)
         if text is not None:
             return [{"role": "system", "content": text}]
-    raise _refuse("system", "must be a string or a list of text blocks")
+    raise refusal("system", "must be a string or a list of text blocks")
 
 
 def _message(message: object, where: str) -> list[dict[str, Any]]:
     """One Anthropic message as chat messages (a user turn's tool results come first,
     each its own ``tool`` message, then its text)."""
     if not isinstance(message, dict):
-        raise _refuse(where, "a message must be an object")
+        raise refusal(where, "a message must be an object")
     role = message.get("role")
     content = message.get("content")
     if role == "system":  # Claude Code's mid-conversation system messages (a beta)
         return _system(content) if content else []
     if role not in ("user", "assistant"):
-        raise _refuse(f"{where}.role", "must be 'user', 'assistant' or 'system'")
+        raise refusal(f"{where}.role", "must be 'user', 'assistant' or 'system'")
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     if not isinstance(content, list):
-        raise _refuse(f"{where}.content", "must be a string or a list of blocks")
+        raise refusal(f"{where}.content", "must be a string or a list of blocks")
     if len(content) > MAX_CONTENT_PARTS:
-        raise _refuse(f"{where}.content", f"at most {MAX_CONTENT_PARTS} blocks")
+        raise refusal(f"{where}.content", f"at most {MAX_CONTENT_PARTS} blocks")
     parts: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
@@ -365,13 +353,13 @@ def _message(message: object, where: str) -> list[dict[str, Any]]:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
             if not isinstance(block.get("text"), str):
-                raise _refuse(f"{at}.text", "must be a string")
+                raise refusal(f"{at}.text", "must be a string")
             parts.append({"type": "text", "text": block["text"]})
         elif kind == "image" and role == "user":
             parts.append(_image(block.get("source"), at))
         elif kind == "tool_use" and role == "assistant":
             if not isinstance(block.get("name"), str) or not isinstance(block.get("id"), str):
-                raise _refuse(at, "a tool_use block needs an id and a name")
+                raise refusal(at, "a tool_use block needs an id and a name")
             calls.append(
                 {
                     "id": block["id"],
@@ -382,7 +370,7 @@ def _message(message: object, where: str) -> list[dict[str, Any]]:
             )  # fmt: skip
         elif kind == "tool_result" and role == "user":
             if not isinstance(block.get("tool_use_id"), str):
-                raise _refuse(f"{at}.tool_use_id", "must be a string")
+                raise refusal(f"{at}.tool_use_id", "must be a string")
             results.append(
                 {"role": "tool", "tool_call_id": block["tool_use_id"],
                  "content": _result_text(block, at)}
@@ -390,7 +378,7 @@ def _message(message: object, where: str) -> list[dict[str, Any]]:
         elif kind in ("thinking", "redacted_thinking"):
             continue  # a local tier's reasoning is not sent back to it
         else:
-            raise _refuse(f"{at}.type", f"block type {clip(kind)} is not supported here")
+            raise refusal(f"{at}.type", f"block type {clip(kind)} is not supported here")
     out = list(results)
     if role == "assistant":
         text = "".join(p["text"] for p in parts)
@@ -419,7 +407,7 @@ def _image(source: object, at: str) -> dict[str, Any]:
                     "image_url": {"url": f"data:{media};base64,{source['data']}"}}  # fmt: skip
         if source.get("type") == "url" and isinstance(source.get("url"), str):
             return {"type": "image_url", "image_url": {"url": source["url"]}}
-    raise _refuse(f"{at}.source", "an image needs a base64 or url source")
+    raise refusal(f"{at}.source", "an image needs a base64 or url source")
 
 
 def _result_text(block: dict[str, Any], at: str) -> str:
@@ -436,34 +424,34 @@ def _result_text(block: dict[str, Any], at: str) -> str:
             elif isinstance(part, dict) and part.get("type") == "image":
                 texts.append("[image]")
             else:
-                raise _refuse(f"{at}.content", "a tool result holds text or image blocks")
+                raise refusal(f"{at}.content", "a tool result holds text or image blocks")
         text = "\n".join(texts)
     else:
-        raise _refuse(f"{at}.content", "must be a string or a list of blocks")
+        raise refusal(f"{at}.content", "must be a string or a list of blocks")
     return f"Error: {text}" if block.get("is_error") else text
 
 
 def _tools(tools: object) -> list[dict[str, Any]]:
     if not isinstance(tools, list):
-        raise _refuse("tools", "must be a list")
+        raise refusal("tools", "must be a list")
     if len(tools) > MAX_TOOLS:
-        raise _refuse("tools", f"at most {MAX_TOOLS} tools")
+        raise refusal("tools", f"at most {MAX_TOOLS} tools")
     out = []
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict):
-            raise _refuse(f"tools.{i}", "a tool must be an object")
+            raise refusal(f"tools.{i}", "a tool must be an object")
         kind = tool.get("type")
         if kind not in (None, "custom"):
-            raise _refuse(
+            raise refusal(
                 f"tools.{i}.type",
                 f"server tool {clip(kind)} is not supported: only custom tools (name, "
                 "input_schema) run on a local model",
             )
         name, schema = tool.get("name"), tool.get("input_schema")
         if not isinstance(name, str) or not name:
-            raise _refuse(f"tools.{i}.name", "must be a non-empty string")
+            raise refusal(f"tools.{i}.name", "must be a non-empty string")
         if not isinstance(schema, dict):
-            raise _refuse(f"tools.{i}.input_schema", "must be a JSON schema object")
+            raise refusal(f"tools.{i}.input_schema", "must be a JSON schema object")
         function: dict[str, Any] = {"name": name, "parameters": schema}
         if isinstance(tool.get("description"), str):
             function["description"] = tool["description"]
@@ -473,7 +461,7 @@ def _tools(tools: object) -> list[dict[str, Any]]:
 
 def _tool_choice(choice: object) -> dict[str, Any]:
     if not isinstance(choice, dict):
-        raise _refuse("tool_choice", "must be an object")
+        raise refusal("tool_choice", "must be an object")
     kind = choice.get("type")
     out: dict[str, Any] = {}
     if kind == "auto":
@@ -485,7 +473,7 @@ def _tool_choice(choice: object) -> dict[str, Any]:
     elif kind == "tool" and isinstance(choice.get("name"), str):
         out["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
     else:
-        raise _refuse("tool_choice.type", "must be auto, any, tool (with a name) or none")
+        raise refusal("tool_choice.type", "must be auto, any, tool (with a name) or none")
     if choice.get("disable_parallel_tool_use") is True:
         out["parallel_tool_calls"] = False
     return out

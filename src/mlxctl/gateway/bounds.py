@@ -96,11 +96,18 @@ def clip(value: object, limit: int = MAX_ECHO) -> str:
     return f"{head}… ({len(text)} characters)"
 
 
-def refuse(param: str, message: str, *, code: str = "invalid_request", status: int = 400) -> None:
-    """Raise the 400 for ``param`` (its name clipped: a name may come from the client)."""
+def refusal(
+    param: str, message: str, *, code: str = "invalid_request", status: int = 400
+) -> RequestError:
+    """The 400 for ``param`` (its name clipped: a name may come from the client)."""
     name = ".".join(clip(p, 40) for p in param.split(".")) if param else param
     top = name.split(".")[0].split("[")[0] if name else None
-    raise RequestError(status, f"invalid request: {name}: {message}", code=code, param=top)
+    return RequestError(status, f"invalid request: {name}: {message}", code=code, param=top)
+
+
+def refuse(param: str, message: str, *, code: str = "invalid_request", status: int = 400) -> None:
+    """Raise :func:`refusal`."""
+    raise refusal(param, message, code=code, status=status)
 
 
 def is_number(value: object) -> bool:

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -54,7 +54,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from mlxctl.gateway.answers import _EVENT_END
-from mlxctl.gateway.bounds import RequestError, clip
+from mlxctl.gateway.bounds import MAX_MODEL_NAME, RequestError, clip, refusal
 from mlxctl.gateway.errors import Body, as_bytes, openai_error_fields
 from mlxctl.gateway.intake import read_json
 from mlxctl.gateway.prompt_tokens import fit_context
@@ -71,6 +71,20 @@ Api = Literal["messages", "responses"]
 # The routes each runtime serves itself (vllm-mlx 0.5: both; mlx_lm.server: neither).
 NATIVE: dict[str, frozenset[Api]] = {"vllm-mlx": frozenset({"messages", "responses"})}
 NATIVE_PATHS: dict[Api, str] = {"messages": "/v1/messages", "responses": "/v1/responses"}
+
+
+def request_head(body: Any, refused: Mapping[str, str]) -> str:
+    """What every family checks first: a JSON object, a model name, and none of the
+    fields it refuses outright (``refused``: field -> why); returns the model name."""
+    if not isinstance(body, dict):
+        raise refusal("body", "the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model or len(model) > MAX_MODEL_NAME:
+        raise refusal("model", "a model name (a string) is required")
+    for name, why in refused.items():
+        if body.get(name):
+            raise refusal(name, f"not supported: {why}")
+    return model
 
 
 def serves_natively(route: Route | None, api: Api) -> bool:

@@ -45,14 +45,13 @@ from mlxctl.gateway import errors
 from mlxctl.gateway.bounds import (
     MAX_CONTENT_PARTS,
     MAX_MESSAGES,
-    MAX_MODEL_NAME,
     MAX_TOKENS,
     MAX_TOOLS,
-    RequestError,
     clip,
+    refusal,
 )
 from mlxctl.gateway.errors import Body, as_bytes
-from mlxctl.gateway.families import Api, Parsed, sse, usage_numbers
+from mlxctl.gateway.families import Api, Parsed, request_head, sse, usage_numbers
 
 _REFUSED = {
     "previous_response_id": "the gateway stores no responses: send the whole conversation "
@@ -63,12 +62,6 @@ _REFUSED = {
 }
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "refusal"})
 _SAMPLING = ("temperature", "top_p")
-
-
-def _refuse(param: str, message: str) -> RequestError:
-    top = param.split(".")[0]
-    return RequestError(400, f"invalid request: {param}: {message}", code="invalid_request",
-                        param=top)  # fmt: skip
 
 
 def _integer(value: object) -> bool:
@@ -85,22 +78,15 @@ class Responses:
     api: Api = "responses"
 
     def parse(self, body: Any) -> Parsed:
-        if not isinstance(body, dict):
-            raise _refuse("body", "the request body must be a JSON object")
-        model = body.get("model")
-        if not isinstance(model, str) or not model or len(model) > MAX_MODEL_NAME:
-            raise _refuse("model", "a model name (a string) is required")
-        for field, why in _REFUSED.items():
-            if body.get(field):
-                raise _refuse(field, f"not supported: {why}")
+        model = request_head(body, _REFUSED)
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
-            raise _refuse("stream", "must be a boolean")
+            raise refusal("stream", "must be a boolean")
         messages: list[dict[str, Any]] = []
         instructions = body.get("instructions")
         if instructions is not None:
             if not isinstance(instructions, str):
-                raise _refuse("instructions", "must be a string")
+                raise refusal("instructions", "must be a string")
             if instructions:
                 messages.append({"role": "system", "content": instructions})
         messages += _input(body.get("input"))
@@ -108,7 +94,7 @@ class Responses:
         limit = body.get("max_output_tokens")
         if limit is not None:
             if not _integer(limit) or not 1 <= limit <= MAX_TOKENS:
-                raise _refuse("max_output_tokens", "a positive integer is required")
+                raise refusal("max_output_tokens", "a positive integer is required")
             chat["max_tokens"] = limit
         for field in _SAMPLING:
             if body.get(field) is not None:
@@ -394,21 +380,21 @@ def _input(value: object) -> list[dict[str, Any]]:
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
     if not isinstance(value, list) or not value:
-        raise _refuse("input", "a string or a non-empty list of items is required")
+        raise refusal("input", "a string or a non-empty list of items is required")
     if len(value) > MAX_MESSAGES:
-        raise _refuse("input", f"at most {MAX_MESSAGES} items")
+        raise refusal("input", f"at most {MAX_MESSAGES} items")
     messages: list[dict[str, Any]] = []
     for i, item in enumerate(value):
         at = f"input.{i}"
         if not isinstance(item, dict):
-            raise _refuse(at, "an item must be an object")
+            raise refusal(at, "an item must be an object")
         kind = item.get("type", "message")
         if kind == "message":
             messages.append(_message(item, at))
         elif kind == "function_call":
             name, call_id = item.get("name"), item.get("call_id")
             if not isinstance(name, str) or not isinstance(call_id, str):
-                raise _refuse(at, "a function_call item needs a name and a call_id")
+                raise refusal(at, "a function_call item needs a name and a call_id")
             arguments = item.get("arguments")
             if not isinstance(arguments, str):
                 arguments = json.dumps(arguments or {})
@@ -422,28 +408,28 @@ def _input(value: object) -> list[dict[str, Any]]:
         elif kind == "function_call_output":
             call_id = item.get("call_id")
             if not isinstance(call_id, str):
-                raise _refuse(f"{at}.call_id", "must be a string")
+                raise refusal(f"{at}.call_id", "must be a string")
             messages.append({"role": "tool", "tool_call_id": call_id,
                              "content": _output_text(item.get("output"), at)})  # fmt: skip
         elif kind == "reasoning":
             continue  # a local tier's reasoning is not sent back to it
         else:
-            raise _refuse(f"{at}.type", f"item type {clip(kind)} is not supported")
+            raise refusal(f"{at}.type", f"item type {clip(kind)} is not supported")
     return messages
 
 
 def _message(item: dict[str, Any], at: str) -> dict[str, Any]:
     role = item.get("role")
     if role not in ("user", "assistant", "system", "developer"):
-        raise _refuse(f"{at}.role", "must be user, assistant, system or developer")
+        raise refusal(f"{at}.role", "must be user, assistant, system or developer")
     chat_role = "system" if role == "developer" else role
     content = item.get("content")
     if isinstance(content, str):
         return {"role": chat_role, "content": content}
     if not isinstance(content, list):
-        raise _refuse(f"{at}.content", "must be a string or a list of parts")
+        raise refusal(f"{at}.content", "must be a string or a list of parts")
     if len(content) > MAX_CONTENT_PARTS:
-        raise _refuse(f"{at}.content", f"at most {MAX_CONTENT_PARTS} parts")
+        raise refusal(f"{at}.content", f"at most {MAX_CONTENT_PARTS} parts")
     parts: list[dict[str, Any]] = []
     for j, part in enumerate(content):
         where = f"{at}.content.{j}"
@@ -452,17 +438,17 @@ def _message(item: dict[str, Any], at: str) -> dict[str, Any]:
             assert isinstance(part, dict)
             text = part.get("text", part.get("refusal"))
             if not isinstance(text, str):
-                raise _refuse(f"{where}.text", "must be a string")
+                raise refusal(f"{where}.text", "must be a string")
             parts.append({"type": "text", "text": text})
         elif kind == "input_image" and role == "user":
             assert isinstance(part, dict)
             url = part.get("image_url")
             if not isinstance(url, str):
-                raise _refuse(f"{where}.image_url", "an image needs an image_url (file_id is not "
+                raise refusal(f"{where}.image_url", "an image needs an image_url (file_id is not "
                               "supported)")  # fmt: skip
             parts.append({"type": "image_url", "image_url": {"url": url}})
         else:
-            raise _refuse(f"{where}.type", f"part type {clip(kind)} is not supported")
+            raise refusal(f"{where}.type", f"part type {clip(kind)} is not supported")
     if all(p["type"] == "text" for p in parts):
         return {"role": chat_role, "content": "\n".join(p["text"] for p in parts)}
     return {"role": chat_role, "content": parts}
@@ -477,52 +463,52 @@ def _output_text(output: object, at: str) -> str:
             if isinstance(part, dict) and isinstance(part.get("text"), str):
                 texts.append(part["text"])
             else:
-                raise _refuse(f"{at}.output", "a function output holds text parts")
+                raise refusal(f"{at}.output", "a function output holds text parts")
         return "\n".join(texts)
-    raise _refuse(f"{at}.output", "must be a string or a list of text parts")
+    raise refusal(f"{at}.output", "must be a string or a list of text parts")
 
 
 def _tools(tools: object, namespaces: dict[str, str]) -> list[dict[str, Any]]:
     """Function tools as chat tools; a namespace's functions are listed among them (and
     ``namespaces`` learns whose they are)."""
     if not isinstance(tools, list):
-        raise _refuse("tools", "must be a list")
+        raise refusal("tools", "must be a list")
     out = []
     for i, tool in enumerate(tools):
         if isinstance(tool, dict) and tool.get("type") == "namespace":
             if not isinstance(tool.get("name"), str) or not isinstance(tool.get("tools"), list):
-                raise _refuse(f"tools.{i}", "a namespace needs a name and a list of tools")
+                raise refusal(f"tools.{i}", "a namespace needs a name and a list of tools")
             for j, member in enumerate(tool["tools"]):
                 out.append(_function(member, f"tools.{i}.tools.{j}"))
                 namespaces[out[-1]["function"]["name"]] = tool["name"]
         else:
             out.append(_function(tool, f"tools.{i}"))
         if len(out) > MAX_TOOLS:
-            raise _refuse("tools", f"at most {MAX_TOOLS} tools")
+            raise refusal("tools", f"at most {MAX_TOOLS} tools")
     return out
 
 
 def _function(tool: object, at: str) -> dict[str, Any]:
     if not isinstance(tool, dict):
-        raise _refuse(at, "a tool must be an object")
+        raise refusal(at, "a tool must be an object")
     kind = tool.get("type")
     if kind != "function":
         hint = ""
         if kind in ("web_search", "web_search_preview"):
             hint = ' (Codex CLI: set web_search = "disabled" in its config.toml)'
-        raise _refuse(
+        raise refusal(
             f"{at}.type",
             f"built-in tool {clip(kind)} is not supported: only function tools run on a "
             f"local model{hint}",
         )
     name = tool.get("name")
     if not isinstance(name, str) or not name:
-        raise _refuse(f"{at}.name", "must be a non-empty string")
+        raise refusal(f"{at}.name", "must be a non-empty string")
     function: dict[str, Any] = {"name": name}
     parameters = tool.get("parameters")
     if parameters is not None:
         if not isinstance(parameters, dict):
-            raise _refuse(f"{at}.parameters", "must be a JSON schema object")
+            raise refusal(f"{at}.parameters", "must be a JSON schema object")
         function["parameters"] = parameters
     if isinstance(tool.get("description"), str):
         function["description"] = tool["description"]
@@ -538,14 +524,14 @@ def _tool_choice(choice: object) -> object:
         name = choice.get("name")
         if isinstance(name, str):
             return {"type": "function", "function": {"name": name}}
-    raise _refuse("tool_choice", "must be auto, none, required or a function by name")
+    raise refusal("tool_choice", "must be auto, none, required or a function by name")
 
 
 def _format(text: object) -> dict[str, Any] | None:
     if text is None:
         return None
     if not isinstance(text, dict):
-        raise _refuse("text", "must be an object")
+        raise refusal("text", "must be an object")
     fmt = text.get("format")
     if fmt is None:
         return None
@@ -559,7 +545,7 @@ def _format(text: object) -> dict[str, Any] | None:
         if isinstance(fmt.get("strict"), bool):
             schema["strict"] = fmt["strict"]
         return {"type": "json_schema", "json_schema": schema}
-    raise _refuse("text.format", "must be text, json_object or json_schema with a schema")
+    raise refusal("text.format", "must be text, json_object or json_schema with a schema")
 
 
 RESPONSES = Responses()
