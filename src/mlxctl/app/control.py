@@ -337,10 +337,7 @@ def ps(
         )
         if demand is not None:
             d = demand.get(name, TierDemand())
-            idle = None
-            if not d.busy:
-                since = d.last_end if d.last_end is not None else seen.record.ready_at
-                idle = max(observed.now - since, 0.0) if since is not None else None
+            idle = None if d.busy else max(observed.now - d.last_used(seen.record), 0.0)
             unloads = None
             if want is not None and want.on_demand and want.idle_timeout is not None:
                 unloads = max(want.idle_timeout - idle, 0.0) if idle is not None else None

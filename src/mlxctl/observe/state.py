@@ -92,6 +92,16 @@ class TierDemand:
         """Requests are held for it or in flight: it must not be stopped."""
         return self.waiting > 0 or self.in_flight > 0
 
+    def last_used(self, record: Record) -> float:
+        """When the tier ``record`` runs last served: the end of its last request, a load
+        asked of it, or its start (its readiness). Its idle time counts from here: the
+        planner's idle unload, ``status`` and ``ps`` read this one value."""
+        return max(
+            record.ready_at or record.started_at,
+            self.last_end or 0.0,
+            self.load_requested_at or 0.0,
+        )
+
 
 @dataclass(frozen=True)
 class ObservedState:

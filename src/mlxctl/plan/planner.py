@@ -240,13 +240,7 @@ class _Planner:
 
     def last_used(self, service: DesiredService, seen: ObservedService) -> float:
         """When the tier last served: the end of its last request, a load, or its start."""
-        rec = seen.record
-        demand = self.demand(service.name)
-        return max(
-            rec.ready_at or rec.started_at,
-            demand.last_end or 0.0,
-            demand.load_requested_at or 0.0,
-        )
+        return self.demand(service.name).last_used(seen.record)
 
     def unload(self, service: DesiredService, cause: str) -> bool:
         """Stop a loaded tier without cutting a request: once the gateway says it holds

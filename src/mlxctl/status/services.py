@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mlxctl.desired.state import DesiredState
-from mlxctl.observe.state import ObservedService, ObservedState
+from mlxctl.observe.state import ObservedService, ObservedState, TierDemand
 
 HealthState = Literal[
     "ready",
@@ -132,11 +132,7 @@ def build_status(desired: DesiredState | None, observed: ObservedState) -> list[
             if demand is not None and demand.busy:
                 detail = f"{demand.in_flight} in flight, {demand.waiting} waiting"
             elif observed.demand_reported or (demand and demand.last_end):
-                since = max(
-                    rec.ready_at or rec.started_at,
-                    (demand.last_end if demand else None) or 0.0,
-                    (demand.load_requested_at if demand else None) or 0.0,
-                )
+                since = (demand or TierDemand()).last_used(rec)
                 idle_for = max(0.0, observed.now - since)
                 if want.idle_timeout is not None:
                     unloads_in = max(0.0, want.idle_timeout - idle_for)
