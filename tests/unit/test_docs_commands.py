@@ -81,7 +81,18 @@ def check(args: list[str]) -> str | None:
     _register()
     command: click.Command = app
     path = ["mlxctl"]
-    while isinstance(command, click.Group) and args and not args[0].startswith("-"):
+    while isinstance(command, click.Group) and args:
+        if args[0].startswith("-") and args[0] not in ("-h", "--help", "--version"):
+            # A group's own options (``mlxctl --host NAME reconcile``) come before its
+            # subcommand: click's group parser stops at the first word that is not one.
+            try:
+                group = click.Context(command, info_name=" ".join(path))
+                _, args, _ = command.make_parser(group).parse_args(args=list(args))
+            except click.UsageError as exc:
+                return f"{' '.join(path)}: {exc.format_message()}"
+            continue
+        if args[0].startswith("-"):
+            break
         sub = command.commands.get(args[0])
         if sub is None:
             return f"no command {' '.join([*path, args[0]])!r}"

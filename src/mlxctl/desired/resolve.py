@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mlxctl.desired.model_info import attach_info
+from mlxctl.desired.placement import Elsewhere
 from mlxctl.desired.ports import assign_ports
 from mlxctl.desired.state import (
     GATEWAY,
@@ -74,6 +75,10 @@ class ResolveContext:
     # Whether a tier's remembered automatic port is held by a program other than its own
     # server (then it is reassigned).
     port_held_by_other: Callable[[str, int], bool] | None = None
+    # This machine's name among the stack's hosts, and the tiers other machines serve
+    # (:mod:`mlxctl.desired.placement`): routed to those machines' gateways.
+    host: str | None = None
+    elsewhere: tuple[Elsewhere, ...] = ()
 
 
 def spec_hash(
@@ -143,6 +148,7 @@ def resolve_desired(stack: StackSet, ctx: ResolveContext) -> DesiredState:
     gateway = None
     # The gateway fronts tiers (every stack's): with none to route to, it is not run.
     routes += [r for r in ctx.extra_routes if r.name not in ports]
+    routes += [_peer_route(e) for e in ctx.elsewhere]
     if stack.gateway.enabled and routes:
         try:
             gateway = _gateway_service(stack, routes, ctx)
@@ -164,6 +170,30 @@ def resolve_desired(stack: StackSet, ctx: ResolveContext) -> DesiredState:
             f"not pruned while {unknown} is invalid with no last valid version" if unknown else ""
         ),
         invalid_files=stack.invalid,
+        host=ctx.host,
+        elsewhere={e.tier.spec.name: e.host.name for e in ctx.elsewhere},
+    )
+
+
+# A tier on another machine is queued by that machine's gateway, never by this one.
+PEER_CAPACITY = 4096
+
+
+def _peer_route(elsewhere: Elsewhere) -> Route:
+    """The route to a tier another machine serves: its names, relayed to its machine's
+    gateway, which holds, queues, checks and falls back for it as for any of its own."""
+    tier = elsewhere.tier
+    host = elsewhere.host
+    return Route(
+        name=tier.spec.name,
+        port=int(elsewhere.peer.rsplit(":", 1)[1]),
+        served_model=tier.spec.name,
+        aliases=tuple(tier.spec.aliases),
+        max_concurrency=PEER_CAPACITY,
+        runtime=tier.spec.runtime,
+        context=tier.spec.context,
+        host=host.name,
+        peer=elsewhere.peer,
     )
 
 
@@ -341,7 +371,9 @@ def _gateway_service(
     """
     gw = stack.gateway
     config_path = ctx.state_dir / GATEWAY / "config.json"
-    specs = {t.spec.name: t.spec for t in stack.tiers}
+    # Every tier of the stack, this machine's and the others': a tier on another machine
+    # whose machine does not answer falls back here as it would there.
+    specs = {t.spec.name: t.spec for t in (*stack.tiers, *(e.tier for e in ctx.elsewhere))}
     routed = {r.name for r in routes}
     remotes = [
         RemoteRoute(

@@ -163,6 +163,10 @@ class DesiredState:
     # Tiers whose estimate was raised after they ran out of memory, with the line
     # ``diff`` shows ("estimate raised after an OOM kill: 1.0 -> 1.5 GiB").
     memory_raised: Mapping[str, str] = field(default_factory=dict)
+    # This machine's name among ``spec.hosts`` (None: the stack declares no hosts), and
+    # the tiers other machines serve, with their host: left alone here, routed to.
+    host: str | None = None
+    elsewhere: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def services(self) -> tuple[DesiredService, ...]:

@@ -86,9 +86,13 @@ def running_gateway_settings(ctx: Context, stack: StackSet) -> StackSet:
 
 
 def resolve(ctx: Context, stack: StackSet) -> DesiredState:
+    from mlxctl.desired.placement import place
+    from mlxctl.machine import host_name
     from mlxctl.sources.registry import make_resolver
 
     stack = running_gateway_settings(ctx, stack)
+    placed = place(stack, host_name.local_host(ctx.environ), host_name.how_named(ctx.environ))
+    stack = placed.local
 
     rctx = ResolveContext(
         python=ctx.python,
@@ -99,6 +103,8 @@ def resolve(ctx: Context, stack: StackSet) -> DesiredState:
         extra_routes=other_stacks_routes(ctx, stack),
         port_in_use=lambda port: ctx.procs.port_owner(port) is not None,
         port_held_by_other=lambda name, port: _held_by_other(ctx, name, port),
+        host=placed.host,
+        elsewhere=placed.elsewhere,
     )
     desired = resolve_desired(stack, rctx)
     from mlxctl.desired.admission import with_budget

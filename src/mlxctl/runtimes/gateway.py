@@ -120,6 +120,12 @@ class Route(_Frozen):
     vision: bool | None = None
     # What the tier's model is and can do, for /v1/models (mlxctl.desired.model_info).
     info: ModelInfo = Field(default_factory=ModelInfo)
+    # The machine serving it (``spec.hosts``; None: a stack without hosts). With
+    # ``peer`` set the tier runs on another machine: the gateway relays every request
+    # for it to that machine's gateway (``peer``, its base URL) with the master key,
+    # and ``port`` is that gateway's port (docs/multi-host.md).
+    host: str | None = None
+    peer: str | None = None
 
 
 class RemoteRoute(_Frozen):

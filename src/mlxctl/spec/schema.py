@@ -195,6 +195,37 @@ ModelSource = Annotated[
 ]
 
 
+# Ring ranks and the tiers' ports share one range: a member listens on its own port.
+DistributedBackend = Literal["ring", "jaccl"]
+MAX_HOSTS = 64
+
+
+class DistributedSpec(_Strict):
+    """One model across machines on MLX's distributed runtime (docs/multi-host.md).
+
+    Each member host's controller starts its own rank (rank = the host's index in
+    ``hosts``); rank 0 serves HTTP on the first host, which is the tier's ``host``.
+    ``ring`` runs over TCP (and is the one that runs in the tests); ``jaccl`` is
+    Thunderbolt RDMA (macOS 26.2 and later, a full mesh of cables).
+    """
+
+    hosts: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
+        min_length=2, max_length=MAX_HOSTS
+    )
+    backend: DistributedBackend = "ring"
+    # The port each member's rank listens on for the ring (unset: chosen by mlxctl
+    # from the tier's name, the same on every member since each reads the same files).
+    port: Port | None = None
+
+    @field_validator("hosts")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        dup = sorted({h for h in value if value.count(h) > 1})
+        if dup:
+            raise ValueError(f"host {dup[0]!r} appears twice")
+        return value
+
+
 class TierSpec(_Strict):
     """One model server."""
 
@@ -223,11 +254,25 @@ class TierSpec(_Strict):
     aliases: list[Annotated[str, Field(pattern=ALIAS_PATTERN)]] = Field(default_factory=list)
     # Tiers or remotes tried in order when this tier fails (the gateway's Router fallbacks).
     fallbacks: list[str] = Field(default_factory=list)
+    # The machine that serves it (a name from ``spec.hosts``): its controller runs it,
+    # every other machine's gateway routes to that machine's gateway. Neither enters
+    # the launch.
+    host: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
+    distributed: DistributedSpec | None = None
 
     @model_validator(mode="after")
     def _not_own_fallback(self) -> TierSpec:
         if self.name in self.fallbacks:
             raise ValueError(f"tier '{self.name}' cannot fall back to itself")
+        if (
+            self.distributed is not None
+            and self.host is not None
+            and self.host != self.distributed.hosts[0]
+        ):
+            raise ValueError(
+                f"host '{self.host}' must be distributed.hosts[0] "
+                f"('{self.distributed.hosts[0]}'): rank 0 serves the tier"
+            )
         if self.name in self.aliases:
             raise ValueError(f"alias '{self.name}' is the tier's own name")
         return self
@@ -388,6 +433,20 @@ class MemorySpec(_Strict):
         return value
 
 
+class HostSpec(_Strict):
+    """A machine of this stack (docs/multi-host.md): the name its controller knows itself
+    by (``--host``, ``MLXCTL_HOST`` or its short hostname) and the address the other
+    machines reach its gateway at."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    # An IP address or a DNS name (``studio.local``).
+    address: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")
+    # The port its gateway listens on (unset: ``spec.gateway.port``).
+    gateway_port: Port | None = Field(default=None, alias="gatewayPort")
+    # This machine's own memory budget (unset: ``spec.memory``).
+    memory: MemorySpec | None = None
+
+
 class TierDefaults(_Strict):
     """Defaults for every tier of this stack file (a tier's own setting wins)."""
 
@@ -396,6 +455,8 @@ class TierDefaults(_Strict):
 
 
 class StackSpec(_Strict):
+    # The machines of this stack (unset: one machine, this one).
+    hosts: list[HostSpec] = Field(default_factory=list, max_length=MAX_HOSTS)
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
     defaults: TierDefaults = Field(default_factory=TierDefaults)
     memory: MemorySpec | None = None
@@ -409,6 +470,10 @@ class StackSpec(_Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"tier name {dup[0]!r} appears twice")
+        hosts = [h.name for h in self.hosts]
+        dup = sorted({n for n in hosts if hosts.count(n) > 1})
+        if dup:
+            raise ValueError(f"host name {dup[0]!r} appears twice")
         return self
 
 

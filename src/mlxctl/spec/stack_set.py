@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from mlxctl.errors import SpecError
-from mlxctl.spec.schema import GatewaySpec, LoadPolicy, MemorySpec, StackDocument, TierSpec
+from mlxctl.spec.schema import (
+    GatewaySpec,
+    HostSpec,
+    LoadPolicy,
+    MemorySpec,
+    StackDocument,
+    TierSpec,
+)
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,16 @@ class SourcedTier:
     # ``load`` and ``idleTimeout``, the tier's own or its file's ``spec.defaults``.
     load: LoadPolicy = "always"
     idle_timeout: float | str = "auto"
+    # The machine that serves it (``spec.hosts``); None when the stack has no hosts
+    # (this machine). A distributed tier's is rank 0's, ``distributed.hosts[0]``.
+    host: str | None = None
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Every machine that runs a process of this tier (its ranks, or its host)."""
+        if self.spec.distributed is not None:
+            return tuple(self.spec.distributed.hosts)
+        return (self.host,) if self.host is not None else ()
 
 
 @dataclass(frozen=True)
@@ -60,6 +77,11 @@ class StackSet:
     suspended_stacks: frozenset[str] = frozenset()
     # Some file read sets ``spec.gateway`` (else ``gateway`` holds the defaults).
     gateway_set: bool = False
+    # The machines of the stack (``spec.hosts``); empty: one machine, this one.
+    hosts: tuple[HostSpec, ...] = ()
+
+    def host(self, name: str) -> HostSpec | None:
+        return next((h for h in self.hosts if h.name == name), None)
 
 
 def merge_documents(
@@ -70,9 +92,18 @@ def merge_documents(
     problems: list[str] = []
     tiers: list[SourcedTier] = []
     by_name: dict[str, SourcedTier] = {}
-    by_port: dict[int, str] = {}
+    by_port: dict[tuple[str | None, int], str] = {}
     gateway: tuple[Path, GatewaySpec] | None = None
     memory: tuple[Path, MemorySpec] | None = None
+    hosts: tuple[Path, list[HostSpec]] | None = None
+    for path, doc, _ in docs:
+        if doc.spec.hosts:
+            if hosts is not None and hosts[1] != doc.spec.hosts:
+                problems.append(
+                    f"{path}: spec.hosts differs from the one in {hosts[0]}; set it in one file"
+                )
+            hosts = (path, doc.spec.hosts)
+    host_names = [h.name for h in hosts[1]] if hosts else []
     depends: list[tuple[SourcedTier, int]] = []
     for path, doc, node in docs:
         seq: Any = node["spec"].get("tiers")
@@ -86,6 +117,8 @@ def merge_documents(
             }
             defaults = doc.spec.defaults
             idle = tier.idle_timeout if tier.idle_timeout is not None else defaults.idle_timeout
+            placed = tier.host or (tier.distributed.hosts[0] if tier.distributed else None)
+            problems += _placement_problems(tier, f"{path}:{line}:1", host_names)
             sourced = SourcedTier(
                 tier,
                 path,
@@ -95,6 +128,7 @@ def merge_documents(
                 keys,
                 load=tier.load or defaults.load or "always",
                 idle_timeout="auto" if idle is None else idle,
+                host=placed if host_names else None,
             )
             if tier.depends_on:
                 depends.append((sourced, _key_line(seq[index], "dependsOn", line)))
@@ -106,12 +140,14 @@ def merge_documents(
             by_name[tier.name] = sourced
             tiers.append(sourced)
             if tier.port is not None:
-                if tier.port in by_port:
-                    problems.append(
-                        f"{path}:{line}:1: tier '{tier.name}' port {tier.port} is also used by "
-                        f"{by_port[tier.port]}"
-                    )
-                by_port[tier.port] = f"tier '{tier.name}' ({path}:{line})"
+                for member in sourced.members or (None,):
+                    if (member, tier.port) in by_port:
+                        on = f" on host '{member}'" if member else ""
+                        problems.append(
+                            f"{path}:{line}:1: tier '{tier.name}' port {tier.port}{on} is also "
+                            f"used by {by_port[(member, tier.port)]}"
+                        )
+                    by_port[(member, tier.port)] = f"tier '{tier.name}' ({path}:{line})"
         if "gateway" in doc.spec.model_fields_set:
             if gateway is not None and gateway[1] != doc.spec.gateway:
                 problems.append(
@@ -127,11 +163,18 @@ def merge_documents(
     problems += dependency_problems(depends, by_name)
     gw = gateway[1] if gateway else GatewaySpec()
     problems += _route_problems(tiers, gw)
-    if gw.enabled and gw.port in by_port:
-        problems.append(
-            f"{gateway[0] if gateway else files[0]}: gateway port {gw.port} is also used by "
-            f"{by_port[gw.port]}"
-        )
+    machines: list[HostSpec | None] = list(hosts[1]) if hosts else [None]
+    for machine in machines:
+        port = (machine.gateway_port if machine else None) or gw.port
+        member = machine.name if machine else None
+        if gw.enabled and (member, port) in by_port:
+            on = f" on host '{member}'" if member else ""
+            problems.append(
+                f"{gateway[0] if gateway else files[0]}: gateway port {port}{on} is also used "
+                f"by {by_port[(member, port)]}"
+            )
+    if hosts and len(hosts[1]) > 1:
+        problems += _reachable_gateway_problems(gw, gateway[0] if gateway else hosts[0])
     if problems:
         raise SpecError(problems)
     return StackSet(
@@ -143,7 +186,53 @@ def merge_documents(
         names=tuple(doc.metadata.name for _, doc, _ in docs),
         suspended_stacks=frozenset(doc.metadata.name for _, doc, _ in docs if doc.spec.suspend),
         gateway_set=gateway is not None,
+        hosts=tuple(hosts[1]) if hosts else (),
     )
+
+
+def _placement_problems(tier: TierSpec, where: str, hosts: Sequence[str]) -> list[str]:
+    """A tier names a declared host (every tier does once ``spec.hosts`` is set), and a
+    distributed tier's members are declared hosts."""
+    named = ([tier.host] if tier.host else []) + (
+        list(tier.distributed.hosts) if tier.distributed else []
+    )
+    if not hosts:
+        if named:
+            return [
+                f"{where}: tier '{tier.name}' names host '{named[0]}' but the stack declares "
+                "no spec.hosts"
+            ]
+        return []
+    if not named:
+        return [
+            f"{where}: tier '{tier.name}' names no host; the stack declares hosts "
+            f"({', '.join(hosts)}): add host: <name>"
+        ]
+    problems = []
+    for name in dict.fromkeys(named):
+        if name not in hosts:
+            close = difflib.get_close_matches(name, list(hosts), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append(
+                f"{where}: tier '{tier.name}': host '{name}' is not in spec.hosts{hint}"
+            )
+    return problems
+
+
+def _reachable_gateway_problems(gw: GatewaySpec, where: Path) -> list[str]:
+    """With several hosts, each gateway is reached by the others: it listens beyond
+    loopback, which already requires a ``masterKey`` (the key the gateways send)."""
+    import ipaddress
+
+    if not gw.enabled:
+        return [f"{where}: spec.hosts names several machines: the gateway routes between "
+                "them and cannot be disabled"]  # fmt: skip
+    if ipaddress.ip_address(gw.host).is_loopback:
+        return [
+            f"{where}: spec.hosts names several machines, which reach each other's gateway: "
+            "set spec.gateway.host (0.0.0.0, or this LAN's address) and masterKey"
+        ]
+    return []
 
 
 def _key_line(node: Any, key: str, default: int) -> int:
