@@ -44,6 +44,19 @@ class ObservedService:
     # and the kernel (see mlxctl.observe.exit_cause).
     exit_cause: ExitCause | None = None
 
+    @property
+    def serves(self) -> bool:
+        """Running, and ready (recorded, or answered just now) and not failing its
+        probe: what the planner counts as serving and the gateway is told is ready."""
+        rec = self.record
+        return (
+            self.alive
+            and rec.spawned
+            and not rec.stopping
+            and self.health != "unready"
+            and (rec.ready_at is not None or self.health == "ready")
+        )
+
 
 @dataclass(frozen=True)
 class PrepareJob:

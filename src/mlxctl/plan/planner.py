@@ -293,7 +293,7 @@ class _Planner:
         waiting = []
         for dep in service.depends_on:
             seen = self.observed.services.get(dep)
-            if seen is None or not _serves(seen):
+            if seen is None or not seen.serves:
                 waiting.append(dep)
         if waiting:
             self.add(
@@ -653,7 +653,7 @@ class _Planner:
         if not seen.alive or rec.ready_at is None or self.desired.get(rec.handover_to) is None:
             return False
         successor = self.observed.services.get(rec.handover_to)
-        if successor is not None and _serves(successor):
+        if successor is not None and successor.serves:
             return False
         state = "not started" if successor is None else _successor_state(successor)
         self.add(
@@ -667,7 +667,7 @@ class _Planner:
     def handed_over(self, rec: Record) -> str:
         """The stop cause of a retiring instance whose successor serves ("" otherwise)."""
         successor = self.observed.services.get(rec.handover_to) if rec.handover_to else None
-        if successor is None or not _serves(successor):
+        if successor is None or not successor.serves:
             return ""
         return f"replaced: the new {rec.handover_to} (pid {successor.record.pid}) serves"
 
@@ -686,18 +686,6 @@ def _can_overlap(service: DesiredService, seen: ObservedService) -> bool:
     if service.role != "gateway" or rec.ready_at is None:
         return False
     return rec.port != service.port or "mlxctl.gateway" in rec.cmdline
-
-
-def _serves(seen: ObservedService) -> bool:
-    """Running, and ready (recorded, or answered just now) and not failing its probe."""
-    rec = seen.record
-    return (
-        seen.alive
-        and rec.spawned
-        and not rec.stopping
-        and seen.health != "unready"
-        and (rec.ready_at is not None or seen.health == "ready")
-    )
 
 
 def _successor_state(seen: ObservedService) -> str:

@@ -82,16 +82,8 @@ def verdict(service: DesiredService, observed: ObservedState, plan: Plan) -> Tie
     if any(a.kind == "wait" and a.reason == "on-demand" for a in actions):
         return TierVerdict(state="cold", detail="on demand: not loaded")
     seen = observed.services.get(name)
-    rec = seen.record if seen is not None else None
-    serving = (
-        seen is not None
-        and rec is not None
-        and seen.alive
-        and rec.spawned
-        and not rec.stopping
-        and rec.ready_at is not None
-        and seen.health != "unready"
-    )
+    # Serving, and recorded ready: the gateway is told what status shows, never ahead.
+    serving = seen is not None and seen.serves and seen.record.ready_at is not None
     changing = [a for a in actions if a.changes or a.reason not in ("idle", "")]
     if serving and not changing:
         return TierVerdict(state="ready")
