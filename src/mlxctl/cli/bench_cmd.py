@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from mlxctl.cli.common import CLOCK, emit_json, err, files_option, load_selected, paths, targets
+from mlxctl.cli.completion import complete_tiers
 from mlxctl.errors import ExitCode, MlxctlError
 
 
@@ -236,4 +237,4 @@ def register(app: click.Group) -> None:
         )
     ):  # fmt: skip
         command = option(command)
-    app.command("bench")(click.argument("tier")(command))
+    app.command("bench")(click.argument("tier", shell_complete=complete_tiers)(command))

@@ -23,6 +23,7 @@ from mlxctl.cli.common import (
     stack_selection,
     targets,
 )
+from mlxctl.cli.completion import complete_tiers
 from mlxctl.errors import ExitCode, MlxctlError
 
 # Seconds between two looks at a loading tier, and the slack past its startup timeout
@@ -131,7 +132,7 @@ def ps(path: Path | None = None, files: tuple[Path, ...] = (), output: str = "te
 
 def register(app: click.Group) -> None:
     app.command("load")(
-        click.argument("tier")(
+        click.argument("tier", shell_complete=complete_tiers)(
             click.option(
                 "--timeout",
                 type=click.FloatRange(min=0, min_open=True),
@@ -139,5 +140,5 @@ def register(app: click.Group) -> None:
             )(load)
         )
     )
-    app.command("unload")(click.argument("tier")(unload))
+    app.command("unload")(click.argument("tier", shell_complete=complete_tiers)(unload))
     app.command("ps")(stack_selection(output_option(ps)))

@@ -15,6 +15,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "mlxctl bench fast --bandwidth 100 -o json",
     ),
     "chat": ('mlxctl chat fast "What is the capital of France?"', "mlxctl chat fast"),
+    "completion": (
+        "mlxctl completion bash",
+        "mlxctl completion zsh",
+        "mlxctl completion fish",
+    ),
     "catalog": ("mlxctl catalog ls --fits", "mlxctl catalog show qwen3-8b"),
     "catalog ls": ("mlxctl catalog ls --fits", "mlxctl catalog ls --tag coding -o json"),
     "catalog show": ("mlxctl catalog show qwen3-8b",),

@@ -32,6 +32,7 @@ from mlxctl.cli.common import (
     state_lock,
     targets,
 )
+from mlxctl.cli.completion import complete_event_kinds, complete_services, complete_tiers
 from mlxctl.errors import ExitCode, NotFoundError
 
 if TYPE_CHECKING:
@@ -308,7 +309,7 @@ def register(app: click.Group) -> None:
     app.command("status")(stack_selection(output_option(status)))
     app.command("down")(output_option(down))
     app.command("up")(output_option(up))
-    logs_command = click.argument("tier")(
+    logs_command = click.argument("tier", shell_complete=complete_services)(
         click.option("--follow", "-f", is_flag=True, help="Keep printing new lines.")(
             click.option(
                 "--tail",
@@ -323,12 +324,17 @@ def register(app: click.Group) -> None:
     app.command("logs")(logs_command)
     follow = click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
     by_tier = click.option(
-        "--tier", multiple=True, metavar="NAME", help="Only this tier's events (repeatable)."
+        "--tier",
+        multiple=True,
+        metavar="NAME",
+        help="Only this tier's events (repeatable).",
+        shell_complete=complete_tiers,
     )
     by_kind = click.option(
         "--kind",
         multiple=True,
         metavar="KIND",
+        shell_complete=complete_event_kinds,
         help="Only events of this kind (repeatable): an action (start, crash, stop, ...), "
         "exit, or why a server died (oom-killed, signal, error, could-not-start, "
         "out-of-memory, port-in-use, bad-model, SIGKILL, SIGSEGV, ...).",
