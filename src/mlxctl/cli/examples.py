@@ -13,6 +13,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "mlxctl bench fast",
         "mlxctl bench fast -c 1,4 -n 16 --max-tokens 64",
         "mlxctl bench fast --bandwidth 100 -o json",
+        "mlxctl bench fast --plot bench.svg",
     ),
     "chat": ('mlxctl chat fast "What is the capital of France?"', "mlxctl chat fast"),
     "completion": (
