@@ -38,8 +38,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "gateway-key": ("mlxctl gateway-key",),
     "hardware": ("mlxctl hardware", "mlxctl hardware -o json"),
     "init": ("mlxctl init", "mlxctl init --intent coding --budget 24GB"),
-    "load": ("mlxctl load big", "mlxctl load big --timeout 300"),
-    "logs": ("mlxctl logs fast -n 100", "mlxctl logs gateway -f"),
+    "load": ("mlxctl load big", "mlxctl load big --timeout 300 -o json"),
+    "logs": ("mlxctl logs fast -n 100", "mlxctl logs gateway -f", "mlxctl logs fast -o json"),
     "models": ("mlxctl models ls", "mlxctl models pull"),
     "models gc": ("mlxctl models gc", "mlxctl models gc --yes"),
     "models ls": ("mlxctl models ls", "mlxctl models ls -o json"),
@@ -57,11 +57,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "service": ("mlxctl service install", "mlxctl service status"),
     "service install": ("mlxctl service install", "mlxctl service install --dry-run"),
     "service status": ("mlxctl service status", "mlxctl service status -o json"),
-    "service uninstall": ("mlxctl service uninstall",),
+    "service uninstall": ("mlxctl service uninstall", "mlxctl service uninstall --dry-run -o json"),
     "status": ("mlxctl status", "mlxctl status -o json"),
-    "unload": ("mlxctl unload big",),
+    "unload": ("mlxctl unload big", "mlxctl unload big -o json"),
     "up": ("mlxctl up",),
-    "validate": ("mlxctl validate", "mlxctl validate stacks/work.yaml"),
+    "validate": ("mlxctl validate", "mlxctl validate stacks/work.yaml -o json"),
 }
 
 
