@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 from tests.integration.conftest import Mlxctl, free_ports, stack_yaml, wait_for
@@ -168,7 +169,14 @@ def test_bench_measures_both_paths_against_the_schema_and_keeps_the_result(
     saved = list((served.home / "state" / "bench").rglob("*.json"))
     assert len(saved) == 1 and json.loads(saved[0].read_text())["runs"] == report["runs"]
     # The text form: the ceiling, where the bandwidth came from, one row per run.
-    text = served.run(*args[:-2], "--no-save", timeout=180)
+    plot = served.home / "bench.svg"
+    text = served.run(*args[:-2], "--no-save", "--plot", str(plot), timeout=180)
     assert text.returncode == 0, text.stderr
     assert "ceiling: 10.0 GB/s" in text.stdout and "bandwidth: --bandwidth" in text.stdout
     assert text.stdout.count("gateway  ") >= 2 and "gateway adds at x1" in text.stdout
+    # The chart is for a terminal (this is a pipe); the plot is a file, with each series.
+    assert "aggregate generation tok/s" not in text.stdout and f"plot: {plot}" in text.stderr
+    svg = ElementTree.parse(plot).getroot()
+    lines = svg.findall("{http://www.w3.org/2000/svg}polyline")
+    assert [line.get("data-series") for line in lines] == ["gateway", "direct", "ceiling"]
+    assert all(len(line.get("points", "").split()) == 2 for line in lines)  # x1, x2

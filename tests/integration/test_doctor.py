@@ -10,7 +10,7 @@ from tests.integration.conftest import Mlxctl, free_ports, stack_yaml
 
 NAMES = [
     "runtimes", "mlx backend", "gpu wired limit", "ports", "disk", "memory budget", "hf token",
-    "controller", "admin socket", "state lock", "inventory",
+    "controller", "linger", "admin socket", "state lock", "inventory",
 ]  # fmt: skip
 
 
@@ -27,6 +27,7 @@ def test_doctor_checks_this_machine(mlxctl: Mlxctl, tiny_model: Path) -> None:
     assert checks["mlx backend"]["detail"].startswith("CPU")  # this machine: MLX on the CPU
     assert checks["gpu wired limit"]["level"] == "skip"  # Linux
     assert checks["ports"]["level"] == "ok"
+    assert checks["linger"]["level"] == "skip"  # no systemd user unit installed here
 
     with socket.socket() as stranger:  # someone else listens on the tier's port
         stranger.bind(("127.0.0.1", port))

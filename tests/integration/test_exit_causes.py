@@ -258,3 +258,11 @@ def test_a_segfaulted_server_is_classified_through_the_controller(
     assert crash["cause"].startswith("SIGSEGV: killed by SIGSEGV (exit code -11, not sent by")
     none = mlxctl.run("events", "--tier", "fast", "--kind", "oom-killed", "-o", "json")
     assert none.returncode == 0 and none.stdout == ""
+    # The restart succeeded, and still says why it happened: the event, and status.
+    starts = mlxctl.run("events", "--tier", "fast", "--kind", "start", "-o", "json")
+    restart = json.loads(starts.stdout.splitlines()[-1])
+    assert restart["cause"] == "restarting after crash #1: SIGSEGV (not sent by mlxctl)"
+    assert restart["restarted_after"]["signal"] == "SIGSEGV"
+    [row] = mlxctl.status()["tiers"]
+    assert row["health"] == "ready" and row["exit_cause"] is None
+    assert (row["restarts"], row["restarted_after"]["word"]) == (1, "SIGSEGV")

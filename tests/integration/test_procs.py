@@ -6,6 +6,7 @@ import dataclasses
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -106,3 +107,32 @@ def test_a_failed_pump_start_leaves_no_server_behind(
     assert not [
         p for p in new if p.info["cmdline"] == ["/bin/sleep", "30"] and p.info["status"] != "zombie"
     ]
+
+
+def test_a_killed_child_keeps_its_exit_status_whenever_it_is_looked_at(tmp_path: Path) -> None:
+    """kill -9, then two threads (the controller's poller and a pass) look at the server
+    as fast as they can until it is dead: each must read ``exit code -9``, never a
+    stranger's PID nor an unknown status. A dying process's command line reads empty
+    before it is a zombie, and the other thread may reap it between two reads: both
+    once lost the status (a SIGKILL then read "its exit status is unknown")."""
+    pc = RealProcessControl(str(tmp_path))
+    seen: list[tuple[int | None, bool]] = []
+    for _ in range(25):
+        instance = uuid.uuid4().hex
+        env = {"PATH": "/usr/bin:/bin", INSTANCE_ENV: instance, STATE_ENV: pc.state}
+        spawned = pc.spawn(["/bin/sleep", "30"], env, tmp_path / "srv.log")
+        ident = Identity(spawned.pid, spawned.pgid, spawned.create_time, spawned.cmdline, instance)
+
+        def look(ident: Identity = ident) -> None:
+            while (status := pc.status(ident)).alive:
+                pass
+            seen.append((status.exit_code, status.foreign))
+
+        lookers = [threading.Thread(target=look) for _ in range(2)]
+        for thread in lookers:
+            thread.start()
+        os.killpg(ident.pgid, signal.SIGKILL)
+        for thread in lookers:
+            thread.join(10)
+        assert not any(thread.is_alive() for thread in lookers)
+    assert seen == [(-9, False)] * 50

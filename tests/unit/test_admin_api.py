@@ -271,6 +271,28 @@ def test_load_and_unload_record_wishes_and_unload_of_an_always_tier_says_it_retu
     assert "`load: always`: the next pass starts it again" in always["note"]
 
 
+def test_load_and_unload_print_the_tier_state_as_json(
+    served: tuple[FakeController, AdminClient, list[str]],
+    world: World,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from mlxctl.cli import main
+
+    ctl, _, _ = served
+    for _ in range(3):
+        ctl.step()
+        ctl.world.clock.advance(1)
+    monkeypatch.setenv("MLXCTL_HOME", str(world.root))  # the CLI finds this controller
+    assert main(["load", "fast", "-o", "json"]) == 0
+    loaded = json.loads(capsys.readouterr().out)
+    assert (loaded["tier"], loaded["state"]) == ("fast", "ready")
+    assert main(["unload", "fast", "--output", "json"]) == 0
+    out, err = capsys.readouterr()
+    unloaded = json.loads(out)
+    assert unloaded["tier"] == "fast" and "`load: always`" in unloaded["note"] and err == ""
+
+
 def test_reconcile_down_and_up_go_through_the_controller(
     served: tuple[FakeController, AdminClient, list[str]], world: World
 ) -> None:

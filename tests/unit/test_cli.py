@@ -229,3 +229,77 @@ def test_gateway_key_rotate_refuses_a_key_the_user_owns(
     )
     assert main(["gateway", "key", "--rotate", str(stack)]) == 2
     assert "${env:MY_KEY}" in capsys.readouterr().err
+
+
+def test_validate_answers_json_valid_or_with_every_problem(
+    stack: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["validate", str(stack), "-o", "json"]) == 0
+    ok = json.loads(capsys.readouterr().out)
+    assert ok == {"valid": True, "files": [str(stack)], "tiers": ["fast", "agent"], "problems": []}
+    stack.write_text(STACK.replace("runtime: mlx-lm", "runtim: mlx-lm"))
+    assert main(["validate", str(stack), "-o", "json"]) == 3  # the text form's exit code
+    out, err = capsys.readouterr()
+    bad = json.loads(out)
+    assert bad["valid"] is False and err == ""
+    assert [p for p in bad["problems"] if "unknown key 'runtim'" in p]
+
+
+def test_logs_as_json_lines_whole_lines_only(
+    mlxctl_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlxctl.cli.ops_cmds import _LogLines
+
+    logs = mlxctl_home / "state" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "fast.log").write_text('one\ntwo {"x": 1}\n')
+    assert main(["logs", "fast", "-o", "json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["line"] for line in lines] == ["one", 'two {"x": 1}']
+    assert {line["service"] for line in lines} == {"fast"}
+    # Following: text arrives in pieces; a line is emitted once its end has come.
+    follow = _LogLines("fast", json_out=True)
+    follow.write("thr")
+    assert capsys.readouterr().out == ""
+    follow.write("ee\nfo")
+    follow.write("ur\n")
+    shown = [json.loads(line)["line"] for line in capsys.readouterr().out.splitlines()]
+    assert shown == ["three", "four"]
+
+
+@pytest.mark.parametrize("platform", ["launchd", "systemd"])
+def test_service_dry_runs_as_json(platform: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["service", "install", "--dry-run", "--platform", platform, "-o", "json"]) == 0
+    install = json.loads(capsys.readouterr().out)
+    assert install["platform"] == platform and install["mode"] == "0644"
+    assert install["file"].endswith(("io.mlxctl.controller.plist", "mlxctl.service"))
+    assert "mlxctl" in install["content"] and install["commands"]
+    assert main(["service", "uninstall", "--dry-run", "--platform", platform, "-o", "json"]) == 0
+    uninstall = json.loads(capsys.readouterr().out)
+    assert ["rm", install["file"]] in uninstall["commands"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["validate", "STACK"], ["render", "STACK"], ["diff", "STACK"], ["status", "STACK"],
+        ["ps", "STACK"], ["doctor", "STACK"], ["events"], ["hardware"], ["catalog", "ls"],
+        ["catalog", "show", "qwen3-8b"], ["models", "ls"], ["service", "status"],
+        ["status", "--help"],
+    ],
+    ids=" ".join,
+)  # fmt: skip
+def test_no_colour_off_a_terminal(
+    args: list[str],
+    stack: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Output captured (a pipe, a file) carries no terminal codes: colour, progress bars
+    and charts are for terminals only."""
+    for name in ("FORCE_COLOR", "CLICOLOR_FORCE", "TTY_COMPATIBLE"):
+        monkeypatch.delenv(name, raising=False)
+    main([str(stack) if a == "STACK" else a for a in args])
+    out, err = capsys.readouterr()
+    assert out.strip() or err.strip()
+    assert "\x1b[" not in out and "\x1b[" not in err

@@ -164,6 +164,43 @@ def test_every_command_has_help_with_an_example_that_parses(
         assert args is not None and check(args) is None, f"{path}: {example}: {check(args or [])}"
 
 
+# Commands whose output is not a report (so it has no JSON form), and why. Every other
+# command has ``-o/--output`` with ``json``.
+NOT_REPORTS = {
+    "mlxctl chat": "streams a model's answer; the gateway's own API is its JSON form",
+    "mlxctl completion": "prints a shell script",
+    "mlxctl gateway env": "prints the client's own format: shell exports, TOML, opencode.json",
+    "mlxctl gateway key": "prints one value, the key, as $(mlxctl gateway key) wants it",
+    "mlxctl gateway-key": "the same command as `gateway key`",
+    "mlxctl init": "prints (or writes, -o FILE) a stack file: YAML is what it makes",
+    "mlxctl quickstart": "a guided first run; `reconcile --once -o json` is its scriptable form",
+}
+
+
+def json_output(command: click.Command) -> bool:
+    """``-o/--output`` with ``json`` among its choices."""
+    for param in command.params:
+        if "--output" in param.opts and "-o" in param.opts:
+            return isinstance(param.type, click.Choice) and "json" in param.type.choices
+    return False
+
+
+@pytest.mark.parametrize(
+    ("path", "command"),
+    [(p, c) for p, c in every_command() if not isinstance(c, click.Group)],
+    ids=lambda v: str(v)[:40],
+)
+def test_every_command_that_reports_has_json_output(path: str, command: click.Command) -> None:
+    if path in NOT_REPORTS:
+        assert not json_output(command), f"{path} has -o json now: drop it from NOT_REPORTS"
+    else:
+        assert json_output(command), f"{path} reports, but has no -o/--output json"
+
+
+def test_every_exception_names_a_command() -> None:
+    assert set(NOT_REPORTS) <= {path for path, _ in every_command()}
+
+
 def test_the_checker_catches_what_it_must() -> None:
     assert check(["status", "-o", "json"]) is None
     assert check(["events", "--tier", "fast", "--kind", "crash", "-f"]) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from mlxctl.app.doctor import Backend, DiskNeed, Mode
 from mlxctl.app.service import ServiceStatus
 from mlxctl.capacity.memory import BudgetCheck
 from mlxctl.machine.record import Record
-from mlxctl.machine.services.base import Loaded
+from mlxctl.machine.services.base import Completed, Loaded
 
 GIB = 1 << 30
 
@@ -104,6 +105,58 @@ def test_controller_and_service() -> None:
     down = doctor.check_controller(None, status(True, running=False))
     assert down.level == "warn" and "/log" in down.fix
     assert "no service manager" in doctor.check_controller(None, None).detail
+
+
+def systemd_status(installed: bool) -> ServiceStatus:
+    manager = Loaded(installed, installed, 42 if installed else None)
+    unit = Path("/home/me/.config/systemd/user/mlxctl.service")
+    return ServiceStatus("systemd", unit, installed, True, manager, 42, None, False, "journal")
+
+
+def test_linger_is_said_for_an_installed_systemd_service() -> None:
+    off = doctor.check_linger(systemd_status(True), False)
+    assert off.level == "warn" and "stops at your last logout" in off.detail
+    assert off.fix == "loginctl enable-linger $USER to start at boot, not only at login"
+    on = doctor.check_linger(systemd_status(True), True)
+    assert on.level == "ok" and "starts at boot" in on.detail and not on.fix
+    unknown = doctor.check_linger(systemd_status(True), None)
+    assert unknown.level == "skip" and "logind did not answer" in unknown.detail
+    assert doctor.check_linger(systemd_status(False), False).level == "skip"
+    assert doctor.check_linger(status(True), None).detail == "Linux (systemd) only"  # launchd
+    assert doctor.check_linger(None, None).level == "skip"
+
+
+class Answers:
+    """loginctl, as a fake runner: the commands asked, and one answer for all."""
+
+    def __init__(self, answer: Completed) -> None:
+        self.answer = answer
+        self.asked: list[list[str]] = []
+
+    def run(self, argv: Sequence[str]) -> Completed:
+        self.asked.append(list(argv))
+        return self.answer
+
+
+def test_linger_is_read_from_logind_files_then_from_loginctl(tmp_path: Path) -> None:
+    linger_dir = tmp_path / "linger"
+    no_answer = Answers(Completed((), 1, "", "Failed to connect to bus: Host is down"))
+    # No logind directory: loginctl is asked (and here cannot answer).
+    assert doctor.linger_state("me", no_answer, linger_dir) is None
+    assert no_answer.asked == [["loginctl", "show-user", "me", "--property=Linger"]]
+    yes = Answers(Completed((), 0, "Linger=yes\n"))
+    assert doctor.linger_state("me", yes, linger_dir) is True
+    gone = Answers(
+        Completed((), 1, "", "Failed to get user: User ID 1000 is not logged in or lingering")
+    )
+    assert doctor.linger_state("me", gone, linger_dir) is False
+    # logind's own files: the user's file says yes, its absence no, without asking.
+    linger_dir.mkdir()
+    asked = Answers(Completed((), 0, "Linger=yes\n"))
+    assert doctor.linger_state("me", asked, linger_dir) is False
+    (linger_dir / "me").touch()
+    assert doctor.linger_state("me", asked, linger_dir) is True
+    assert asked.asked == []
 
 
 def test_admin_socket_length_and_modes(tmp_path: Path) -> None:

@@ -126,6 +126,7 @@ def test_a_record_keeps_its_exit_cause_and_rejects_a_bad_one() -> None:
         "oom_kills_at_start": 0,
     }  # fmt: skip
     assert parse_record(data).exit_cause == cause
+    assert parse_record({**data, "restarted_after": cause.to_json()}).restarted_after == cause
     data["exit_cause"] = {**cause.to_json(), "kind": "gremlins"}
     with pytest.raises(ValueError):
         parse_record(data)
@@ -153,6 +154,61 @@ def test_a_crash_is_classified_in_the_record_status_events_and_json(tmp_path: Pa
     events = [json.loads(line) for line in w.ctx.paths.events.read_text().splitlines()]
     crash = next(e for e in events if e["kind"] == "crash")
     assert crash["exit_cause"]["kind"] == "signal" and crash["cause"].startswith("SIGSEGV:")
+
+
+def test_a_restart_keeps_the_cause_of_the_death_it_followed(tmp_path: Path) -> None:
+    """An OOM kill, healed: the start's cause and event, the new record, ``status`` and its
+    JSON say why the last restart happened, still once the new instance is ready; a
+    later restart for a changed launch follows no death and says none."""
+    from mlxctl.app import ops, stacks
+
+    w = World(tmp_path)
+    w.write(tiers_yaml(tier("fast", 8001)))
+    w.apply()
+    pid = w.record("fast").pid
+    w.procs.oom_killed.add(pid)
+    w.procs.crash(pid, -9)
+    w.apply()
+    rec = w.record("fast")
+    assert rec.pid != pid and rec.ready_at is not None and rec.exit_cause is None
+    assert rec.restarted_after is not None and rec.restarted_after.kind == "oom-killed"
+    assert rec.restarted_after.summary() == "oom-killed (SIGKILL, not sent by mlxctl)"
+    events = [json.loads(line) for line in w.ctx.paths.events.read_text().splitlines()]
+    [start] = [e for e in events if e["kind"] == "start" and "restarted_after" in e]
+    assert start["cause"] == "restarting after crash #1: oom-killed (SIGKILL, not sent by mlxctl)"
+    assert start["restarted_after"]["evidence"].startswith("Out of memory: Killed process")
+    # The restart is not a death itself: ``--kind oom-killed`` lists the crash alone.
+    only = ops.EventFilter(kinds=("oom-killed",))
+    assert [e["kind"] for e in events if only.matches(e)] == ["crash"]
+    rows = stacks.status(w.ctx, [w.stacks]).rows
+    row = next(r for r in rows if r.name == "fast")
+    assert row.health == "ready" and row.exit_cause is None
+    assert row.restarted_after is not None and row.restarted_after["signal"] == "SIGKILL"
+    assert row.to_json()["restarted_after"]["kind"] == "oom-killed"
+    line = next(x for x in report.status_text(rows).splitlines() if x.startswith("fast"))
+    assert "  1 (oom-killed)  " in line
+    # Restarted for a changed launch: no death behind it.
+    w.write(tiers_yaml(tier("fast", 8001, args="{max-tokens: 64}")))
+    w.clock.advance(60)
+    w.apply()
+    assert w.record("fast").restarted_after is None
+    row = next(r for r in stacks.status(w.ctx, [w.stacks]).rows if r.name == "fast")
+    assert row.restarted_after is None and row.restarts == 2
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "by_us", "summary"),
+    [
+        (-11, False, "SIGSEGV (not sent by mlxctl)"),
+        (-15, True, "SIGTERM (sent by mlxctl)"),
+        (1, False, "error (exit code 1)"),
+        (0, False, "exited (exit code 0)"),
+        (None, False, "exited"),
+    ],
+)
+def test_the_short_summary_of_a_death(exit_code: int | None, by_us: bool, summary: str) -> None:
+    cause = classify(exit_code=exit_code, stopped_by_us=by_us, ready=True, port=1)
+    assert cause.summary() == summary
 
 
 def test_an_oom_kill_raises_the_estimate_for_the_next_admission(

@@ -319,3 +319,19 @@ def test_status_names_a_stale_lock_and_a_hand_started_controller(tmp_path: Path)
     assert f"stale: names pid {dead.pid}" in text
     assert "not the service's: started by hand?" in text
     assert manager.ran() == []
+
+
+def test_a_user_logind_knows_neither_logged_in_nor_lingering_has_linger_off(
+    tmp_path: Path,
+) -> None:
+    """loginctl answers a user with no session and no linger with a failure; that is
+    "not set", not "could not ask"."""
+    spec, _ = make_spec(tmp_path)
+    systemd = platform_for("systemd", "linux")
+    show = Completed(("systemctl",), 0, "ActiveState=inactive\n")
+    refused = Completed(("loginctl",), 1, "", "User ID 1000 is not logged in or lingering")
+    [note] = systemd.parse(spec, [show, refused]).notes
+    assert note.startswith("linger (not set)") and "loginctl enable-linger" in note
+    down = Completed(("loginctl",), 1, "", "Failed to connect to bus: Host is down")
+    [note] = systemd.parse(spec, [show, down]).notes
+    assert note.startswith("linger (could not ask logind)")

@@ -251,6 +251,33 @@ def check_controller(controller_pid: int | None, service: ServiceStatus | None) 
     return Check("controller", level, "; ".join(parts), fix)
 
 
+LINGER_FIX = "loginctl enable-linger $USER to start at boot, not only at login"
+
+
+def check_linger(service: ServiceStatus | None, linger: bool | None) -> Check:
+    """Linux with the systemd user unit installed: whether logind starts the user's
+    manager (and the controller with it) at boot and keeps it across logouts (linger),
+    or only from login to logout. Never a failure: serving from login is a choice."""
+    if service is None or service.platform != "systemd":
+        return Check("linger", "skip", "Linux (systemd) only")
+    if not service.installed:
+        return Check("linger", "skip", "the systemd user service is not installed")
+    if linger is None:
+        return Check(
+            "linger",
+            "skip",
+            "unknown: logind did not answer (no /var/lib/systemd/linger entry)",
+        )
+    if linger:
+        return Check("linger", "ok", "on: the controller starts at boot, and outlives logouts")
+    return Check(
+        "linger",
+        "warn",
+        "off: the controller starts at your login and stops at your last logout",
+        LINGER_FIX,
+    )
+
+
 @dataclass(frozen=True)
 class Mode:
     path: Path
@@ -398,6 +425,22 @@ def wired_limit_mb(runner: Runner) -> int | None:
     return int(text) if answer.ok and text.isdigit() else None
 
 
+def linger_state(user: str, runner: Runner, linger_dir: Path | None = None) -> bool | None:
+    """Whether ``user`` lingers: logind's file for them (``/var/lib/systemd/linger/USER``)
+    when its directory is there, else logind's own answer (None: no answer)."""
+    from mlxctl.machine.services.systemd import LINGER_DIR, linger_query, parse_linger
+
+    where = LINGER_DIR if linger_dir is None else linger_dir
+    try:
+        if (where / user).exists():
+            return True
+        if where.is_dir():
+            return False
+    except OSError:
+        pass
+    return parse_linger(runner.run(linger_query(user)))
+
+
 def has_hf_token() -> bool:
     try:
         from huggingface_hub import get_token
@@ -452,11 +495,15 @@ def run(ctx: Context, targets: Sequence[Path], controller_pid: int | None) -> li
     repos = [t.model.repo for t in _tiers(desired) if t.model is not None and t.model.repo]
     checks.append(check_hf_token(has_hf_token(), repos))
     status = None
+    linger = None
     if sys.platform in ("darwin", "linux"):
         platform = service.platform_for(None, sys.platform)
         spec = service.spec_for(paths)
         status = service.status(platform, spec, runner, paths, controller_pid)
+        if status.platform == "systemd" and status.installed:
+            linger = linger_state(spec.user, runner)
     checks.append(check_controller(controller_pid, status))
+    checks.append(check_linger(status, linger))
     socket = paths.admin_socket
     checks.append(check_socket(socket, socket_modes(paths, socket), os.getuid()))
     holder = recorded_holder(paths.lock)

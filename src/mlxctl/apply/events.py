@@ -43,6 +43,9 @@ class Event:
     duration: float | None = None
     # A crash's class (see mlxctl.observe.exit_cause): kind, word, detail, signal...
     exit_cause: dict[str, Any] | None = None
+    # A restart's: the death it follows (the same fields). Not the event's own class, so
+    # ``--kind SIGKILL`` lists the death, not the restart too.
+    restarted_after: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {"v": EVENT_SCHEMA, **asdict(self)}
@@ -146,3 +149,4 @@ class EventModel(StateModel):
     message: Annotated[str, Field(max_length=1 << 16)] = ""
     duration: Seconds | None = None
     exit_cause: ExitCauseModel | None = None
+    restarted_after: ExitCauseModel | None = None

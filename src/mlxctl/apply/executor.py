@@ -256,6 +256,7 @@ class Executor:
             launch=dict(service.launch),
             restarts=(previous.restarts + 1) if previous else 0,
             consecutive_crashes=previous.consecutive_crashes if (previous and same_spec) else 0,
+            restarted_after=action.restarted_after,
             memory_bytes=service.memory.total if service.memory is not None else None,
             stack=service.stack,
         )

@@ -40,6 +40,9 @@ class Ledger:
                 message=message,
                 duration=duration,
                 exit_cause=action.exit_cause.to_json() if action.exit_cause else None,
+                restarted_after=(
+                    action.restarted_after.to_json() if action.restarted_after else None
+                ),
             )
         )
 

@@ -6,6 +6,8 @@ Commands return their exit code.
 
 click is imported only once a command needs parsing: ``mlxctl status`` with a
 controller running takes the quick path (:mod:`mlxctl.cli.quick`) and never pays for it.
+Shell completion (``mlxctl completion SHELL``) goes through the console script and
+click's ``main``, which answers ``_MLXCTL_COMPLETE=...`` calls before parsing.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ def _register() -> None:
         bench_cmd,
         catalog_cmd,
         chat_cmd,
+        completion,
         control_cmds,
         doctor_cmd,
         hardware_cmd,
@@ -33,7 +36,7 @@ def _register() -> None:
 
     for module in (
         stack_cmds, ops_cmds, control_cmds, catalog_cmd, hardware_cmd, init_cmd, models_cmd,
-        service_cmd, doctor_cmd, bench_cmd, chat_cmd,
+        service_cmd, doctor_cmd, bench_cmd, chat_cmd, completion,
     ):  # fmt: skip
         module.register(root.app)
     from mlxctl.cli.examples import add_examples
@@ -51,11 +54,16 @@ def report_error(exc: MlxctlError) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mlxctl`` console script; returns the exit code."""
+    import os
+
     from mlxctl.cli.quick import quick
 
-    code = quick(sys.argv[1:] if argv is None else argv)
-    if code is not None:
-        return code
+    # A shell asking for completions (``_MLXCTL_COMPLETE``, see mlxctl.cli.completion)
+    # passes its words in the environment: click answers it, never the quick path.
+    if "_MLXCTL_COMPLETE" not in os.environ:
+        code = quick(sys.argv[1:] if argv is None else argv)
+        if code is not None:
+            return code
     import click
 
     from mlxctl.cli.root import app

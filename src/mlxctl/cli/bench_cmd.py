@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from mlxctl.cli.common import CLOCK, emit_json, err, files_option, load_selected, paths, targets
+from mlxctl.cli.completion import complete_tiers
 from mlxctl.errors import ExitCode, MlxctlError
 
 
@@ -37,10 +38,13 @@ def bench(
     only: str = "both",
     save: bool = True,
     output: str = "text",
+    plot: Path | None = None,
 ) -> int:
     """Measure TIER: TTFT, TPOT, ITL, E2E percentiles and tok/s at each concurrency,
     through the gateway and direct to the tier, and the share of the machine's
-    memory-bandwidth ceiling reached. Results are saved per machine and model.
+    memory-bandwidth ceiling reached. Results are saved per machine and model. On a
+    terminal a chart of tok/s against concurrency follows the table; --plot writes it
+    as an SVG file.
     """
     from mlxctl.app import bench as use_case
     from mlxctl.capacity.detect import detect_hardware
@@ -52,6 +56,11 @@ def bench(
         )
     if bandwidth is not None and not 0 < bandwidth < 100_000:
         raise MlxctlError("--bandwidth is in GB/s, e.g. 273", exit_code=ExitCode.USAGE)
+    if plot is not None and plot.suffix.lower() != ".svg":
+        raise MlxctlError(
+            f"--plot {plot}: the plot is an SVG file (FILE.svg); a browser shows it",
+            exit_code=ExitCode.USAGE,
+        )
     settings = use_case.Settings(
         concurrency=_levels(concurrency),
         requests=requests,
@@ -69,12 +78,40 @@ def bench(
     if save:
         where = use_case.save(paths(), document)
         err(f"saved: {where}")
+    if plot is not None:
+        write_plot(plot, document)
     if output == "json":
         emit_json(document)
     else:
         print(render(document))
+        show_chart(document)
     failed = sum(r["failed"] for r in document["runs"])
     return int(ExitCode.APPLY_FAILED if failed else ExitCode.OK)
+
+
+def write_plot(plot: Path, document: dict[str, Any]) -> None:
+    from mlxctl.cli.bench_plot import svg
+
+    try:
+        plot.write_text(svg(document), encoding="utf-8")
+    except OSError as exc:
+        raise MlxctlError(f"cannot write the plot {plot}: {exc.strerror or exc}") from None
+    err(f"plot: {plot}")
+
+
+def show_chart(document: dict[str, Any]) -> None:
+    """The chart after the table, on a terminal only (as colour: rich decides, so
+    FORCE_COLOR shows it and NO_COLOR keeps it plain); a pipe or a log gets the table."""
+    if len(document["settings"]["concurrency"]) < 2:
+        return  # one level: the table says it all
+    from rich.console import Console
+
+    console = Console(file=sys.stdout)
+    if console.is_terminal:
+        from mlxctl.cli.bench_plot import terminal_chart
+
+        console.print()
+        console.print(terminal_chart(document, width=max(20, min(60, console.width - 40))))
 
 
 class _progress:
@@ -188,8 +225,6 @@ def render(doc: dict[str, Any]) -> str:
             f"gateway adds at x{level}: TTFT p50 {_num(ttft, '{:+.1f}')} ms, "
             f"E2E p50 {_num(e2e, '{:+.1f}')} ms"
         )
-    if len(doc["settings"]["concurrency"]) > 1:
-        lines += chart(doc["runs"])
     errors = sorted({e for r in doc["runs"] for e in r["errors"]})
     lines += [f"error: {e}" for e in errors]
     lines.append(
@@ -197,19 +232,6 @@ def render(doc: dict[str, Any]) -> str:
         "aggregate: all output tokens / wall time"
     )
     return "\n".join(lines)
-
-
-def chart(runs: list[dict[str, Any]], width: int = 40) -> list[str]:
-    """Aggregate tok/s against concurrency as horizontal bars, one per path and level."""
-    top = max([r["output_throughput"] for r in runs] + [1e-9])
-    lines = ["aggregate tok/s by concurrency:"]
-    for run in runs:
-        bar = "#" * max(1, round(run["output_throughput"] / top * width))
-        lines.append(
-            f"  x{run['concurrency']:<3} {run['path']:<7} {bar:<{width}} "
-            f"{run['output_throughput']:.1f}"
-        )
-    return lines
 
 
 def register(app: click.Group) -> None:
@@ -233,7 +255,10 @@ def register(app: click.Group) -> None:
                          help="Keep the results in the state directory."),
             click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text",
                          show_default=True, help="Output format."),
+            click.option("--plot", type=click.Path(path_type=Path, dir_okay=False),
+                         default=None, metavar="FILE.svg",
+                         help="Also draw tok/s against concurrency into this SVG file."),
         )
     ):  # fmt: skip
         command = option(command)
-    app.command("bench")(click.argument("tier")(command))
+    app.command("bench")(click.argument("tier", shell_complete=complete_tiers)(command))

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mlxctl.cli.common import emit_json, output_option
+from mlxctl.cli.completion import complete_catalog_ids
 
 if TYPE_CHECKING:
     from mlxctl.capacity.hardware import HardwareProfile
@@ -100,7 +101,7 @@ def register(
         _table(rows)
 
     @group.command("show")
-    @click.argument("model_id")
+    @click.argument("model_id", shell_complete=complete_catalog_ids)
     @output_option
     def show(model_id: str, output: str) -> None:
         """Show one model: variants, capabilities, measured numbers and their sources.

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from mlxctl.cli.common import err, files_option, load_selected, paths, targets
+from mlxctl.cli.completion import complete_tiers
 from mlxctl.errors import ExitCode, MlxctlError
 
 
@@ -62,4 +63,4 @@ def register(app: click.Group) -> None:
         command
     )
     command = click.argument("prompt", nargs=-1)(command)
-    app.command("chat")(click.argument("tier")(command))
+    app.command("chat")(click.argument("tier", shell_complete=complete_tiers)(command))

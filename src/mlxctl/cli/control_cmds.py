@@ -23,6 +23,7 @@ from mlxctl.cli.common import (
     stack_selection,
     targets,
 )
+from mlxctl.cli.completion import complete_tiers
 from mlxctl.errors import ExitCode, MlxctlError
 
 # Seconds between two looks at a loading tier, and the slack past its startup timeout
@@ -31,7 +32,7 @@ POLL = 0.5
 SLACK = 30.0
 
 
-def load(tier: str, timeout: float | None = None) -> int:
+def load(tier: str, timeout: float | None = None, output: str = "text") -> int:
     """Load TIER now and wait until it serves (exit 0), fails (4) or times out (5)."""
     client = need_controller("load")
     state = client.call("POST", f"/v1/tiers/{tier}/load", {})
@@ -41,7 +42,10 @@ def load(tier: str, timeout: float | None = None) -> int:
     while True:
         key = (state["state"], state["detail"])
         if state["state"] == "ready":
-            print(f"{tier}: ready ({state['detail']})" if state["detail"] else f"{tier}: ready")
+            if output == "json":
+                emit_json(state)
+            else:
+                print(f"{tier}: ready ({state['detail']})" if state["detail"] else f"{tier}: ready")
             return int(ExitCode.OK)
         if state["state"] == "unavailable":
             raise MlxctlError(f"{tier}: cannot load: {state['detail'] or 'unavailable'}")
@@ -60,10 +64,13 @@ def load(tier: str, timeout: float | None = None) -> int:
         state = client.call("GET", f"/v1/tiers/{tier}")
 
 
-def unload(tier: str) -> int:
+def unload(tier: str, output: str = "text") -> int:
     """Unload TIER now (an on-demand tier loads again on its next request)."""
     client = need_controller("unload")
     state = client.call("POST", f"/v1/tiers/{tier}/unload", {})
+    if output == "json":
+        emit_json(state)
+        return int(ExitCode.OK)
     if state.get("note"):
         err(f"note: {state['note']}")
     print(f"{tier}: unloading")
@@ -131,13 +138,15 @@ def ps(path: Path | None = None, files: tuple[Path, ...] = (), output: str = "te
 
 def register(app: click.Group) -> None:
     app.command("load")(
-        click.argument("tier")(
+        click.argument("tier", shell_complete=complete_tiers)(
             click.option(
                 "--timeout",
                 type=click.FloatRange(min=0, min_open=True),
                 help="Seconds to wait for it to serve (default: its startup timeout + 30).",
-            )(load)
+            )(output_option(load))
         )
     )
-    app.command("unload")(click.argument("tier")(unload))
+    app.command("unload")(
+        click.argument("tier", shell_complete=complete_tiers)(output_option(unload))
+    )
     app.command("ps")(stack_selection(output_option(ps)))

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mlxctl.cli.common import err, load_selected, paths, stack_selection, targets
+from mlxctl.cli.completion import complete_tiers
 from mlxctl.errors import ExitCode
 
 
@@ -34,8 +35,11 @@ def register(group: click.Group) -> None:
     command = click.option(
         "--client", required=True, type=click.Choice(CLIENTS), help="The client to configure."
     )(
-        click.option("--model", default=None, help="A tier or alias (default: the first tier).")(
-            gateway_env
-        )
+        click.option(
+            "--model",
+            default=None,
+            help="A tier or alias (default: the first tier).",
+            shell_complete=complete_tiers,
+        )(gateway_env)
     )
     group.command("env")(stack_selection(command))

@@ -19,6 +19,7 @@ from mlxctl.cli.common import (
     stack_selection,
     targets,
 )
+from mlxctl.cli.completion import complete_tiers
 from mlxctl.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -325,4 +326,5 @@ def register(app: click.Group) -> None:
     update_cmd = files_option("A stack file to read (repeatable); default: the stacks directory.")(
         output_option(update)
     )
-    models.command("update")(click.argument("tiers", nargs=-1)(update_cmd))
+    tiers = click.argument("tiers", nargs=-1, shell_complete=complete_tiers)
+    models.command("update")(tiers(update_cmd))

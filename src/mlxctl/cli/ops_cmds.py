@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from mlxctl.cli.common import (
     state_lock,
     targets,
 )
+from mlxctl.cli.completion import complete_event_kinds, complete_services, complete_tiers
 from mlxctl.errors import ExitCode, NotFoundError
 
 if TYPE_CHECKING:
@@ -132,19 +133,46 @@ def up(output: str = "text") -> int:
     return show_converge(answer, json_out=output == "json")
 
 
-def logs(tier: str, follow: bool = False, tail_lines: int = 50) -> int:
-    """Print a service's log (TIER: a tier name, or 'gateway')."""
+def logs(tier: str, follow: bool = False, tail_lines: int = 50, output: str = "text") -> int:
+    """Print a service's log (TIER: a tier name, or 'gateway'); -o json: one object per
+    line, {"service", "line"}."""
     from mlxctl.app import ops
 
+    lines = _LogLines(tier, output == "json")
     for line in ops.log_tail(paths(), tier, tail_lines):
-        print(line)
+        lines.show(line)
     if follow:
-        _follow(ops.log_file(paths(), tier))
+        _follow(ops.log_file(paths(), tier), lines.write)
     return int(ExitCode.OK)
 
 
-def _follow(log: Path) -> None:
-    """Print lines appended to ``log``, reopening it when it is rotated."""
+class _LogLines:
+    """A log's text as written (text), or one JSON object per whole line (json): a line
+    still being written is held until its end arrives."""
+
+    def __init__(self, service: str, json_out: bool) -> None:
+        self.service = service
+        self.json_out = json_out
+        self.partial = ""
+
+    def show(self, line: str) -> None:
+        if self.json_out:
+            emit_json({"service": self.service, "line": line})
+        else:
+            print(line)
+
+    def write(self, text: str) -> None:
+        if not self.json_out:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        *whole, self.partial = (self.partial + text).split("\n")
+        for line in whole:
+            self.show(line)
+
+
+def _follow(log: Path, write: Callable[[str], None]) -> None:
+    """Hand text appended to ``log`` to ``write``, reopening the log when it is rotated."""
     handle = open(log, "rb")  # noqa: SIM115 - reopened on rotation
     handle.seek(0, os.SEEK_END)
     inode = os.fstat(handle.fileno()).st_ino
@@ -152,8 +180,7 @@ def _follow(log: Path) -> None:
         while True:
             chunk = handle.read()
             if chunk:
-                sys.stdout.write(chunk.decode("utf-8", errors="replace"))
-                sys.stdout.flush()
+                write(chunk.decode("utf-8", errors="replace"))
                 continue
             try:
                 if os.stat(log).st_ino != inode:
@@ -308,7 +335,7 @@ def register(app: click.Group) -> None:
     app.command("status")(stack_selection(output_option(status)))
     app.command("down")(output_option(down))
     app.command("up")(output_option(up))
-    logs_command = click.argument("tier")(
+    logs_command = click.argument("tier", shell_complete=complete_services)(
         click.option("--follow", "-f", is_flag=True, help="Keep printing new lines.")(
             click.option(
                 "--tail",
@@ -317,18 +344,23 @@ def register(app: click.Group) -> None:
                 default=50,
                 show_default=True,
                 help="Lines to show first.",
-            )(logs)
+            )(output_option(logs))
         )
     )
     app.command("logs")(logs_command)
     follow = click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
     by_tier = click.option(
-        "--tier", multiple=True, metavar="NAME", help="Only this tier's events (repeatable)."
+        "--tier",
+        multiple=True,
+        metavar="NAME",
+        help="Only this tier's events (repeatable).",
+        shell_complete=complete_tiers,
     )
     by_kind = click.option(
         "--kind",
         multiple=True,
         metavar="KIND",
+        shell_complete=complete_event_kinds,
         help="Only events of this kind (repeatable): an action (start, crash, stop, ...), "
         "exit, or why a server died (oom-killed, signal, error, could-not-start, "
         "out-of-memory, port-in-use, bad-model, SIGKILL, SIGSEGV, ...).",

@@ -27,7 +27,12 @@ def _setup(platform: str | None, stacks: Path | None = None) -> tuple[Platform, 
     return service.platform_for(platform, sys.platform), service.spec_for(paths(), stacks)
 
 
-def install(path: Path | None = None, dry_run: bool = False, platform: str | None = None) -> int:
+def install(
+    path: Path | None = None,
+    dry_run: bool = False,
+    platform: str | None = None,
+    output: str = "text",
+) -> int:
     """Run the controller (`mlxctl reconcile PATH`) at login: a LaunchAgent on macOS, a
     systemd user unit on Linux. PATH defaults to the stack directory. Installing again
     rewrites nothing unless the file changed; the model servers keep running across
@@ -43,14 +48,26 @@ def install(path: Path | None = None, dry_run: bool = False, platform: str | Non
     the_platform, spec = _setup(platform, path)
     if dry_run:
         file = service.render(the_platform, spec)
+        commands = the_platform.load(spec, file)
+        if output == "json":
+            emit_json(
+                {
+                    "platform": the_platform.name,
+                    "file": str(file.path),
+                    "mode": f"{file.mode:04o}",
+                    "content": file.content,
+                    "commands": commands,
+                }
+            )
+            return int(ExitCode.OK)
         err(f"# would write {file.path} (mode {file.mode:04o}), then run:")
-        for argv in the_platform.load(spec, file):
+        for argv in commands:
             err(f"#   {' '.join(argv)}")
         sys.stdout.write(file.content)
         return int(ExitCode.OK)
     running = controller()
-    for line in service.install(the_platform, spec, service.real_runner()):
-        print(line)
+    done = service.install(the_platform, spec, service.real_runner())
+    _show_done(the_platform.name, service.render(the_platform, spec).path, done, output)
     if running is not None:
         pid = running.call("GET", "/v1/controller")["pid"]
         status = service.status(the_platform, spec, service.real_runner(), paths(), None)
@@ -62,7 +79,16 @@ def install(path: Path | None = None, dry_run: bool = False, platform: str | Non
     return int(ExitCode.OK)
 
 
-def uninstall(dry_run: bool = False, platform: str | None = None) -> int:
+def _show_done(platform: str, file: Path, done: list[str], output: str) -> None:
+    """What install or uninstall did: its lines, or -o json {"platform", "file", "done"}."""
+    if output == "json":
+        emit_json({"platform": platform, "file": str(file), "done": done})
+    else:
+        for line in done:
+            print(line)
+
+
+def uninstall(dry_run: bool = False, platform: str | None = None, output: str = "text") -> int:
     """Stop the service's controller and remove its file. The model servers keep running
     (`mlxctl down` stops them).
 
@@ -73,16 +99,21 @@ def uninstall(dry_run: bool = False, platform: str | None = None) -> int:
     from mlxctl.app import service
 
     the_platform, spec = _setup(platform)
+    file = service.render(the_platform, spec)
     if dry_run:
-        file = service.render(the_platform, spec)
-        for argv in the_platform.unload(spec, file):
-            print(" ".join(argv))
-        print(f"rm {file.path}")
-        for argv in the_platform.forget(spec):
-            print(" ".join(argv))
+        commands = [
+            *the_platform.unload(spec, file),
+            ["rm", str(file.path)],
+            *the_platform.forget(spec),
+        ]
+        if output == "json":
+            emit_json({"platform": the_platform.name, "file": str(file.path), "commands": commands})
+        else:
+            for argv in commands:
+                print(" ".join(argv))
         return int(ExitCode.OK)
-    for line in service.uninstall(the_platform, spec, service.real_runner()):
-        print(line)
+    done = service.uninstall(the_platform, spec, service.real_runner())
+    _show_done(the_platform.name, file.path, done, output)
     return int(ExitCode.OK)
 
 
@@ -128,8 +159,8 @@ def register(app: click.Group) -> None:
     dry_run = click.option("--dry-run", is_flag=True, help="Print what would be done; do nothing.")
     group.command("install")(
         click.argument("path", required=False, type=click.Path(path_type=Path))(
-            dry_run(platform_option(install))
+            dry_run(platform_option(output_option(install)))
         )
     )
-    group.command("uninstall")(dry_run(platform_option(uninstall)))
+    group.command("uninstall")(dry_run(platform_option(output_option(uninstall))))
     group.command("status")(platform_option(output_option(status)))

@@ -42,12 +42,31 @@ if TYPE_CHECKING:
 Files = tuple[Path, ...]
 
 
-def validate(path: Path | None = None, files: Files = ()) -> int:
-    """Check stack files; print every problem as file:line:column: path: message."""
+def validate(path: Path | None = None, files: Files = (), output: str = "text") -> int:
+    """Check stack files; print every problem as file:line:column: path: message.
+    -o json: {"valid", "files", "tiers", "problems"} (exit code as in text)."""
     from mlxctl.app import stacks
+    from mlxctl.errors import MlxctlError, SpecError
 
-    stack = stacks.validate(load_selected(targets(path, files)), context())
-    print(f"valid: {len(stack.files)} file(s), {len(stack.tiers)} tier(s)")
+    try:
+        stack = stacks.validate(load_selected(targets(path, files)), context())
+    except MlxctlError as exc:
+        if output != "json":
+            raise
+        problems = list(exc.problems) if isinstance(exc, SpecError) else [str(exc)]
+        emit_json({"valid": False, "files": [], "tiers": [], "problems": problems})
+        return int(exc.exit_code)
+    if output == "json":
+        emit_json(
+            {
+                "valid": True,
+                "files": [str(f) for f in stack.files],
+                "tiers": [t.spec.name for t in stack.tiers],
+                "problems": [],
+            }
+        )
+    else:
+        print(f"valid: {len(stack.files)} file(s), {len(stack.tiers)} tier(s)")
     return int(ExitCode.OK)
 
 
@@ -304,7 +323,7 @@ def register(app: click.Group) -> None:
     allow_empty = click.option(
         "--allow-empty", is_flag=True, help="Allow an empty desired state to stop everything."
     )
-    app.command("validate")(stack_selection(validate))
+    app.command("validate")(stack_selection(output_option(validate)))
     app.command("render")(stack_selection(output_option(render)))
     app.command("diff")(stack_selection(output_option(allow_empty(diff))))
     options = [

@@ -152,6 +152,7 @@ class RecordModel(StateModel):
     stack: ShortStr = ""
     handover_to: ShortStr = ""
     exit_cause: ExitCauseModel | None = None
+    restarted_after: ExitCauseModel | None = None
     cgroup: Text = ""
     oom_kills_at_start: Count | None = None
 
@@ -161,8 +162,9 @@ def parse_record(data: object) -> Record:
     is missing, of the wrong type or out of range)."""
     values = RecordModel.model_validate(data).model_dump()
     values["cmdline"] = tuple(values["cmdline"])
-    if values["exit_cause"] is not None:
-        values["exit_cause"] = ExitCause(**values["exit_cause"])
+    for cause in ("exit_cause", "restarted_after"):
+        if values[cause] is not None:
+            values[cause] = ExitCause(**values[cause])
     return Record(**values)
 
 

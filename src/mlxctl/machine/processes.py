@@ -160,16 +160,35 @@ class RealProcessControl:
             return ProcessStatus(alive=False, foreign=True)
         try:
             proc = psutil.Process(ident.pid)
-            with proc.oneshot():
-                if proc.status() == psutil.STATUS_ZOMBIE:
-                    return ProcessStatus(alive=False, stopped=ident.pid in self._stopped)
-                if not self._is_leader(proc, ident):
-                    return ProcessStatus(alive=False, foreign=True)
-        except psutil.NoSuchProcess:
-            return ProcessStatus(alive=False, stopped=ident.pid in self._stopped)
+            if abs(proc.create_time() - ident.create_time) > START_TIME_TOLERANCE:
+                return ProcessStatus(alive=False, foreign=True)  # the PID was reused
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return self._exited(ident)
+            if self._is_child(ident.pid) or _exiting(proc):
+                return ProcessStatus(alive=True)
+            if not self._is_leader(proc, ident):
+                return ProcessStatus(alive=False, foreign=True)
+        except psutil.NoSuchProcess:  # ZombieProcess too: it died while being looked at
+            return self._exited(ident)
         except psutil.AccessDenied:
             return ProcessStatus(alive=False, foreign=True)
         return ProcessStatus(alive=True)
+
+    def _is_child(self, pid: int) -> bool:
+        """A child this process started and has not reaped: its PID cannot have been
+        reused, so the start time is proof enough. Its command line and environment are
+        not: a dying process's read empty before it becomes a zombie, and a dying server
+        read as a stranger lost its exit status (tests/integration/test_procs.py)."""
+        with self._lock:
+            return pid in self._children
+
+    def _exited(self, ident: Identity) -> ProcessStatus:
+        """A process found dead after the first reap found it running: it died in between
+        (a zombie now), or another thread (the poller, a pass) reaped it meanwhile. Reap
+        again, so a child of ours keeps its exit status."""
+        return ProcessStatus(
+            alive=False, exit_code=self._reap(ident.pid), stopped=ident.pid in self._stopped
+        )
 
     def _marked(self, proc: psutil.Process, instance: str) -> bool:
         """``proc`` carries ``instance``'s marker and this state directory's."""
@@ -336,6 +355,13 @@ def _identity(pid: int, argv: Sequence[str], clock: Clock) -> tuple[float, tuple
             # valid; a later identity check finds it gone or foreign.
             return create_time, tuple(argv)
         clock.sleep(0.005)
+
+
+def _exiting(proc: psutil.Process) -> bool:
+    """The recorded process (its start time matched), between its death and its zombie:
+    its memory goes first, so its command line reads empty. Not dead yet (there is no
+    exit status to read), and not a stranger either."""
+    return not proc.cmdline()
 
 
 def _usable(ident: Identity) -> bool:

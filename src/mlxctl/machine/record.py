@@ -53,6 +53,17 @@ class ExitCause:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def summary(self) -> str:
+        """The class and how it ended, short: ``oom-killed (SIGKILL, not sent by mlxctl)``,
+        ``error (exit code 1)``: what a restart's cause and the RESTARTS column say."""
+        how = ""
+        if self.signal:
+            sent = f"{'sent' if self.by_us else 'not sent'} by mlxctl"
+            how = sent if self.word == self.signal else f"{self.signal}, {sent}"
+        elif self.exit_code is not None:
+            how = f"exit code {self.exit_code}"
+        return f"{self.word} ({how})" if how else self.word
+
 
 @dataclass(frozen=True)
 class Record:
@@ -92,6 +103,11 @@ class Record:
     handover_to: str = ""
     # Why it died (its last crash), classified; None while it runs or when unknown.
     exit_cause: ExitCause | None = None
+    # The death its last restart followed, classified: kept while the new instance runs
+    # (``exit_cause`` is cleared once it is ready), so ``status`` says why the last
+    # restart happened. None when its last start followed no crash, or an unclassified
+    # one (it hung, or was not ready in time: ``last_error`` said so until it was ready).
+    restarted_after: ExitCause | None = None
     # The cgroup it was started in and that cgroup's ``oom_kill`` count then (Linux):
     # a count grown by its death says the kernel killed it for memory.
     cgroup: str = ""
@@ -114,8 +130,9 @@ class Record:
         data = asdict(self)
         data["cmdline"] = list(self.cmdline)
         data["launch"] = dict(self.launch)
-        if self.exit_cause is None:
-            data.pop("exit_cause")
+        for cause in ("exit_cause", "restarted_after"):
+            if data[cause] is None:
+                data.pop(cause)
         if not self.cgroup:
             data.pop("cgroup")
             data.pop("oom_kills_at_start")

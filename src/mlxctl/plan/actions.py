@@ -99,6 +99,9 @@ class Action:
     overlap: bool = False
     # For "crash": why it died (None: it hung, or did not become ready in time).
     exit_cause: ExitCause | None = None
+    # For "start": the death this restart follows (its class), kept in the new record
+    # and shown by ``status`` and the start's event.
+    restarted_after: ExitCause | None = None
     # For "crash": it ran out of memory; the tier's estimate is raised to this (bytes).
     raise_memory_to: int | None = None
     # For "wait": what is awaited.

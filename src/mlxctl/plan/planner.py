@@ -342,10 +342,10 @@ class _Planner:
 
     def after_crash(self, service: DesiredService, rec: Record) -> None:
         if (rec.last_error or "").startswith(BY_REQUEST):
-            self.heal(service, "replacing a server a request broke (not a crash)")
+            self.heal(service, "replacing a server a request broke (not a crash)", rec.exit_cause)
             return
         if rec.not_before is None or self.now >= rec.not_before:
-            self.heal(service, f"restarting after crash #{rec.consecutive_crashes}")
+            self.heal(service, f"restarting after crash #{rec.consecutive_crashes}", rec.exit_cause)
             return
         wait = rec.not_before - self.now
         self.add(
@@ -356,9 +356,12 @@ class _Planner:
             reason="backoff",
         )
 
-    def heal(self, service: DesiredService, cause: str) -> None:
+    def heal(self, service: DesiredService, cause: str, died: ExitCause | None) -> None:
+        """Restart a crashed service (``died``: why it died, when classified: the start
+        carries it, so the new record and its event say why this restart happened)."""
         if self.opts.heal and service.name not in self.opts.no_heal:
-            self.start(service, "start", cause)
+            why = f"{cause}: {died.summary()}" if died is not None else cause
+            self.start(service, "start", why, restarted_after=died)
         else:
             self.add("wait", service.name, f"not restarted ({cause} is due)", reason="backoff")
 
@@ -413,7 +416,7 @@ class _Planner:
         if stop:
             return  # restarted once the stop completes (see after_stop)
         if delay == 0:
-            self.heal(service, f"restarting after crash #{crashes}")
+            self.heal(service, f"restarting after crash #{crashes}", exit_cause)
         else:
             self.add(
                 "wait",
@@ -435,7 +438,14 @@ class _Planner:
             return None
         return int(ran_with * OOM_RAISE_FACTOR)
 
-    def start(self, service: DesiredService, kind: ActionKind, cause: str) -> None:
+    def start(
+        self,
+        service: DesiredService,
+        kind: ActionKind,
+        cause: str,
+        *,
+        restarted_after: ExitCause | None = None,
+    ) -> None:
         """Start ``service`` when the tiers it depends on are ready, its model is there and
         its memory is free; else say why not."""
         if not self.dependencies_ready(service):
@@ -444,7 +454,7 @@ class _Planner:
             return
         if not self.port_free(service):
             return
-        self.add(kind, service.name, cause)
+        self.add(kind, service.name, cause, restarted_after=restarted_after)
 
     def port_free(self, service: DesiredService) -> bool:
         """A declared port another program holds blocks the start (no attempt, so no

@@ -230,11 +230,18 @@ def status_cells(rows: Iterable[ServiceStatus]) -> list[tuple[str, ...]]:
                 str(r.pid) if r.pid else "-",
                 str(r.port) if r.port else "-",
                 _uptime(r.uptime),
-                str(r.restarts),
+                _restarts(r),
                 note,
             )
         )
     return cells
+
+
+def _restarts(row: ServiceStatus) -> str:
+    """The count, and after a crash the word of the death the last restart followed:
+    ``2 (oom-killed)``."""
+    after = row.restarted_after
+    return f"{row.restarts} ({after['word']})" if after and row.restarts else str(row.restarts)
 
 
 def status_text(rows: Sequence[ServiceStatus]) -> str:

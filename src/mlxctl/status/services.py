@@ -59,6 +59,9 @@ class ServiceStatus:
     # Why it died, for a service that crashed (kind, word, detail, exit_code, signal,
     # by_us, out_of_memory, evidence; see mlxctl.observe.exit_cause).
     exit_cause: dict[str, Any] | None = None
+    # Why its last restart happened: the death it followed (the same fields), kept once
+    # the restart succeeded; null when its last start followed no classified crash.
+    restarted_after: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,6 +172,11 @@ def build_status(desired: DesiredState | None, observed: ObservedState) -> list[
                 exit_cause=(
                     rec.exit_cause.to_json()
                     if rec is not None and rec.exit_cause is not None and not alive
+                    else None
+                ),
+                restarted_after=(
+                    rec.restarted_after.to_json()
+                    if rec is not None and rec.restarted_after is not None
                     else None
                 ),
             )

@@ -100,15 +100,15 @@ class Systemd:
         properties = "LoadState,UnitFileState,ActiveState,SubState,MainPID,Result"
         return [
             _systemctl("show", UNIT, f"--property={properties}"),
-            ["loginctl", "show-user", spec.user, "--property=Linger"],
+            linger_query(spec.user),
         ]
 
     def parse(self, spec: ServiceSpec, answers: Sequence[Completed]) -> Loaded:
         show = answers[0]
         notes = []
-        linger = _fields(answers[1].stdout).get("Linger") if len(answers) > 1 else None
-        if linger != "yes":
-            known = " (not set)" if linger == "no" else " (could not ask logind)"
+        linger = parse_linger(answers[1]) if len(answers) > 1 else None
+        if linger is not True:
+            known = " (not set)" if linger is False else " (could not ask logind)"
             notes.append(
                 f"linger{known}: the controller starts at login and stops at logout; "
                 f"to start it at boot: loginctl enable-linger {spec.user}"
@@ -127,6 +127,24 @@ class Systemd:
         )  # fmt: skip
         running = fields.get("ActiveState") == "active" and fields.get("SubState") == "running"
         return Loaded(loaded, running, pid, detail, tuple(notes))
+
+
+# logind's own record of who lingers: one empty file per user, named after them.
+LINGER_DIR = Path("/var/lib/systemd/linger")
+
+
+def linger_query(user: str) -> list[str]:
+    return ["loginctl", "show-user", user, "--property=Linger"]
+
+
+def parse_linger(answer: Completed) -> bool | None:
+    """What ``loginctl show-user USER --property=Linger`` says: True (set), False (not
+    set: also when logind knows the user neither logged in nor lingering, which it says
+    as a failure), None (logind did not answer)."""
+    if answer.ok:
+        value = _fields(answer.stdout).get("Linger")
+        return True if value == "yes" else False if value == "no" else None
+    return False if "not logged in or lingering" in answer.stderr else None
 
 
 def _fields(text: str) -> dict[str, str]:
