@@ -132,3 +132,10 @@ def test_the_command_prints_settings_on_stdout_and_where_they_go_on_stderr(
     assert code == 0
     assert tomllib.loads(out)["profiles"]["mlxctl"]["model"] == "fast"
     assert "config.toml" in err
+
+
+def test_the_cli_offers_exactly_the_clients_the_use_case_renders() -> None:
+    from mlxctl.app.client_env import CLIENTS
+    from mlxctl.cli.gateway_env import CLIENTS as OFFERED
+
+    assert OFFERED == CLIENTS

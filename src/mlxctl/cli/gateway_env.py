@@ -29,9 +29,12 @@ def gateway_env(
     return int(ExitCode.OK)
 
 
-def register(group: click.Group) -> None:
-    from mlxctl.app.client_env import CLIENTS
+# The clients ``mlxctl.app.client_env`` renders settings for (a test keeps the two in
+# step): named here so that registering the command imports none of the core.
+CLIENTS = ("openai", "claude", "codex", "opencode")
 
+
+def register(group: click.Group) -> None:
     command = click.option(
         "--client", required=True, type=click.Choice(CLIENTS), help="The client to configure."
     )(
