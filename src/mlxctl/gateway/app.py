@@ -236,21 +236,9 @@ class Gateway:
             return await self._on_demand(table, route, checked, endpoint, gone)
         claim = self.demand.claim(name)  # counted: held at the gate, then in flight
         assert claim is not None  # only on-demand holds are capped
-        wait = table.config.queue_timeout
-        turn = _Slot.take(self, table.gates.get(name), claim, route)
-        try:  # a turn at the tier's capacity (gateway.capacity), within the queue's
-            # deadline; its client may leave meanwhile
-            slot = await unless_gone(asyncio.wait_for(turn, wait), gone, _Slot.orphaned)
-        except (QueueFull, ClientGone) as exc:
-            claim.close()
-            return queue_full(exc) if isinstance(exc, QueueFull) else client_gone()
-        except TimeoutError:
-            claim.close()
-            why = f"tier '{name}' is busy: the request waited {wait:g} s for its turn"
-            return refusal(Refusal(why, min(wait, 30.0), "queue_timeout"))
-        except BaseException:
-            claim.close()
-            raise
+        slot = await self._turn(table, name, route, claim, gone)
+        if isinstance(slot, Response):
+            return slot
         if route is not None and self.demand.draining(name):
             # A planned restart began while it waited at the gate: counted in flight since
             # its turn came (so no report could say the tier drained), it goes back and is
@@ -276,6 +264,32 @@ class Gateway:
             return client_gone()
         except BaseException:
             slot.release()
+            raise
+
+    async def _turn(
+        self,
+        table: RoutingTable,
+        name: str,
+        route: Route | None,
+        claim: Claim,
+        gone: Gone | None,
+    ) -> _Slot | Response:
+        """A turn at the tier's capacity (:mod:`mlxctl.gateway.capacity`), within the
+        queue's deadline, or the answer for a request that got none (its queue is full,
+        the deadline passed, its client left meanwhile): ``claim`` is closed then."""
+        wait = table.config.queue_timeout
+        turn = _Slot.take(self, table.gates.get(name), claim, route)
+        try:
+            return await unless_gone(asyncio.wait_for(turn, wait), gone, _Slot.orphaned)
+        except (QueueFull, ClientGone) as exc:
+            claim.close()
+            return queue_full(exc) if isinstance(exc, QueueFull) else client_gone()
+        except TimeoutError:
+            claim.close()
+            why = f"tier '{name}' is busy: the request waited {wait:g} s for its turn"
+            return refusal(Refusal(why, min(wait, 30.0), "queue_timeout"))
+        except BaseException:
+            claim.close()
             raise
 
     async def _on_demand(
