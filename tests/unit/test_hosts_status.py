@@ -1,6 +1,7 @@
-"""Issue 20: what ``diff``, ``reconcile`` and ``status`` make of another machine's tiers on
-the fake machine (docs/multi-host.md): named with their host and left alone; a tier
-moved to another machine is stopped here; one that never ran here is never pruned."""
+"""Issue 20: what ``diff``, ``reconcile``, ``status``, ``render`` and ``models pull`` make
+of another machine's tiers on the fake machine (docs/multi-host.md): named with their
+host and left alone; a tier moved to another machine is stopped here; one that never
+ran here is never pruned; each machine pulls only its own tiers' models."""
 
 from __future__ import annotations
 
@@ -101,3 +102,17 @@ def test_render_writes_the_hosts_and_its_output_validates(tmp_path: Path, host: 
     (rendered / "all.yaml").write_text(stacks.render_yaml(world.ctx.paths, stack, docs))
     again = load_stack([rendered])
     assert [t.host for t in again.tiers] == ["studio", "laptop"]
+
+
+def test_models_pull_produces_only_this_machines_tiers(tmp_path: Path) -> None:
+    from mlxctl.app.models import pull_stack
+    from mlxctl.errors import SpecError
+
+    world = world_on(tmp_path, "laptop")
+    for name in ("big", "fast"):  # a path model is present once it has its config
+        (world.models / name / "config.json").write_text("{}")
+    stack = load_stack([world.stacks])
+    pulled = pull_stack(stack, world.ctx.paths, environ={"MLXCTL_HOST": "laptop"})
+    assert [(p.tier, p.already_present) for p in pulled] == [("fast", True)]
+    with pytest.raises(SpecError, match="this machine is 'nas'"):
+        pull_stack(stack, world.ctx.paths, environ={"MLXCTL_HOST": "nas"})
