@@ -82,7 +82,10 @@ def test_status_names_the_host_of_every_tier_and_leaves_the_others_alone(tmp_pat
     header, *rows = text.splitlines()
     assert header.split()[:3] == ["NAME", "HOST", "RUNTIME"]
     fast_line = next(r for r in rows if r.startswith("fast"))
-    assert fast_line.split()[:4] == ["fast", "laptop", "elsewhere", "Elsewhere"]
+    assert fast_line.split() == [
+        "fast", "laptop", "-", "elsewhere", "Elsewhere", "-", "-", "-", "0",
+        "served", "by", "host", "'laptop'",
+    ]  # fmt: skip
     data = status_json(result.rows, result.invalid, result.host)
     assert data["host"] == "studio"
     assert {t["name"]: t["host"] for t in data["tiers"]} == {"big": "studio", "fast": "laptop"}

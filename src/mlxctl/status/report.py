@@ -225,7 +225,9 @@ def status_cells(rows: Iterable[ServiceStatus]) -> list[tuple[str, ...]]:
             note = f"restart in {r.restart_in:.0f}s: {note}"
         if r.replaced_by and r.health == "ready":
             note = f"being replaced: serves until the new {r.replaced_by} is ready"
-        if r.health == "unloaded":
+        if r.health in ("unloaded", "elsewhere") and not r.model:
+            note = r.detail
+        elif r.health == "unloaded":
             note = f"{r.detail}: {r.model}" if r.model else r.detail
         elif r.load == "on-demand" and r.health == "ready":
             if r.idle_for is not None:
@@ -236,7 +238,7 @@ def status_cells(rows: Iterable[ServiceStatus]) -> list[tuple[str, ...]]:
         cells.append(
             (
                 r.name,
-                r.runtime,
+                r.runtime or "-",
                 r.health,
                 r.sync,
                 str(r.pid) if r.pid else "-",
