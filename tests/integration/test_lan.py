@@ -47,8 +47,12 @@ def test_hosts_reach_each_other_only_at_their_addresses_and_all_of_it_is_removed
         log=tmp_path / "http.log",
         env={"PATH": "/usr/bin:/bin"},
     )
-    # ``ip netns exec`` execs: the PID kept is the server's own.
-    assert "http.server" in " ".join(psutil.Process(server.pid).cmdline())
+    # ``ip netns exec`` execs: the PID kept is the server's own (once it has exec'd).
+    wait_for(
+        lambda: "http.server" in " ".join(psutil.Process(server.pid).cmdline()),
+        15,
+        "ip netns exec to exec the server",
+    )
     url = f"http://{b.address}:{port}/"
     wait_for(lambda: lan.call("a", fetch, url) == 200, 15, "b's server from a's thread")
     # Another host reaches it over the LAN; on a's loopback nothing listens.
