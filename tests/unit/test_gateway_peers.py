@@ -294,7 +294,7 @@ def test_a_machine_that_is_down_or_refuses_the_key_is_named_in_the_error() -> No
         assert refused[0] == 502
         error = json.loads(refused[1])  # the Messages family's own shape
         assert error["type"] == "error"
-        assert f"host 'c' ({down}), which refused the connection" in error["error"]["message"]
+        assert f"host 'c' ({down}), which could not be reached (" in error["error"]["message"]
         assert streamed[0] == 502
         assert 'mlxctl_gateway_peer_failures_total{host="c",reason="refused"} 2.0' in scraped
         assert 'mlxctl_gateway_tier_host{host="b",tier="fast"} 1.0' in scraped
@@ -358,7 +358,7 @@ def test_models_lists_every_tier_with_its_host_and_the_peers_state() -> None:
         assert by_id["gpt-4o-mini"]["state"] == "unknown" and one["host"] == "b"
         gone = by_id["gone"]
         assert (gone["host"], gone["state"]) == ("c", "unreachable")
-        assert gone["state_detail"].startswith(f"host 'c' ({down}) did not answer: it refused")
+        assert gone["state_detail"].startswith(f"host 'c' ({down}) did not answer: it could not")
 
     run(test)
 

@@ -159,7 +159,7 @@ async def relay(
                                   timeout=timeout)  # fmt: skip
     except aiohttp.ClientConnectorError as exc:
         reason = exc.os_error.strerror if exc.os_error and exc.os_error.strerror else str(exc)
-        return PeerFailure(f"refused the connection ({reason})", "refused")
+        return PeerFailure(f"could not be reached ({reason})", "refused")
     except aiohttp.ConnectionTimeoutError:
         return PeerFailure(f"did not accept a connection within {CONNECT_TIMEOUT:g} s", "timeout")
     except TimeoutError:
@@ -345,7 +345,7 @@ class PeerStates:
                     return Unreachable(f"it answered {resp.status}")
         except aiohttp.ClientConnectorError as exc:
             reason = exc.os_error.strerror if exc.os_error and exc.os_error.strerror else str(exc)
-            return Unreachable(f"it refused the connection ({reason})")
+            return Unreachable(f"it could not be reached ({reason})")
         except (aiohttp.ClientError, TimeoutError) as exc:
             return Unreachable(
                 f"it did not answer within {self.timeout:g} s ({type(exc).__name__})"
