@@ -73,7 +73,7 @@ def status(ctl: ControllerPort, req: Request) -> Response:
     return Response(
         200,
         {
-            "status": status_json(result.rows, result.invalid),
+            "status": status_json(result.rows, result.invalid, result.host),
             "text": text,
             "notes": notes,
             "controller": control.info(ctl),

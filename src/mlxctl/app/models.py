@@ -228,13 +228,20 @@ def read_locks(stack: StackSet) -> None:
 
 
 def pull_stack(
-    stack: StackSet, paths: Paths, *, progress: ProgressFn = no_progress
+    stack: StackSet,
+    paths: Paths,
+    *,
+    progress: ProgressFn = no_progress,
+    environ: Mapping[str, str] | None = None,
 ) -> list[TierPull]:
     """Produce every tier's model as ``reconcile`` would (pin, pull, verify, convert), without
-    starting anything; models shared by tiers are produced once."""
+    starting anything; models shared by tiers are produced once. In a stack of several
+    machines, only this machine's tiers (another machine pulls its own)."""
+    from mlxctl.app.hosts import this_machines
     from mlxctl.sources.registry import DiskModelStore, make_resolver
 
     read_locks(stack)
+    stack = this_machines(stack, environ)
     resolve = make_resolver(paths, online=True)
     store = DiskModelStore(paths.models)
     done: dict[str, Path] = {}
@@ -350,9 +357,12 @@ def list_models(
     """Every model on disk: hub cache snapshots, partial downloads left by interrupted
     pulls (kind ``incomplete``), and converted models, with their users."""
     from mlxctl.app.cache_prune import incomplete_blobs
+    from mlxctl.app.hosts import this_machines
 
     cache = hub_cache(environ)
-    users = tier_models(stack, paths) if stack is not None else []
+    # The tiers that use a model here: this machine's (another machine's tier keeps
+    # nothing on this one: a model it alone names is unused here, and collected by gc).
+    users = tier_models(this_machines(stack, environ), paths) if stack is not None else []
     live = running_tiers(paths) if running is None else running
     out: list[StoredModel] = []
     for repo, repo_path in hub.cached_repos(cache):
@@ -530,7 +540,8 @@ def gc(
     environ: Mapping[str, str] | None = None,
     running: Mapping[str, tuple[str, ...]] | None = None,
 ) -> GcResult:
-    """What no tier of ``stack`` references (and no running tier uses); deleted with ``delete``.
+    """What no tier of ``stack`` this machine runs references (and no running tier uses);
+    deleted with ``delete``.
 
     Cache entries mlxctl did not download are left alone unless ``include_foreign``.
     """

@@ -161,6 +161,8 @@ class Status:
     invalid: Mapping[Path, tuple[str, ...]] = field(default_factory=dict)
     # (first problem, whether a last valid version stands in) per invalid file.
     invalid_notes: tuple[tuple[str, bool], ...] = ()
+    # This machine's name, in a stack of several (docs/multi-host.md).
+    host: str | None = None
 
 
 def status(ctx: Context, targets: Sequence[Path]) -> Status:
@@ -178,7 +180,7 @@ def status(ctx: Context, targets: Sequence[Path]) -> Status:
     except MlxctlError as exc:
         warning = str(exc).splitlines()[0]
     rows = build_status(desired, observe_state(ctx, desired))
-    return Status(rows, warning, invalid, tuple(notes))
+    return Status(rows, warning, invalid, tuple(notes), desired.host if desired else None)
 
 
 def current_desired(ctx: Context, targets: Sequence[Path]) -> DesiredState | None:

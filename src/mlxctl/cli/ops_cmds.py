@@ -61,7 +61,7 @@ def status(path: Path | None = None, files: tuple[Path, ...] = (), output: str =
     if result.warning is not None:
         err(f"warning: stack files not usable, sync unknown: {result.warning}")
     if output == "json":
-        emit_json(status_json(result.rows, result.invalid))
+        emit_json(status_json(result.rows, result.invalid, result.host))
     elif result.rows:
         print(report.status_text(result.rows))
     else:

@@ -65,6 +65,10 @@ def _tier(sourced: SourcedTier, port: int) -> dict[str, Any]:
     tier["dependsOn"] = list(t.depends_on)
     tier["aliases"] = list(t.aliases)
     tier["fallbacks"] = list(t.fallbacks)
+    if t.host is not None:
+        tier["host"] = t.host
+    if t.distributed is not None:
+        tier["distributed"] = t.distributed.model_dump(by_alias=True, exclude_none=True)
     return tier
 
 
@@ -76,6 +80,10 @@ def canonical_documents(stack: StackSet, assigned_ports: Mapping[str, int]) -> l
     for index, name in enumerate(names):
         spec: dict[str, Any] = {}
         if index == 0:  # the shared settings, once
+            if stack.hosts:
+                spec["hosts"] = [
+                    h.model_dump(by_alias=True, exclude_none=True) for h in stack.hosts
+                ]
             gw = stack.gateway
             spec["gateway"] = {
                 "enabled": gw.enabled,

@@ -126,6 +126,8 @@ def resolve_desired(stack: StackSet, ctx: ResolveContext) -> DesiredState:
             # wait in the gateway.
             max_concurrency=tier_capacity(tier.spec),
             runtime=runtime.name,
+            # This machine, in a stack of several (its /v1/models names it).
+            host=ctx.host,
             key_file=str(tier_key_path(ctx.state_dir, name)) if runtime.guarded else None,
             on_demand=tier.load == "on-demand",
             # A request for a cold tier waits as long as the tier may take to start.
@@ -148,7 +150,10 @@ def resolve_desired(stack: StackSet, ctx: ResolveContext) -> DesiredState:
     gateway = None
     # The gateway fronts tiers (every stack's): with none to route to, it is not run.
     routes += [r for r in ctx.extra_routes if r.name not in ports]
-    routes += [_peer_route(e) for e in ctx.elsewhere]
+    # Another machine's tiers, with what the catalog says of their models (their files
+    # are on that machine, whose gateway checks requests against them).
+    elsewhere_specs = {e.tier.spec.name: e.tier.spec for e in ctx.elsewhere}
+    routes += attach_info([_peer_route(e) for e in ctx.elsewhere], elsewhere_specs, {})
     if stack.gateway.enabled and routes:
         try:
             gateway = _gateway_service(stack, routes, ctx)

@@ -27,18 +27,24 @@ held and in-flight counts and its last request's end, reported to the controller
 A request for an on-demand tier is held there until the controller's verdict lets it
 through (:meth:`Gateway._on_demand`): a stream gets its headers and SSE keep-alive
 comments while it waits, and a 503 with ``Retry-After`` when it cannot be served.
+
+A tier another machine serves (a stack of several machines, docs/multi-host.md) is
+relayed to that machine's gateway instead (:meth:`Gateway._to_peer`,
+:mod:`mlxctl.gateway.peers`), with the master key and a mark that it is never relayed
+again; its demand is that machine's to report.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +54,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
 
-from mlxctl.gateway import anthropic, embeddings, errors, families, metrics, responses
+from mlxctl.gateway import anthropic, embeddings, errors, families, metrics, peers, responses
 from mlxctl.gateway import models as model_list
 from mlxctl.gateway.answers import renamed
 from mlxctl.gateway.backend_errors import BODY_MAX, BackendAnswer, classify, router_error
@@ -178,7 +184,13 @@ class Gateway:
             log=log,
             pid=os.getpid(),
         )
-        self.metrics = metrics.Metrics(self.demand, lambda: self.table.config.routes)
+        # Requests relayed to other machines' gateways: counted for the metrics, reported
+        # to nobody (each machine's gateway reports its own tiers: gateway.peers).
+        self.peer_counts = Demand(None, self.clock, log=log)
+        self.peer_states = peers.PeerStates(self.clock)
+        self.metrics = metrics.Metrics(
+            self.demand, lambda: self.table.config.routes, peers=self.peer_counts
+        )
         self.demand.on_verdict = self.metrics.verdict
         self.requests_done = 0
         self._session: aiohttp.ClientSession | None = None
@@ -186,7 +198,9 @@ class Gateway:
         self.keys = TierKeys()
 
     def _tier_names(self) -> list[str]:
-        return [route.name for route in self.table.config.routes]
+        """The tiers whose demand this gateway reports: this machine's (another
+        machine's gateway reports for its own)."""
+        return [route.name for route in self.table.config.routes if route.peer is None]
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -208,6 +222,11 @@ class Gateway:
         if not key.strip():
             raise ValueError("the gateway needs a master key")
         self._key = key.strip().encode()
+
+    @property
+    def key(self) -> str:
+        """The master key: also the bearer this gateway sends other machines' gateways."""
+        return self._key.decode()
 
     def authorized(self, request: Request) -> bool:
         header = request.headers.get("authorization", "")
@@ -231,26 +250,16 @@ class Gateway:
         """
         metrics.routed(name)
         route = table.config.route(name)
+        if route is not None and route.peer is not None:  # another machine's tier
+            return await self._to_peer(table, route, checked, endpoint, gone)
         if route is not None and (route.on_demand or self.demand.draining(name)):
             # Held by the controller's verdicts: an on-demand tier, or a planned restart.
             return await self._on_demand(table, route, checked, endpoint, gone)
         claim = self.demand.claim(name)  # counted: held at the gate, then in flight
         assert claim is not None  # only on-demand holds are capped
-        wait = table.config.queue_timeout
-        turn = _Slot.take(self, table.gates.get(name), claim, route)
-        try:  # a turn at the tier's capacity (gateway.capacity), within the queue's
-            # deadline; its client may leave meanwhile
-            slot = await unless_gone(asyncio.wait_for(turn, wait), gone, _Slot.orphaned)
-        except (QueueFull, ClientGone) as exc:
-            claim.close()
-            return queue_full(exc) if isinstance(exc, QueueFull) else client_gone()
-        except TimeoutError:
-            claim.close()
-            why = f"tier '{name}' is busy: the request waited {wait:g} s for its turn"
-            return refusal(Refusal(why, min(wait, 30.0), "queue_timeout"))
-        except BaseException:
-            claim.close()
-            raise
+        slot = await self._turn(table, name, route, claim, gone)
+        if isinstance(slot, Response):
+            return slot
         if route is not None and self.demand.draining(name):
             # A planned restart began while it waited at the gate: counted in flight since
             # its turn came (so no report could say the tier drained), it goes back and is
@@ -277,6 +286,111 @@ class Gateway:
         except BaseException:
             slot.release()
             raise
+
+    async def _turn(
+        self,
+        table: RoutingTable,
+        name: str,
+        route: Route | None,
+        claim: Claim,
+        gone: Gone | None,
+    ) -> _Slot | Response:
+        """A turn at the tier's capacity (:mod:`mlxctl.gateway.capacity`), within the
+        queue's deadline, or the answer for a request that got none (its queue is full,
+        the deadline passed, its client left meanwhile): ``claim`` is closed then."""
+        wait = table.config.queue_timeout
+        turn = _Slot.take(self, table.gates.get(name), claim, route)
+        try:
+            return await unless_gone(asyncio.wait_for(turn, wait), gone, _Slot.orphaned)
+        except (QueueFull, ClientGone) as exc:
+            claim.close()
+            return queue_full(exc) if isinstance(exc, QueueFull) else client_gone()
+        except TimeoutError:
+            claim.close()
+            why = f"tier '{name}' is busy: the request waited {wait:g} s for its turn"
+            return refusal(Refusal(why, min(wait, 30.0), "queue_timeout"))
+        except BaseException:
+            claim.close()
+            raise
+
+    async def _to_peer(
+        self,
+        table: RoutingTable,
+        route: Route,
+        checked: Checked,
+        endpoint: Endpoint,
+        gone: Gone | None,
+    ) -> Response:
+        """A request for a tier another machine serves: relayed to that machine's gateway
+        (:mod:`mlxctl.gateway.peers`), within this gateway's bounds for the route; the
+        tier's fallbacks when it cannot serve. A request that was itself relayed here is
+        never relayed again (the hop guard)."""
+        if checked.hop:
+            return peers.hop_refusal(route)
+        claim = self.peer_counts.claim(route.name)
+        assert claim is not None
+        slot = await self._turn(table, route.name, route, claim, gone)
+        if isinstance(slot, Response):
+            return slot
+        try:
+            answer = await unless_gone(self._to_peer_once(table, route, checked, endpoint,
+                                                          slot.release), gone, _let_go)  # fmt: skip
+            if isinstance(answer, Response):
+                return answer
+            failover = self._peer_failed(table, route, checked, endpoint, slot.release, answer)
+            return await unless_gone(failover, gone, _let_go)
+        except ClientGone:
+            slot.release()
+            return client_gone()
+        except BaseException:
+            slot.release()
+            raise
+
+    async def _to_peer_once(
+        self,
+        table: RoutingTable,
+        route: Route,
+        checked: Checked,
+        endpoint: Endpoint,
+        release: Callable[[], None],
+    ) -> Response | peers.PeerFailure:
+        path = checked.path if isinstance(checked, families.Native) else PATHS[endpoint]
+        metrics.sending()
+        answer = await peers.relay(self.session, route, checked, path, release, key=self.key,
+                                   read_timeout=table.config.timeout)  # fmt: skip
+        if isinstance(answer, peers.PeerFailure):
+            self.metrics.peer_failed(route.host or "", answer.kind)
+        return answer
+
+    async def _peer_failed(
+        self,
+        table: RoutingTable,
+        route: Route,
+        checked: Checked,
+        endpoint: Endpoint,
+        release: Callable[[], None],
+        failure: peers.PeerFailure,
+    ) -> Response:
+        """The tier's declared fallbacks, in order, after its machine failed to serve it:
+        one on another machine is relayed there (one on the machine that just failed is
+        skipped: it was tried there, or that machine is down); the first on this machine
+        (or a remote) takes the request through the Router, with its own fallbacks.
+        Without one, the client's answer names the machine and its address."""
+        log(f"tier '{route.name}': {peers.where(route)} {failure.why}")
+        for target in table.config.fallbacks.get(route.name, ()):
+            other = table.config.route(target)
+            if other is not None and other.peer is not None:
+                if other.host == route.host:
+                    continue
+                answer = await self._to_peer_once(table, other, checked, endpoint, release)
+                if isinstance(answer, Response):
+                    return answer
+                log(f"tier '{target}': {peers.where(other)} {answer.why}")
+                continue
+            log(f"tier '{route.name}': sent to '{target}'")
+            return await self._route(table, target, checked, endpoint, release)
+        release()
+        return failure.response(route)
 
     async def _on_demand(
         self,
@@ -427,7 +541,7 @@ class Gateway:
     ) -> Response:
         """A request for a tier that said it cannot serve at all: to its first fallback
         (through the Router, with that one's own fallbacks), or a 503 when it has none."""
-        fallbacks = table.config.fallbacks.get(name, ())
+        fallbacks = fallbacks_for(table, name, checked)
         if not fallbacks:
             release()
             message = f"tier '{name}': {why.message}; it is being replaced"
@@ -445,10 +559,12 @@ class Gateway:
     ) -> Response:
         """Through ``litellm.Router``: its retries, timeouts and fallbacks (local or remote)."""
         if isinstance(checked, families.Native):  # as a chat completion, translated back
-            return await families.route_native(table, name, checked, release, self.clock)
+            return await families.route_native(table, name, checked, release, self.clock,
+                                               self.key)  # fmt: skip
         params = dict(checked.params)
         try:
-            router = await table.router()
+            # A request relayed from another machine: a Router of this machine's tiers.
+            router = await table.router(hop=checked.hop, key=self.key)
             if endpoint == "chat":
                 result = await router.acompletion(model=name, **params)
             elif endpoint == "text":
@@ -467,6 +583,20 @@ class Gateway:
             )
         stream = _sse(result, checked.model, release)
         return StreamingResponse(stream, media_type="text/event-stream", headers=served)
+
+
+def fallbacks_for(table: RoutingTable, name: str, checked: Checked) -> tuple[str, ...]:
+    """``name``'s fallbacks for this request: a request relayed from another machine's
+    gateway goes to none on another machine (the hop guard, :mod:`mlxctl.gateway.peers`)."""
+    fallbacks = table.config.fallbacks.get(name, ())
+    if not checked.hop:
+        return fallbacks
+    return tuple(t for t in fallbacks if not _is_peer(table, t))
+
+
+def _is_peer(table: RoutingTable, name: str) -> bool:
+    route = table.config.route(name)
+    return route is not None and route.peer is not None
 
 
 class _Slot:
@@ -684,9 +814,12 @@ def build_app(gateway: Gateway) -> ASGIApp:
         table = gateway.table
         try:
             checked = check_request(await read_json(request), endpoint)
+            if peers.came_from_peer(request.headers):
+                checked = dataclasses.replace(checked, hop=True)
             name = table.resolve(checked.model)
             route = table.config.route(name) if name is not None else None
-            if route is not None:
+            # Another machine's tier is checked by its own gateway, which knows its model.
+            if route is not None and route.peer is None:
                 checked = fit_request(checked, route, endpoint, table.config)
                 checked = await fit_context(checked, route, endpoint)
         except RequestError as exc:
@@ -716,14 +849,30 @@ def build_app(gateway: Gateway) -> ASGIApp:
         if not gateway.authorized(request):
             return unauthorized()
         now = int(gateway.clock.time())
-        return JSONResponse(model_list.listing(gateway.table, gateway.demand, now))
+        table = gateway.table
+        states = await peer_states(request, table)
+        return JSONResponse(model_list.listing(table, gateway.demand, now, states))
+
+    async def peer_states(
+        request: Request, table: RoutingTable, only: str | None = None
+    ) -> Mapping[str, peers.PeerTier | peers.Unreachable] | None:
+        """The other machines' tier states (None for a gateway asking for this machine's:
+        it never makes this one ask the others)."""
+        if peers.came_from_peer(request.headers):
+            return None
+        routes = [r for r in table.config.routes if r.peer and (only is None or r.name == only)]
+        if not routes:
+            return {}
+        return await gateway.peer_states.states(gateway.session, routes, gateway.key)
 
     async def model(request: Request) -> Response:
         if not gateway.authorized(request):
             return unauthorized()
         name = request.path_params["model_id"]
         table = gateway.table
-        found = model_list.model_object(table, gateway.demand, name, int(gateway.clock.time()))
+        states = await peer_states(request, table, table.resolve(name) or "")
+        now = int(gateway.clock.time())
+        found = model_list.model_object(table, gateway.demand, name, now, states)
         if found is None:
             models = ", ".join(table.models()) or "(none)"
             return error(404, f"model '{clip(name)}' does not exist; models: {models}",

@@ -19,12 +19,14 @@ tier fails.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, cast
 
 from starlette.responses import JSONResponse, Response
 
 from mlxctl.gateway.bounds import clip
 from mlxctl.gateway.intake import read_json
+from mlxctl.gateway.peers import came_from_peer
 from mlxctl.gateway.requests import Checked, Endpoint, RequestError
 
 TIER_HEADER = "x-mlxctl-tier"  # as mlxctl.gateway.app names the tier that answered
@@ -131,6 +133,8 @@ async def create(gateway: Gateway, request: Request) -> Response:
         return _error(exc.status, str(exc), exc.code, exc.param)
     except Invalid as exc:
         return _error(400, f"invalid request: {exc}", "invalid_request", exc.param)
+    if came_from_peer(request.headers):
+        checked = dataclasses.replace(checked, hop=True)
     table = gateway.table
     name = table.resolve(checked.model)
     if name is None:

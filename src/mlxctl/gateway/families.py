@@ -57,6 +57,7 @@ from mlxctl.gateway.answers import _EVENT_END
 from mlxctl.gateway.bounds import MAX_MODEL_NAME, RequestError, clip, refusal
 from mlxctl.gateway.errors import Body, as_bytes, openai_error_fields
 from mlxctl.gateway.intake import read_json
+from mlxctl.gateway.peers import came_from_peer
 from mlxctl.gateway.prompt_tokens import fit_context
 from mlxctl.gateway.requests import Checked, check_request
 from mlxctl.gateway.tierfit import fit_request
@@ -267,9 +268,12 @@ async def serve(gateway: Gateway, request: Request, family: Family) -> Response:
         # The chat checks apply to every family: their bounds and refusals hold here too,
         # and so do the tier's (context, extensions).
         chat = check_request({**parsed.chat, "model": parsed.model}, "chat")
+        if came_from_peer(request.headers):
+            chat = dataclasses.replace(chat, hop=True)
         name = table.resolve(parsed.model)
         route = table.config.route(name) if name is not None else None
-        if route is not None:
+        # Another machine's tier is checked by its own gateway, which knows its model.
+        if route is not None and route.peer is None:
             chat = fit_request(chat, route, "chat", table.config)
             chat = await fit_context(chat, route, "chat")
     except RequestError as exc:
@@ -311,6 +315,7 @@ async def answer(
             params=parsed.native,
             path=NATIVE_PATHS[family.api],
             family=family,
+            hop=chat.hop,
         )
         response = await gateway.handle(table, name, native, "chat", gone=gone)
         if isinstance(response, StreamingResponse):
@@ -338,10 +343,16 @@ def _streaming(body: AsyncIterator[bytes], like: StreamingResponse) -> Streaming
 
 
 async def route_native(
-    table: RoutingTable, name: str, checked: Native, release: Callable[[], None], clock: Clock
+    table: RoutingTable,
+    name: str,
+    checked: Native,
+    release: Callable[[], None],
+    clock: Clock,
+    key: str,
 ) -> Response:
     """A native request whose tier failed: its chat translation through ``litellm.Router``
-    (retries, fallbacks local or remote), the answer translated back."""
+    (retries, fallbacks local or remote; ``key`` for those on other machines), the
+    answer translated back."""
     from mlxctl.gateway.backend_errors import router_error
 
     family = checked.family
@@ -349,7 +360,7 @@ async def route_native(
     parsed = dataclasses.replace(parsed, created=int(clock.time()))
     params = dict(parsed.chat)
     try:
-        router = await table.router()
+        router = await table.router(hop=checked.hop, key=key)
         result = await router.acompletion(model=name, **params)
     except Exception as exc:  # the Router's errors, each mapped to its status
         release()

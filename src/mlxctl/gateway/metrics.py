@@ -36,11 +36,17 @@ Per tier and route (the route's path, ``/v1/...``):
 - ``mlxctl_gateway_in_flight_requests{tier}``, ``mlxctl_gateway_queued_requests{tier}``:
   read from the demand counts at scrape time (:mod:`mlxctl.gateway.demand`), so they cost
   the request path nothing.
-- ``mlxctl_gateway_tier_state{tier,state}`` (1 for the current one), and
+- ``mlxctl_gateway_tier_state{tier,state}`` (1 for the current one; ``elsewhere`` for a
+  tier another machine serves), ``mlxctl_gateway_tier_host{tier,host}`` (1 for the
+  machine serving it, in a stack of several: docs/multi-host.md), and
   ``mlxctl_gateway_tier_loads_total{tier}`` / ``mlxctl_gateway_tier_unloads_total{tier}``:
   an on-demand tier's verdict becoming ``ready`` (a load finished) or leaving
   ``ready``/``draining`` for ``cold`` (an unload or an eviction; the controller's events,
   ``mlxctl events``, say which). An ``always`` tier's state is ``always``.
+- ``mlxctl_gateway_peer_failures_total{host,reason}``: requests relayed to another
+  machine's gateway that it did not serve (:mod:`mlxctl.gateway.peers`); the requests
+  themselves count under their tier as any other, and those in flight to another
+  machine in ``mlxctl_gateway_in_flight_requests``.
 - The process's own CPU, memory and file descriptors (``process_*``).
 
 Cost on the request path, measured in process (20 000 calls): the middleware and its
@@ -264,7 +270,13 @@ def answered() -> None:
 class Metrics:
     """The gateway's registry: request metrics, and the demand counts read at scrape time."""
 
-    def __init__(self, demand: Demand | None = None, routes: Callable[[], Iterable[Route]] = tuple):
+    def __init__(
+        self,
+        demand: Demand | None = None,
+        routes: Callable[[], Iterable[Route]] = tuple,
+        *,
+        peers: Demand | None = None,
+    ):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -304,8 +316,14 @@ class Metrics:
             "An on-demand tier went from ready (or draining) to cold: unloaded or evicted.",
             ["tier"], registry=r,
         )  # fmt: skip
+        self.peer_failures = Counter(
+            "mlxctl_gateway_peer_failures",
+            "Requests another machine's gateway did not serve, by host and why (refused, "
+            "timeout, broken, key, unknown_tier, status).",
+            ["host", "reason"], registry=r,
+        )  # fmt: skip
         if demand is not None:
-            r.register(_DemandCollector(demand, routes))
+            r.register(_DemandCollector(demand, routes, peers))
         ProcessCollector(registry=r)
         # Each metric's children by label values: ``labels()`` costs ~1.5 µs (a lock, a
         # validation) and a request updates up to seven.
@@ -323,6 +341,10 @@ class Metrics:
         format 0.0.4 by default, OpenMetrics when asked."""
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
+
+    def peer_failed(self, host: str, reason: str) -> None:
+        """A machine's gateway did not serve a request relayed to it (gateway.peers)."""
+        self._child(self.peer_failures, host, reason).inc()
 
     def verdict(self, tier: str, old: TierVerdict | None, new: TierVerdict | None) -> None:
         """An on-demand tier's verdict changed (``Demand``'s answers)."""
@@ -368,9 +390,12 @@ class Metrics:
 class _DemandCollector(Collector):
     """In flight, queued and the verdicts, read from the demand counts when scraped."""
 
-    def __init__(self, demand: Demand, routes: Callable[[], Iterable[Route]]) -> None:
+    def __init__(
+        self, demand: Demand, routes: Callable[[], Iterable[Route]], peers: Demand | None = None
+    ) -> None:
         self.demand = demand
         self.routes = routes
+        self.peers = peers
 
     def describe(self) -> Iterable[Metric]:
         return ()  # collected lazily: nothing is read at registration
@@ -392,12 +417,25 @@ class _DemandCollector(Collector):
             "1 for the tier's state: an on-demand tier's verdict (none: unknown), or always.",
             labels=["tier", "state"],
         )
+        host = GaugeMetricFamily(
+            "mlxctl_gateway_tier_host",
+            "1 for the machine serving the tier, in a stack of several (docs/multi-host.md).",
+            labels=["tier", "host"],
+        )
         routes = {route.name: route for route in self.routes()}
-        for name, load in demand.snapshot().tiers.items():
+        loads = list(demand.snapshot().tiers.items())
+        if self.peers is not None:  # the requests relayed to other machines' gateways
+            peers = self.peers
+            loads += [(n, peers.load(n)) for n, route in routes.items() if route.peer is not None]
+        for name, load in loads:
             in_flight.add_metric([name], load.in_flight)
             queued.add_metric([name], load.waiting)
         for name, route in routes.items():
-            if route.on_demand:
+            if route.host is not None:
+                host.add_metric([name, route.host], 1)
+            if route.peer is not None:
+                state.add_metric([name, "elsewhere"], 1)
+            elif route.on_demand:
                 verdict = demand.verdict(name)
                 state.add_metric([name, verdict.state if verdict else "unknown"], 1)
             else:
@@ -405,6 +443,7 @@ class _DemandCollector(Collector):
         yield in_flight
         yield queued
         yield state
+        yield host
 
 
 class Instrumented:

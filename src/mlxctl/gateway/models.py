@@ -13,12 +13,19 @@ fields:
 - ``load``: ``always`` or ``on-demand``; ``state``: ``loaded`` (an ``always`` tier, or an
   on-demand tier the controller says is ready), ``loading``, ``on_demand`` (cold: the
   first request loads it), ``unloading`` (draining), ``unavailable`` (its load failed or
-  is blocked; ``state_detail`` says why), or ``unknown`` (no verdict yet).
+  is blocked; ``state_detail`` says why), or ``unknown`` (no verdict yet);
+- ``host``, in a stack of several machines (docs/multi-host.md): the machine serving the
+  tier. Another machine's tier has the state that machine's gateway gives it (and its
+  context and capabilities, which it reads from the model's files), or
+  ``unreachable`` when that gateway does not answer (:mod:`mlxctl.gateway.peers`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+from mlxctl.gateway.peers import PeerTier, Unreachable, unreachable_detail
 
 if TYPE_CHECKING:
     from mlxctl.gateway.demand import Demand
@@ -34,13 +41,20 @@ _STATES = {
 }
 
 
-def listing(table: RoutingTable, demand: Demand, created: int) -> dict[str, Any]:
-    data = [model_object(table, demand, name, created) for name in table.models()]
+# Tier name -> what its machine's gateway says of it (None: not asked, as for a gateway
+# asking for this machine's own tiers).
+PeerStates = Mapping[str, PeerTier | Unreachable] | None
+
+
+def listing(
+    table: RoutingTable, demand: Demand, created: int, peers: PeerStates = None
+) -> dict[str, Any]:
+    data = [model_object(table, demand, name, created, peers) for name in table.models()]
     return {"object": "list", "data": [d for d in data if d is not None]}
 
 
 def model_object(
-    table: RoutingTable, demand: Demand, public: str, created: int
+    table: RoutingTable, demand: Demand, public: str, created: int, peers: PeerStates = None
 ) -> dict[str, Any] | None:
     """The model object of a public name, or None when no tier answers to it."""
     tier = table.resolve(public)
@@ -52,7 +66,27 @@ def model_object(
     # tier's written ``context``) wins; the catalog's when the model is not on disk yet.
     context = route.context or info.context_length
     vision = bool(route.vision) or info.vision
-    state, detail = load_state(demand, route)
+    capabilities = {
+        "tools": info.tools,
+        "reasoning": info.reasoning,
+        "vision": vision,
+        "embeddings": info.embeddings,
+        "chat": info.chat,
+    }
+    load = "on-demand" if route.on_demand else "always"
+    if route.peer is None:
+        state, detail = load_state(demand, route)
+    else:
+        told = (peers or {}).get(route.name)
+        if isinstance(told, PeerTier):
+            state, detail = told.state, told.detail
+            load = told.load or load
+            context = told.context_length or context
+            capabilities.update(told.capabilities)
+        elif isinstance(told, Unreachable):
+            state, detail = "unreachable", unreachable_detail(route, told.why)
+        else:
+            state, detail = "unknown", ""
     answer: dict[str, Any] = {
         "id": public,
         "object": "model",
@@ -61,16 +95,12 @@ def model_object(
         "tier": route.name,
         "context_length": context,
         "max_model_len": context,
-        "capabilities": {
-            "tools": info.tools,
-            "reasoning": info.reasoning,
-            "vision": vision,
-            "embeddings": info.embeddings,
-            "chat": info.chat,
-        },
-        "load": "on-demand" if route.on_demand else "always",
+        "capabilities": capabilities,
+        "load": load,
         "state": state,
     }
+    if route.host is not None:
+        answer["host"] = route.host
     if detail:
         answer["state_detail"] = detail
     return answer

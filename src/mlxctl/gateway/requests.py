@@ -118,6 +118,8 @@ class Checked:
     max_token_id: int | None = None
     # ``/v1/completions``: a string, a list of strings, or token ids.
     prompt: PromptKind = "none"
+    # Relayed here by another machine's gateway: never relayed again (gateway.peers).
+    hop: bool = False
 
 
 @cache

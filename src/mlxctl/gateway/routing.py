@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlxctl.gateway.capacity import Waiting
+from mlxctl.gateway.peers import HOP_HEADER
 from mlxctl.runtimes.base import HOST
 from mlxctl.runtimes.gateway import GatewayConfig, Route
 from mlxctl.runtimes.tier_guard import read_key
@@ -33,8 +34,21 @@ class Gate:
     waiting: Waiting = field(default_factory=Waiting)
 
 
-def deployment(route: Route) -> dict[str, Any]:
-    """The Router deployment of a local tier (LiteLLM's OpenAI-compatible adapter)."""
+def deployment(route: Route, key: str = "") -> dict[str, Any]:
+    """The Router deployment of a tier (LiteLLM's OpenAI-compatible adapter): a local
+    tier's server, or the gateway of the machine serving it (``route.peer``), reached
+    with the master key ``key`` and marked as relayed (gateway.peers' hop guard)."""
+    if route.peer is not None:
+        return {
+            "model_name": route.name,
+            "litellm_params": {
+                "model": f"openai/{route.served_model}",
+                "api_base": f"{route.peer}/v1",
+                "api_key": key or "none",
+                "extra_headers": {HOP_HEADER: "1"},
+            },
+            "model_info": {"id": route.name},
+        }
     return {
         "model_name": route.name,
         "litellm_params": {
@@ -71,9 +85,15 @@ def key_stamps(config: GatewayConfig) -> tuple[tuple[str, int], ...]:
     return tuple(stamps)
 
 
-def router_kwargs(config: GatewayConfig, environ: Mapping[str, str]) -> dict[str, Any]:
-    """``litellm.Router`` arguments for ``config``; remote keys come from ``environ``."""
-    model_list = [deployment(r) for r in config.routes]
+def router_kwargs(
+    config: GatewayConfig, environ: Mapping[str, str], *, key: str = "", hop: bool = False
+) -> dict[str, Any]:
+    """``litellm.Router`` arguments for ``config``; remote keys come from ``environ``,
+    ``key`` is the master key the tiers of other machines are reached with. ``hop``:
+    for requests another machine's gateway relayed here, which are never relayed again,
+    so the tiers of other machines are neither deployments nor fallbacks."""
+    peers = {r.name for r in config.routes if r.peer is not None} if hop else set()
+    model_list = [deployment(r, key) for r in config.routes if r.name not in peers]
     for remote in config.remotes:
         params: dict[str, Any] = {"model": remote.model}
         if remote.api_base:
@@ -86,7 +106,11 @@ def router_kwargs(config: GatewayConfig, environ: Mapping[str, str]) -> dict[str
     return {
         "model_list": model_list,
         # Where the Router reads fallbacks: a list of {model_group: [fallback groups]}.
-        "fallbacks": [{name: list(targets)} for name, targets in config.fallbacks.items()],
+        "fallbacks": [
+            {name: [t for t in targets if t not in peers]}
+            for name, targets in config.fallbacks.items()
+            if name not in peers and any(t not in peers for t in targets)
+        ],
         # The fast path made the first attempt: the Router's own first attempt on the
         # tier is the first retry.
         "num_retries": max(0, config.retries - 1) if config.fast_path else config.retries,
@@ -163,6 +187,11 @@ class RoutingTable:
         self._environ = os.environ if environ is None else environ
         self._router: Any = None
         self._stamps: tuple[tuple[str, int], ...] = ()
+        # With routes to other machines, the requests another machine's gateway relayed
+        # here (``hop``) have a Router of their own, built on first need.
+        self._peers = any(r.peer is not None for r in config.routes)
+        self._hop_router: Any = None
+        self._hop_stamps: tuple[tuple[str, int], ...] = ()
         self._building: asyncio.Lock | None = None
         old = previous.gates if previous else {}
         self.gates: dict[str, Gate] = {}
@@ -173,23 +202,37 @@ class RoutingTable:
                 gate = Gate(key, asyncio.Semaphore(route.max_concurrency))
             self.gates[route.name] = gate
 
-    def _build_router(self) -> Any:
+    def _build_router(self, key: str, hop: bool) -> Any:
         with _IMPORT_LOCK:  # two threads importing LiteLLM at once see it half-initialised
             router_class = _litellm_router_class()
-        return router_class(**router_kwargs(self.config, self._environ))
+        return router_class(**router_kwargs(self.config, self._environ, key=key, hop=hop))
 
-    async def router(self) -> Any:
+    async def router(self, *, hop: bool = False, key: str = "") -> Any:
         """The ``litellm.Router`` of these routes (built once, off the event loop, and
-        again when a tier's key file has changed since)."""
+        again when a tier's key file, or the master key the tiers of other machines are
+        reached with, has changed since). ``hop``: the Router of requests another
+        machine's gateway relayed here (the same one when no tier is elsewhere)."""
+        hop = hop and self._peers
         stamps = key_stamps(self.config)
-        if self._router is None or stamps != self._stamps:
+        if self._peers:
+            stamps += (("master key", hash(key)),)
+        if self._built(hop) != stamps:
             if self._building is None:
                 self._building = asyncio.Lock()
             async with self._building:
-                if self._router is None or stamps != self._stamps:
-                    self._router = await asyncio.to_thread(self._build_router)
-                    self._stamps = stamps
-        return self._router
+                if self._built(hop) != stamps:
+                    router = await asyncio.to_thread(self._build_router, key, hop)
+                    if hop:
+                        self._hop_router, self._hop_stamps = router, stamps
+                    else:
+                        self._router, self._stamps = router, stamps
+        return self._hop_router if hop else self._router
+
+    def _built(self, hop: bool) -> tuple[tuple[str, int], ...] | None:
+        """The stamps the Router was built with (None: not built yet)."""
+        if hop:
+            return self._hop_stamps if self._hop_router is not None else None
+        return self._stamps if self._router is not None else None
 
     def resolve(self, name: str) -> str | None:
         """The route a public name (tier name or alias) reaches, or None."""

@@ -101,7 +101,7 @@ class Reloader:
             if config == self.gateway.table.config:
                 return False
             table = RoutingTable(config, previous=self.gateway.table)
-            self.warm = asyncio.ensure_future(table.router())
+            self.warm = asyncio.ensure_future(table.router(key=self.gateway.key))
         except Exception as exc:  # a bad file must never take the serving routes down
             log(f"routes file {self.path} not loaded, keeping the current routes: {exc}")
             return False
@@ -174,7 +174,7 @@ async def serve(config_path: Path, host: str, port: int, *, clock: Clock) -> Non
         log(f"no {ADMIN_SOCKET_ENV}: demand is reported nowhere; on-demand tiers answer 503")
 
     async def warm_router() -> None:
-        await gateway.table.router()
+        await gateway.table.router(key=gateway.key)
         await asyncio.to_thread(warm_litellm)
         log(f"litellm.Router ready ({clock.monotonic() - started:.2f} s after start)")
 

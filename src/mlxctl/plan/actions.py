@@ -138,6 +138,10 @@ class Plan:
     unenforced: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Per tier, why its estimate is higher than the formula's (an out-of-memory death).
     memory_raised: Mapping[str, str] = field(default_factory=dict)
+    # In a stack of several machines: this machine's name, and the tiers other machines
+    # serve (name -> host), left alone here (docs/multi-host.md).
+    host: str | None = None
+    elsewhere: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def has_changes(self) -> bool:

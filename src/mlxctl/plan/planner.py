@@ -55,6 +55,8 @@ def plan(
         memory=memory,
         unenforced=unenforced if memory is not None else {},
         memory_raised=raised,
+        host=desired.host,
+        elsewhere=dict(desired.elsewhere),
     )
 
 
@@ -629,8 +631,14 @@ class _Planner:
         return False
 
     def undesired(self, seen: ObservedService) -> None:
+        """A recorded service this machine no longer runs: removed from the stack, or
+        moved to another machine (which starts it there); stopped here. A tier another
+        machine serves that never ran here has no record, so nothing to stop."""
         rec = seen.record
         prune = self.opts.prune_cause
+        moved = self.desired.elsewhere.get(rec.name) if rec.role == "tier" else None
+        if moved is not None:
+            prune = f"moved to host '{moved}'"
         if rec.stack and self.desired.scope is not None and rec.stack not in self.desired.scope:
             return  # another stack owns it: applying this selection never prunes it
         if not _prunable(self.desired, rec):
@@ -744,7 +752,9 @@ def _empty_refusal(desired: DesiredState, observed: ObservedState, opts: PlanOpt
         for n, s in observed.services.items()
         if s.alive and s.record.role == "tier" and _prunable(desired, s.record)
     ]
-    if not desired.tiers and not desired.unresolved and running:
+    # A machine whose tiers all moved to the others: the stack is not empty (the
+    # refusal guards against a file emptied by mistake).
+    if not desired.tiers and not desired.unresolved and not desired.elsewhere and running:
         return (
             f"the desired state is empty: refusing to stop {len(running)} running tier(s) "
             f"({', '.join(sorted(running))}) without --allow-empty"

@@ -56,12 +56,18 @@ def plan_lines(plan: Plan) -> list[str]:
     raised = [f"Memory: {name}: {why}." for name, why in plan.memory_raised.items()]
     if plan.refused:
         return [f"refused: {plan.refused}", *raised]
-    width = max([len(a.target) for a in plan.actions] + [len(n) for n in plan.blocked] + [7])
+    names = [a.target for a in plan.actions] + list(plan.blocked) + list(plan.elsewhere)
+    width = max([len(n) for n in names] + [7])
     lines = [
         f"  {SYMBOLS[a.kind]:>3} {a.target:<{width}}  {VERBS[a.kind]:<13} {a.cause}"
         for a in plan.ordered()
     ]
     lines += [f"  {'x':>3} {n:<{width}}  {'blocked':<13} {why}" for n, why in plan.blocked.items()]
+    # Another machine's tiers: its controller runs them; left alone here.
+    lines += [
+        f"  {'@':>3} {n:<{width}}  {'elsewhere':<13} on host '{host}' (left alone here)"
+        for n, host in sorted(plan.elsewhere.items())
+    ]
     memory = []
     if plan.unenforced:
         tiers_by_why: dict[str, list[str]] = {}
@@ -75,7 +81,8 @@ def plan_lines(plan: Plan) -> list[str]:
         )
     if plan.memory:
         memory.append(f"Memory: {plan.memory.message}.")
-    return [*lines, summary_line(plan), *memory, *raised]
+    here = [f"This machine is host '{plan.host}'."] if plan.host else []
+    return [*lines, summary_line(plan), *here, *memory, *raised]
 
 
 def summary_line(plan: Plan) -> str:
@@ -126,6 +133,8 @@ def outcome_record(outcome: Outcome) -> dict[str, Any]:
 def plan_stream(plan: Plan) -> list[dict[str, Any]]:
     records = [action_record(a) for a in plan.ordered()]
     records += [{"type": "blocked", "target": n, "cause": why} for n, why in plan.blocked.items()]
+    elsewhere = sorted(plan.elsewhere.items())
+    records += [{"type": "elsewhere", "target": n, "host": host} for n, host in elsewhere]
     if plan.refused:
         records.append({"type": "refused", "cause": plan.refused})
     return records
@@ -134,7 +143,7 @@ def plan_stream(plan: Plan) -> list[dict[str, Any]]:
 def summary_record(
     plan: Plan, outcomes: Sequence[Outcome], exit_code: int, converged: bool | None
 ) -> dict[str, Any]:
-    return {
+    record: dict[str, Any] = {
         "type": "summary",
         "changes": sum(1 for a in plan.actions if a.changes),
         "applied": len(outcomes),
@@ -155,6 +164,9 @@ def summary_record(
             else None
         ),
     }
+    if plan.host is not None:  # a stack of several machines: which one this is
+        record["host"] = plan.host
+    return record
 
 
 def dumps(record: dict[str, Any]) -> str:
@@ -213,7 +225,9 @@ def status_cells(rows: Iterable[ServiceStatus]) -> list[tuple[str, ...]]:
             note = f"restart in {r.restart_in:.0f}s: {note}"
         if r.replaced_by and r.health == "ready":
             note = f"being replaced: serves until the new {r.replaced_by} is ready"
-        if r.health == "unloaded":
+        if r.health in ("unloaded", "elsewhere") and not r.model:
+            note = r.detail
+        elif r.health == "unloaded":
             note = f"{r.detail}: {r.model}" if r.model else r.detail
         elif r.load == "on-demand" and r.health == "ready":
             if r.idle_for is not None:
@@ -224,7 +238,7 @@ def status_cells(rows: Iterable[ServiceStatus]) -> list[tuple[str, ...]]:
         cells.append(
             (
                 r.name,
-                r.runtime,
+                r.runtime or "-",
                 r.health,
                 r.sync,
                 str(r.pid) if r.pid else "-",
@@ -246,7 +260,10 @@ def _restarts(row: ServiceStatus) -> str:
 
 def status_text(rows: Sequence[ServiceStatus]) -> str:
     cells = [STATUS_COLUMNS, *status_cells(rows)]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(STATUS_COLUMNS) - 1)]
+    if any(r.host for r in rows):  # a stack of several machines: which one serves each
+        hosts = ["HOST", *(r.host or "-" for r in rows)]
+        cells = [(c[0], host, *c[1:]) for c, host in zip(cells, hosts, strict=True)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]) - 1)]
     out = []
     for c in cells:
         out.append(

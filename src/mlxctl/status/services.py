@@ -7,7 +7,7 @@ or ready and OutOfSync (an edit not applied yet).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,8 +25,10 @@ HealthState = Literal[
     "stopped",
     # An on-demand tier scaled to zero: healthy, nothing runs, the next request loads it.
     "unloaded",
+    # Another machine's tier (a stack of several): its controller runs it; not run here.
+    "elsewhere",
 ]
-SyncState = Literal["Synced", "OutOfSync", "Unknown", "Suspended"]
+SyncState = Literal["Synced", "OutOfSync", "Unknown", "Suspended", "Elsewhere"]
 STATUS_SCHEMA = "mlxctl.status/v1"
 
 
@@ -62,9 +64,14 @@ class ServiceStatus:
     # Why its last restart happened: the death it followed (the same fields), kept once
     # the restart succeeded; null when its last start followed no classified crash.
     restarted_after: dict[str, Any] | None = None
+    # The machine that serves it, in a stack of several (docs/multi-host.md).
+    host: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.host is None:  # a stack of one machine: as before hosts existed
+            del data["host"]
+        return data
 
 
 def health_of(seen: ObservedService | None, now: float) -> HealthState:
@@ -90,6 +97,8 @@ def build_status(desired: DesiredState | None, observed: ObservedState) -> list[
     names += sorted(
         n for n, s in observed.services.items() if s.record.role == "tier" and n not in names
     )
+    elsewhere = dict(desired.elsewhere) if desired else {}
+    names += [n for n in elsewhere if n not in names]
     names.append("gateway")
     # A gateway being replaced (``gateway~PID``) serves until the new one is ready.
     names += sorted(n for n, s in observed.services.items() if s.record.handover_to)
@@ -97,6 +106,9 @@ def build_status(desired: DesiredState | None, observed: ObservedState) -> list[
     for name in names:
         want = desired.get(name) if desired else None
         seen = observed.services.get(name)
+        if name in elsewhere and seen is None:
+            rows.append(_elsewhere(name, elsewhere[name]))
+            continue
         if want is None and seen is None:
             continue
         rec = seen.record if seen else None
@@ -179,21 +191,48 @@ def build_status(desired: DesiredState | None, observed: ObservedState) -> list[
                     if rec is not None and rec.restarted_after is not None
                     else None
                 ),
+                host=elsewhere.get(name) or (desired.host if desired else None),
             )
         )
+        if name in elsewhere:  # moved to another machine, still running here
+            rows[-1] = replace(
+                rows[-1], detail=f"moved to host '{elsewhere[name]}': stopped here by a reconcile"
+            )
     return rows
 
 
+def _elsewhere(name: str, host: str) -> ServiceStatus:
+    """The row of a tier another machine serves: named, left alone here."""
+    return ServiceStatus(
+        name=name,
+        role="tier",
+        runtime="",
+        pid=None,
+        port=None,
+        health="elsewhere",
+        sync="Elsewhere",
+        uptime=None,
+        restarts=0,
+        last_error=None,
+        model=None,
+        detail=f"served by host '{host}'",
+        host=host,
+    )
+
+
 def status_json(
-    rows: list[ServiceStatus], invalid: Mapping[Path, Sequence[str]] | None = None
+    rows: list[ServiceStatus],
+    invalid: Mapping[Path, Sequence[str]] | None = None,
+    host: str | None = None,
 ) -> dict[str, Any]:
     """The public JSON shape: ``tiers`` (list), ``gateway`` (object or null) and
-    ``invalid_files`` (file -> its problems; its last valid version is what is applied)."""
+    ``invalid_files`` (file -> its problems; its last valid version is what is applied);
+    in a stack of several machines, ``host``: this one's name."""
     tiers = [r.to_json() for r in rows if r.role == "tier"]
     gateways = [r.to_json() for r in rows if r.role == "gateway"]
     gateway = next((g for g in gateways if g["name"] == "gateway"), None)
     files = {str(path): list(problems) for path, problems in (invalid or {}).items()}
-    return {
+    answer = {
         "schema": STATUS_SCHEMA,
         "tiers": tiers,
         "gateway": gateway,
@@ -201,3 +240,6 @@ def status_json(
         "retiring": [g for g in gateways if g["name"] != "gateway"],
         "invalid_files": files,
     }
+    if host is not None:
+        answer["host"] = host
+    return answer

@@ -1,4 +1,5 @@
-"""A small Hugging Face hub on 127.0.0.1, serving repositories the tests build.
+"""A small Hugging Face hub on 127.0.0.1 (or a given address), serving repositories the
+tests build.
 
 The real hub is unreachable from the machines that run the tests, and the point of
 the tests is to run the *real* huggingface_hub client: so this serves the routes the
@@ -104,7 +105,10 @@ class LoggedRequest:
 class LocalHub:
     """The hub's state and its HTTP server (``start``/``stop``, or ``with``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        # The address it listens on: loopback, or (tests of several machines) an address
+        # of a network namespace, bound from a thread inside it.
+        self.host = host
         self.repos: dict[str, HubRepo] = {}
         self.requests: list[LoggedRequest] = []
         # path -> bytes after which the next GET of that file is cut off.
@@ -197,7 +201,7 @@ class LocalHub:
             pass
 
         Handler.hub = hub
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer((self.host, 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
