@@ -105,6 +105,8 @@ def resolve(ctx: Context, stack: StackSet) -> DesiredState:
         port_held_by_other=lambda name, port: _held_by_other(ctx, name, port),
         host=placed.host,
         elsewhere=placed.elsewhere,
+        hosts=stack.hosts,
+        peers=placed.peers,
     )
     desired = resolve_desired(stack, rctx)
     from mlxctl.desired.admission import with_budget
