@@ -258,6 +258,7 @@ class Executor:
             consecutive_crashes=previous.consecutive_crashes if (previous and same_spec) else 0,
             memory_bytes=service.memory.total if service.memory is not None else None,
             stack=service.stack,
+            generation=action.generation,
         )
         # The intent is on disk before the process exists: nothing is ever unowned.
         self.ledger.change(put=(intent, retiring) if retiring else (intent,))

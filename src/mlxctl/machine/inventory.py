@@ -154,6 +154,7 @@ class RecordModel(StateModel):
     exit_cause: ExitCauseModel | None = None
     cgroup: Text = ""
     oom_kills_at_start: Count | None = None
+    generation: Count = 0
 
 
 def parse_record(data: object) -> Record:

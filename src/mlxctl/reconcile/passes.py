@@ -143,6 +143,7 @@ def observe_state(ctx: Context, desired: DesiredState | None) -> ObservedState:
         prepares=ctx.prepares(),
         demand=book.observed() if book is not None else None,
         demand_reported=book.reported if book is not None else False,
+        groups=ctx.peers.sample(desired) if ctx.peers is not None else None,
     )
 
 
