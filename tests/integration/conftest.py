@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
+from tests.integration.lan import Lan, LanUnavailable
 
 MLXCTL = [sys.executable, "-m", "mlxctl"]
 
@@ -48,14 +49,23 @@ class Mlxctl:
     home: Path
     stacks: Path
     background: list[subprocess.Popen[str]] = field(default_factory=list)
+    # What runs the CLI elsewhere (``ip netns exec NS``: on another host of a LAN) and
+    # the environment it adds there (``MLXCTL_HOST``).
+    prefix: list[str] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "MLXCTL_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
+        return {
+            **os.environ,
+            "MLXCTL_HOME": str(self.home),
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        }
 
     def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*MLXCTL, *args],
+            [*self.prefix, *MLXCTL, *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -66,7 +76,11 @@ class Mlxctl:
     def start(self, *args: str, log: Path) -> subprocess.Popen[str]:
         handle = open(log, "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            [*MLXCTL, *args], env=self.env, stdout=handle, stderr=subprocess.STDOUT, text=True
+            [*self.prefix, *MLXCTL, *args],
+            env=self.env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         self.background.append(proc)
         return proc
@@ -187,3 +201,39 @@ def local_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         monkeypatch.delenv("HF_TOKEN", raising=False)
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         yield the_hub
+
+
+@pytest.fixture
+def make_lan(tmp_path: Path) -> Iterator[Callable[..., Lan]]:
+    """``make_lan("a", "b")``: hosts ``a`` and ``b`` as network namespaces on one bridge
+    (tests/integration/lan.py), removed after the test, whatever happened; the test is
+    skipped, saying why, where namespaces cannot be made."""
+    lans: list[Lan] = []
+
+    def make(*names: str) -> Lan:
+        lan = Lan(names, tmp_path / f"lan{len(lans)}")
+        lans.append(lan)
+        try:
+            return lan.up()
+        except LanUnavailable as exc:
+            pytest.skip(f"network namespaces cannot be made here: {exc}")
+
+    try:
+        yield make
+    finally:
+        for lan in lans:
+            lan.down()
+
+
+def mlxctl_on(lan: Lan, host: str, stacks: Path) -> Mlxctl:
+    """The CLI on ``host`` of ``lan``: its own MLXCTL_HOME and MLXCTL_HOST, the same stack
+    files; cleaned up (``down`` in its namespace, then by PID) before the LAN goes."""
+    the_host = lan[host]
+    ctl = Mlxctl(
+        home=the_host.home,
+        stacks=stacks,
+        prefix=the_host.argv(),
+        extra_env={"MLXCTL_HOST": the_host.name},
+    )
+    lan.before_down.append(ctl.cleanup)
+    return ctl
