@@ -362,10 +362,27 @@ def test_a_member_whose_model_is_missing_holds_the_group_with_its_reason(
     )
     members.rounds(3)
     (wait,) = members.last["studio"].plan.for_target("big")
+    # Held by that member on its own account: not work in flight for `reconcile --once`.
+    assert wait.reason == "member"
     assert wait.cause.startswith("waiting for the group: rank 1 on studio2: model ")
     assert "missing is not present" in wait.cause
     assert members.last["studio2"].plan.blocked["big"] == wait.cause.split("studio2: ", 1)[1]
     assert [p for p in members.worlds["studio"].procs.running() if "8001" in p.argv] == []
+
+
+def test_reconcile_once_waits_for_members_on_their_way_and_ends_on_one_that_is_not(
+    members: Members,
+) -> None:
+    from mlxctl.errors import ExitCode
+
+    members.unreachable.add("studio2")
+    result = members.worlds["studio"].apply()
+    assert not result.converged and result.exit_code == ExitCode.APPLY_FAILED
+    (wait,) = result.last.plan.for_target("big")
+    assert (wait.reason, wait.cause) == (
+        "member",
+        "waiting for the group: rank 1 on studio2: not reachable: connection refused",
+    )
 
 
 def test_an_unreachable_member_stops_nothing_that_runs(members: Members) -> None:

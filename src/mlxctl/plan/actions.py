@@ -73,9 +73,12 @@ WaitReason = Literal[
     # Its new requests are held (the gateway holds them) until the ones in flight end;
     # then it stops (an eviction, an unload, its idle timeout).
     "draining",
-    # A distributed tier's rank could start: it waits for its group's other members
-    # (their models, memory, backoff, or their older ranks stopping).
+    # A distributed tier's rank could start: it waits for its group's other members,
+    # which are on their way (their answer, their start, their older ranks stopping).
     "group",
+    # The same, held by another member on its own account (it does not answer, or its
+    # model, memory or backoff holds it): not work in flight for ``reconcile --once``.
+    "member",
     "",
 ]
 # Waits that are the steady state, not work left: ``reconcile --once`` is converged

@@ -35,6 +35,8 @@ from mlxctl.observe.state import ObservedState, PeerRank
 from mlxctl.plan.actions import Plan
 
 CRASH_COUNT = re.compile(r"; crash #\d+$")
+# The planner's waits of a rank that could start but for the other members.
+GROUP_WAITS = frozenset({"group", "member"})
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,23 @@ def join(group: Group, record: Record | None, peers: Mapping[str, PeerRank]) -> 
     return max([last, *known]) + 1, ""
 
 
+def held(group: Group, peers: Mapping[str, PeerRank]) -> bool:
+    """Whether another member holds the group back on its own account: it does not
+    answer, runs no rank of the tier, or cannot start (its model, its memory, its
+    backoff). Nothing then wakes this member but that member's news: ``reconcile
+    --once`` ends instead of waiting (a member heard from yet, starting, running or
+    stopping, is work in flight)."""
+    for host in group.others:
+        peer = peers.get(host)
+        if peer is None:
+            continue
+        if not peer.reachable or peer.state == "unknown":
+            return True
+        if peer.state == "idle" and not peer.can_start:
+            return True
+    return False
+
+
 def rank0_serves(group: Group, record: Record, peers: Mapping[str, PeerRank]) -> bool:
     """A rank above 0 is ready when rank 0 serves its generation."""
     first = peers.get(group.hosts[0])
@@ -148,8 +167,8 @@ def own_rank(host: str, name: str, observed: ObservedState, plan: Plan) -> PeerR
         ready = (record.ready_at is not None or became) and seen.health != "unready"
         return PeerRank(host, True, "running", generation, ready=ready, error=error)
     waits = [a for a in actions if a.kind == "wait"]
-    can_start = any(a.reason == "group" for a in waits)
-    holding = [a.cause for a in waits if a.reason != "group"]
+    can_start = any(a.reason in GROUP_WAITS for a in waits)
+    holding = [a.cause for a in waits if a.reason not in GROUP_WAITS]
     detail = holding[0] if holding else plan.blocked.get(name, "")
     if not can_start and not detail:
         detail = "not planned to start"

@@ -16,7 +16,7 @@ from mlxctl.capacity.memory import BudgetCheck, check_budget, gib
 from mlxctl.desired.state import HASH_VERSION, DesiredService, DesiredState
 from mlxctl.machine.record import ExitCause, Record
 from mlxctl.observe.state import ObservedService, ObservedState, PeerRank, TierDemand
-from mlxctl.plan.actions import Action, ActionKind, Plan, PlanOptions
+from mlxctl.plan.actions import Action, ActionKind, Plan, PlanOptions, WaitReason
 from mlxctl.plan.eviction import Resident, make_room
 
 # How a replacement caused by a request (not a crash) begins its cause, in the plan,
@@ -497,7 +497,9 @@ class _Planner:
             generation, why = groups.join(service.group, record, self.peers(service))
             if why:
                 # Nothing here holds it back (its members read this wait as "can start").
-                self.add("wait", service.name, f"waiting for the group: {why}", reason="group")
+                peers = self.peers(service)
+                reason: WaitReason = "member" if groups.held(service.group, peers) else "group"
+                self.add("wait", service.name, f"waiting for the group: {why}", reason=reason)
                 return
             rank = f"rank {service.group.rank} of {service.group.size}"
             cause = f"{cause} ({rank}, generation {generation})"

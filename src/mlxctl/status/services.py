@@ -231,7 +231,9 @@ def group_status(
             }
         )
     failed = ""
-    if rec is not None and rec.died_at is not None and rec.last_error:
+    # Its last run's end, until the next generation serves (a new rank keeps it).
+    ended = rec is not None and (rec.died_at is not None or rec.ready_at is None)
+    if rec is not None and ended and rec.last_error:
         error = rec.last_error.splitlines()[0]
         if error.startswith(GROUP_FAILED):
             failed = error.removeprefix(GROUP_FAILED)
