@@ -330,6 +330,23 @@ def test_rank_0_that_cannot_generate_fails_the_group_counted_not_as_a_request(
     assert members.rec("studio").generation == members.rec("studio2").generation == 2
 
 
+def test_rank_0_that_answers_no_completion_for_the_group_s_budget_fails_the_group_as_hung(
+    members: Members,
+) -> None:
+    serving(members)
+    why = "answered nobody for 130 s (liveness budget 120 s): /health 200; busy"
+    members.worlds["studio"].prober.failing[8001] = why
+    for _ in range(2):
+        members.step("studio")
+        assert members.causes("studio", "crash") == []  # 3 in a row, as any tier
+    members.step("studio")
+    (cause,) = members.causes("studio", "crash")
+    assert cause.startswith(f"the group failed (hung): rank 0 liveness failed 3 times: {why}")
+    members.step("studio2")
+    (cause,) = members.causes("studio2", "crash")
+    assert cause.startswith("the group failed: rank 0 on studio: the group failed (hung)")
+
+
 def test_a_second_failure_backs_the_whole_group_off_and_it_restarts_when_both_may(
     members: Members,
 ) -> None:
