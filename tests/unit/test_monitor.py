@@ -136,3 +136,18 @@ def test_a_server_busy_within_its_budget_is_live() -> None:
         assert mon.sample([record(ready_at=1.0)])["fast"].ok
     finally:
         mon.stop()
+
+
+def test_a_distributed_tier_s_rank_0_busy_past_the_group_s_budget_fails_liveness() -> None:
+    """A hung rank leaves rank 0 answering /health 200 and no completion (MLX 0.32's ring,
+    benchmarks/distributed_ring.py): the group's shorter budget applies to its rank 0."""
+    prober, triggers = FakeProber(busy={8001}), Triggers()
+    mon = monitor(prober, triggers, threshold=3, busy_budget=3600.0, group_busy_budget=0.0)
+    rank0 = record(ready_at=1.0, launch={"runtime": "mlx-lm", "distributed": {"rank": 0}})
+    try:
+        mon.sample([rank0])
+        assert triggers.wait_for("liveness failed 3 times")
+        sample = mon.sample([rank0])["fast"]
+        assert not sample.ok and "(liveness budget 0 s)" in sample.detail
+    finally:
+        mon.stop()

@@ -193,6 +193,12 @@ def demand(ctl: ControllerPort, req: Request) -> Response:
     return Response(200, answer.model_dump(mode="json"))
 
 
+def ranks(ctl: ControllerPort, req: Request) -> Response:
+    """This machine's ranks of distributed tiers (relayed by the gateway to the other
+    members: docs/multi-host.md)."""
+    return Response(200, control.ranks(ctl))
+
+
 def models_update(ctl: ControllerPort, req: Request) -> Response:
     body = req.json()
     tiers = body.get("tiers", [])
@@ -286,6 +292,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/up", up),
     Route("POST", "/v1/down", down),
     Route("PUT", "/v1/demand", demand),
+    Route("GET", "/v1/ranks", ranks),
     Route("POST", "/v1/models/update", models_update),
     Route("POST", "/v1/gateway/key/rotate", rotate_key),
 )

@@ -276,6 +276,25 @@ def _decides(demand: TierDemand) -> tuple[bool, bool, bool]:
     return (demand.waiting > 0, demand.in_flight > 0, demand.held_back)
 
 
+# --------------------------------------------------------------------------- ranks
+
+
+def ranks(ctl: ControllerPort) -> dict[str, Any]:
+    """This machine's ranks of distributed tiers as the last pass saw and planned them:
+    what the other members' controllers read through this machine's gateway
+    (``GET /mlxctl/ranks``) to start and fail each group together."""
+    from mlxctl.observe.peers import rank_report
+    from mlxctl.plan.group import own_rank
+
+    last = ctl.last
+    if last is None or last.desired.host is None:
+        return {"host": last.desired.host if last else "", "tiers": {}}
+    host = last.desired.host
+    mine = {s.name: s.group.rank for s in last.desired.tiers if s.group is not None}
+    views = {name: own_rank(host, name, last.observed, last.plan) for name in mine}
+    return rank_report(host, views, mine)
+
+
 # --------------------------------------------------------------------------- ps
 
 

@@ -225,8 +225,11 @@ class Executor:
         """Record the intent, spawn, record the PID. ``retiring``: ``previous`` renamed,
         written with the intent in one inventory write (and named back if the spawn
         fails), so the running instance is never without its record."""
-        shared = self._shared_port(service) or (
-            retiring is not None and retiring.port == service.port
+        # A distributed tier's rank above 0 does not listen on its port (no HTTP).
+        shared = (
+            not service.serves_http
+            or self._shared_port(service)
+            or (retiring is not None and retiring.port == service.port)
         )
         try:
             owner = None if shared else self.procs.port_owner(service.port)
@@ -259,6 +262,10 @@ class Executor:
             restarted_after=action.restarted_after,
             memory_bytes=service.memory.total if service.memory is not None else None,
             stack=service.stack,
+            generation=action.generation,
+            # A distributed tier's new generation keeps saying why the last one ended
+            # until it serves (status on every member shows which rank failed).
+            last_error=previous.last_error if previous and action.generation else None,
         )
         # The intent is on disk before the process exists: nothing is ever unowned.
         self.ledger.change(put=(intent, retiring) if retiring else (intent,))

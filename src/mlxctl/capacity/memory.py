@@ -116,6 +116,19 @@ def runtime_overhead(weights: int) -> int:
     return OVERHEAD_FIXED_BYTES + int(OVERHEAD_WEIGHT_SHARE * weights)
 
 
+def rank_share(total: MemoryEstimate, ranks: int) -> MemoryEstimate:
+    """What one rank of a model sharded over ``ranks`` machines holds (mlx-lm's tensor
+    parallelism splits the attention and MLP weights, and the KV heads, evenly; its
+    pipeline mode splits the layers): a ``1/ranks`` share of the weights and of the KV
+    cache, plus a whole process's overhead for that share (1 GiB plus 20% of it, which
+    also covers what every rank keeps whole: the embedding and the norms)."""
+    weights = -(-total.weights // ranks)
+    kv = -(-total.kv_cache // ranks)
+    basis = f"rank share 1/{ranks} of {gib(total.total)}"
+    basis = f"{total.basis}; {basis}" if total.basis else basis
+    return MemoryEstimate.of(weights, kv, runtime_overhead(weights), basis)
+
+
 def kv_cache_bytes(
     layout: KvLayout, context: int, concurrency: int = 1, dtype_bytes: int = KV_DTYPE_BYTES
 ) -> int:

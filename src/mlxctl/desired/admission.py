@@ -18,6 +18,7 @@ from mlxctl.capacity.memory import (
     budget_bytes,
     estimate_catalog_variant,
     gib,
+    rank_share,
     smaller_variants,
 )
 from mlxctl.capacity.model_dir import estimate_from_model_dir
@@ -61,6 +62,10 @@ def with_budget(
             # blocked, named with why; the others are admitted and converge.
             unresolved[service.name] = f"{service.source}: model: {str(exc).splitlines()[0]}"
             continue
+        if estimate is not None and service.group is not None:
+            # A distributed tier's rank holds its share (each member admits its own).
+            estimate = rank_share(estimate, service.group.size)
+            options = ()
         entry = (raised or {}).get(service.name)
         if estimate is not None and entry is not None and entry.spec_hash == service.spec_hash:
             estimate, notes[service.name] = raise_estimate(estimate, entry)

@@ -12,7 +12,8 @@ entirely on this machine, exactly as before hosts existed.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from mlxctl.errors import SpecError
 from mlxctl.spec.schema import HostSpec
@@ -36,6 +37,9 @@ class Placement:
     host: str | None
     local: StackSet
     elsewhere: tuple[Elsewhere, ...] = ()
+    # Every host's gateway base URL, by host name (a distributed tier's members reach
+    # each other's rank state there, and its ranks above 0 route to rank 0's).
+    peers: Mapping[str, str] = field(default_factory=dict)
 
 
 def peer_url(host: HostSpec, default_port: int) -> str:
@@ -72,4 +76,5 @@ def place(stack: StackSet, here: str, how_named: str = "the hostname") -> Placem
         gateway = gateway.model_copy(update={"port": me.gateway_port})
     memory = me.memory if me.memory is not None else stack.memory
     view = dataclasses.replace(stack, tiers=local, gateway=gateway, memory=memory)
-    return Placement(here, view, elsewhere)
+    peers = {h.name: peer_url(h, stack.gateway.port) for h in stack.hosts}
+    return Placement(here, view, elsewhere, peers)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlxctl.desired.group import rank_environment
 from mlxctl.desired.model_info import attach_info
 from mlxctl.desired.placement import Elsewhere
 from mlxctl.desired.ports import assign_ports
@@ -25,6 +26,7 @@ from mlxctl.desired.state import (
     HASH_VERSION,
     DesiredService,
     DesiredState,
+    Group,
     ModelRef,
 )
 from mlxctl.desired.tier_route import (
@@ -52,7 +54,7 @@ from mlxctl.runtimes.gateway import RUNTIME as GATEWAY_RUNTIME
 from mlxctl.runtimes.registry import runtime as runtime_named
 from mlxctl.runtimes.tier_guard import KEY_FILE_ENV as TIER_KEY_FILE_ENV
 from mlxctl.spec import secrets
-from mlxctl.spec.schema import TierSpec
+from mlxctl.spec.schema import HostSpec, TierSpec
 from mlxctl.spec.stack_set import SourcedTier, StackSet
 
 ModelResolver = Callable[[SourcedTier], ModelRef]
@@ -79,6 +81,10 @@ class ResolveContext:
     # (:mod:`mlxctl.desired.placement`): routed to those machines' gateways.
     host: str | None = None
     elsewhere: tuple[Elsewhere, ...] = ()
+    # The stack's hosts, and each one's gateway base URL: a distributed tier's hostfile
+    # lists its members' addresses, and its members reach each other's gateways.
+    hosts: tuple[HostSpec, ...] = ()
+    peers: Mapping[str, str] = field(default_factory=dict)
 
 
 def spec_hash(
@@ -143,6 +149,9 @@ def resolve_desired(stack: StackSet, ctx: ResolveContext) -> DesiredState:
             if facts["context"] is not None and "context" in launched:
                 launched["context"] = min(launched["context"], facts["context"])
             route = route.model_copy(update=launched)
+        if tier.spec.distributed is not None and tier.spec.distributed.hosts[0] != ctx.host:
+            # A rank above 0 serves no HTTP: this machine's gateway relays to rank 0's.
+            route = _rank0_route(tier, ctx) or route
         routes.append(route)
     # What each tier's model is and can do, for the gateway's /v1/models.
     specs = {tier.spec.name: tier.spec for tier in stack.tiers}
@@ -200,6 +209,36 @@ def _peer_route(elsewhere: Elsewhere) -> Route:
         host=host.name,
         peer=elsewhere.peer,
     )
+
+
+def _rank0_route(tier: SourcedTier, ctx: ResolveContext) -> Route | None:
+    """The route of a distributed tier on a member whose rank is not 0: relayed to rank
+    0's machine's gateway, as a tier another machine serves."""
+    assert tier.spec.distributed is not None
+    first = tier.spec.distributed.hosts[0]
+    host = next((h for h in ctx.hosts if h.name == first), None)
+    if host is None or first not in ctx.peers:
+        return None
+    return _peer_route(Elsewhere(tier, host, ctx.peers[first]))
+
+
+def _group(tier: SourcedTier, ctx: ResolveContext) -> tuple[Group, dict[str, str], dict[str, str]]:
+    """This machine's rank of distributed tier ``tier``: the group, the rank's
+    environment and the files its launch writes."""
+    spec = tier.spec.distributed
+    assert spec is not None
+    by_name = {h.name: h for h in ctx.hosts}
+    if ctx.host not in spec.hosts or any(h not in by_name for h in spec.hosts):
+        raise SpecError(
+            [f"{tier.file}:{tier.line}: tier '{tier.spec.name}': this machine "
+             f"('{ctx.host}') is not one of its distributed.hosts"]
+        )  # fmt: skip
+    rank = spec.hosts.index(ctx.host)
+    members = [by_name[h] for h in spec.hosts]
+    env, files = rank_environment(tier.spec.name, spec, rank, members, ctx.state_dir)
+    peers = {h: ctx.peers[h] for h in spec.hosts if h != ctx.host and h in ctx.peers}
+    group = Group(tuple(spec.hosts), rank, spec.backend, peers)
+    return group, env, dict(files)
 
 
 def model_facts(directory: Path | None) -> dict[str, Any]:
@@ -290,15 +329,24 @@ def _tier_service(tier: SourcedTier, port: int, ctx: ResolveContext) -> DesiredS
     key_file = str(tier_key_path(ctx.state_dir, spec.name)) if runtime.guarded else ""
     # The tier's key file (a path, no secret): read by its guard, created at its launch.
     guard_env = {TIER_KEY_FILE_ENV: key_file} if key_file else {}
-    env = tuple(sorted({**spec.env, **guard_env}.items()))
+    group, group_env, files = _group(tier, ctx) if spec.distributed else (None, {}, {})
+    env = tuple(sorted({**spec.env, **guard_env, **group_env}.items()))
     hashed_env = _resolved_env(env, ctx, f"{where}: tier '{spec.name}'")
-    launch = {
+    launch: dict[str, Any] = {
         "runtime": spec.runtime,
         "model": model.display,
         "port": port,
         "args": dict(args),
         "env": dict(sorted(spec.env.items())),
     }
+    if group is not None:
+        # Its rank, and everything its hostfile says: a change restarts the group.
+        launch["distributed"] = {
+            "rank": group.rank,
+            "hosts": list(group.hosts),
+            "backend": group.backend,
+            "file": "".join(files.values()).strip(),
+        }
     capacity = tier_capacity(spec, args)
     launch |= launch_facts(capacity, tier_context(spec, model.directory), key_file)
     if model.revision:
@@ -311,10 +359,10 @@ def _tier_service(tier: SourcedTier, port: int, ctx: ResolveContext) -> DesiredS
         port=port,
         argv=argv,
         env=env,
-        files=(),
+        files=tuple(files.items()),
         model=model,
         launch=launch,
-        spec_hash=spec_hash(argv, hashed_env, {}, model.identity),
+        spec_hash=spec_hash(argv, hashed_env, files, model.identity),
         probe=ProbeSpec(kind=runtime.name, port=port, model=served, key_file=key_file),
         startup_timeout=spec.startup_timeout or runtime.startup_timeout,
         source=where,
@@ -325,6 +373,7 @@ def _tier_service(tier: SourcedTier, port: int, ctx: ResolveContext) -> DesiredS
         load=tier.load,
         # ``auto`` is resolved with the machine's memory (desired.admission).
         idle_timeout=tier.idle_timeout if isinstance(tier.idle_timeout, float) else None,
+        group=group,
     )
 
 

@@ -93,6 +93,31 @@ class ModelRef:
 
 
 @dataclass(frozen=True)
+class Group:
+    """This machine's rank of a ``distributed`` tier (docs/multi-host.md, "One model
+    across machines"): each member's controller runs its own rank, and the members learn
+    each other's rank state through their gateways (``peers``)."""
+
+    # The member hosts in rank order (rank 0 serves HTTP), and this machine's rank.
+    hosts: tuple[str, ...]
+    rank: int
+    backend: str
+    # Each other member's gateway base URL (``http://address:port``), by host name.
+    peers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.hosts)
+
+    def rank_of(self, host: str) -> int:
+        return self.hosts.index(host)
+
+    @property
+    def others(self) -> tuple[str, ...]:
+        return tuple(h for i, h in enumerate(self.hosts) if i != self.rank)
+
+
+@dataclass(frozen=True)
 class DesiredService:
     """One process mlxctl should run: a tier's model server or the gateway."""
 
@@ -123,10 +148,18 @@ class DesiredService:
     # an on-demand tier the seconds idle before it stops (None: never).
     load: Load = "always"
     idle_timeout: float | None = None
+    # A distributed tier: this machine's rank of it (None: an ordinary tier).
+    group: Group | None = None
 
     @property
     def on_demand(self) -> bool:
         return self.load == "on-demand"
+
+    @property
+    def serves_http(self) -> bool:
+        """Whether its process answers HTTP: every service but a distributed tier's ranks
+        above 0 (mlx_lm.server runs its HTTP server on rank 0 only)."""
+        return self.group is None or self.group.rank == 0
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
 
-from mlxctl.gateway import anthropic, embeddings, errors, families, metrics, peers, responses
+from mlxctl.gateway import anthropic, embeddings, errors, families, metrics, peers, ranks, responses
 from mlxctl.gateway import models as model_list
 from mlxctl.gateway.answers import renamed
 from mlxctl.gateway.backend_errors import BODY_MAX, BackendAnswer, classify, router_error
@@ -899,6 +899,12 @@ def build_app(gateway: Gateway) -> ASGIApp:
     async def responses_(request: Request) -> Response:
         return await families.serve(gateway, request, responses.RESPONSES)
 
+    async def group_ranks(request: Request) -> Response:
+        # The other members of a distributed tier read this machine's ranks here.
+        if not gateway.authorized(request):
+            return unauthorized()
+        return await ranks.relay(gateway.demand.socket)
+
     async def live(_: Request) -> Response:
         routes = len(gateway.table.config.routes)
         # The PID tells mlxctl's probe which gateway answered while two share the port.
@@ -918,6 +924,7 @@ def build_app(gateway: Gateway) -> ASGIApp:
         HttpRoute("/health/liveliness", live, methods=["GET"]),
         HttpRoute("/health", live, methods=["GET"]),
         HttpRoute("/metrics", scrape, methods=["GET"]),
+        HttpRoute("/mlxctl/ranks", group_ranks, methods=["GET"]),
         # Anthropic Messages and OpenAI Responses (mlxctl.gateway.families).
         HttpRoute("/v1/messages", messages, methods=["POST"]),
         HttpRoute("/v1/messages/count_tokens", count_tokens, methods=["POST"]),

@@ -155,6 +155,7 @@ class RecordModel(StateModel):
     restarted_after: ExitCauseModel | None = None
     cgroup: Text = ""
     oom_kills_at_start: Count | None = None
+    generation: Count = 0
 
 
 def parse_record(data: object) -> Record:

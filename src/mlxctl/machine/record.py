@@ -112,6 +112,16 @@ class Record:
     # a count grown by its death says the kernel killed it for memory.
     cgroup: str = ""
     oom_kills_at_start: int | None = None
+    # A distributed tier's rank: the group generation it was started for (every member
+    # starts the same number; a rank of an older one is never mixed with a newer one).
+    generation: int = 0
+
+    @property
+    def rank(self) -> int | None:
+        """Its rank, for a distributed tier's record (None: an ordinary service)."""
+        group = self.launch.get("distributed")
+        rank = group.get("rank") if isinstance(group, Mapping) else None
+        return rank if isinstance(rank, int) and not isinstance(rank, bool) else None
 
     @property
     def spawned(self) -> bool:
@@ -136,6 +146,8 @@ class Record:
         if not self.cgroup:
             data.pop("cgroup")
             data.pop("oom_kills_at_start")
+        if not self.generation:
+            data.pop("generation")
         return data
 
     def evolve(self, **changes: Any) -> Record:

@@ -22,7 +22,13 @@ from mlxctl.machine.logfiles import tail
 from mlxctl.machine.record import Record
 from mlxctl.observe.exit_cause import classify
 from mlxctl.observe.health import HealthSource
-from mlxctl.observe.state import ObservedService, ObservedState, PrepareJob, TierDemand
+from mlxctl.observe.state import (
+    ObservedService,
+    ObservedState,
+    PeerRank,
+    PrepareJob,
+    TierDemand,
+)
 
 LOG_TAIL_LINES = 15
 
@@ -38,6 +44,7 @@ def observe(
     prepares: Mapping[str, PrepareJob] | None = None,
     demand: Mapping[str, TierDemand] | None = None,
     demand_reported: bool = False,
+    groups: Mapping[str, Mapping[str, PeerRank]] | None = None,
 ) -> ObservedState:
     services: dict[str, ObservedService] = {}
     live: list[Record] = []
@@ -45,8 +52,16 @@ def observe(
         seen = _process(record, procs)
         services[record.name] = seen
         # A retiring instance is not probed: its port answers for its successor too, and
-        # nothing is decided from its health (it stops once the successor is ready).
-        if seen.alive and record.spawned and not record.stopping and not record.handover_to:
+        # nothing is decided from its health (it stops once the successor is ready). Nor
+        # is a distributed tier's rank above 0: it answers no HTTP (its group's rank 0
+        # does, on its own machine).
+        if (
+            seen.alive
+            and record.spawned
+            and not record.stopping
+            and not record.handover_to
+            and not record.rank
+        ):
             live.append(record)
     for name, sample in health.sample(live).items():
         seen = services[name]
@@ -81,6 +96,7 @@ def observe(
         ports_held=_ports_held(desired, services, procs),
         demand=dict(demand or {}),
         demand_reported=demand_reported,
+        groups=dict(groups or {}),
     )
 
 
@@ -119,7 +135,7 @@ def _ports_held(
     ours = {s.record.port for s in services.values() if s.alive or not s.record.spawned}
     held: dict[int, str] = {}
     for service in desired.services:
-        if service.port in ours or service.port in held:
+        if not service.serves_http or service.port in ours or service.port in held:
             continue
         owner = procs.port_owner(service.port)
         if owner is not None:

@@ -116,6 +116,36 @@ class TierDemand:
         )
 
 
+# A member's rank of a distributed tier, as its own controller sees it:
+# ``running`` its process runs (``ready``: rank 0 serves, or the group does);
+# ``stopping`` a stop is under way; ``idle`` no process (``can_start``: nothing on that
+# machine holds a start back: its model is verified, its memory admitted, its backoff
+# over); ``unknown`` its controller does not run this tier (yet).
+RankState = Literal["running", "stopping", "idle", "unknown"]
+
+
+@dataclass(frozen=True)
+class PeerRank:
+    """Another member's rank of a distributed tier, as the last answer of that member's
+    gateway said (docs/multi-host.md, "One model across machines"). ``reachable`` False:
+    no answer (``detail`` says why), and the other fields are not known."""
+
+    host: str
+    reachable: bool
+    state: RankState = "unknown"
+    # The generation its rank runs, or ran last (0: never started).
+    generation: int = 0
+    ready: bool = False
+    can_start: bool = False
+    # Its last run of ``generation`` ended in a failure (it crashed, or its group did),
+    # not a planned stop.
+    failed: bool = False
+    # Why it cannot start now, or why it could not be reached.
+    detail: str = ""
+    # How its last run ended (its crash, or its group's failure), first line.
+    error: str = ""
+
+
 @dataclass(frozen=True)
 class ObservedState:
     now: float
@@ -138,3 +168,6 @@ class ObservedState:
     # A gateway reports demand to this controller (False: ``--once``, no controller, or
     # no gateway report yet): a cold on-demand tier is then started only by ``load``.
     demand_reported: bool = False
+    # Each distributed tier's other members' ranks, by tier then host (absent: not
+    # asked yet; a member is started only once every other one is heard from).
+    groups: Mapping[str, Mapping[str, PeerRank]] = field(default_factory=dict)

@@ -73,6 +73,12 @@ WaitReason = Literal[
     # Its new requests are held (the gateway holds them) until the ones in flight end;
     # then it stops (an eviction, an unload, its idle timeout).
     "draining",
+    # A distributed tier's rank could start: it waits for its group's other members,
+    # which are on their way (their answer, their start, their older ranks stopping).
+    "group",
+    # The same, held by another member on its own account (it does not answer, or its
+    # model, memory or backoff holds it): not work in flight for ``reconcile --once``.
+    "member",
     "",
 ]
 # Waits that are the steady state, not work left: ``reconcile --once`` is converged
@@ -106,6 +112,8 @@ class Action:
     raise_memory_to: int | None = None
     # For "wait": what is awaited.
     reason: WaitReason = ""
+    # For "start" of a distributed tier's rank: the group generation it starts as.
+    generation: int = 0
     # For "ready": when it became ready (readiness detail in ``cause``).
     # For "adopt": the process found (pid, pgid, create_time, cmdline).
     adopt: tuple[int, int, float, tuple[str, ...]] | None = None

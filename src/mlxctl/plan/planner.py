@@ -11,11 +11,12 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import mlxctl.plan.group as groups
 from mlxctl.capacity.memory import BudgetCheck, check_budget, gib
 from mlxctl.desired.state import HASH_VERSION, DesiredService, DesiredState
 from mlxctl.machine.record import ExitCause, Record
-from mlxctl.observe.state import ObservedService, ObservedState, TierDemand
-from mlxctl.plan.actions import Action, ActionKind, Plan, PlanOptions
+from mlxctl.observe.state import ObservedService, ObservedState, PeerRank, TierDemand
+from mlxctl.plan.actions import Action, ActionKind, Plan, PlanOptions, WaitReason
 from mlxctl.plan.eviction import Resident, make_room
 
 # How a replacement caused by a request (not a crash) begins its cause, in the plan,
@@ -117,6 +118,8 @@ class _Planner:
             else:
                 self.after_crash(service, rec)
             return
+        if service.group is not None and self.group_ended(service, seen):
+            return
         if changed:
             if _can_overlap(service, seen):
                 cause = f"{changed} (the old one serves until the new one is ready)"
@@ -137,6 +140,9 @@ class _Planner:
             return
         if rec.spec_hash != service.spec_hash:
             self.add("rehash", service.name, "hash recipe changed; launch unchanged")
+        if not service.serves_http:
+            self.rank_above_0(service, seen)
+            return
         if service.role == "gateway" and self.observed.files:
             stale = [p for p, text in service.files if self.observed.files.get(p) != text]
             if stale:
@@ -148,12 +154,53 @@ class _Planner:
         if rec.ready_at is None:
             self.starting(service, seen)
             return
+        if seen.poisoned and service.group is not None:
+            # Rank 0 cannot generate: the ring lost a rank (a request could do it too,
+            # but the group cannot tell which): the group's failure, counted.
+            cause = f"the group failed: rank 0 cannot generate: {seen.detail}"
+            self.crashed(service, seen, stop=True, cause=cause)
+            return
         if seen.poisoned:
             self.crashed(service, seen, stop=True, cause=seen.detail, by_request=True)
             return
         if seen.probe_failures >= self.opts.liveness_threshold:
             cause = f"liveness failed {seen.probe_failures} times: {seen.detail}"
+            if service.group is not None:
+                cause = f"the group failed (hung): rank 0 {cause}"
             self.crashed(service, seen, stop=True, cause=cause)
+
+    # -- distributed tiers: one group of ranks over several machines -------------------
+
+    def peers(self, service: DesiredService) -> Mapping[str, PeerRank]:
+        return self.observed.groups.get(service.name) or {}
+
+    def group_ended(self, service: DesiredService, seen: ObservedService) -> bool:
+        """Stop this rank when its group has ended elsewhere (:func:`groups.broken`): a
+        failure is a crash (counted: every member backs off alike), another member's
+        planned restart restarts this rank too. True when it decided."""
+        assert service.group is not None
+        ended = groups.broken(service.group, seen.record, self.peers(service))
+        if ended is None:
+            return False
+        if ended.failed:
+            self.crashed(service, seen, stop=True, cause=f"the group failed: {ended.cause}")
+        else:
+            self.add("restart", service.name, f"the group restarts: {ended.cause}")
+        return True
+
+    def rank_above_0(self, service: DesiredService, seen: ObservedService) -> None:
+        """A rank above 0 answers no HTTP: it is ready when rank 0 serves its generation
+        (its own death is the process poller's to see, rank 0's liveness the group's)."""
+        assert service.group is not None
+        rec = seen.record
+        if rec.ready_at is not None:
+            return
+        first = service.group.hosts[0]
+        if groups.rank0_serves(service.group, rec, self.peers(service)):
+            self.add("ready", service.name, f"rank 0 on {first} serves generation {rec.generation}")
+            return
+        detail = f"waiting for rank 0 on {first} to serve generation {rec.generation}"
+        self.starting(service, dataclasses.replace(seen, detail=detail))
 
     # -- on-demand tiers, unload ------------------------------------------------------
 
@@ -454,7 +501,21 @@ class _Planner:
             return
         if not self.model_ready(service) or not self.memory_free(service):
             return
-        if not self.port_free(service):
+        if service.serves_http and not self.port_free(service):
+            return
+        if service.group is not None:
+            seen = self.observed.services.get(service.name)
+            record = seen.record if seen is not None else None
+            generation, why = groups.join(service.group, record, self.peers(service))
+            if why:
+                # Nothing here holds it back (its members read this wait as "can start").
+                peers = self.peers(service)
+                reason: WaitReason = "member" if groups.held(service.group, peers) else "group"
+                self.add("wait", service.name, f"waiting for the group: {why}", reason=reason)
+                return
+            rank = f"rank {service.group.rank} of {service.group.size}"
+            cause = f"{cause} ({rank}, generation {generation})"
+            self.add(kind, service.name, cause, generation=generation)
             return
         self.add(kind, service.name, cause, restarted_after=restarted_after)
 

@@ -29,6 +29,7 @@ from mlxctl.machine.inventory import Inventory, write_atomic
 from mlxctl.machine.statemodel import Port, ShortStr
 from mlxctl.observe.health import HealthSource, ProbeNow
 from mlxctl.observe.jobfiles import JobFiles
+from mlxctl.observe.peers import PeerSource
 from mlxctl.observe.state import PrepareJob
 from mlxctl.paths import Paths
 
@@ -62,6 +63,9 @@ class Context:
     # The controller's demand book (what the gateway reports, load/unload asked); None
     # outside a controller: no demand is observed.
     demand: DemandBook | None = None
+    # Where the other members' ranks of distributed tiers come from: the controller's
+    # peer watcher; None outside a controller (none observed: a member waits for them).
+    peers: PeerSource | None = None
     _jobs: PrepareJobs | None = field(default=None, init=False, repr=False)
     # Unusable state files already reported by this process: each is said once.
     _reported: set[tuple[str, str]] = field(default_factory=set, init=False, repr=False)

@@ -60,6 +60,7 @@ from mlxctl.reconcile.passes import (
     resolve,
     run_pass,
 )
+from mlxctl.reconcile.peers import PeerWatcher
 from mlxctl.reconcile.triggers import POLL_INTERVAL, Trigger, controller_triggers
 from mlxctl.status import report
 
@@ -150,6 +151,9 @@ class Controller:
             MonitorSettings(live_interval=interval, threshold=options.liveness_threshold),
         )
         ctx.health = self.monitor
+        # Distributed tiers: the other members' ranks, asked of their gateways.
+        self.peers = PeerWatcher(self.trigger, ctx.environ)
+        ctx.peers = self.peers
         ctx.on_job_change = self.trigger
         self._custom_desired = desired is not None
         # Only the long-running controller is suspended by `down` and observes demand: a
@@ -350,6 +354,7 @@ class Controller:
         finally:
             self._stop.set()
             self.monitor.stop()
+            self.peers.stop()
             self._publish(PassSeen(self.passes, None, stopped=True))
             if self.watch:
                 self.log("controller: stopped (servers keep running; `mlxctl down` stops them)")

@@ -30,7 +30,9 @@ from mlxctl.reconcile.monitor import LIVE_TIMEOUT
 from mlxctl.reconcile.passes import PassResult
 
 # Wait reasons that mean work is in flight (something will trigger a pass).
-IN_FLIGHT = frozenset({"starting", "stopping", "preparing", "spawning"})
+# (``group``: a distributed tier's rank waits for members on their way: their answers
+# trigger passes.)
+IN_FLIGHT = frozenset({"starting", "stopping", "preparing", "spawning", "group"})
 WORK = frozenset({"start", "restart", "stop", "prepare"})
 
 

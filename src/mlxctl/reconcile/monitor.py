@@ -37,6 +37,7 @@ READY_POLL = 0.1
 READY_TIMEOUT = 30.0
 LIVE_TIMEOUT = 5.0
 BUSY_BUDGET = 600.0
+GROUP_BUSY_BUDGET = 120.0
 # After a server answered that it can never be ready, ask again this often (the
 # planner replaces it meanwhile; a new instance gets a new watcher).
 FATAL_RETRY = 1.0
@@ -57,6 +58,12 @@ class MonitorSettings:
     # 503 while /health said healthy. As long as the gateway's read timeout, so a
     # legitimate request is never cut for it.
     busy_budget: float = BUSY_BUDGET
+    # The same budget for a distributed tier's rank 0, shorter: when another rank hangs
+    # (frozen, or its machine gone without closing its sockets), rank 0's /health still
+    # answers 200 and every completion waits forever (MLX 0.32's ring, measured by
+    # benchmarks/distributed_ring.py); only "busy" that never ends tells. A prefill
+    # longer than this on a distributed tier is taken for a hang (docs/multi-host.md).
+    group_busy_budget: float = GROUP_BUSY_BUDGET
     # How long :meth:`HealthMonitor.sample` waits for a newly watched *ready* server's
     # first liveness answer. 0 for the controller (a pass never waits: the answer
     # triggers a pass); ``reconcile --once`` waits, so that its first pass sees a server
@@ -143,6 +150,7 @@ class HealthMonitor:
         stop: threading.Event,
         failures: int,
         busy_since: list[float | None] | None = None,
+        budget: float = 0.0,
     ) -> tuple[ProbeResult, int] | None:
         """One probe, its answer stored with the failures in a row it makes (returned
         too); None when the watcher was stopped before or while it ran. Only a readiness
@@ -153,16 +161,18 @@ class HealthMonitor:
         if stop.is_set():
             return None
         if busy_since is not None:
-            result = self._within_budget(result, busy_since)
+            result = self._within_budget(result, busy_since, budget)
         failures = 0 if result.ok else failures + 1
         fatal = result.fatal and mode == "ready"
         sample = HealthSample(result.ok, result.detail, fatal, failures, mode, result.poisoned)
         self._store(key, sample, stop)
         return result, failures
 
-    def _within_budget(self, result: ProbeResult, busy_since: list[float | None]) -> ProbeResult:
+    def _within_budget(
+        self, result: ProbeResult, busy_since: list[float | None], budget: float
+    ) -> ProbeResult:
         """``result``, failed when the server has answered nothing but "busy" for longer
-        than its liveness budget (``busy_since[0]``: when that began, kept here)."""
+        than its liveness ``budget`` (``busy_since[0]``: when that began, kept here)."""
         if not result.busy:
             busy_since[0] = None
             return result
@@ -170,10 +180,10 @@ class HealthMonitor:
         since = busy_since[0] if busy_since[0] is not None else now
         busy_since[0] = since
         busy = now - since
-        if busy <= self.settings.busy_budget:
+        if busy <= budget:
             return result
         detail = (f"answered nobody for {busy:.0f} s (liveness budget "
-                  f"{self.settings.busy_budget:g} s): {result.detail}")  # fmt: skip
+                  f"{budget:g} s): {result.detail}")  # fmt: skip
         return ProbeResult(False, detail)
 
     def _watch_one(self, record: Record, stop: threading.Event) -> None:
@@ -221,10 +231,13 @@ class HealthMonitor:
         spec, cfg = probe_spec(record), self.settings
         failures = 0
         busy_since: list[float | None] = [None]
+        budget = cfg.busy_budget if record.rank is None else cfg.group_busy_budget
 
         def attempt() -> bool:
             nonlocal failures
-            answer = self._probe(spec, "live", cfg.live_timeout, key, stop, failures, busy_since)
+            answer = self._probe(
+                spec, "live", cfg.live_timeout, key, stop, failures, busy_since, budget
+            )
             if answer is None:
                 return False
             result, failures = answer

@@ -105,6 +105,8 @@ def resolve(ctx: Context, stack: StackSet) -> DesiredState:
         port_held_by_other=lambda name, port: _held_by_other(ctx, name, port),
         host=placed.host,
         elsewhere=placed.elsewhere,
+        hosts=stack.hosts,
+        peers=placed.peers,
     )
     desired = resolve_desired(stack, rctx)
     from mlxctl.desired.admission import with_budget
@@ -141,6 +143,7 @@ def observe_state(ctx: Context, desired: DesiredState | None) -> ObservedState:
         prepares=ctx.prepares(),
         demand=book.observed() if book is not None else None,
         demand_reported=book.reported if book is not None else False,
+        groups=ctx.peers.sample(desired) if ctx.peers is not None else None,
     )
 
 

@@ -195,9 +195,13 @@ ModelSource = Annotated[
 ]
 
 
-# Ring ranks and the tiers' ports share one range: a member listens on its own port.
 DistributedBackend = Literal["ring", "jaccl"]
 MAX_HOSTS = 64
+# An RDMA device name as ``ibv_devices`` lists it (``rdma_en5``).
+RDMA_DEVICE_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+# The one runtime whose server runs MLX's distributed ranks (mlx_lm.server shards the
+# model over ``mx.distributed.init()``; vllm-mlx has no distributed mode).
+DISTRIBUTED_RUNTIME = "mlx-lm"
 
 
 class DistributedSpec(_Strict):
@@ -213,9 +217,15 @@ class DistributedSpec(_Strict):
         min_length=2, max_length=MAX_HOSTS
     )
     backend: DistributedBackend = "ring"
-    # The port each member's rank listens on for the ring (unset: chosen by mlxctl
-    # from the tier's name, the same on every member since each reads the same files).
+    # ring: the port rank 0 listens on for the ring, rank r on ``port + r`` (as
+    # ``mlx.launch --starting-port``); jaccl: the coordinator's port on rank 0's host.
+    # Unset: chosen by mlxctl from the tier's name (mlxctl.desired.group), the same on
+    # every member since each reads the same files.
     port: Port | None = None
+    # jaccl only: the RDMA device each rank reaches each other rank through, one row per
+    # rank (``devices[i][j]``: rank i's device towards rank j; null on the diagonal), as
+    # ``mlx.distributed_config --backend jaccl`` lists them in its hostfile's ``rdma``.
+    devices: list[list[Annotated[str, Field(pattern=RDMA_DEVICE_PATTERN)] | None]] | None = None
 
     @field_validator("hosts")
     @classmethod
@@ -224,6 +234,28 @@ class DistributedSpec(_Strict):
         if dup:
             raise ValueError(f"host {dup[0]!r} appears twice")
         return value
+
+    @model_validator(mode="after")
+    def _devices(self) -> DistributedSpec:
+        n = len(self.hosts)
+        if self.backend != "jaccl":
+            if self.devices is not None:
+                raise ValueError("devices is for backend jaccl (RDMA); the ring runs over TCP")
+            return self
+        rows = self.devices
+        if rows is None:
+            raise ValueError(
+                "backend jaccl needs devices: each rank's RDMA device towards each other rank "
+                "(mlx.distributed_config --backend jaccl lists them)"
+            )
+        if len(rows) != n or any(len(row) != n for row in rows):
+            raise ValueError(f"devices must be {n} rows of {n} (one per rank, one per peer)")
+        for i, row in enumerate(rows):
+            for j, device in enumerate(row):
+                if (device is None) != (i == j):
+                    want = "null (a rank to itself)" if i == j else "a device name"
+                    raise ValueError(f"devices[{i}][{j}] must be {want}")
+        return self
 
 
 class TierSpec(_Strict):
@@ -275,6 +307,16 @@ class TierSpec(_Strict):
             )
         if self.name in self.aliases:
             raise ValueError(f"alias '{self.name}' is the tier's own name")
+        if self.distributed is not None and self.runtime != DISTRIBUTED_RUNTIME:
+            raise ValueError(
+                f"distributed needs runtime {DISTRIBUTED_RUNTIME} (mlx_lm.server runs MLX's "
+                f"distributed ranks; {self.runtime} has no distributed mode)"
+            )
+        if self.distributed is not None and self.load == "on-demand":
+            raise ValueError(
+                "a distributed tier runs always (load: on-demand would need every member "
+                "to load and unload together)"
+            )
         return self
 
     @field_validator("name")

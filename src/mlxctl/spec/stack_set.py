@@ -119,6 +119,7 @@ def merge_documents(
             idle = tier.idle_timeout if tier.idle_timeout is not None else defaults.idle_timeout
             placed = tier.host or (tier.distributed.hosts[0] if tier.distributed else None)
             problems += _placement_problems(tier, f"{path}:{line}:1", host_names)
+            problems += _distributed_problems(tier, f"{path}:{line}:1", hosts[1] if hosts else [])
             sourced = SourcedTier(
                 tier,
                 path,
@@ -126,7 +127,8 @@ def merge_documents(
                 doc.metadata.name,
                 suspended,
                 keys,
-                load=tier.load or defaults.load or "always",
+                # A distributed tier runs always: its members load and stop as one group.
+                load="always" if tier.distributed else tier.load or defaults.load or "always",
                 idle_timeout="auto" if idle is None else idle,
                 host=placed if host_names else None,
             )
@@ -215,6 +217,28 @@ def _placement_problems(tier: TierSpec, where: str, hosts: Sequence[str]) -> lis
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             problems.append(
                 f"{where}: tier '{tier.name}': host '{name}' is not in spec.hosts{hint}"
+            )
+    return problems
+
+
+def _distributed_problems(tier: TierSpec, where: str, hosts: Sequence[HostSpec]) -> list[str]:
+    """A ring lists its members by IP address (``mlx.launch`` refuses host names for the
+    ring backend, and each rank binds its own entry of the hostfile)."""
+    import ipaddress
+
+    group = tier.distributed
+    if group is None or group.backend != "ring":
+        return []
+    problems = []
+    for host in hosts:
+        if host.name not in group.hosts:
+            continue
+        try:
+            ipaddress.ip_address(host.address)
+        except ValueError:
+            problems.append(
+                f"{where}: tier '{tier.name}': the ring needs each member's address as an IP "
+                f"address; host '{host.name}' has '{host.address}'"
             )
     return problems
 

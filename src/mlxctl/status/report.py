@@ -225,6 +225,8 @@ def status_cells(rows: Iterable[ServiceStatus]) -> list[tuple[str, ...]]:
             note = f"restart in {r.restart_in:.0f}s: {note}"
         if r.replaced_by and r.health == "ready":
             note = f"being replaced: serves until the new {r.replaced_by} is ready"
+        if r.group is not None:
+            note = f"{r.group_line}: {note}" if note else r.group_line
         if r.health in ("unloaded", "elsewhere") and not r.model:
             note = r.detail
         elif r.health == "unloaded":

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from mlxctl.desired.state import DesiredState
+from mlxctl.desired.state import DesiredService, DesiredState
 from mlxctl.observe.state import ObservedService, ObservedState, TierDemand
 
 HealthState = Literal[
@@ -66,12 +66,27 @@ class ServiceStatus:
     restarted_after: dict[str, Any] | None = None
     # The machine that serves it, in a stack of several (docs/multi-host.md).
     host: str | None = None
+    # A distributed tier: this machine's rank and its group as this machine sees it
+    # (``rank``, ``size``, ``backend``, ``generation``, ``state``: serving, forming,
+    # stopping, failed or down; ``failed``: which rank failed and how; ``members``: each
+    # rank's host, state and generation, the others' as their controllers last said).
+    group: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         if self.host is None:  # a stack of one machine: as before hosts existed
             del data["host"]
         return data
+
+    @property
+    def group_line(self) -> str:
+        """``group serving, generation 3`` / ``group failed: rank 1 on b: SIGKILL ...``."""
+        g = self.group
+        if g is None:
+            return ""
+        if g["failed"] and g["state"] != "serving":
+            return f"group {g['state']}: {g['failed']}"
+        return f"group {g['state']}, generation {g['generation']}"
 
 
 def health_of(seen: ObservedService | None, now: float) -> HealthState:
@@ -192,6 +207,7 @@ def build_status(desired: DesiredState | None, observed: ObservedState) -> list[
                     else None
                 ),
                 host=elsewhere.get(name) or (desired.host if desired else None),
+                group=group_status(want, seen, observed) if want is not None else None,
             )
         )
         if name in elsewhere:  # moved to another machine, still running here
@@ -218,6 +234,75 @@ def _elsewhere(name: str, host: str) -> ServiceStatus:
         detail=f"served by host '{host}'",
         host=host,
     )
+
+
+GROUP_FAILED = "the group failed: "
+
+
+def group_status(
+    want: DesiredService, seen: ObservedService | None, observed: ObservedState
+) -> dict[str, Any] | None:
+    """A distributed tier's group as this machine sees it: its own rank, and the other
+    members' as their controllers last reported them (docs/multi-host.md)."""
+    group = want.group
+    if group is None:
+        return None
+    rec = seen.record if seen is not None else None
+    here = group.hosts[group.rank]
+    alive = seen is not None and seen.alive
+    state = ("stopping" if rec is not None and rec.stopping else "running") if alive else "idle"
+    generation = rec.generation if rec is not None else 0
+    members = [
+        {
+            "host": here,
+            "rank": group.rank,
+            "state": state,
+            "generation": generation,
+            "ready": alive and rec is not None and rec.ready_at is not None,
+        }
+    ]
+    peers = observed.groups.get(want.name) or {}
+    for host in group.others:
+        peer = peers.get(host)
+        members.append(
+            {
+                "host": host,
+                "rank": group.rank_of(host),
+                "state": (peer.state if peer.reachable else "unreachable") if peer else "unknown",
+                "generation": peer.generation if peer else 0,
+                "ready": bool(peer and peer.ready),
+                "detail": (peer.detail or peer.error) if peer else "not heard from yet",
+            }
+        )
+    failed = ""
+    # Its last run's end, until the next generation serves (a new rank keeps it).
+    ended = rec is not None and (rec.died_at is not None or rec.ready_at is None)
+    if rec is not None and ended and rec.last_error:
+        error = rec.last_error.splitlines()[0]
+        if error.startswith(GROUP_FAILED):
+            failed = error.removeprefix(GROUP_FAILED)
+        else:
+            failed = f"rank {group.rank} on {here}: {error}"
+    running = [m for m in members if m["state"] == "running"]
+    if len(running) == len(members) and all(
+        m["ready"] and m["generation"] == generation for m in members
+    ):
+        summary = "serving"
+    elif failed and not alive:
+        summary = "failed"
+    elif any(m["state"] == "stopping" for m in members):
+        summary = "stopping"
+    else:
+        summary = "forming" if running else "down"
+    return {
+        "rank": group.rank,
+        "size": group.size,
+        "backend": group.backend,
+        "generation": generation,
+        "state": summary,
+        "failed": failed,
+        "members": members,
+    }
 
 
 def status_json(
