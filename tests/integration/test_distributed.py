@@ -122,6 +122,9 @@ def test_a_distributed_tier_serves_from_two_hosts_and_heals_as_a_group(
     # A client on the LAN asks a's gateway: rank 0 answers, the tier is the group's.
     base_a = f"http://{lan['a'].address}:{GATEWAY_PORT}"
     wait_for(lambda: lan.call("client", chat, base_a, "big") == (200, "big"), 60, "big via a")
+    # One URL per machine: b's gateway (rank 1's machine) relays to rank 0's gateway.
+    base_b = f"http://{lan['b'].address}:{GATEWAY_PORT}"
+    assert lan.call("client", chat, base_b, "big") == (200, "big")
 
     # Kill rank 1 by its PID: the group fails on both members and restarts together.
     killed = time.monotonic()
