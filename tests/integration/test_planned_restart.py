@@ -12,18 +12,23 @@ The streams outlast the edit by construction, not by luck:
 - the tier serves a model the test builds whose answer is one token repeated, never
   ending its turn (:func:`~mlxctl.testing.tiny_model.build_repeat_model`), so a stream
   runs to its ``max_tokens`` whatever the model's noise would have sampled;
-- ``max_tokens`` of the streams at the tier comes from the rate measured on this machine
-  just before (the tier's own streams, as many at once): :data:`STREAM_SECONDS` of
-  generation, longer than the controller takes to act on the edit (under a second) and
-  shorter than the stop's grace (10 s), past which the restart would go anyway and cut
-  them. The fixed 1000 tokens of before ended before the edit landed on a fast run (the
-  test skipped), and at the ~50 tokens/s a stream measured here under load 8 they would
-  have outlasted the grace;
-- the overlap is asserted, not assumed: while the streams run, the controller's plan
-  (what ``mlxctl diff`` prints: its dry run on its own view of the gateway's demand)
-  says the tier is draining with every one of them in flight, and the old process is
-  alive; the process is then replaced (a new PID) and the requests held meanwhile are
-  answered by the new one.
+- the edit is timed from the streams' own progress: they are asked for
+  :data:`STREAM_SECONDS` of generation at the rate measured just before (the tier's own
+  streams, as many at once), and the edit lands when, at the rate they streamed in the
+  last seconds, :data:`LEFT_SECONDS` of it is left: longer than the controller takes to act on the
+  edit (its file watch, then a pass: about a second here) and shorter than the stop's
+  grace (10 s), past which the restart would go anyway and cut them. The rate on these
+  shared 2 cores changes 3-4x within a minute (66-353 tokens/s a stream measured in
+  consecutive runs), so a length fixed in tokens, or in seconds at a rate measured
+  once, ended before the controller acted on some runs (the fixed 1000 tokens of before
+  made the test skip) and would outlast the grace on others;
+- the overlap is asserted, not assumed: while the streams run, the gateway says the
+  tier is draining (its ``mlxctl_gateway_tier_state`` metric: the controller's verdict,
+  with which it holds the tier's new requests) with every one of them in flight, and the
+  old process is alive; the process is then replaced (a new PID) and the requests held
+  meanwhile are answered by the new one. (The controller's plan, ``mlxctl diff``, says
+  ``draining`` at once, but the gateway learns it at its next report, a second or two
+  later: a request sent in between still goes to the old process.)
 
 Switched off (``drained()`` of the planner returning True at once), the restart goes
 on the edit and the streams at the tier are cut: the first assertion fails.
@@ -31,7 +36,6 @@ on the edit and the streams at the tier are cut: the first assertion fails.
 
 from __future__ import annotations
 
-import re
 import statistics
 import threading
 import time
@@ -41,6 +45,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.conftest import (
     Mlxctl,
     events,
@@ -53,13 +58,17 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.integration
 MSG: Any = [{"role": "user", "content": "Hello"}]
 CLIENTS = 16
-# Seconds of generation asked of each stream at the tier, at the rate measured just before
-# (see above). The streams ran 1.5-1.7x that under load 8 (the queued clients and the
-# polling beside them): ~5 s, half the grace.
-STREAM_SECONDS = 3.0
+# Seconds of generation asked of each stream at the tier, at the rate measured just
+# before (twice what is left at the edit: the rate measured may be half the real one),
+# and the seconds of it left, at the rate it streams, when the edit lands (see above): a
+# machine twice as fast or twice as slow meanwhile still leaves 2-8 s.
+STREAM_SECONDS = 10.0
+LEFT_SECONDS = 4.0
+# Seconds over which the streams' rate is taken (chunks come in bursts on a busy machine).
+RATE_WINDOW = 2.0
 # Tokens of each stream that measures the rate, and of each stream queued at the gate
 # (they are served by the new process; their length proves nothing more).
-PROBE_TOKENS = 120
+PROBE_TOKENS = 200
 QUEUED_TOKENS = 40
 CONTEXT = 8192
 TICK = "tick "
@@ -77,6 +86,7 @@ class Stream(threading.Thread):
         self.tokens_out: int | None = None
         self.began = 0.0
         self.last = 0.0
+        self.times: list[float] = []  # each content chunk's arrival
         self.ended = 0.0
         self.error: BaseException | None = None
 
@@ -93,6 +103,7 @@ class Stream(threading.Thread):
                 if chunk.choices and chunk.choices[0].delta.content:
                     self.chunks += 1
                     self.last = time.time()
+                    self.times.append(self.last)
                     if not self.first_token.is_set():
                         self.began = self.last
                     self.first_token.set()
@@ -116,7 +127,8 @@ def run_all(streams: list[Stream], timeout: float = 120) -> None:
 
 def tokens_per_second(sdk: openai.OpenAI, clients: int) -> float:
     """A stream's rate (tokens a second, the median) with ``clients`` streams at once
-    through the gateway."""
+    through the gateway, once the tier has warmed up (its first requests are slower)."""
+    run_all([Stream(sdk, 8) for _ in range(clients)])
     probes = [Stream(sdk, PROBE_TOKENS) for _ in range(clients)]
     run_all(probes)
     assert all(p.error is None and p.chunks == PROBE_TOKENS for p in probes), [
@@ -146,21 +158,20 @@ def serving(url: str, key: str) -> bool:
     return r.status_code == 200
 
 
-def gauge(url: str, key: str, name: str) -> float | None:
-    """The tier's value of a gateway gauge, from ``/metrics``."""
+def gauges(url: str, key: str) -> dict[str, float]:
+    """The tier's gauges from the gateway's ``/metrics``: in flight, queued, and
+    ``state:<state>`` for its state."""
     r = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=5)
-    found = re.search(rf'^{name}{{tier="fast"}} (\S+)$', r.text, re.MULTILINE)
-    return float(found.group(1)) if found else None
-
-
-def controller_plan(ctl: Mlxctl) -> list[str]:
-    """The controller's plan as ``mlxctl diff`` prints it (its dry run on its own view of
-    the gateway's demand), asked on its admin socket: no CLI to start, under a second."""
-    from mlxctl.admin.client import AdminClient
-    from mlxctl.paths import Paths, admin_socket_path
-
-    socket_path = admin_socket_path(Paths(config=ctl.home / "config", state=ctl.home / "state"))
-    return list(AdminClient(socket_path).call("GET", "/v1/plan")["lines"])
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(r.text):
+        for sample in family.samples:
+            if sample.labels.get("tier") != "fast":
+                continue
+            if sample.name == "mlxctl_gateway_tier_state":
+                out[f"state:{sample.labels['state']}"] = sample.value
+            elif sample.name.endswith(("_in_flight_requests", "_queued_requests")):
+                out[sample.name.removeprefix("mlxctl_gateway_")] = sample.value
+    return out
 
 
 def live_pid(ctl: Mlxctl, other_than: int | None = None) -> int | None:
@@ -222,33 +233,47 @@ def test_an_args_edit_under_16_streams_cuts_none_and_serves_a_request_sent_meanw
 
     # 4 at the tier and 12 at the gate (or all 16 at the tier), as the gateway counts them.
     def counted() -> bool:
-        in_flight = gauge(url, the_key, "mlxctl_gateway_in_flight_requests")
-        return (in_flight, gauge(url, the_key, "mlxctl_gateway_queued_requests")) == (
-            at_tier,
-            len(queued),
-        )
+        now = gauges(url, the_key)
+        return (now["in_flight_requests"], now["queued_requests"]) == (at_tier, len(queued))
 
     wait_for(counted, 10, f"{at_tier} in flight at the tier, the rest queued at the gate")
     assert all(s.error is None for s in first + queued), [
         s.error for s in first + queued if s.error
     ]
 
+    def left() -> float:
+        """Seconds of generation the first of the streams at the tier to end has left, at
+        their rate of the last :data:`RATE_WINDOW` seconds (unknown, infinite, before
+        they have streamed that long). 16 at once began up to a second or two apart."""
+        now = time.time()
+        if any(now - s.began < RATE_WINDOW for s in first):
+            return float("inf")
+        recent = [sum(1 for t in s.times if t > now - RATE_WINDOW) for s in first]
+        rates = [max(n, 1) / RATE_WINDOW for n in recent]
+        return min((s.tokens - s.chunks) / r for s, r in zip(first, rates, strict=True))
+
+    # Streams slower than the rate measured before take longer to get there (bounded by
+    # their length): the test then runs longer, and still edits with the same time left.
+    wait_for(lambda: left() <= LEFT_SECONDS, 120, f"{LEFT_SECONDS} s of the streams left")
+    expected_left = left()
+
     # The edit: a launch change of the always tier while the streams run.
     edited = time.time()
     write(1024)
-    # The controller drains the tier with every stream at the tier in flight, while they
-    # run and the old process serves them.
-    draining = f"draining ({at_tier} request(s) in flight; new ones wait)"
+    # The gateway holds the tier's new requests (the controller's verdict: draining) with
+    # every stream at the tier in flight, while they run and the old process serves them.
     seen: dict[str, Any] = {}
 
     def drain_seen() -> bool:
-        if any(draining in line for line in controller_plan(mlxctl)):
-            seen.update(at=time.time(), old_alive=pid_alive(old),
-                        running=sum(s.is_alive() for s in first))  # fmt: skip
+        now = gauges(url, the_key)
+        if now.get("state:draining") == 1:
+            running = sum(s.is_alive() for s in first)
+            seen.update(at=time.time(), in_flight=now["in_flight_requests"], running=running)
+            seen["old_alive"] = pid_alive(old)
             return True
         return not any(s.is_alive() for s in first) or not pid_alive(old)
 
-    wait_for(drain_seen, 30, "the drain or the end of the streams")
+    wait_for(drain_seen, 30, "the drain or the end of the streams", step=0.05)
     # A request sent during the drain: held by the gateway, answered by the new process.
     during: dict[str, Any] = {}
 
@@ -275,9 +300,9 @@ def test_an_args_edit_under_16_streams_cuts_none_and_serves_a_request_sent_meanw
     assert "error" not in during, repr(during.get("error"))
     assert during["answer"].choices[0].message.content
 
-    # The overlap: the plan drained the tier while all its streams ran on the old process.
-    assert seen, f"the controller's plan never said {draining!r} while the streams ran"
-    assert seen["old_alive"] and seen["running"] == at_tier, seen
+    # The overlap: the tier was drained while all its streams ran on the old process.
+    assert seen, "the gateway never said the tier was draining while its streams ran"
+    assert (seen["in_flight"], seen["running"], seen["old_alive"]) == (at_tier, at_tier, True)
     new = int(wait_for(lambda: live_pid(mlxctl, other_than=old), 60, "the new process"))
     assert new != old and not pid_alive(old)
     restarts = [e for e in events(mlxctl) if e["kind"] == "restart" and e["target"] == "fast"]
@@ -287,13 +312,17 @@ def test_an_args_edit_under_16_streams_cuts_none_and_serves_a_request_sent_meanw
     # The restart waited for them: it went after the drain was seen with all running. The
     # requests held meanwhile (the queued streams, the one sent during the drain) were
     # answered after it: by the new process, never sent to the old one.
-    assert restart["ts"] > seen["at"], (restart, seen)
-    assert during["done"] >= restart["ts"], (restart, during)
+    after_edit = {"restart": restart["ts"] - edited, "drain seen": seen["at"] - edited,
+                  "ended": sorted(round(s.ended - edited, 2) for s in first),
+                  "meanwhile": (during["sent"] - edited, during["done"] - edited)}  # fmt: skip
+    assert restart["ts"] > seen["at"], after_edit
+    assert during["done"] >= restart["ts"], after_edit
     began = sorted(round(s.began - restart["ts"], 2) for s in queued)
-    assert all(b >= 0 for b in began), began
+    assert all(b >= 0 for b in began), (began, after_edit)
     print(
         f"\n{at_tier} streams of {tokens} tokens at the tier ({rate:.0f} tokens/s each "
-        f"measured), {len(queued)} queued: 0 of {CLIENTS} cut; drain seen "
+        f"measured), {len(queued)} queued; edit with {expected_left:.1f} s of them left: "
+        f"0 of {CLIENTS} cut; drain seen "
         f"{seen['at'] - edited:.2f} s after the edit with {seen['running']} running; "
         f"restart {restart['ts'] - edited:.2f} s after the edit; the streams at the tier "
         f"ended {max(s.ended for s in first) - edited:.2f} s after it; the request sent "
