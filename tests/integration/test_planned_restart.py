@@ -15,13 +15,14 @@ The streams outlast the edit by construction, not by luck:
 - the edit is timed from the streams' own progress: they are asked for
   :data:`STREAM_SECONDS` of generation at the rate measured just before (the tier's own
   streams, as many at once), and the edit lands when, at the rate they streamed in the
-  last seconds, :data:`LEFT_SECONDS` of it is left: longer than the controller takes to act on the
-  edit (its file watch, then a pass: about a second here) and shorter than the stop's
-  grace (10 s), past which the restart would go anyway and cut them. The rate on these
-  shared 2 cores changes 3-4x within a minute (66-353 tokens/s a stream measured in
-  consecutive runs), so a length fixed in tokens, or in seconds at a rate measured
-  once, ended before the controller acted on some runs (the fixed 1000 tokens of before
-  made the test skip) and would outlast the grace on others;
+  last seconds, :data:`LEFT_SECONDS` of it is left: longer than the gateway takes to
+  learn of the drain (the controller's file watch, a pass, then the gateway's next
+  report: 0.3-1.6 s here) and shorter than the stop's grace (10 s), past which the
+  restart would go anyway and cut them. The rate on these shared 2 cores changes 3-4x
+  within a minute (49-353 tokens/s a stream measured in consecutive runs), so a length
+  fixed in tokens, or in seconds at a rate measured once, ended before the gateway held
+  on some runs (the fixed 1000 tokens of before made the test skip) and would outlast
+  the grace on others;
 - the overlap is asserted, not assumed: while the streams run, the gateway says the
   tier is draining (its ``mlxctl_gateway_tier_state`` metric: the controller's verdict,
   with which it holds the tier's new requests) with every one of them in flight, and the
