@@ -32,6 +32,7 @@ import pytest
 from tests.integration.conftest import free_ports, wait_for
 from tests.integration.test_gateway import stop
 
+from mlxctl.gateway.prompt_tokens import PER_MESSAGE
 from mlxctl.testing.tiny_model import ANSWER, TOOL_CALL
 
 pytestmark = pytest.mark.integration
@@ -52,6 +53,15 @@ class Tiers:
     url: str
     logs: dict[str, Path]
     work: Path
+    # Each tier's tokenizer.json (the routes name it, as mlxctl writes them).
+    tokenizers: dict[str, Path]
+
+    def tokens(self, tier: str, text: str) -> int:
+        """``text``'s tokens by the tier's own tokenizer."""
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(self.tokenizers[tier]))
+        return len(tokenizer.encode(text, add_special_tokens=False).ids)
 
     def anthropic(self) -> Any:
         import anthropic  # a dev dependency
@@ -94,9 +104,12 @@ def tiers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiers]:
                     cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                     env={**os.environ, "HF_HUB_OFFLINE": "1"},
                 )  # fmt: skip
+        tokenizers = {name: (tools if "tools" in name else answer) / "tokenizer.json"
+                      for name in argv}  # fmt: skip
         routes = [
             {"name": name, "port": ports[name], "runtime": "vllm-mlx" if "vllm" in name else
-             "mlx-lm", "served_model": name if "vllm" in name else "default_model"}
+             "mlx-lm", "served_model": name if "vllm" in name else "default_model",
+             "tokenizer": str(tokenizers[name]), "aliases": [f"claude-{name}"]}
             for name in argv
         ]  # fmt: skip
         config = work / "routes.json"
@@ -128,7 +141,7 @@ def tiers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiers]:
                 return False
 
         wait_for(serving, timeout=180, what="the tiers and the gateway")
-        yield Tiers(url, logs, work)
+        yield Tiers(url, logs, work, tokenizers)
     finally:
         for proc in procs.values():
             stop(proc)
@@ -150,8 +163,16 @@ def test_the_anthropic_sdk_gets_text_streamed_or_not(tiers: Tiers, tier: str) ->
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == ANSWER and final.stop_reason == "end_turn" and final.model == tier
-    count = client.messages.count_tokens(model=tier, messages=ask["messages"])
-    assert count.input_tokens > 0
+    # count_tokens: the prompt the request becomes (system, then the user's message),
+    # counted by the tier's own tokenizer with 3 tokens a message, under its name or alias;
+    # a lower bound of what the tier counted (its template's own text comes on top).
+    count = client.messages.count_tokens(model=tier, system="Be brief.", messages=ask["messages"])
+    assert count.input_tokens == tiers.tokens(tier, "Be brief.\nHello") + 2 * PER_MESSAGE
+    alias = client.messages.count_tokens(model=f"claude-{tier}", system="Be brief.",
+                                         messages=ask["messages"])  # fmt: skip
+    assert alias.input_tokens == count.input_tokens
+    usage = message.usage
+    assert count.input_tokens <= usage.input_tokens + (usage.cache_read_input_tokens or 0)
 
 
 @pytest.mark.parametrize("tier", ["mlx-tools", "vllm-tools"])
@@ -172,6 +193,18 @@ def test_the_anthropic_sdk_gets_a_tool_call_and_sends_its_result(tiers: Tiers, t
              {"role": "user", "content": [result]}]  # fmt: skip
     again = client.messages.create(**{**ask, "messages": turns})
     assert again.stop_reason in ("tool_use", "end_turn")
+    # count_tokens of such a turn: the text, the call's name and arguments, the result,
+    # 3 tokens a message; not the tool's definition, which this model's template (as
+    # SmolLM2's) never shows it.
+    use = {"type": "tool_use", "id": call.id, "name": call.name, "input": call.input}
+    turns = [
+        *weather,
+        {"role": "assistant", "content": [use]},
+        {"role": "user", "content": [result]},
+    ]
+    count = client.messages.count_tokens(model=tier, tools=[TOOL], messages=turns)
+    rendered = "\n".join(["Weather in Paris?", "get_weather", '{"city": "Paris"}', "sunny"])
+    assert count.input_tokens == tiers.tokens(tier, rendered) + 3 * PER_MESSAGE
 
 
 @pytest.mark.parametrize("tier", ["mlx", "vllm"])

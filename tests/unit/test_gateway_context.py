@@ -12,6 +12,7 @@ import pytest
 
 from mlxctl.desired.resolve import model_facts
 from mlxctl.gateway import prompt_tokens
+from mlxctl.gateway.anthropic import MESSAGES
 from mlxctl.gateway.bounds import RequestError
 from mlxctl.gateway.prompt_tokens import PER_MESSAGE, fit_context
 from mlxctl.gateway.requests import Checked, Endpoint, check_request
@@ -163,3 +164,139 @@ def test_every_route_answers_the_400_before_the_tier_sees_the_request(
         assert error["type"] == type_
     else:
         assert error["code"] == "context_length_exceeded"
+
+
+# -- POST /v1/messages/count_tokens: the same count, with the tier's tokenizer ------------
+
+CITY = {"type": "object", "properties": {"city": {"type": "string"}}}
+WEATHER = {"name": "get_weather", "description": "The weather in a city.", "input_schema": CITY}
+TURNS: Any = {
+    "system": [{"type": "text", "text": "be brief"}],
+    "tools": [WEATHER],
+    "messages": [
+        {"role": "user", "content": "weather in Paris?"},
+        {"role": "assistant", "content": [
+            {"type": "text", "text": "let me look"},
+            {"type": "tool_use", "id": "t1", "name": "get_weather", "input": {"city": "Paris"}},
+        ]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                                      "content": "sunny"}]},
+    ],
+}  # fmt: skip
+# The chat prompt TURNS becomes (system, user, assistant with its call, the tool's
+# result: 4 messages), as the context check renders it.
+RENDERED = "\n".join(
+    ["be brief", "weather in Paris?", "let me look", "get_weather", '{"city": "Paris"}', "sunny"]
+)
+FUNCTION = json.dumps(
+    {"name": "get_weather", "parameters": WEATHER["input_schema"],
+     "description": WEATHER["description"]}, separators=(",", ":"),
+)  # fmt: skip
+
+
+def count_tokens(*routes: Route, body: dict[str, Any]) -> tuple[int, dict[str, Any], Any]:
+    """``POST /v1/messages/count_tokens`` to the gateway app in front of ``routes``:
+    (status, answer, the gateway)."""
+    import httpx
+
+    from mlxctl.gateway.app import Gateway, build_app
+    from mlxctl.gateway.routing import RoutingTable
+    from mlxctl.runtimes.gateway import GatewayConfig
+
+    gateway = Gateway("k" * 32, RoutingTable(GatewayConfig(routes=routes)))
+    app = build_app(gateway)
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            return await client.post("/v1/messages/count_tokens", json=body,
+                                     headers={"x-api-key": "k" * 32})  # fmt: skip
+
+    answer = asyncio.run(post())
+    return answer.status_code, answer.json(), gateway
+
+
+def test_count_tokens_counts_the_prompt_with_the_tiers_tokenizer_as_the_context_check_does(
+    tokenizer_file: Path,
+) -> None:
+    # Port 1: nothing listens there, so a request sent to the tier would fail.
+    route = tier(tokenizer_file).model_copy(update={"port": 1, "aliases": ("claude-tiny",)})
+    status, answer, _ = count_tokens(route, body={"model": "claude-tiny", **TURNS})
+    assert status == 200, answer
+    # The tiny model's template shows the model no tools: they are not counted.
+    assert answer == {"input_tokens": tokens(tokenizer_file, RENDERED) + 4 * PER_MESSAGE}
+    assert count_tokens(route, body={"model": "fast", **TURNS})[1] == answer
+    # The context check counts the same: 4 tokens of context more than the prompt fit.
+    context = answer["input_tokens"]
+    chat = MESSAGES.parse({"model": "fast", "max_tokens": 100, **TURNS}).chat
+    with pytest.raises(RequestError, match=f"{context} prompt tokens"):
+        fit(chat, route.model_copy(update={"context": context}))
+    assert fit(chat, route.model_copy(update={"context": context + 4})).params["max_tokens"] == 4
+    # Unknown model: Anthropic's 404, naming the models.
+    status, answer, _ = count_tokens(route, body={"model": "nope", **TURNS})
+    assert status == 404 and "models: claude-tiny, fast" in answer["error"]["message"]
+
+
+def test_the_tools_count_when_the_models_template_renders_them(tmp_path: Path) -> None:
+    from mlxctl.testing.tiny_model import build_tiny_tokenizer
+
+    file = build_tiny_tokenizer(tmp_path / "tools")
+    (file.parent / "chat_template.jinja").write_text(
+        "{% if tools %}{% for t in tools %}{{ t | tojson }}{% endfor %}{% endif %}"
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
+    status, answer, _ = count_tokens(tier(file), body={"model": "fast", **TURNS})
+    assert status == 200, answer
+    expected = tokens(file, RENDERED + "\n" + FUNCTION) + 4 * PER_MESSAGE
+    assert answer == {"input_tokens": expected}
+    assert expected > tokens(file, RENDERED) + 4 * PER_MESSAGE
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"chat_template": "{{ tools }}"},
+        {"chat_template": [{"name": "default", "template": "x"},
+                           {"name": "tool_use", "template": "{% if tools %}t{% endif %}"}]},
+    ],
+)  # fmt: skip
+def test_a_template_in_tokenizer_config_json_says_whether_tools_are_rendered(
+    tmp_path: Path, config: dict[str, Any]
+) -> None:
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    assert prompt_tokens.renders_tools(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "tool_call"}))
+    assert not prompt_tokens.renders_tools(tmp_path)
+    assert not prompt_tokens.renders_tools(tmp_path / "absent")
+
+
+def test_count_tokens_without_a_tokenizer_is_the_estimate_message_start_carries() -> None:
+    status, answer, _ = count_tokens(tier(None), body={"model": "fast", **TURNS})
+    assert status == 200
+    rendered = len(RENDERED.encode()) // prompt_tokens.BYTES_PER_TOKEN + 4 * PER_MESSAGE
+    assert answer == {"input_tokens": rendered}
+    parsed = MESSAGES.parse({"model": "fast", "max_tokens": 100, **TURNS})
+    assert MESSAGES.translator(parsed).input_estimate == rendered
+
+
+def test_count_tokens_loads_no_tier_and_encodes_long_prompts_off_the_event_loop(
+    tokenizer_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[object] = []
+    real = asyncio.to_thread
+
+    async def spy(func: Any, *args: Any) -> Any:
+        threads.append(func)
+        return await real(func, *args)
+
+    monkeypatch.setattr(prompt_tokens.asyncio, "to_thread", spy)
+    prompt_tokens._cache.clear()
+    cold = tier(tokenizer_file).model_copy(update={"port": 1, "on_demand": True, "hold": 60.0})
+    long = WORDS * 400
+    body = {"model": "fast", "messages": [{"role": "user", "content": long}]}
+    status, answer, gateway = count_tokens(cold, body=body)
+    assert (status, answer) == (200, {"input_tokens": tokens(tokenizer_file, long) + PER_MESSAGE})
+    assert len(threads) == 2  # the tokenizer's load, then the long prompt's encoding
+    # An on-demand tier is counted cold: no demand reported, nothing held or sent.
+    load = gateway.demand.snapshot().tiers.get("fast")
+    assert load is None or (load.waiting, load.in_flight) == (0, 0)

@@ -23,9 +23,10 @@ import pytest
 import uvicorn
 from aiohttp import web
 
-from mlxctl.gateway.anthropic import MESSAGES, MessagesStream, estimate
+from mlxctl.gateway.anthropic import MESSAGES, MessagesStream
 from mlxctl.gateway.app import Gateway, build_app
 from mlxctl.gateway.families import translate_stream
+from mlxctl.gateway.prompt_tokens import PER_MESSAGE
 from mlxctl.gateway.requests import RequestError
 from mlxctl.gateway.responses import RESPONSES, ResponsesStream
 from mlxctl.gateway.routing import RoutingTable
@@ -287,10 +288,13 @@ def test_a_stream_that_ends_before_its_answer_ends_with_each_familys_error_event
     assert responses[-1][1]["error"]["message"]  # the openai SDK raises on it
 
 
-def test_count_tokens_is_an_estimate_of_the_text_tools_and_messages() -> None:
-    body = {"messages": [{"role": "user", "content": "x" * 40}], "system": "y" * 8}
-    assert estimate(body) == 12 + 4
-    assert estimate({**body, "tools": [TOOL]}) > estimate(body)
+def test_message_start_carries_the_context_checks_estimate_of_the_chat_prompt() -> None:
+    body = {"model": "fast", "max_tokens": 5, "system": "y" * 8, "tools": [TOOL],
+            "messages": [{"role": "user", "content": "x" * 40}]}  # fmt: skip
+    # "yyyyyyyy\nxxx...": 49 bytes at 4 a token, and 3 tokens for each of 2 messages.
+    stream = MESSAGES.translator(MESSAGES.parse(body))
+    assert stream.input_estimate == 49 // 4 + 2 * PER_MESSAGE
+    assert sse_events(stream.start())[0][1]["message"]["usage"]["input_tokens"] == 18
 
 
 # -- whole, through the gateway ----------------------------------------------------------
@@ -558,7 +562,8 @@ def test_each_family_answers_its_own_error_bodies() -> None:
             count = f"{url}/v1/messages/count_tokens"
             ask = {**ASK, "model": "fast"}
             async with session.post(count, json=ask, headers={"x-api-key": KEY}) as resp:
-                assert (resp.status, await resp.json()) == (200, {"input_tokens": 5})
+                # No tokenizer: "hi" at 4 bytes a token, and the message's 3.
+                assert (resp.status, await resp.json()) == (200, {"input_tokens": PER_MESSAGE})
 
     run(test)
 

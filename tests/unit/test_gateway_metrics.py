@@ -215,6 +215,18 @@ def test_metrics_need_the_key_and_speak_the_prometheus_text_format() -> None:
     scenario(plain, test)
 
 
+def test_an_always_tier_drained_for_a_planned_restart_says_so() -> None:
+    async def test(s: Setup) -> None:
+        answer = DemandAnswer(tiers={"fast": TierVerdict(state="draining")})
+        s.gateway.demand._apply(answer)
+        assert s.value("mlxctl_gateway_tier_state", tier="fast", state="draining") == 1
+        assert s.value("mlxctl_gateway_tier_state", tier="fast", state="always") == 0
+        s.gateway.demand._apply(DemandAnswer(tiers={"fast": TierVerdict(state="ready")}))
+        assert s.value("mlxctl_gateway_tier_state", tier="fast", state="always") == 1
+
+    scenario(plain, test)
+
+
 def test_an_on_demand_tiers_verdicts_become_its_state_loads_and_unloads() -> None:
     async def test(s: Setup) -> None:
         demand = s.gateway.demand

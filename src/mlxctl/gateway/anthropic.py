@@ -21,16 +21,18 @@ blocks sent back. Refused with a 400: server tools (``web_search_...``, ``bash_.
 ``mcp_servers``, ``container``.
 
 ``count_tokens`` is answered by the gateway itself, never by a tier (it loads nothing
-and takes no tier's turn): an estimate, one token per 4 bytes of UTF-8 of the system
-prompt, the messages' text and tool inputs and results, and the tools' JSON, rounded
-up, plus 4 a message. The tier's tokenizer counts differently; an agent uses the
-count to decide when to compact its context, which this serves.
+and takes no tier's turn): the request is translated as a Messages request is, and its
+chat prompt counted as the context check counts it, with the tier's own tokenizer
+(:func:`mlxctl.gateway.prompt_tokens.count_prompt`: the system prompt, the messages'
+text, tool inputs and results, the tools' definitions when the model's template renders
+them, plus 3 a message). A tier whose model has no ``tokenizer.json`` gets the
+estimate the context check falls back to (UTF-8 bytes / 4). An agent uses the count to
+decide when to compact its context, which a count by the model's own tokenizer serves.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -38,7 +40,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from mlxctl.gateway import errors
+from mlxctl.gateway import errors, prompt_tokens
 from mlxctl.gateway.bounds import (
     MAX_CONTENT_PARTS,
     MAX_MESSAGES,
@@ -60,6 +62,7 @@ from mlxctl.gateway.families import (
     usage_numbers,
 )
 from mlxctl.gateway.intake import read_json
+from mlxctl.gateway.requests import check_request
 
 STOP_REASONS = {
     "stop": "end_turn",
@@ -190,7 +193,7 @@ class Messages:
         }
 
     def translator(self, parsed: Parsed) -> MessagesStream:
-        return MessagesStream(parsed.model, estimate(parsed.native))
+        return MessagesStream(parsed.model, prompt_tokens.estimate(parsed.chat, "chat"))
 
 
 class MessagesStream:
@@ -482,64 +485,29 @@ def _tool_choice(choice: object) -> dict[str, Any]:
 # -- count_tokens ----------------------------------------------------------------------
 
 
-def estimate(body: dict[str, Any]) -> int:
-    """Input tokens of a Messages request, estimated (see the module's docstring)."""
-    size = 0
-    system = body.get("system")
-    size += (
-        len(json.dumps(system).encode())
-        if isinstance(system, list)
-        else len(str(system or "").encode())
-    )
-    messages = body.get("messages") or []
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            size += len(content.encode())
-        elif isinstance(content, list):
-            for block in content:
-                size += _block_bytes(block)
-    if body.get("tools"):
-        size += len(json.dumps(body["tools"]).encode())
-    return math.ceil(size / 4) + 4 * len(messages) if size or messages else 0
-
-
-def _block_bytes(block: object) -> int:
-    if not isinstance(block, dict):
-        return 0
-    kind = block.get("type")
-    if kind == "text":
-        return len(str(block.get("text", "")).encode())
-    if kind == "image":
-        return 6000  # ~1.5k tokens: a typical image's share of a vision model's context
-    if kind == "tool_use":
-        return len(json.dumps(block.get("input") or {}).encode()) + len(str(block.get("name", "")))
-    if kind == "tool_result":
-        content = block.get("content")
-        if isinstance(content, list):
-            return sum(_block_bytes(part) for part in content)
-        return len(str(content or "").encode())
-    if kind == "thinking":
-        return len(str(block.get("thinking", "")).encode())
-    return 0
-
-
 async def count_tokens(gateway: Any, request: Request) -> Response:
-    """``POST /v1/messages/count_tokens``: ``{"input_tokens": N}``, estimated."""
+    """``POST /v1/messages/count_tokens``: ``{"input_tokens": N}``, the prompt the
+    request becomes counted with its tier's tokenizer, as the context check counts it;
+    estimated at 4 bytes a token only when the tier's model has no ``tokenizer.json``.
+    Reads the tier's files only: no tier is asked or loaded (an agent counts often)."""
     family = MESSAGES
     if not gateway.authorized(request):
         return family.error(401, "missing or wrong API key", code="invalid_api_key")
+    table = gateway.table
     try:
         body = await read_json(request)
-        family.parse({"max_tokens": 1, **body} if isinstance(body, dict) else body)
+        parsed = family.parse({"max_tokens": 1, **body} if isinstance(body, dict) else body)
+        chat = check_request({**parsed.chat, "model": parsed.model}, "chat")
     except RequestError as exc:
         return family.error(exc.status, str(exc), code=exc.code)
-    model = body.get("model")
-    if gateway.table.resolve(model) is None:
-        models = ", ".join(gateway.table.models()) or "(none)"
-        return family.error(404, f"model '{clip(model)}' does not exist; models: {models}",
-                            code="model_not_found")  # fmt: skip
-    return JSONResponse({"input_tokens": estimate(body)})
+    name = table.resolve(parsed.model)
+    route = table.config.route(name) if name is not None else None
+    if route is None:
+        models = ", ".join(table.models()) or "(none)"
+        return family.error(404, f"model '{clip(parsed.model)}' does not exist; models: "
+                            f"{models}", code="model_not_found")  # fmt: skip
+    counted = await prompt_tokens.count_prompt(chat, route, "chat")
+    return JSONResponse({"input_tokens": counted.tokens if counted is not None else 0})
 
 
 MESSAGES = Messages()

@@ -42,7 +42,9 @@ Per tier and route (the route's path, ``/v1/...``):
   ``mlxctl_gateway_tier_loads_total{tier}`` / ``mlxctl_gateway_tier_unloads_total{tier}``:
   an on-demand tier's verdict becoming ``ready`` (a load finished) or leaving
   ``ready``/``draining`` for ``cold`` (an unload or an eviction; the controller's events,
-  ``mlxctl events``, say which). An ``always`` tier's state is ``always``.
+  ``mlxctl events``, say which). An ``always`` tier's state is ``always``, or
+  ``draining`` while a planned restart drains it (the gateway holds its new requests
+  until the new process serves: a restart waiting on long streams shows here).
 - ``mlxctl_gateway_peer_failures_total{host,reason}``: requests relayed to another
   machine's gateway that it did not serve (:mod:`mlxctl.gateway.peers`); the requests
   themselves count under their tier as any other, and those in flight to another
@@ -414,7 +416,8 @@ class _DemandCollector(Collector):
         )
         state = GaugeMetricFamily(
             "mlxctl_gateway_tier_state",
-            "1 for the tier's state: an on-demand tier's verdict (none: unknown), or always.",
+            "1 for the tier's state: an on-demand tier's verdict (none: unknown), or always "
+            "(draining while a planned restart drains it).",
             labels=["tier", "state"],
         )
         host = GaugeMetricFamily(
@@ -439,7 +442,7 @@ class _DemandCollector(Collector):
                 verdict = demand.verdict(name)
                 state.add_metric([name, verdict.state if verdict else "unknown"], 1)
             else:
-                state.add_metric([name, "always"], 1)
+                state.add_metric([name, "draining" if demand.draining(name) else "always"], 1)
         yield in_flight
         yield queued
         yield state

@@ -141,9 +141,25 @@ def build_answer_model(out_dir: Path, text: str = ANSWER, *, context: int = 2048
     return _build_chain_model(out_dir, [text], CHATML_TEMPLATE, context=context)
 
 
-def _build_chain_model(out_dir: Path, answer: list[str], template: str, *, context: int) -> Path:
+def build_repeat_model(out_dir: Path, text: str, *, context: int = 2048) -> Path:
+    """A tiny model whose every answer is ``text`` again and again, never ending its turn:
+    each stream runs to its ``max_tokens`` (``finish_reason`` ``length``), one ``text`` a
+    token and a chunk.
+
+    Built as :func:`build_tool_call_model` is (``text`` is one added token). A random
+    model's greedy answer may sample its end of turn at any length; this one's length is
+    what the test asks (the planned-restart test sizes its streams in seconds of
+    generation on this machine).
+    """
+    return _build_chain_model(out_dir, [text], CHATML_TEMPLATE, context=context, repeat=True)
+
+
+def _build_chain_model(
+    out_dir: Path, answer: list[str], template: str, *, context: int, repeat: bool = False
+) -> Path:
     """A tiny model that answers the tokens ``answer`` (each added to its vocabulary),
-    then ends its turn, after any prompt of its chat template."""
+    then ends its turn (``repeat``: then answers the last one forever), after any prompt
+    of its chat template."""
     import mlx.core as mx
     from mlx.utils import tree_flatten, tree_unflatten
     from mlx_lm.models import llama
@@ -157,7 +173,8 @@ def _build_chain_model(out_dir: Path, answer: list[str], template: str, *, conte
     )
     prompt = tokenizer.encode(text, add_special_tokens=False)
     ids = [tokenizer.convert_tokens_to_ids(t) for t in answer]
-    chain = [int(prompt[-1]), *ids, int(tokenizer.convert_tokens_to_ids("<|im_end|>"))]
+    end = ids[-1] if repeat else int(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    chain = [int(prompt[-1]), *ids, end]
     config = {**tiny_config(len(tokenizer), context=context), "tie_word_embeddings": False}
     mx.random.seed(0)
     args_class: Any = llama.ModelArgs  # untyped library boundary
