@@ -115,9 +115,12 @@ def test_a_distributed_tier_serves_from_two_hosts_and_heals_as_a_group(
     assert rank0 in netns_pids(lan, "a") and rank1 in netns_pids(lan, "b")
     assert generation(a) == generation(b) == 1
     assert set(b.inventory()) == {"big", "gateway"}
+    # Each member learns that the other serves from its peer watcher (every 0.5 s): a's
+    # view of b's rank lags b's own record, so each is waited for.
     for ctl, rank in ((a, 0), (b, 1)):
-        seen = group(ctl)
-        assert (seen["rank"], seen["size"], seen["state"]) == (rank, 2, "serving"), seen
+        seen = wait_for(lambda ctl=ctl: (g := group(ctl))["state"] == "serving" and g, 10,
+                        f"rank {rank}'s member to say serving")  # fmt: skip
+        assert (seen["rank"], seen["size"]) == (rank, 2), seen
 
     # A client on the LAN asks a's gateway: rank 0 answers, the tier is the group's.
     base_a = f"http://{lan['a'].address}:{GATEWAY_PORT}"
