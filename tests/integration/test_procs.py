@@ -85,6 +85,10 @@ def test_a_frozen_server_is_stopped_gracefully_not_killed_after_the_grace(
         while len(group(ident.pgid)) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         os.killpg(ident.pgid, signal.SIGSTOP)
+        while time.monotonic() < deadline and not all(  # a signal is delivered, not run, at once
+            p.status() == psutil.STATUS_STOPPED for p in group(ident.pgid)
+        ):
+            time.sleep(0.01)
         assert all(p.status() == psutil.STATUS_STOPPED for p in group(ident.pgid))
         result = pc.stop(ident, grace=60)
         assert result.signalled and not result.forced, result.detail
@@ -106,3 +110,48 @@ def test_a_failed_pump_start_leaves_no_server_behind(
     assert not [
         p for p in new if p.info["cmdline"] == ["/bin/sleep", "30"] and p.info["status"] != "zombie"
     ]
+
+
+# A server whose main thread ends first (a raw exit(2) of that thread alone, not the
+# exit_group every normal exit makes): the leader is a zombie while another thread still
+# holds the listening port, as mlx_lm.server's did for ~1 s after SIGTERM here.
+ZOMBIE_LEADER = """
+import ctypes, os, platform, socket, sys, threading, time
+port = int(sys.argv[1])
+sock = socket.socket()
+sock.bind(("127.0.0.1", port))
+sock.listen()
+threading.Thread(target=lambda: (time.sleep(1.5), os._exit(0))).start()
+print("listening", flush=True)
+ctypes.CDLL(None).syscall({"x86_64": 60, "aarch64": 93}[platform.machine()], 0)
+"""
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or os.uname().machine not in ("x86_64", "aarch64"),
+    reason="exits one thread with the raw Linux system call",
+)
+def test_a_zombie_leader_whose_threads_hold_its_port_is_not_gone(tmp_path: Path) -> None:
+    """Until every thread has ended (the port is free), the service is not gone: a
+    restart that waits for ``remaining() == 0`` never finds its own port held."""
+    import socket
+
+    pc = RealProcessControl(str(tmp_path))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    instance = uuid.uuid4().hex
+    env = {"PATH": "/usr/bin:/bin", INSTANCE_ENV: instance, STATE_ENV: pc.state}
+    spawned = pc.spawn([sys.executable, "-c", ZOMBIE_LEADER, str(port)], env, tmp_path / "z.log")
+    ident = Identity(spawned.pid, spawned.pgid, spawned.create_time, spawned.cmdline, instance)
+    deadline = time.monotonic() + 20
+    while psutil.Process(ident.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, (tmp_path / "z.log").read_text()
+        time.sleep(0.01)
+    assert pc.port_owner(port) is not None  # its other thread still listens
+    assert not pc.status(ident).alive and not pc.status(ident).foreign  # dead, and ours
+    assert pc.remaining(ident) >= 1  # not gone
+    while pc.remaining(ident):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert pc.port_owner(port) is None and pc.status(ident).exit_code == 0

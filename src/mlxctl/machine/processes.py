@@ -161,7 +161,7 @@ class RealProcessControl:
         try:
             proc = psutil.Process(ident.pid)
             with proc.oneshot():
-                if proc.status() == psutil.STATUS_ZOMBIE:
+                if _dying(proc, ident):
                     return ProcessStatus(alive=False, stopped=ident.pid in self._stopped)
                 if not self._is_leader(proc, ident):
                     return ProcessStatus(alive=False, foreign=True)
@@ -225,7 +225,28 @@ class RealProcessControl:
     def remaining(self, ident: Identity) -> int:
         for proc in self._members(ident):
             self._reap(proc.pid)
-        return len(self._members(ident))
+        self._reap(ident.pid)
+        return len(self._members(ident)) + self._exiting(ident)
+
+    def _exiting(self, ident: Identity) -> int:
+        """1 while the recorded leader has died but is not gone yet, else 0.
+
+        A dying process is torn down in steps, and it still holds its files (sockets
+        included) after its memory, hence its environment and command line, can no
+        longer be read; its main thread may also be a zombie while its other threads
+        end: mlx_lm.server's port stayed taken ~1 s after its leader turned zombie here,
+        and a restart that started the new server then found its port held. It is gone
+        once reaped (by us, or by init for a server that outlived the mlxctl that started
+        it), which the kernel allows only when every thread has ended.
+        """
+        if not _usable(ident):
+            return 0
+        try:
+            proc = psutil.Process(ident.pid)
+            with proc.oneshot():
+                return int(_dying(proc, ident))
+        except psutil.Error:
+            return 0
 
     def find_instance(self, instance: str) -> Spawned | None:
         for proc in psutil.process_iter():
@@ -350,8 +371,25 @@ def _usable(ident: Identity) -> bool:
     )
 
 
-def _running(proc: psutil.Process) -> bool:
+def _dying(proc: psutil.Process, ident: Identity) -> bool:
+    """``proc``, the recorded leader by its PID and start time, has died and is being torn
+    down: a zombie, or its memory already released (its command line reads empty, which
+    a living process's never does). Nothing else is checked: a dead process is signalled
+    for nothing, and its environment can no longer be read."""
     try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        if abs(proc.create_time() - ident.create_time) > START_TIME_TOLERANCE:
+            return False
+        return proc.status() == psutil.STATUS_ZOMBIE or not proc.cmdline()
+    except psutil.ZombieProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
+def _running(proc: psutil.Process) -> bool:
+    """Still there: running, or a zombie not reaped yet (its threads may still be ending
+    and holding its files; see :meth:`RealProcessControl._exiting`)."""
+    try:
+        return proc.is_running()
     except psutil.Error:
         return False
