@@ -168,10 +168,10 @@ def test_the_log_pump_drops_what_it_cannot_write_and_goes_on(
     read, write = os.pipe()
     os.write(write, b"one\ntwo\nthree\n")
     os.close(write)
-    from mlxctl.machine import logpump
+    from mlxctl import files
 
-    real = logpump.open_append
-    monkeypatch.setattr(logpump, "open_append", lambda path: Flaky(real(path), {b"two\n"}))
+    real = files.open_append
+    monkeypatch.setattr(files, "open_append", lambda path: Flaky(real(path), {b"two\n"}))
     pump(read, log)
     os.close(read)
     assert log.read_text().splitlines() == [

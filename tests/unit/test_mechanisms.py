@@ -12,8 +12,9 @@ import pytest
 
 from mlxctl.apply.events import Event, EventLog, read_events
 from mlxctl.errors import StateLockHeldError
+from mlxctl.files import rotate
 from mlxctl.machine.inventory import Inventory, write_atomic
-from mlxctl.machine.logfiles import open_log, rotate, tail
+from mlxctl.machine.logfiles import open_log, tail
 from mlxctl.machine.record import Record
 from mlxctl.paths import default_paths
 from mlxctl.plan.backoff import BackoffPolicy
@@ -111,7 +112,7 @@ def test_lock_names_its_holder_and_is_released(tmp_path: Path) -> None:
 def test_logs_rotate_by_size_and_tail(tmp_path: Path) -> None:
     log = tmp_path / "fast.log"
     log.write_bytes(b"x" * 100)
-    assert not rotate(log, max_bytes=200)
+    assert not rotate(log, max_bytes=200, keep=2)
     assert rotate(log, max_bytes=50, keep=2)
     assert not log.exists() and (tmp_path / "fast.log.1").exists()
     with open_log(log, ["srv", "--port", "1"], 0.0) as handle:

@@ -17,7 +17,8 @@ import signal
 import sys
 from pathlib import Path
 
-from mlxctl.machine.logfiles import KEEP, MAX_BYTES, open_append, rotate
+from mlxctl import files
+from mlxctl.machine.logfiles import KEEP, MAX_BYTES
 
 CHUNK = 65536
 
@@ -29,7 +30,7 @@ def pump(source: int, path: Path, *, max_bytes: int = MAX_BYTES, keep: int = KEE
     died would close the pipe and break the server's next write of its own output.
     Once writing works again, one line says how much was lost.
     """
-    handle = open_append(path)  # reopened after each rotation
+    handle = files.open_append(path)  # reopened after each rotation
     size = handle.tell()
     dropped, why = 0, ""
     try:
@@ -52,8 +53,8 @@ def pump(source: int, path: Path, *, max_bytes: int = MAX_BYTES, keep: int = KEE
                 size += len(line)
                 if size >= max_bytes and line.endswith(b"\n"):
                     handle.close()
-                    rotate(path, max_bytes=max_bytes, keep=keep)
-                    handle = open_append(path)
+                    files.rotate(path, max_bytes=max_bytes, keep=keep)
+                    handle = files.open_append(path)
                     size = handle.tell()
     finally:
         handle.close()
