@@ -1,10 +1,11 @@
 """Per-service log files: appended to, rotated by size, and read back for errors.
 
-A server's output goes through a pipe to its log pump (:mod:`mlxctl.machine.logpump`), which
-appends to ``name.log`` and rotates it by size while the server runs: ``name.log``
-becomes ``name.log.1`` and so on, keeping ``KEEP`` generations. The file is also
-rotated, if due, when the service (re)starts. Nothing is ever truncated, so no line
-is lost and no file is sparse.
+A server writes its stdout and stderr straight into ``name.log``, opened here in append
+mode before it starts (:func:`open_log`) and inherited; the server's own process rotates
+it by size while it runs (:mod:`mlxctl.runtimes.server_log`): ``name.log`` becomes
+``name.log.1`` and so on, keeping ``KEEP`` generations. The file is also rotated, if
+due, when the service (re)starts. Nothing is ever truncated, so no line is lost and no
+file is sparse.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from mlxctl.files import open_append, private_dir, rotate
-
-MAX_BYTES = 20 * 1024 * 1024
-KEEP = 3
+from mlxctl.runtimes.server_log import KEEP, MAX_BYTES
 
 
 @contextlib.contextmanager
