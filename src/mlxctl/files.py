@@ -10,6 +10,9 @@ written into the state directory:
   directory 0700 and its files 0600 (logs, events, inventory, gateway config, ports,
   lock): they hold command lines, errors and the gateway key's location, which other
   users of the machine have no business reading. Existing files are repaired.
+
+And the two verbs of every log (the event log, the servers' logs): :func:`open_append`
+and :func:`rotate`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
@@ -106,3 +110,25 @@ def open_private(path: Path, flags: int) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def open_append(path: Path) -> BinaryIO:
+    """``path`` opened to append, unbuffered, created 0600 (logs hold what servers print)."""
+    return os.fdopen(open_private(path, os.O_WRONLY | os.O_APPEND), "ab", buffering=0)
+
+
+def rotate(path: Path, *, max_bytes: int, keep: int) -> bool:
+    """Rotate ``path`` by renaming if it has grown past ``max_bytes``: ``path`` becomes
+    ``path.1``, older ones shift, ``keep`` are kept. True when it did. Nothing is ever
+    truncated: a writer still holding the old file finishes its line there."""
+    try:
+        if path.stat().st_size < max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    for index in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{index}")
+        if older.exists():
+            os.replace(older, path.with_name(f"{path.name}.{index + 1}"))
+    os.replace(path, path.with_name(f"{path.name}.1"))
+    return True

@@ -12,7 +12,7 @@ from tests.integration.conftest import Mlxctl
 
 
 def ours(ctl: Mlxctl) -> list[psutil.Process]:
-    """Live processes started for this test's state directory (servers and log pumps)."""
+    """Live processes started for this test's state directory (servers, their workers)."""
     found = []
     for proc in psutil.process_iter():
         try:

@@ -1,8 +1,8 @@
 """Real servers run with the minimal environment (#11 row 10).
 
 The allow-list in :mod:`mlxctl.machine.environment` must be enough for each runtime
-to start: a real ``mlx_lm.server`` serves a completion with it, vllm-mlx and the
-LiteLLM proxy import with it; and what the server really got (read back from the
+to start: a real ``mlx_lm.server`` serves a completion with it, vllm-mlx, the gateway
+and LiteLLM's Router import with it; and what the server really got (read back from the
 running process) holds none of mlxctl's secrets.
 """
 
@@ -26,6 +26,7 @@ from mlxctl.machine.processes import INSTANCE_ENV, STATE_ENV, RealProcessControl
 from mlxctl.runtimes import mlx_lm
 from mlxctl.runtimes.base import ServerLaunch
 from mlxctl.runtimes.gateway import MASTER_KEY_ENV
+from mlxctl.runtimes.server_log import LOG_FILE_ENV
 
 SECRETS = {MASTER_KEY_ENV: "sk-gateway-secret", "AWS_SECRET_ACCESS_KEY": "aws-secret"}
 
@@ -67,15 +68,18 @@ def test_mlx_lm_server_serves_with_the_minimal_environment(
         seen = psutil.Process(spawned.pid).environ()
         assert seen["TIER_SETTING"] == "1" and seen[INSTANCE_ENV] == instance
         assert not set(SECRETS) & set(seen)
+        # Exactly what it was given, and where its log is (it rotates the file itself).
         assert set(seen) - {INSTANCE_ENV, "TIER_SETTING"} == set(env) - {
             INSTANCE_ENV,
             "TIER_SETTING",
-        }
+        } | {LOG_FILE_ENV}
     finally:
         pc.stop(ident, grace=5.0)
 
 
-@pytest.mark.parametrize("module", ["vllm_mlx.server", "litellm.proxy.proxy_server"])
+# vllm-mlx; the gateway (started with the same environment); LiteLLM's Router, which the
+# gateway loads when the routes have fallbacks.
+@pytest.mark.parametrize("module", ["vllm_mlx.server", "mlxctl.gateway.server", "litellm.router"])
 def test_the_other_runtimes_import_with_the_minimal_environment(module: str) -> None:
     env = child_environment(os.environ, {})
     done = subprocess.run(

@@ -3,7 +3,8 @@ a stop of ours, a Python exception, a port already in use, and the kernel's OOM 
 inside a small memory cgroup (where this machine lets a test make one).
 
 Each "server" is a ``python -c`` script started by the real process control (its own
-group, its log pump); its death is observed and classified as a pass would.
+group, its output straight into its log); its death is observed and classified as a
+pass would, reading the log at once: nothing of what it wrote waits in a pipe.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def wait_dead(pc: RealProcessControl, record: Record, timeout: float = 20) -> No
     while pc.status(record.identity()).alive:
         assert time.monotonic() < deadline, "the server did not die"
         time.sleep(0.05)
-    # The log pump writes the last lines once the pipe closes.
+    # Gone, not only dying (and reaped: its exit code known).
     while pc.remaining(record.identity()) and time.monotonic() < deadline:
         time.sleep(0.05)
 

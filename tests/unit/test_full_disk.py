@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,6 @@ from mlxctl.apply.events import Event, EventLog
 from mlxctl.errors import ExitCode, StorageError, storage_error
 from mlxctl.machine import inventory as inventory_module
 from mlxctl.machine.inventory import Inventory, write_atomic
-from mlxctl.machine.logpump import pump
 from mlxctl.reconcile.state_lock import StateLock
 from mlxctl.reconcile.teardown import stop_recorded
 from tests.unit.world import World, tier, tiers_yaml
@@ -161,23 +161,27 @@ def test_down_without_a_writable_state_stops_every_recorded_process(tmp_path: Pa
     assert all(world.procs.remaining(r.identity()) == 0 for r in records.values())
 
 
-def test_the_log_pump_drops_what_it_cannot_write_and_goes_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    log = tmp_path / "fast.log"
-    read, write = os.pipe()
-    os.write(write, b"one\ntwo\nthree\n")
-    os.close(write)
-    from mlxctl.machine import logpump
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="/dev/full: a full disk (Linux)")
+def test_a_server_drops_output_the_disk_refuses_and_goes_on(tmp_path: Path) -> None:
+    """A server's own print or log call never fails on a full disk (mlx_lm.server logs
+    every request: it would fail every request); once writing works again, one line
+    says how much was lost. ``/dev/full`` refuses every write with ENOSPC."""
+    from mlxctl.runtimes.server_log import dropping_text
 
-    real = logpump.open_append
-    monkeypatch.setattr(logpump, "open_append", lambda path: Flaky(real(path), {b"two\n"}))
-    pump(read, log)
-    os.close(read)
+    log = tmp_path / "fast.log"
+    fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        stream = dropping_text(fd, sys.stderr)
+        print("one", file=stream)  # refused by the disk: dropped, nothing raised
+        space = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(space, fd)  # space again (the descriptor now reaches a real file)
+        os.close(space)
+        print("two", file=stream)
+    finally:
+        os.close(fd)
     assert log.read_text().splitlines() == [
-        "one",
-        "[mlxctl logpump: 4 bytes dropped: no space left on device]",
-        "three",
+        "[mlxctl: 4 bytes of output dropped: no space left on device]",
+        "two",
     ]
 
 

@@ -166,9 +166,13 @@ def test_other_schemes_and_oversized_or_non_image_data_urls_are_400(url: str) ->
     assert refused(chat(messages=image(url)), route=VISION).param == "messages"
 
 
-def test_audio_and_file_parts_and_too_many_images_are_400() -> None:
+def test_audio_video_and_file_parts_and_too_many_images_are_400() -> None:
     audio = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
-    assert refused(chat(messages=[{"role": "user", "content": [audio]}])).param == "messages"
+    video = {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA"}}
+    for part in (audio, video, {"type": "video", "video": "clip.mp4"}):
+        content = [{"type": "text", "text": "what is this?"}, part]
+        error = refused(chat(messages=[{"role": "user", "content": content}]), route=VISION)
+        assert error.param == "messages" and "the tiers take text and images" in str(error)
     many = [{"type": "image_url", "image_url": {"url": PNG}}] * (bounds.MAX_IMAGES + 1)
     body = chat(messages=[{"role": "user", "content": many}])
     assert refused(body, route=VISION).param == "messages"

@@ -147,7 +147,8 @@ def test_valid_inputs_pass_with_their_fields() -> None:
 def test_the_runtime_locks_its_model_and_loads_no_language_model() -> None:
     argv = emb.argv(ServerLaunch(Path("/py/bin/python"), Path("/m/bert"), 8005, "emb", {}))
     joined = " ".join(argv)
-    assert joined.startswith("/py/bin/vllm-mlx serve /m/bert ")
+    # Through the tier guard like every model server (it keeps its own log there).
+    assert joined.startswith("/py/bin/python -m mlxctl.runtimes.tier_guard vllm-mlx serve /m/bert ")
     assert "--embedding-model /m/bert --lazy-load-model" in joined
     assert {"embedding-model", "lazy-load-model", "port"} <= emb.RUNTIME.managed_flags
 

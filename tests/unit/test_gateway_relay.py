@@ -203,3 +203,64 @@ async def _answer_once(
         await script(writer)
     finally:
         writer.close()
+
+
+def test_only_fallbacks_or_a_disabled_fast_path_need_the_router() -> None:
+    route = Route(name="fast", port=1, served_model="default_model")
+    other = Route(name="standard", port=2, served_model="default_model")
+
+    def table(**config: Any) -> RoutingTable:
+        return RoutingTable(GatewayConfig(routes=(route, other), **config))
+
+    assert not table().needs_router  # LiteLLM is never imported for these routes
+    assert not table(retries=3).needs_router
+    assert table(fallbacks={"fast": ("standard",)}).needs_router
+    assert table(fast_path=False).needs_router
+
+
+def test_a_tier_without_fallbacks_is_asked_again_by_the_fast_path_not_the_router() -> None:
+    """The Router would only retry it (it walks fallbacks, and there are none): the fast
+    path does that itself, so LiteLLM is not loaded for it."""
+    replies = [b"HTTP/1.0 500 Internal Server Error\r\nContent-Length: 4\r\n\r\noops"]
+    body = b'{"model": "default_model"}'
+    replies.append(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    async def in_turn(writer: asyncio.StreamWriter) -> None:
+        writer.write(replies.pop(0))
+
+    async def test() -> None:
+        seen: list[dict[str, Any]] = []
+        server = await serve(in_turn, seen)
+        gateway, table = gateway_for(server.sockets[0].getsockname()[1])
+        try:
+            status, content = await answer(gateway, table, {"model": "fast", "messages": MSG})
+        finally:
+            await gateway.aclose()
+            server.close()
+        assert (status, json.loads(content)) == (200, {"model": "fast"})
+        assert len(seen) == 2  # the fast path's attempt, then its retry (retries: 1)
+        assert table._router is None  # no Router was built
+
+    run(test)
+
+
+def test_a_tier_without_fallbacks_that_keeps_failing_is_a_502_naming_the_attempts() -> None:
+    async def fails(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 4\r\n\r\noops")
+
+    async def test() -> None:
+        seen: list[dict[str, Any]] = []
+        server = await serve(fails, seen)
+        gateway, table = gateway_for(server.sockets[0].getsockname()[1], retries=2)
+        try:
+            status, content = await answer(gateway, table, {"model": "fast", "messages": MSG})
+        finally:
+            await gateway.aclose()
+            server.close()
+        assert status == 502 and len(seen) == 3
+        error = json.loads(content)["error"]
+        assert error["message"] == "tier 'fast' did not answer (3 attempts)"
+        assert error["code"] == "backend_unreachable"
+        assert table._router is None
+
+    run(test)

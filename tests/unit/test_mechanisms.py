@@ -12,8 +12,9 @@ import pytest
 
 from mlxctl.apply.events import Event, EventLog, read_events
 from mlxctl.errors import StateLockHeldError
+from mlxctl.files import rotate
 from mlxctl.machine.inventory import Inventory, write_atomic
-from mlxctl.machine.logfiles import open_log, rotate, tail
+from mlxctl.machine.logfiles import open_log, tail
 from mlxctl.machine.record import Record
 from mlxctl.paths import default_paths
 from mlxctl.plan.backoff import BackoffPolicy
@@ -111,7 +112,7 @@ def test_lock_names_its_holder_and_is_released(tmp_path: Path) -> None:
 def test_logs_rotate_by_size_and_tail(tmp_path: Path) -> None:
     log = tmp_path / "fast.log"
     log.write_bytes(b"x" * 100)
-    assert not rotate(log, max_bytes=200)
+    assert not rotate(log, max_bytes=200, keep=2)
     assert rotate(log, max_bytes=50, keep=2)
     assert not log.exists() and (tmp_path / "fast.log.1").exists()
     with open_log(log, ["srv", "--port", "1"], 0.0) as handle:
@@ -151,20 +152,45 @@ def test_hub_snapshot_follows_the_cache_layout(tmp_path: Path) -> None:
     assert hf_snapshot("mlx-community/Qwen3-8B-4bit", environ=env) == snapshot
 
 
-def test_log_pump_rotates_by_size_and_loses_no_line(tmp_path: Path) -> None:
-    from mlxctl.machine.logpump import pump
+def test_a_server_rotates_its_own_log_in_place_and_loses_no_line(tmp_path: Path) -> None:
+    """What every server mlxctl starts does in its own process (runtimes.server_log): the
+    descriptor it writes to is pointed at a new file once the log passes its size. Every
+    line is whole and in order across the generations kept; older ones are dropped."""
+    from mlxctl.runtimes.server_log import Rotation
 
     log = tmp_path / "fast.log"
-    read, write = os.pipe()
+    with open_log(log, ["srv"], 0.0) as handle:
+        fd = os.dup(handle.fileno())  # the server's stdout, as it inherits it
+    rotation = Rotation(log, (fd,), max_bytes=4096, keep=3)
     lines = [f"line {i:04d} {'x' * 40}\n".encode() for i in range(400)]
-    with os.fdopen(write, "wb") as writer:
-        # Written up front; the pipe buffer holds it all (400 x 51 bytes < 64 KiB).
-        writer.write(b"".join(lines))
-    pump(read, log, max_bytes=4096, keep=3)
-    os.close(read)
+    rotated = 0
+    try:
+        for line in lines:
+            os.write(fd, line)
+            rotated += rotation.rotate_if_due()
+    finally:
+        os.close(fd)
+    assert rotated == 4  # 400 x 51 bytes (and the banner) past 4096 bytes, four times
     files = [tmp_path / "fast.log.3", tmp_path / "fast.log.2", tmp_path / "fast.log.1", log]
-    assert all(f.exists() for f in files)
-    kept = b"".join(f.read_bytes() for f in files)
-    assert kept.endswith(b"".join(lines[-40:]))  # the newest lines, in order, none lost
+    assert all(f.exists() for f in files) and not (tmp_path / "fast.log.4").exists()
+    kept = b"".join(f.read_bytes() for f in files).splitlines(keepends=True)
+    assert kept == lines[-len(kept) :]  # the newest lines, in order, none lost or torn
     assert all(f.stat().st_size <= 4096 + len(lines[0]) for f in files)
-    assert not (tmp_path / "fast.log.4").exists()
+
+
+def test_a_log_another_instance_rotated_is_left_alone(tmp_path: Path) -> None:
+    """An old instance still writing (a gateway handing over to its replacement) holds
+    a file the new instance's start rotated away: it never renames the new one's log."""
+    from mlxctl.runtimes.server_log import Rotation
+
+    log = tmp_path / "gateway.log"
+    with open_log(log, ["old"], 0.0) as handle:
+        fd = os.dup(handle.fileno())
+    try:
+        os.write(fd, b"x" * 200)
+        os.replace(log, tmp_path / "gateway.log.1")  # the new instance's start rotated it
+        log.write_bytes(b"y" * 200)
+        assert not Rotation(log, (fd,), max_bytes=100).rotate_if_due()
+    finally:
+        os.close(fd)
+    assert log.read_bytes() == b"y" * 200 and not (tmp_path / "gateway.log.2").exists()

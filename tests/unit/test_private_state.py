@@ -17,7 +17,6 @@ import pytest
 from mlxctl.apply.events import Event, EventLog
 from mlxctl.machine.inventory import write_atomic
 from mlxctl.machine.logfiles import open_log
-from mlxctl.machine.logpump import pump
 from mlxctl.paths import default_paths
 from mlxctl.reconcile.context import real_context, save_ports
 from mlxctl.reconcile.state_lock import StateLock
@@ -55,15 +54,19 @@ def test_every_writer_creates_private_files_in_private_directories(tmp_path: Pat
         assert mode(directory) == 0o700, directory
 
 
-def test_the_log_pump_creates_rotated_logs_private(tmp_path: Path) -> None:
+def test_a_server_creates_its_rotated_logs_private(tmp_path: Path) -> None:
+    from mlxctl.runtimes.server_log import Rotation
+
     log = tmp_path / "logs" / "a.log"
-    log.parent.mkdir()
-    read, write = os.pipe()
-    os.write(write, b"line one\n" * 20)
-    os.close(write)
-    pump(read, log, max_bytes=50, keep=2)
-    os.close(read)
-    assert log.with_name("a.log.1").exists()
+    with open_log(log, ["srv"], 0.0) as handle:
+        fd = os.dup(handle.fileno())
+    try:
+        os.write(fd, b"line one\n" * 20)
+        assert Rotation(log, (fd,), max_bytes=50, keep=2).rotate_if_due()
+        os.write(fd, b"line two\n")
+    finally:
+        os.close(fd)
+    assert log.read_text() == "line two\n"
     assert mode(log) == 0o600 and mode(log.with_name("a.log.1")) == 0o600
 
 

@@ -21,9 +21,8 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from mlxctl.errors import MlxctlError, storage_error
-from mlxctl.files import FileRefusedError, open_private, private_dir, read_bounded
+from mlxctl.files import FileRefusedError, open_private, private_dir, read_bounded, rotate
 from mlxctl.machine.inventory import ExitCauseModel
-from mlxctl.machine.logfiles import rotate
 from mlxctl.machine.statemodel import Seconds, ShortStr, StateModel, Text, Timestamp
 
 EVENT_SCHEMA = 1

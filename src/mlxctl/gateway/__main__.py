@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mlxctl.gateway.server import serve
 from mlxctl.machine.clock import SystemClock
+from mlxctl.runtimes import server_log
 
 
 def main() -> None:
@@ -16,13 +17,15 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
+    clock = SystemClock()
+    server_log.keep_log(clock)  # its log, rotated by size (mlxctl started it with one)
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # uvloop is optional: asyncio's loop serves too, a bit slower
         pass
-    asyncio.run(serve(args.config, args.host, args.port, clock=SystemClock()))
+    asyncio.run(serve(args.config, args.host, args.port, clock=clock))
 
 
 if __name__ == "__main__":

@@ -316,7 +316,7 @@ def _check_messages(messages: object) -> tuple[int, int]:
         for j, part in enumerate(content):
             kind = part.get("type") if isinstance(part, dict) else None
             where = f"messages[{i}].content[{j}]"
-            if kind in ("input_audio", "file"):
+            if kind in ("input_audio", "file", "video_url", "video"):
                 refuse(where, f"'{kind}' parts are not accepted: the tiers take text and images",
                        code="unsupported_parameter")  # fmt: skip
             if kind != "image_url":

@@ -1,7 +1,9 @@
 """Running the gateway: build the routes, bind, serve, and reload routes in place.
 
-The listening socket is opened only once the router is built (so a client never
-reaches a half-started gateway) and with ``SO_REUSEPORT``, so a replacement gateway
+LiteLLM is loaded only for routes that need its Router (fallbacks, or the fast path
+off: :attr:`RoutingTable.needs_router`), and then at start or at the reload that adds
+them, in the background, so that the first failover does not wait for its import.
+The listening socket is opened with ``SO_REUSEPORT``, so a replacement gateway
 can bind the same port while the old one still serves: the kernel hands new
 connections to both until the old one closes, which keeps a restart's error window
 near zero. ``SIGTERM`` stops accepting and lets running requests (streams
@@ -76,7 +78,7 @@ class Reloader:
         self.key_file = key_file
         self.key_stamp = _stamp(key_file) if key_file else None
         self.wake = asyncio.Event()
-        self.warm: asyncio.Future[object] | None = None
+        self.warm: asyncio.Future[None] | None = None
 
     def reload_key(self) -> None:
         if self.key_file is None:
@@ -101,7 +103,10 @@ class Reloader:
             if config == self.gateway.table.config:
                 return False
             table = RoutingTable(config, previous=self.gateway.table)
-            self.warm = asyncio.ensure_future(table.router(key=self.gateway.key))
+            if table.needs_router:
+                self.warm = asyncio.ensure_future(
+                    warm(table, self.gateway.clock, key=self.gateway.key)
+                )
         except Exception as exc:  # a bad file must never take the serving routes down
             log(f"routes file {self.path} not loaded, keeping the current routes: {exc}")
             return False
@@ -117,6 +122,19 @@ class Reloader:
             self.wake.clear()
             self.reload_key()
             self.reload()
+
+
+async def warm(table: RoutingTable, clock: Clock, *, key: str) -> None:
+    """Build ``table``'s Router and run LiteLLM's request path once, off the event loop,
+    when its routes need the Router; otherwise nothing (LiteLLM stays unimported).
+    ``key``: the master key, which the Router sends to other machines' gateways."""
+    if not table.needs_router:
+        log("litellm.Router not needed (no fallbacks; the fast path serves every request)")
+        return
+    started = clock.monotonic()
+    await table.router(key=key)
+    await asyncio.to_thread(warm_litellm)
+    log(f"litellm.Router ready ({clock.monotonic() - started:.2f} s)")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -173,12 +191,7 @@ async def serve(config_path: Path, host: str, port: int, *, clock: Clock) -> Non
     if not admin:
         log(f"no {ADMIN_SOCKET_ENV}: demand is reported nowhere; on-demand tiers answer 503")
 
-    async def warm_router() -> None:
-        await gateway.table.router(key=gateway.key)
-        await asyncio.to_thread(warm_litellm)
-        log(f"litellm.Router ready ({clock.monotonic() - started:.2f} s after start)")
-
-    warming = asyncio.create_task(warm_router())
+    warming = asyncio.create_task(warm(gateway.table, clock, key=gateway.key))
     # Demand reports from the start (not only once a request comes): a controller that
     # restarted learns each tier's last request end from the first heartbeat.
     gateway.demand.start()

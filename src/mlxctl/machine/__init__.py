@@ -1,1 +1,1 @@
-"""Machine effects behind small interfaces: processes, probes, clock, log pump, state files."""
+"""Machine effects behind small interfaces: processes, probes, clock, log files, state files."""

@@ -121,7 +121,7 @@ class ProcessControl(Protocol):
         """SIGKILL every process of the service's group that is still there."""
 
     def remaining(self, ident: Identity) -> int:
-        """How many processes of the service's group (leader, log pump, workers) are alive."""
+        """How many processes of the service's group (leader, workers) are alive."""
 
     def find_instance(self, instance: str) -> Spawned | None:
         """The group leader whose environment carries ``instance``, if one runs (adoption)."""

@@ -19,7 +19,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,6 +41,7 @@ from mlxctl.machine.interfaces import (
 )
 from mlxctl.machine.logfiles import open_log
 from mlxctl.machine.statemodel import PID_MAX, is_identity_time
+from mlxctl.runtimes.server_log import LOG_FILE_ENV
 
 START_TIME_TOLERANCE = 0.05
 POLL_INTERVAL = 0.05
@@ -68,52 +68,31 @@ class RealProcessControl:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._exit_codes: dict[int, int] = {}
         self._stopped: set[int] = set()
-        # Log pumps: reaped whenever they have exited, so none lingers as a zombie.
-        self._helpers: list[subprocess.Popen[bytes]] = []
         # The controller's poller and the executor's threads share this object.
         self._lock = threading.Lock()
 
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> Spawned:
-        """Start ``argv`` as a process-group leader whose output a log pump writes to ``log_path``.
+        """Start ``argv`` as a process-group leader writing its output to ``log_path``.
 
         The server gets a process group of its own (so a Ctrl-C or hang-up meant for
-        the shell's foreground job never reaches it, and it outlives mlxctl); the pump
-        (``python -m mlxctl.machine.logpump``) joins that group and carries the same instance
-        marker, so stopping the service stops both. Both stay in mlxctl's session,
-        because a process may only join a group of its own session.
+        the shell's foreground job never reaches it, and it outlives mlxctl), and its
+        stdout and stderr opened on its log in append mode: nothing runs beside it to
+        carry its output, so it keeps writing whatever happens to mlxctl, and what it
+        wrote before dying is in the file at once. It rotates the file itself
+        (:mod:`mlxctl.runtimes.server_log`, told where the file is by ``LOG_FILE_ENV``).
         """
-        with open_log(log_path, argv, self.clock.time()):
-            pass  # rotate if due, write the start banner
-        child = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            process_group=0,
-            close_fds=True,
-        )
-        assert child.stdout is not None
-        try:
-            pump = subprocess.Popen(
-                [sys.executable, "-m", "mlxctl.machine.logpump", str(log_path)],
-                stdin=child.stdout,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                env=dict(env),
-                process_group=child.pid,
+        with open_log(log_path, argv, self.clock.time()) as log:  # rotated if due, a banner
+            child = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**env, LOG_FILE_ENV: str(log_path)},
+                process_group=0,
                 close_fds=True,
             )
-        except BaseException:
-            # Not recorded yet: nothing else would ever stop this server.
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-            raise
-        finally:
-            child.stdout.close()  # the pump holds the read end now
         with self._lock:
             self._children[child.pid] = child
-            self._helpers.append(pump)
             self._exit_codes.pop(child.pid, None)
         create_time, cmdline = _identity(child.pid, argv, self.clock)
         # Its memory cgroup now, while it lives (a dead process shows the root one).
@@ -142,7 +121,6 @@ class RealProcessControl:
 
     def _reap(self, pid: int) -> int | None:
         with self._lock:
-            self._helpers = [h for h in self._helpers if h.poll() is None]
             child = self._children.get(pid)
             if child is None:
                 return self._exit_codes.get(pid)
@@ -214,8 +192,8 @@ class RealProcessControl:
 
     def _members(self, ident: Identity) -> list[psutil.Process]:
         """Every live process of the service's group that provably belongs to it: in
-        the recorded group and carrying both markers (the leader, its log pump, the
-        workers it started). A copied record's instance marker alone is not enough."""
+        the recorded group and carrying both markers (the leader and the workers
+        it started). A copied record's instance marker alone is not enough."""
         members: list[psutil.Process] = []
         if not _usable(ident) or not 1 <= ident.pgid <= PID_MAX:
             return members
@@ -254,7 +232,28 @@ class RealProcessControl:
     def remaining(self, ident: Identity) -> int:
         for proc in self._members(ident):
             self._reap(proc.pid)
-        return len(self._members(ident))
+        self._reap(ident.pid)
+        return len(self._members(ident)) + self._leader_dying(ident)
+
+    def _leader_dying(self, ident: Identity) -> int:
+        """1 while the recorded leader has died but is not gone yet, else 0.
+
+        A dying process is torn down in steps, and it still holds its files (sockets
+        included) after its memory, hence its environment and command line, can no
+        longer be read; its main thread may also be a zombie while its other threads
+        end: mlx_lm.server's port stayed taken ~1 s after its leader turned zombie here,
+        and a restart that started the new server then found its port held. It is gone
+        once reaped (by us, or by init for a server that outlived the mlxctl that started
+        it), which the kernel allows only when every thread has ended.
+        """
+        if not _usable(ident):
+            return 0
+        try:
+            proc = psutil.Process(ident.pid)
+            with proc.oneshot():
+                return int(_dying(proc, ident))
+        except psutil.Error:
+            return 0
 
     def find_instance(self, instance: str) -> Spawned | None:
         for proc in psutil.process_iter():
@@ -386,8 +385,25 @@ def _usable(ident: Identity) -> bool:
     )
 
 
-def _running(proc: psutil.Process) -> bool:
+def _dying(proc: psutil.Process, ident: Identity) -> bool:
+    """``proc``, the recorded leader by its PID and start time, has died and is being torn
+    down: a zombie, or its memory already released (its command line reads empty, which
+    a living process's never does). Nothing else is checked: a dead process is signalled
+    for nothing, and its environment can no longer be read."""
     try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        if abs(proc.create_time() - ident.create_time) > START_TIME_TOLERANCE:
+            return False
+        return proc.status() == psutil.STATUS_ZOMBIE or not proc.cmdline()
+    except psutil.ZombieProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
+def _running(proc: psutil.Process) -> bool:
+    """Still there: running, or a zombie not reaped yet (its threads may still be ending
+    and holding its files; see :meth:`RealProcessControl._exiting`)."""
+    try:
+        return proc.is_running()
     except psutil.Error:
         return False

@@ -2,7 +2,8 @@
 
 ``python -m mlxctl.runtimes.tier_guard RUNTIME ARGS...`` runs the runtime's own entry
 point in this process (no patched copy of either server, no second process), after
-setting up the one thing each lacks:
+keeping its log (:mod:`mlxctl.runtimes.server_log`: rotated by size, safe on a full
+disk, with no process beside the server) and setting up the one thing each lacks:
 
 - **vllm-mlx** has ``--api-key`` (every route but ``/health`` and ``/metrics`` then
   wants ``Authorization: Bearer KEY``), but only as a flag, and a command line is
@@ -33,6 +34,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from mlxctl.machine.clock import SystemClock
+from mlxctl.runtimes import server_log
 
 KEY_FILE_ENV = "MLXCTL_TIER_KEY_FILE"
 MODULE = "mlxctl.runtimes.tier_guard"
@@ -106,6 +110,7 @@ def guard_mlx_lm(key: str) -> None:
 def main(argv: list[str]) -> None:
     if not argv or argv[0] not in ("mlx-lm", "vllm-mlx"):
         sys.exit("usage: python -m mlxctl.runtimes.tier_guard mlx-lm|vllm-mlx ARGS...")
+    server_log.keep_log(SystemClock())
     runtime, args = argv[0], argv[1:]
     path = os.environ.pop(KEY_FILE_ENV, "")
     key = read_key(Path(path)) if path else ""

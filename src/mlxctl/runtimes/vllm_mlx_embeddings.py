@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 
+from mlxctl.runtimes import tier_guard
 from mlxctl.runtimes.base import (
     HOST,
     Http,
@@ -38,7 +39,9 @@ EMBED_WAIT = 10.0
 
 def argv(launch: ServerLaunch) -> tuple[str, ...]:
     model = str(launch.model_dir)
-    base = [str(launch.python.parent / "vllm-mlx"), "serve", model]
+    # Through the tier guard like every model server (no key: ``guarded`` is off), so
+    # that it keeps its own log (:mod:`mlxctl.runtimes.server_log`).
+    base = [str(launch.python), "-m", tier_guard.MODULE, "vllm-mlx", "serve", model]
     base += ["--host", HOST, "--port", str(launch.port), "--served-model-name", launch.served_name]
     base += ["--embedding-model", model, "--lazy-load-model"]
     return (*base, *render_args(launch.args))
