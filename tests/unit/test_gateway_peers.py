@@ -271,6 +271,33 @@ def test_a_tier_whose_machine_cannot_serve_it_falls_back_on_this_machine() -> No
     run(test)
 
 
+def test_a_relayed_request_for_a_dead_tier_whose_fallbacks_are_elsewhere_fails_at_once() -> None:
+    """B is asked by A (the hop mark) for its tier, which refuses: B does not retry it
+    (through its Router or its fast path, while the tier restarts), it answers 503 at
+    once, and A walks the tier's fallbacks on the other machines."""
+
+    async def test() -> None:
+        dead = free_port()
+        on_b = (Route(name="big", port=dead, served_model="default_model", host="b"),
+                peer("small", f"http://127.0.0.1:{free_port()}", host="a"))  # fmt: skip
+        async with gateway(*on_b, fallbacks={"big": ("small",)}, retries=10) as (b_url, b):
+            async with aiohttp.ClientSession() as session:
+                resp = await session.post(
+                    f"{b_url}/v1/chat/completions",
+                    json={"model": "big", "messages": MSG},
+                    headers={**AUTH, HOP_HEADER: "1"},
+                )
+                body = await resp.json()
+            assert resp.status == 503, body
+            assert body["error"]["message"] == (
+                "tier 'big' did not answer; its fallbacks are on other machines"
+            )
+            assert resp.headers["Retry-After"] == "15"
+            assert b.table._router is None and b.table._hop_router is None  # no retry via Router
+
+    run(test)
+
+
 def test_a_machine_that_is_down_or_refuses_the_key_is_named_in_the_error() -> None:
     async def test() -> None:
         tier = await FakeTier().start()

@@ -282,6 +282,15 @@ class Gateway:
                 if not table.config.fallbacks.get(name):
                     retried = self._retried(table, route, checked, endpoint, slot.release)
                     return await unless_gone(retried, gone, _let_go)
+                if checked.hop and not fallbacks_for(table, name, checked):
+                    # Relayed by another machine's gateway, and every fallback of the tier
+                    # is on another machine: say so at once, and that gateway walks them
+                    # (retrying here would keep its client waiting for a restart).
+                    slot.release()
+                    message = f"tier '{name}' did not answer; its fallbacks are on other machines"
+                    return answered(
+                        BackendAnswer("error", 503, message, "backend_unreachable"), RETRY_DEAD
+                    )
                 log(f"tier '{name}' did not answer; the Router retries it and its fallbacks")
             routed = self._route(table, name, checked, endpoint, slot.release)
             return await unless_gone(routed, gone, _let_go)
