@@ -178,7 +178,7 @@ class RoutingTable:
     The ``litellm.Router`` is built on first need (:meth:`router`), in a thread: importing
     LiteLLM takes ~4-6 s here (and its first call ~2 s more), and the fast path never
     needs it. Only a table that :attr:`needs_router` ever reaches it; for any other,
-    LiteLLM is never imported (~175 MB of the gateway's ~230 MB RSS here).
+    LiteLLM is never imported (~157 MiB of the gateway's ~236 MiB RSS here).
     """
 
     def __init__(
