@@ -18,12 +18,17 @@ Sections (``--only``), run in this order:
   ``--requests`` mixed requests (both tiers, the three routes, streamed and not; 4
   clients at once), and how many failed. First, so that "after 100" means it.
 - ``latency``: for each tier and route, 1-token and 64-token answers (whole) and a
-  stream's time to its first event (16 tokens), through the gateway and direct to the
-  tier. Each round sends every target once, one after the other, the order rotating
+  16-token stream's time to its first event and to its first event carrying text
+  (vllm-mlx sends one before it generates; the gateway answers only with the tier's
+  first token, :func:`mlxctl.gateway.streams.open_stream`), through the gateway and
+  direct to the tier. Each round sends every target once, one after the other, the order rotating
   round by round, so the machine's load hits direct and gateway calls alike (5 warm-up
   rounds are not counted). Added = gateway percentile minus the direct one. A translated
   route has no direct twin: it is compared with a direct chat completion of the same
   length (the same prompt, ``temperature: 0``; the output tokens each got are recorded).
+  Where each process's time goes: its time on a CPU and waiting for one (runnable, not
+  running), per request, from ``/proc/PID/schedstat`` (Linux): on a loaded machine the
+  gateway's added latency is mostly the second.
 - ``queue``: ``--clients`` (16) clients, each sending 1-token requests back to back
   (chat, Messages and Responses in turn) through the gateway to the one-slot tier for
   ``--queue-seconds``: requests, failures, and the wait in the gateway's queue, read
@@ -32,7 +37,7 @@ Sections (``--only``), run in this order:
   does) and from the client (its latency minus the tier's service time, measured
   direct just before, per route).
 
-    PYTHONPATH=src python benchmarks/gateway_routes.py [--rounds 300] [--requests 10000]
+    PYTHONPATH=src python benchmarks/gateway_routes.py [--rounds 400] [--requests 10000]
         [--clients 16] [--queue-seconds 30] [--only memory,latency,queue] [--json FILE]
 
 Every process it starts is stopped by its PID when it ends: on success, on failure, on
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -86,6 +92,12 @@ LABEL = {
     "stream_ttft": "stream 1st token",
 }
 STREAM_TOKENS = 16
+# The last event of a finished stream, per route (a stream that stops without it broke).
+ENDS = {
+    "chat": (b"[DONE]",),
+    "messages": (b"message_stop",),
+    "responses": (b"response.completed", b"response.incomplete"),
+}
 WARMUP_ROUNDS = 5
 # The chat route's budget over a direct call (issue #10), 1-token completions.
 BUDGET_MS = {"p50": 5.0, "p99": 15.0}
@@ -143,6 +155,10 @@ class Stack:
     url: str
     tiers: dict[str, tuple[str, str, str]]  # tier -> (base url, served model, tier key)
     path: dict[str, str]  # tier -> "translated" / "native"
+    tier_pids: dict[str, int]
+
+    def pids(self) -> dict[str, int]:
+        return {"gateway": self.gateway.pid, **self.tier_pids}
 
     def target(self, tier: str, route: str, via: Literal["gateway", "direct"]) -> Target:
         base, served, key = self.tiers[tier]
@@ -169,10 +185,12 @@ class Stack:
 
 def measure(
     client: httpx.Client, target: Target, kind: Kind
-) -> tuple[dict[str, float], int | None]:
+) -> tuple[dict[str, float], int | None, bool]:
     """Seconds to the whole answer (``kind``), or for a stream to its first event
-    (``stream_ttfb``) and to its first event carrying generated text (``stream_ttft``),
-    and the output tokens the answer's usage reports (None for a stream)."""
+    (``stream_ttfb``) and to its first event carrying generated text (``stream_ttft``);
+    the output tokens the answer's usage reports (None for a stream); and whether a
+    stream finished (text, then its route's last event: vllm-mlx's simple engine closes
+    a stream it is too busy for after its first event, which would time as a fast one)."""
     if kind != "stream":
         tokens = 1 if kind == "tokens_1" else 64
         payload = body(target.route, target.model, tokens)
@@ -181,21 +199,26 @@ def measure(
         took = time.perf_counter() - start
         if resp.status_code != 200:
             raise SystemExit(f"{target.name}: {resp.status_code} {resp.text[:300]}")
-        return {kind: took}, output_tokens(target.route, resp.json())
+        return {kind: took}, output_tokens(target.route, resp.json()), True
     payload = body(target.route, target.model, STREAM_TOKENS, stream=True)
     first_byte = first_token = None
+    last = ""
     start = time.perf_counter()
     with client.stream("POST", target.url, json=payload, headers=target.headers) as resp:
         if resp.status_code != 200:
             raise SystemExit(f"{target.name}: {resp.status_code} {resp.read()[:300]!r}")
         for line in resp.iter_lines():  # read to its end, as a client does
-            if first_token is None and line.startswith("data:"):
+            if not line.startswith("data:"):
+                continue
+            last = line
+            if first_token is None:
                 now = time.perf_counter() - start
                 first_byte = now if first_byte is None else first_byte
                 if carries_text(line[5:]):
                     first_token = now
+    complete = first_token is not None and any(end.decode() in last for end in ENDS[target.route])
     end = time.perf_counter() - start
-    return {"stream_ttfb": first_byte or end, "stream_ttft": first_token or end}, None
+    return {"stream_ttfb": first_byte or end, "stream_ttft": first_token or end}, None, complete
 
 
 def carries_text(data: str) -> bool:
@@ -229,6 +252,7 @@ def start_stack(procs: Processes, work: Path) -> Stack:
     model = build_tiny_model(work / "tiny")
     ports = {name: free_port() for name in ("mlx", "vllm", "gateway")}
     tiers: dict[str, tuple[str, str, str]] = {}
+    tier_pids: dict[str, int] = {}
     routes = []
     for name, runtime, served, capacity in (
         ("mlx", "mlx-lm", "default_model", 4),
@@ -244,7 +268,7 @@ def start_stack(procs: Processes, work: Path) -> Stack:
             argv += ["--model", str(model)]
         argv += ["--host", "127.0.0.1", "--port", str(ports[name])]
         env = {**os.environ, "MLXCTL_TIER_KEY_FILE": str(key_file), "HF_HUB_OFFLINE": "1"}
-        procs.start(argv, work / f"{name}.log", env)
+        tier_pids[name] = procs.start(argv, work / f"{name}.log", env).pid
         tiers[name] = (f"http://127.0.0.1:{ports[name]}", served, f"sk-tier-{name}")
         routes.append(
             {
@@ -268,6 +292,7 @@ def start_stack(procs: Processes, work: Path) -> Stack:
         f"http://127.0.0.1:{ports['gateway']}",
         tiers,
         {"mlx": "translated", "vllm": "native"},
+        tier_pids,
     )
     wait_serving(stack, procs)
     wait_log(work / "gateway.log", "litellm.Router ready")
@@ -323,6 +348,40 @@ def uptime() -> str:
 
 def load_now() -> dict[str, Any]:
     return {"loadavg": [round(x, 2) for x in os.getloadavg()], "uptime": uptime()}
+
+
+def schedstat(pid: int) -> tuple[float, float, float] | None:
+    """Seconds on a CPU, seconds waiting for one (runnable, not running), and time
+    slices, summed over the process's threads (Linux ``/proc/PID/task/*/schedstat``;
+    None elsewhere)."""
+    total = [0.0, 0.0, 0.0]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                fields = (task / "schedstat").read_text().split()
+                for i in range(3):
+                    total[i] += int(fields[i]) / (1e9 if i < 2 else 1)
+    except OSError:
+        return None
+    return total[0], total[1], total[2]
+
+
+def per_request(
+    before: tuple[float, float, float] | None,
+    after: tuple[float, float, float] | None,
+    requests: float,
+) -> dict[str, float] | None:
+    """Where a request's time in the gateway process goes: on a CPU, and waiting for
+    one (on a loaded machine, what the extra process in the path adds most)."""
+    if before is None or after is None or not requests:
+        return None
+    cpu, wait, slices = (a - b for a, b in zip(after, before, strict=True))
+    return {
+        "requests": int(requests),
+        "cpu_ms": round(cpu / requests * 1000, 3),
+        "cpu_wait_ms": round(wait / requests * 1000, 3),
+        "time_slices": round(slices / requests, 2),
+    }
 
 
 # -- /metrics ----------------------------------------------------------------------------
@@ -387,44 +446,82 @@ def _quantile(q: float, cumulative: list[tuple[float, float]]) -> float:
 # -- the sections --------------------------------------------------------------------------
 
 
-def latency(stack: Stack, rounds: int) -> dict[str, Any]:
-    targets = all_targets(stack)
-    counts = {"tokens_1": rounds, "tokens_64": max(20, rounds // 4), "stream": max(20, rounds // 2)}
-    before = scrape(stack)
+def timed_rounds(
+    targets: list[Target], kind: Kind, count: int
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, list[int]], dict[str, int]]:
+    """``count`` rounds (after the warm-up ones), each target once a round, the order
+    rotating: per measure and target the seconds, the output tokens, and the streams
+    that did not finish (left out of the times)."""
+    times: dict[str, dict[str, list[float]]] = {
+        m: {t.name: [] for t in targets} for m in MEASURES[kind]
+    }
+    tokens: dict[str, list[int]] = {t.name: [] for t in targets}
+    incomplete = {t.name: 0 for t in targets}
     clients = {t.name: httpx.Client(timeout=120) for t in targets}
-    out: dict[str, Any] = {"rounds": counts, "targets": {}, "rows": []}
     try:
-        for kind in KINDS:
-            times: dict[str, dict[str, list[float]]] = {
-                m: {t.name: [] for t in targets} for m in MEASURES[kind]
-            }
-            tokens: dict[str, list[int]] = {t.name: [] for t in targets}
-            for i in range(counts[kind] + WARMUP_ROUNDS):
-                turn = i % len(targets)
-                for target in targets[turn:] + targets[:turn]:
-                    took, got = measure(clients[target.name], target, kind)
-                    if i < WARMUP_ROUNDS:
-                        continue
-                    for m, seconds in took.items():
-                        times[m][target.name].append(seconds)
-                    if got is not None:
-                        tokens[target.name].append(got)
-            for m, by_target in times.items():
-                out["targets"][m] = {
-                    name: {
-                        "p50_ms": pct(t, 0.5),
-                        "p99_ms": pct(t, 0.99),
-                        "n": len(t),
-                        "output_tokens_mean": round(sum(tokens[name]) / len(tokens[name]), 1)
-                        if tokens[name]
-                        else None,
-                    }
-                    for name, t in by_target.items()
-                }
-                print(f"{m}: {json.dumps(out['targets'][m])}", flush=True)
+        for i in range(count + WARMUP_ROUNDS):
+            turn = i % len(targets)
+            for target in targets[turn:] + targets[:turn]:
+                took, got, complete = measure(clients[target.name], target, kind)
+                if i < WARMUP_ROUNDS:
+                    continue
+                if not complete:
+                    incomplete[target.name] += 1
+                    continue
+                for m, seconds in took.items():
+                    times[m][target.name].append(seconds)
+                if got is not None:
+                    tokens[target.name].append(got)
     finally:
         for client in clients.values():
             client.close()
+    return times, tokens, incomplete
+
+
+def requests_between(before: Samples, after: Samples) -> float:
+    """API requests the gateway finished between two scrapes (its own counter)."""
+    return sum(
+        value - before.get(key, 0.0)
+        for key, value in after.items()
+        if key[0] == "mlxctl_gateway_requests_total"
+    )
+
+
+def latency(stack: Stack, rounds: int) -> dict[str, Any]:
+    targets = all_targets(stack)
+    counts = {"tokens_1": rounds, "tokens_64": max(20, rounds // 4), "stream": max(20, rounds // 2)}
+    out: dict[str, Any] = {"rounds": counts, "targets": {}, "rows": [], "processes": {}}
+    out["incomplete_streams"] = {}
+    before = scrape(stack)
+    for kind in KINDS:
+        served = scrape(stack)
+        sched = {name: schedstat(pid) for name, pid in stack.pids().items()}
+        times, tokens, incomplete = timed_rounds(targets, kind, counts[kind])
+        sched_after = {name: schedstat(pid) for name, pid in stack.pids().items()}
+        # The requests each process served: the gateway's own count; each tier's, one a
+        # round for each of its targets.
+        sent = {"gateway": requests_between(served, scrape(stack))}
+        for tier in stack.tiers:
+            per_round = sum(t.tier == tier for t in targets)
+            sent[tier] = (counts[kind] + WARMUP_ROUNDS) * per_round
+        out["processes"][kind] = {
+            name: per_request(sched[name], sched_after[name], sent[name]) for name in sched
+        }
+        if any(incomplete.values()):
+            out["incomplete_streams"] = incomplete
+        for m, by_target in times.items():
+            out["targets"][m] = {
+                name: {
+                    "p50_ms": pct(t, 0.5),
+                    "p99_ms": pct(t, 0.99),
+                    "n": len(t),
+                    "output_tokens_mean": round(sum(tokens[name]) / len(tokens[name]), 1)
+                    if tokens[name]
+                    else None,
+                }
+                for name, t in by_target.items()
+            }
+            print(f"{m}: {json.dumps(out['targets'][m])}", flush=True)
     after = scrape(stack)
     out["gateway_own_time_mean_ms"] = {
         route: histogram(before, after, "mlxctl_gateway_overhead_seconds", route=PATHS[route]).get(
@@ -471,14 +568,6 @@ def budget(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "within": p50 <= BUDGET_MS["p50"] and p99 <= BUDGET_MS["p99"],
             }
     return out
-
-
-# The last event of a finished stream, per route (a stream that stops without it broke).
-ENDS = {
-    "chat": (b"[DONE]",),
-    "messages": (b"message_stop",),
-    "responses": (b"response.completed", b"response.incomplete"),
-}
 
 
 async def _send(client: httpx.AsyncClient, target: Target, tokens: int, stream: bool) -> str | None:
@@ -642,6 +731,16 @@ def render(r: dict[str, Any]) -> str:
             )
         own = r["latency"]["gateway_own_time_mean_ms"]
         lines.append(f"gateway's own time per request, mean (its /metrics, ms): {own}")
+        lines += ["per request, each process (ms; /proc/PID/schedstat): on a CPU / waiting for one"]
+        for kind, procs in r["latency"]["processes"].items():
+            cells = [
+                f"{name} {p['cpu_ms']:.2f} / {p['cpu_wait_ms']:.2f} ({p['requests']})"
+                for name, p in procs.items()
+                if p is not None
+            ]
+            lines.append(f"  {LABEL.get(kind, kind):<12}" + ", ".join(cells))
+        if r["latency"]["incomplete_streams"]:
+            lines.append(f"streams that did not finish: {r['latency']['incomplete_streams']}")
         for tier, b in r["latency"]["budget"].items():
             verdict = "within" if b["within"] else "OVER"
             lines.append(
