@@ -38,7 +38,8 @@ Sections (``--only``), run in this order:
   direct just before, per route).
 
     PYTHONPATH=src python benchmarks/gateway_routes.py [--rounds 400] [--requests 10000]
-        [--clients 16] [--queue-seconds 30] [--only memory,latency,queue] [--json FILE]
+        [--clients 16] [--queue-seconds 30] [--only memory,latency,queue] [--gateway-nice N]
+        [--json FILE]
 
 Every process it starts is stopped by its PID when it ends: on success, on failure, on
 Ctrl-C and on SIGTERM (``_shared.Processes``).
@@ -707,6 +708,8 @@ def render(r: dict[str, Any]) -> str:
     lines = [f"machine: {r['machine']}; python {r['python']}; versions: {r['versions']}"]
     for name, load in r["load"].items():
         lines.append(f"load {name}: {load['uptime']}")
+    if "gateway_nice" in r:
+        lines.append(f"the gateway ran at nice {r['gateway_nice']} (an experiment)")
     if "memory" in r:
         m = r["memory"]
         lines += ["", "gateway RSS (MB), mixed requests (both tiers, 3 routes, streamed and not)"]
@@ -780,6 +783,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--queue-seconds", type=float, default=30.0)
     parser.add_argument("--only", default="memory,latency,queue")
+    parser.add_argument(
+        "--gateway-nice",
+        type=int,
+        default=None,
+        help="an experiment: the gateway's scheduling priority (negative: root only)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     sections = args.only.split(",")
@@ -792,6 +801,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="gateway-routes-"))
     with Processes() as procs:
         stack = start_stack(procs, work)
+        if args.gateway_nice is not None:
+            psutil.Process(stack.gateway.pid).nice(args.gateway_nice)
+            result["gateway_nice"] = args.gateway_nice
         warm(stack)
         result["load"]["ready"] = load_now()
         if "memory" in sections:
