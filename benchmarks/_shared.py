@@ -1,10 +1,14 @@
-"""What every benchmark runner needs: a free loopback port and a results file with its machine."""
+"""What every benchmark runner needs: a free loopback port, a results file with its machine,
+and the processes it started stopped by their PIDs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -16,6 +20,80 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class Processes:
+    """Every process a runner starts, each stopped by its PID when the runner ends.
+
+    Each child leads its own process group (``start_new_session``); stopping it sends
+    SIGTERM to that group, SIGKILL after ``grace`` seconds, then SIGKILL to any of its
+    descendants (noted before the stop, matched by PID and start time) that left the
+    group. Used as a context manager, with SIGTERM and SIGHUP turned into ``SystemExit``
+    (and SIGINT into ``KeyboardInterrupt``, even where the runner started with it
+    ignored) so a runner that is killed, not only one that fails, stops them too.
+    """
+
+    def __init__(self, grace: float = 15.0) -> None:
+        self.grace = grace
+        self.started: list[tuple[subprocess.Popen[bytes], Any]] = []
+
+    def start(self, argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        handle = log.open("wb")
+        proc = subprocess.Popen(
+            argv, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.started.append((proc, handle))
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        import psutil
+
+        try:
+            descendants = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            descendants = []
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(self.grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for child in descendants:  # is_running() compares the start time too
+            with contextlib.suppress(psutil.Error):
+                if child.is_running():
+                    child.kill()
+
+    def stop_all(self) -> None:
+        for proc, handle in reversed(self.started):
+            self.stop(proc)
+            handle.close()
+        self.started = []
+
+    def __enter__(self) -> Processes:
+        def leave(signum: int, _frame: object) -> None:
+            raise SystemExit(128 + signum)
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, leave)
+        # Also when started in the background by a script, which ignores SIGINT for it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        # A second Ctrl-C or SIGTERM must not cut the stopping short.
+        stopping = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        for sig in stopping:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            self.stop_all()
+        finally:
+            for sig in stopping:
+                signal.signal(
+                    sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+                )
 
 
 def write_results(path: Path, key: str, data: Any) -> None:
