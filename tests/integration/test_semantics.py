@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from tests.integration.conftest import (
     Mlxctl,
     events,
@@ -24,6 +25,8 @@ def invalid_reports(ctl: Mlxctl) -> list[dict[str, object]]:
     return [e for e in events(ctl) if e["cause"] == "invalid file"]
 
 
+# ~23 s; test_controller's heal-and-invalid-edit test covers the default run.
+@pytest.mark.slow
 def test_an_invalid_save_while_a_tier_is_killed_still_heals_it(
     mlxctl: Mlxctl, tiny_model: Path, tmp_path: Path
 ) -> None:
