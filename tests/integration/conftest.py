@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
-from tests.integration.lan import Lan, LanUnavailable
+from tests.integration.lan import Lan, LanUnavailable, stop_gracefully
 
 MLXCTL = [sys.executable, "-m", "mlxctl"]
 
@@ -104,13 +104,7 @@ class Mlxctl:
 
     def cleanup(self) -> None:
         for proc in self.background:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_gracefully(proc)
         self.run("down", timeout=120)
         for record in self.inventory().values():
             kill_group_if_ours(record)

@@ -209,7 +209,7 @@ class Lan:
             with suppress(Exception):
                 cleanup()
         for proc in self.procs:
-            _stop(proc)
+            stop_gracefully(proc)
         for netns in self._made:
             for pid in _netns_pids(netns):
                 _kill(pid)
@@ -221,7 +221,8 @@ class Lan:
         self._made.clear()
 
 
-def _stop(proc: subprocess.Popen[Any]) -> None:
+def stop_gracefully(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL after 10 s: how the tests end a process they started."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
